@@ -1,0 +1,89 @@
+"""Celery app and producer for bench/peers/harness.py: ours (celery-asyncio) and upstream Celery 5.
+
+The same module runs under either package; which one is imported decides the tasks:
+
+* no-op: ``def`` (both), or ``async def`` on ours when BENCH_CELERY_NOOP=async;
+* I/O (10 ms sleep): ``async def`` with ``await asyncio.sleep`` on ours (a loop worker),
+  ``def`` with ``time.sleep`` on upstream Celery (threads or prefork pool).
+
+The producer is Celery's sync API from one thread: ``delay()`` per task, then ``get()`` on
+each result in send order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import celery
+from celery import Celery
+
+URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/11")
+RESULT_TIMEOUT = 60.0  # seconds; the harness notices a dead worker sooner
+
+app = Celery("bench_peers", broker=URL, backend=URL)
+app.conf.broker_connection_retry_on_startup = True
+OURS = getattr(app.conf, "worker_loop_workers", None) is not None
+
+
+@app.task(name="bench.noop")
+def noop() -> None:
+    return None
+
+
+@app.task(name="bench.sleep")
+def sleep() -> None:
+    time.sleep(0.01)
+
+
+if OURS:
+
+    @app.task(name="bench.anoop")
+    async def anoop() -> None:
+        return None
+
+    @app.task(name="bench.asleep")
+    async def asleep() -> None:
+        await asyncio.sleep(0.01)
+
+
+def version() -> str:
+    return f"{'celery-asyncio' if OURS else 'celery'} {celery.__version__}"
+
+
+def worker_command(python: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    return [python, "-m", "celery", "-A", "celery_peer", "worker", "-l", "WARNING", *args], {}
+
+
+class Producer:
+    """Sends with ``delay()`` and waits with ``AsyncResult.get()``, sequentially."""
+
+    def __init__(self, url: str) -> None:
+        async_noop = OURS and os.environ.get("BENCH_CELERY_NOOP") == "async"
+        self.tasks = {
+            "noop": app.tasks["bench.anoop" if async_noop else "bench.noop"],
+            "sleep": app.tasks["bench.asleep" if OURS else "bench.sleep"],
+        }
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def burst(self, kind: str, n: int) -> float:
+        task = self.tasks[kind]
+        results = [task.delay() for _ in range(n)]
+        t_sent = time.perf_counter()
+        for result in results:
+            result.get(timeout=RESULT_TIMEOUT)
+        return t_sent
+
+    def round_trips(self, kind: str, n: int) -> list[float]:
+        task, samples = self.tasks[kind], []
+        for _ in range(n):
+            start = time.perf_counter()
+            task.delay().get(timeout=RESULT_TIMEOUT)
+            samples.append(time.perf_counter() - start)
+        return samples

@@ -1,0 +1,90 @@
+"""taskiq app and producer for bench/peers/harness.py.
+
+taskiq-redis: ``RedisStreamBroker`` (Redis streams with a consumer group, messages acknowledged:
+the taskiq-redis broker with delivery guarantees comparable to Celery's) and
+``RedisAsyncResultBackend``. Tasks are ``async def``; the I/O task awaits ``asyncio.sleep``.
+
+The producer sends with ``task.kiq()`` per task, then waits on each in send order with
+``wait_result()``, which polls the result backend; its ``check_interval`` is set to
+RESULT_POLL_S (1 ms, the same as for arq) instead of the default 200 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from importlib.metadata import version as dist_version
+
+from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
+
+URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/11")
+RESULT_POLL_S = 0.001
+RESULT_TIMEOUT_S = 60.0
+
+broker = RedisStreamBroker(url=URL).with_result_backend(RedisAsyncResultBackend(redis_url=URL))
+
+
+@broker.task(task_name="bench.noop")
+async def noop() -> None:
+    return None
+
+
+@broker.task(task_name="bench.sleep")
+async def sleep() -> None:
+    await asyncio.sleep(0.01)
+
+
+TASKS = {"noop": noop, "sleep": sleep}
+
+
+def version() -> str:
+    return f"taskiq {dist_version('taskiq')}, taskiq-redis {dist_version('taskiq-redis')}"
+
+
+def worker_command(python: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    return [
+        python,
+        "-m",
+        "taskiq",
+        "worker",
+        "taskiq_peer:broker",
+        "--log-level",
+        "WARNING",
+        *args,
+    ], {}
+
+
+async def _wait(handle) -> None:
+    result = await handle.wait_result(check_interval=RESULT_POLL_S, timeout=RESULT_TIMEOUT_S)
+    if result.is_err:
+        raise RuntimeError(f"task failed: {result.error!r}")
+
+
+class Producer:
+    """Sends with ``kiq()`` and waits with ``wait_result()``, sequentially, on one loop."""
+
+    def __init__(self, url: str) -> None:
+        pass
+
+    async def start(self) -> None:
+        await broker.startup()
+
+    async def close(self) -> None:
+        await broker.shutdown()
+
+    async def burst(self, kind: str, n: int) -> float:
+        task = TASKS[kind]
+        handles = [await task.kiq() for _ in range(n)]
+        t_sent = time.perf_counter()
+        for handle in handles:
+            await _wait(handle)
+        return t_sent
+
+    async def round_trips(self, kind: str, n: int) -> list[float]:
+        task, samples = TASKS[kind], []
+        for _ in range(n):
+            start = time.perf_counter()
+            await _wait(await task.kiq())
+            samples.append(time.perf_counter() - start)
+        return samples

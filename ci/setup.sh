@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine (run as root, Python 3.11+ installed):
+# the .venv with the package and its dev tools, and the Redis and RabbitMQ servers the
+# tests and the main job use, running on 127.0.0.1. Safe to run again: steps already
+# done are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'ci/setup.sh: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+SERVICE_WAIT=${SERVICE_WAIT:-60}   # seconds to wait for each server to answer
+APT_UPDATED=0
+
+apt_install() {
+    command -v apt-get >/dev/null || die "apt-get not found; install $* yourself"
+    if [ "$APT_UPDATED" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# Wait until "$@" succeeds, at most SERVICE_WAIT seconds.
+wait_for() {
+    local what=$1; shift
+    local deadline=$((SECONDS + SERVICE_WAIT))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || die "$what did not come up within ${SERVICE_WAIT}s"
+        sleep 1
+    done
+    log "$what is up"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# -- Python -------------------------------------------------------------------------------
+
+find_python() {
+    local candidate
+    for candidate in ${PYTHON:-} python3 python3.14 python3.13 python3.12 python3.11; do
+        if command -v "$candidate" >/dev/null &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+setup_venv() {
+    if [ ! -x .venv/bin/python ]; then
+        local python
+        python=$(find_python) || die "Python 3.11+ not found (set PYTHON=...)"
+        log "creating .venv with $python"
+        if ! "$python" -m venv .venv 2>/dev/null; then
+            # Debian splits venv/ensurepip into python3-venv (or python3.X-venv).
+            rm -rf .venv
+            local minor
+            minor=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+            apt_install python3-venv "python${minor}-venv" || apt_install python3-venv
+            "$python" -m venv .venv
+        fi
+    fi
+    local stamp=.venv/.installed-pyproject.sha256
+    local want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+        .venv/bin/python -c 'import celery.bin.celery, pytest' 2>/dev/null; then
+        log ".venv is up to date with pyproject.toml"
+        return 0
+    fi
+    log "installing the package and its dev dependencies into .venv"
+    .venv/bin/python -m pip install -q -e ".[dev]"
+    echo "$want" > "$stamp"
+}
+
+# -- Redis --------------------------------------------------------------------------------
+
+redis_up() {
+    if command -v redis-cli >/dev/null; then
+        redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG
+    else
+        port_open 6379
+    fi
+}
+
+setup_redis() {
+    if redis_up; then
+        log "Redis is already answering on 127.0.0.1:6379"
+        return 0
+    fi
+    if ! command -v redis-server >/dev/null; then
+        log "installing redis-server"
+        apt_install redis-server
+        redis_up && { log "Redis was started by its package"; return 0; }
+    fi
+    log "starting redis-server"
+    # Failure to start shows up as the wait below timing out, with its own message.
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no ||
+        log "redis-server exited with status $?"
+    wait_for "Redis" redis_up
+}
+
+# -- RabbitMQ (not used by the tests yet; the AMQP transport will need it) -----------------
+
+setup_rabbitmq() {
+    if port_open 5672; then
+        log "RabbitMQ is already listening on 127.0.0.1:5672"
+        return 0
+    fi
+    if ! command -v rabbitmq-server >/dev/null; then
+        log "installing rabbitmq-server"
+        apt_install rabbitmq-server
+    fi
+    # The package may have started it (or be starting it) already; only start it if not.
+    if ! pgrep -x beam.smp >/dev/null 2>&1; then
+        log "starting rabbitmq-server"
+        rabbitmq-server -detached || log "rabbitmq-server exited with status $?"
+    fi
+    wait_for "RabbitMQ" port_open 5672
+}
+
+setup_venv
+# `ci/setup.sh --venv-only`: what the main job needs (it runs on the embedded SQLite broker).
+if [ "${1:-}" = "--venv-only" ]; then
+    exit 0
+fi
+setup_redis
+setup_rabbitmq

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set everything up (ci/setup.sh), then run the whole test suite. Extra arguments go to
+# pytest (e.g. `bash ci/test.sh tests/unit -x`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash ci/setup.sh
+
+.venv/bin/ruff check src tests bench examples perf
+.venv/bin/mypy
+
+status=0
+.venv/bin/python -m pytest -q -p no:cacheprovider tests "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    echo "ci/test.sh: pytest collected no tests (exit 5); that is a failure" >&2
+    exit 1
+fi
+exit "$status"

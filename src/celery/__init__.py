@@ -1,0 +1,63 @@
+"""celery-asyncio: an asyncio-native, free-threading-ready Celery, wire-compatible with Celery 5."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+VERSION_BANNER = f"{__version__} (celery-asyncio)"
+
+__all__ = [
+    "AsyncResult",
+    "Celery",
+    "Signature",
+    "Task",
+    "current_app",
+    "current_task",
+    "shared_task",
+    "signature",
+    "states",
+]
+
+# name -> (module, attribute); imported on first use so "import celery" stays cheap.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "AsyncResult": (".result", "AsyncResult"),
+    "Celery": (".app.base", "Celery"),
+    "Signature": (".canvas", "Signature"),
+    "Task": (".app.task", "Task"),
+    "shared_task": (".app.shared", "shared_task"),
+    "signature": (".canvas", "signature"),
+    "states": (".states", None),
+}
+
+if TYPE_CHECKING:
+    from . import states
+    from .app.base import Celery
+    from .app.shared import shared_task
+    from .app.task import Task
+    from .canvas import Signature, signature
+    from .result import AsyncResult
+
+
+def __getattr__(name: str) -> Any:
+    if name == "current_app":
+        from ._state import get_current_app
+
+        return get_current_app()
+    if name == "current_task":
+        from ._state import current_task_var
+
+        return current_task_var.get()
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'celery' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name, __name__)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

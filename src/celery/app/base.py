@@ -1,0 +1,453 @@
+"""The Celery application: configuration, task registry, sending tasks, results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import inspect
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import _state
+from .._state import current_request, current_task_var
+from ..exceptions import ImproperlyConfigured
+from ..messaging.protocol import Message, build_task_message
+from .config import Settings, import_object
+from .portal import Portal
+from .registry import TaskRegistry
+from .routes import Router
+from .task import Task, add_autoretry
+
+if TYPE_CHECKING:
+    from ..backends.base import ResultBackend
+    from ..result import AsyncResult
+    from ..transport.base import Transport
+
+__all__ = ["DEFAULT_BROKER_URL", "Celery", "gen_task_name"]
+
+#: The broker when none is configured: the embedded SQLite broker, in a file of the working
+#: directory (so a producer and a worker started in the same project folder share it).
+#: Upstream Celery's default is a RabbitMQ server on localhost; ours needs no server.
+DEFAULT_BROKER_URL = "sqlite:///celery-broker.db"
+
+_TASK_OPTION_NAMES = (
+    "serializer", "queue", "routing_key", "exchange", "priority", "ignore_result", "acks_late",
+    "track_started", "max_retries", "default_retry_delay", "time_limit", "soft_time_limit",
+    "rate_limit", "expires", "store_errors_even_if_ignored", "typing",
+    "autoretry_for", "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max",
+    "retry_jitter", "reject_on_worker_lost", "acks_on_failure_or_timeout",
+)
+
+
+def gen_task_name(app: Celery, name: str, module: str) -> str:
+    """Celery's default task name: ``module.function``; ``__main__`` becomes the app's main."""
+    if module == "__main__" and app.main:
+        module = app.main
+    return f"{module}.{name}"
+
+
+class Celery:
+    """A Celery application.
+
+    Configure it (``conf``, ``config_from_object``) and define tasks before starting threads
+    that use it; after that every method is safe from any thread. Lazily created parts
+    (transport, backend, portal) are made once under ``_setup_lock``.
+    """
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        *,
+        include: Iterable[str] | None = None,
+        config_source: Any = None,
+        namespace: str | None = None,
+        set_as_current: bool = True,
+        task_cls: type[Task] | str | None = None,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        self.namespace = namespace
+        if config_source is not None:
+            self.config_from_object(config_source, namespace=namespace)
+        self.conf.update(settings)
+        if broker:
+            self.conf.broker_url = broker
+        if backend:
+            self.conf.result_backend = backend
+        if include:
+            self.conf.include = tuple(self.conf.include) + tuple(include)
+        self.task_cls: type[Task] = (import_object(task_cls) if isinstance(task_cls, str)
+                                     else task_cls or Task)
+        self._tasks = TaskRegistry()
+        self._pending_autodiscover: list[tuple[Any, str]] = []
+        self._finalized = False
+        # Guards lazy creation of the transport, backend, portal, router and finalize().
+        self._setup_lock = threading.RLock()
+        self._transport: Transport | None = None
+        self._backend: ResultBackend | None = None
+        self._portal: Portal | None = None
+        self._router: Router | None = None
+        if set_as_current:
+            _state.set_default_app(self)
+        _state.register_app(self)
+
+    def __repr__(self) -> str:
+        return f"<Celery {self.main or '__main__'} at {id(self):#x}>"
+
+    # -- configuration -------------------------------------------------------------------
+
+    def config_from_object(self, obj: Any, silent: bool = False, force: bool = True,
+                           namespace: str | None = None) -> None:
+        """Read settings from a module (or its dotted name), a class, an object or a dict."""
+        if isinstance(obj, str):
+            try:
+                obj = import_object(obj)
+            except ImproperlyConfigured:
+                if silent:
+                    return
+                raise
+        self.conf.load_object(obj, namespace=namespace or self.namespace)
+        self._reset_lazy()
+
+    def _reset_lazy(self) -> None:
+        with self._setup_lock:
+            self._router = None
+
+    def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+                           related_name: str = "tasks", force: bool = False) -> None:
+        """Import ``<package>.<related_name>`` for each package (now if ``force``, else when
+        the app is finalized: first access to ``app.tasks`` or worker start)."""
+        self._pending_autodiscover.append((packages, related_name))
+        if force or self._finalized:
+            self._run_autodiscover()
+
+    def _run_autodiscover(self) -> None:
+        pending, self._pending_autodiscover = self._pending_autodiscover, []
+        for packages, related_name in pending:
+            pkgs = packages() if callable(packages) else packages
+            for pkg in pkgs or self.conf.imports or ():
+                module = f"{pkg}.{related_name}" if related_name else pkg
+                try:
+                    importlib.import_module(module)
+                except ModuleNotFoundError as exc:
+                    # As Celery: a package without the module, or a missing package, is skipped.
+                    if exc.name not in (module, pkg):
+                        raise
+
+    def finalize(self) -> None:
+        """Import ``imports``/``include`` modules and run pending autodiscovery; once."""
+        with self._setup_lock:
+            if self._finalized:
+                return
+            self._finalized = True
+            for name in tuple(self.conf.imports or ()) + tuple(self.conf.include or ()):
+                importlib.import_module(name)
+            self._run_autodiscover()
+
+    @property
+    def tasks(self) -> TaskRegistry:
+        """Registered tasks (finalizes the app on first access)."""
+        if not self._finalized:
+            self.finalize()
+        return self._tasks
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def task(self, *args: Any, **opts: Any) -> Any:
+        """Decorator making a task from a function (``def`` or ``async def``).
+
+        ``@app.task``, ``@app.task()`` and ``@app.task(name=..., bind=True, ...)`` all work.
+        """
+        if len(args) == 1 and callable(args[0]) and not opts:
+            return self._task_from_fun(args[0])
+
+        def decorator(fun: Callable[..., Any]) -> Task:
+            return self._task_from_fun(fun, **opts)
+
+        return decorator
+
+    def _task_from_fun(self, fun: Callable[..., Any], name: str | None = None, base: type[Task] | None = None,
+                       bind: bool = False, **options: Any) -> Task:
+        name = name or gen_task_name(self, fun.__name__, fun.__module__)
+        existing = self._tasks.get(name)
+        if existing is not None and getattr(existing, "__wrapped__", None) is fun:
+            return existing
+        unknown = set(options) - set(_TASK_OPTION_NAMES) - {"shared", "pydantic"}
+        if unknown:
+            raise ImproperlyConfigured(f"Unknown task option(s) for {name!r}: {', '.join(sorted(unknown))}")
+        attrs: dict[str, Any] = {
+            "_app": self,
+            "name": name,
+            "run": fun if bind else staticmethod(fun),
+            "_bound": bind,
+            "is_async": inspect.iscoroutinefunction(fun),
+            "__doc__": fun.__doc__,
+            "__module__": fun.__module__,
+            "__qualname__": getattr(fun, "__qualname__", fun.__name__),
+            "__wrapped__": fun,
+        }
+        attrs.update({k: v for k, v in options.items() if k in _TASK_OPTION_NAMES})
+        cls = type(fun.__name__, (base or self.task_cls,), attrs)
+        task = cls()
+        add_autoretry(task)
+        self._tasks.register(task)
+        return task
+
+    def register_task(self, task: Task | type[Task]) -> Task:
+        """Register a class-based task (an instance or a Task subclass)."""
+        if isinstance(task, type):
+            task = task()
+        if task._app is None:
+            task._app = self
+        if not task.name:
+            task.name = gen_task_name(self, type(task).__name__, type(task).__module__)
+        add_autoretry(task)
+        task.is_async = inspect.iscoroutinefunction(task.run)
+        return self._tasks.register(task)
+
+    # -- lazily made parts ---------------------------------------------------------------
+
+    @property
+    def portal(self) -> Portal:
+        """The background event loop sync callers use to run coroutines."""
+        if self._portal is None:
+            with self._setup_lock:
+                if self._portal is None:
+                    self._portal = Portal(f"celery-portal-{self.main or 'app'}")
+        return self._portal
+
+    @property
+    def transport(self) -> Transport:
+        """Our client for the configured broker."""
+        if self._transport is None:
+            with self._setup_lock:
+                if self._transport is None:
+                    from ..transport.registry import transport_for_url
+
+                    self._transport = transport_for_url(
+                        self.broker_url,
+                        transport_options=dict(self.conf.broker_transport_options or {}),
+                        connection_timeout=self.conf.broker_connection_timeout,
+                        max_connections=self.conf.broker_pool_limit,
+                    )
+        return self._transport
+
+    @property
+    def broker_url(self) -> str:
+        self.conf.apply_env()
+        url = self.conf.broker_url
+        if not url:
+            url = self.conf.broker_url = DEFAULT_BROKER_URL
+        return url
+
+    @property
+    def backend(self) -> ResultBackend:
+        """The configured result backend (DisabledBackend when there is none)."""
+        if self._backend is None:
+            with self._setup_lock:
+                if self._backend is None:
+                    from ..backends.base import backend_for_url
+
+                    self.conf.apply_env()
+                    self._backend = backend_for_url(self, self.conf.result_backend)
+        return self._backend
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            with self._setup_lock:
+                if self._router is None:
+                    self._router = Router(self.conf.task_routes)
+        return self._router
+
+    # -- sending -------------------------------------------------------------------------
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def _prepare(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
+                 task: Task | None, options: dict[str, Any]) -> tuple[Message, str]:
+        """Build the message for one send (pure: no I/O), returning it with its task id."""
+        conf = self.conf
+        if args is not None and not isinstance(args, list | tuple):
+            raise TypeError("task args must be a list or tuple")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError("task keyword arguments must be a mapping")
+        task_id = options.pop("task_id", None) or str(uuid.uuid4())
+        route = self.router.route(name, args or (), kwargs or {}, options, task=task) if conf.task_routes else {}
+
+        def pick(key: str, default: Any = None) -> Any:
+            value = options.get(key)
+            if value is None:
+                value = route.get(key)
+            if value is None and task is not None:
+                value = getattr(task, key, None)
+            return default if value is None else value
+
+        queue = pick("queue", conf.task_default_queue)
+        if not isinstance(queue, str):
+            queue = getattr(queue, "name", str(queue))
+        countdown, eta = options.get("countdown"), options.get("eta")
+        if countdown is not None:
+            eta = self.now() + dt.timedelta(seconds=countdown)
+        expires = pick("expires")
+        if isinstance(expires, int | float):
+            expires = self.now() + dt.timedelta(seconds=expires)
+        parent = current_request.get() if current_task_var.get() is not None else None
+        # A retry passes its original's ids explicitly (None included), never the sender's.
+        root_id = options["root_id"] if "root_id" in options else (parent.root_id if parent else None)
+        parent_id = options["parent_id"] if "parent_id" in options else (parent.id if parent else None)
+        message = build_task_message(
+            name, args or (), kwargs or {},
+            task_id=task_id,
+            serializer=pick("serializer", conf.task_serializer),
+            queue=pick("routing_key", queue),
+            exchange=pick("exchange", "") or "",
+            priority=pick("priority", conf.task_default_priority),
+            reply_to=options.get("reply_to"),
+            callbacks=_sig_list(options.get("link")),
+            errbacks=_sig_list(options.get("link_error")),
+            chain=options.get("chain"),
+            chord=options.get("chord"),
+            eta=eta,
+            expires=expires,
+            retries=options.get("retries", 0),
+            group_id=options.get("group_id"),
+            group_index=options.get("group_index"),
+            time_limit=pick("time_limit", conf.task_time_limit),
+            soft_time_limit=pick("soft_time_limit", conf.task_soft_time_limit),
+            root_id=root_id,
+            parent_id=parent_id,
+            shadow=options.get("shadow"),
+            # Upstream sends null when a task is sent by name with no ignore_result option.
+            ignore_result=(options.get("ignore_result") if task is None
+                           else bool(pick("ignore_result", conf.task_ignore_result))),
+            argsrepr=options.get("argsrepr"),
+            kwargsrepr=options.get("kwargsrepr"),
+            extra=options.get("headers"),
+        )
+        return message, task_id
+
+    def _sent(self, task_id: str, name: str, options: Mapping[str, Any]) -> AsyncResult:
+        from ..result import AsyncResult
+
+        result = AsyncResult(task_id, app=self, task_name=name)
+        parent = current_request.get() if current_task_var.get() is not None else None
+        if parent is not None and options.get("add_to_parent", True):
+            parent.children.append(result.as_tuple())
+        return result
+
+    def send_task(self, name: str, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+                  *, task: Task | None = None, **options: Any) -> AsyncResult:
+        """Send a task by name. Blocking (one broker round trip); usable from any thread,
+        including one running an event loop."""
+        message, task_id = self._prepare(name, args, kwargs, task, options)
+        publishing = _publish_signals(name, message)
+        self.transport.publish(message)
+        if publishing:
+            _after_publish(name, message)
+        return self._sent(task_id, name, options)
+
+    async def asend_task(self, name: str, args: Sequence[Any] | None = None,
+                         kwargs: Mapping[str, Any] | None = None, *, task: Task | None = None,
+                         **options: Any) -> AsyncResult:
+        """``send_task`` for the running event loop (never blocks it)."""
+        message, task_id = self._prepare(name, args, kwargs, task, options)
+        publishing = _publish_signals(name, message)
+        await self.transport.apublish(message)
+        if publishing:
+            _after_publish(name, message)
+        return self._sent(task_id, name, options)
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 - Celery's name
+        from ..result import AsyncResult
+
+        return AsyncResult(task_id, app=self, **kwargs)
+
+    def signature(self, *args: Any, **kwargs: Any) -> Any:
+        from ..canvas import signature
+
+        kwargs.setdefault("app", self)
+        return signature(*args, **kwargs)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close broker and backend connections and stop the portal thread."""
+        with self._setup_lock:
+            transport, backend, portal = self._transport, self._backend, self._portal
+            self._transport = self._backend = self._portal = None
+
+        async def cleanup() -> None:
+            if transport is not None:
+                await transport.aclose()
+            if backend is not None:
+                await backend.aclose()
+
+        # Async connections first, on the portal loop while it still runs; then the sync ones.
+        if portal is not None:
+            portal.stop(cleanup())
+        if transport is not None:
+            transport.close()
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> Celery:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def worker_main(self, argv: Sequence[str] | None = None) -> None:
+        """Run the ``celery worker`` command for this app (``app.worker_main(["worker"])``)."""
+        from ..bin.celery import main
+
+        main(list(argv or ["worker"]), app=self)
+
+
+def _publish_signals(name: str, message: Message) -> bool:
+    """Send ``before_task_publish`` if anyone listens; True if ``after_task_publish`` is due.
+
+    Receivers may change ``headers`` (and ``properties``) in place: the message sent is the
+    one they see. The body they get is decoded (``(args, kwargs, embed)``), as in Celery.
+    """
+    from .. import signals
+
+    if not (signals.before_task_publish.receivers or signals.after_task_publish.receivers):
+        return False
+    if signals.before_task_publish.receivers:
+        signals.before_task_publish.send(
+            sender=name, body=_signal_body(message), exchange=message.exchange,
+            routing_key=message.routing_key, headers=message.headers,
+            properties=message.properties, declare=[], retry_policy=None)
+    return bool(signals.after_task_publish.receivers)
+
+
+def _after_publish(name: str, message: Message) -> None:
+    from .. import signals
+
+    signals.after_task_publish.send(
+        sender=name, body=_signal_body(message), exchange=message.exchange,
+        routing_key=message.routing_key, headers=message.headers, properties=message.properties)
+
+
+def _signal_body(message: Message) -> Any:
+    from ..messaging.serialization import loads
+
+    try:
+        return loads(message.body, message.content_type, message.content_encoding, accept=None)
+    except Exception:  # a serializer we can write but not read back: give the bytes
+        return message.body
+
+
+def _sig_list(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple) and not (value and isinstance(value[0], str)):
+        return [dict(v) for v in value]
+    return [dict(value)]

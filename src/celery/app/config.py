@@ -1,0 +1,166 @@
+"""Settings: Celery's names and defaults, attribute and mapping access, namespaces."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+from ..exceptions import ImproperlyConfigured
+
+__all__ = ["DEFAULTS", "Settings"]
+
+#: Every setting this package reads, with Celery's default.
+DEFAULTS: dict[str, Any] = {
+    # broker
+    "broker_url": None,
+    "broker_transport_options": {},
+    "broker_connection_retry": True,
+    "broker_connection_retry_on_startup": True,
+    "broker_connection_max_retries": 100,
+    "broker_connection_timeout": 4.0,
+    "broker_pool_limit": 10,
+    "broker_heartbeat": 120.0,
+    # results
+    "result_backend": None,
+    "result_backend_transport_options": {},
+    "result_serializer": "json",
+    "result_accept_content": None,
+    "result_expires": dt.timedelta(days=1),
+    "result_extended": False,
+    "result_persistent": None,
+    # tasks
+    "task_serializer": "json",
+    "accept_content": ["json"],
+    "task_default_queue": "celery",
+    "task_default_exchange": None,
+    "task_default_exchange_type": "direct",
+    "task_default_routing_key": None,
+    "task_default_priority": None,
+    "task_ignore_result": False,
+    "task_store_errors_even_if_ignored": False,
+    "task_acks_late": False,
+    "task_acks_on_failure_or_timeout": True,
+    "task_reject_on_worker_lost": None,
+    "task_track_started": False,
+    "task_time_limit": None,
+    "task_soft_time_limit": None,
+    "task_routes": None,
+    "task_queues": None,
+    "task_create_missing_queues": True,
+    "task_always_eager": False,
+    "task_eager_propagates": False,
+    "task_store_eager_result": False,
+    "task_default_rate_limit": None,
+    "worker_disable_rate_limits": False,
+    "task_protocol": 2,
+    "task_publish_retry": True,
+    "task_annotations": None,
+    # worker
+    "worker_prefetch_multiplier": 4,
+    "worker_concurrency": None,
+    "worker_loop_workers": 1,
+    "worker_loop_concurrency": 100,
+    "worker_sync_workers": None,
+    "worker_hijack_root_logger": True,
+    "worker_log_format": "[%(asctime)s: %(levelname)s/%(threadName)s] %(message)s",
+    "worker_task_log_format": (
+        "[%(asctime)s: %(levelname)s/%(threadName)s] %(task_name)s[%(task_id)s]: %(message)s"
+    ),
+    "worker_redirect_stdouts": True,
+    "worker_max_tasks_per_child": None,
+    "worker_max_memory_per_child": None,
+    "worker_cancel_long_running_tasks_on_connection_loss": False,
+    "worker_proc_alive_timeout": 4.0,
+    # misc
+    "timezone": None,
+    "enable_utc": True,
+    "imports": (),
+    "include": (),
+}
+
+
+class Settings(MutableMapping[str, Any]):
+    """Configuration of one app: attribute and mapping access over Celery's setting names.
+
+    Not thread-safe for writes: configure the app before starting workers or threads that
+    read it (reads from any thread are safe once configuration is done).
+    """
+
+    def __init__(self, defaults: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", dict(DEFAULTS if defaults is None else defaults))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(f"No setting named {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"<Settings: {len(self._data)} keys>"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def load_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Copy settings from a module, class or object (or a mapping).
+
+        With ``namespace="CELERY"`` only names like ``CELERY_BROKER_URL`` are read, each
+        mapped to its lowercase setting (``broker_url``). Without a namespace, lowercase
+        names are read as they are.
+        """
+        items = obj.items() if isinstance(obj, Mapping) else ((k, getattr(obj, k)) for k in dir(obj))
+        prefix = f"{namespace.upper()}_" if namespace else None
+        for key, value in items:
+            if key.startswith("_"):
+                continue
+            if prefix:
+                if not key.startswith(prefix):
+                    continue
+                self._data[key[len(prefix):].lower()] = value
+            elif key.islower():
+                self._data[key] = value
+
+    def apply_env(self, environ: Mapping[str, str] = os.environ) -> None:
+        """Read the environment variables Celery reads (CELERY_BROKER_URL, ...)."""
+        for env, key in (("CELERY_BROKER_URL", "broker_url"),
+                         ("CELERY_RESULT_BACKEND", "result_backend")):
+            if environ.get(env) and not self._data.get(key):
+                self._data[key] = environ[env]
+
+
+def import_object(path: str) -> Any:
+    """Import ``"pkg.module"``, ``"pkg.module:attr"`` or ``"pkg.module.attr"``."""
+    module_name, sep, attr = path.partition(":")
+    try:
+        if sep:
+            return getattr(importlib.import_module(module_name), attr)
+        try:
+            return importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name != path or "." not in path:
+                raise
+            module_name, _, attr = path.rpartition(".")
+            return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ImproperlyConfigured(f"Cannot import {path!r}: {exc}") from exc

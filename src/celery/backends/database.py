@@ -1,0 +1,181 @@
+"""``db+sqlite://``: results in one SQLite file (Celery's database backend URL, stdlib sqlite3).
+
+``db+sqlite:///relative/path.db`` or ``db+sqlite:////absolute/path.db``; other ``db+``
+dialects are not built in. The layout is our own, not the pickled columns of upstream's
+SQLAlchemy backend, so upstream Celery can't read these results (nor we its)::
+
+    celery_taskmeta
+      task_id     TEXT PRIMARY KEY
+      status      TEXT  the state, e.g. SUCCESS
+      meta        BLOB  the encoded meta, byte for byte what the Redis backend stores
+      date_done   REAL  epoch seconds of the write
+      expires_at  REAL  epoch seconds (write + result_expires), NULL = never
+    index celery_taskmeta_expires (expires_at) WHERE expires_at IS NOT NULL
+
+A stored SUCCESS is never overwritten (as on Redis: a redelivered task must not clobber
+its result), unless it has expired. Expired rows read as missing (PENDING); writes delete
+them at most every ``CLEANUP_INTERVAL`` seconds, and ``cleanup()`` deletes them all (as
+Celery's ``backend_cleanup``).
+
+Waiting (``await_ready``) re-reads the row when a write in this process notifies (through
+``embedded.wakeup_for``) and polls for other processes' writes every 1 ms, backing off to
+50 ms. The file, connections, pragmas and errors are ``transport.sqlite.SQLiteDatabase``:
+WAL, ``busy_timeout`` (``result_backend_transport_options``, default 5 s), one connection
+per thread, and sqlite3 calls made by coroutines run on its ``BlockingIO`` pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from ..exceptions import ImproperlyConfigured
+from ..transport.embedded import wakeup_for
+from ..transport.sqlite import SQLiteDatabase, seconds_option
+from .base import ResultBackend
+from .polling import forget_pollers
+
+if TYPE_CHECKING:
+    from ..app.base import Celery
+
+__all__ = ["CLEANUP_INTERVAL", "DatabaseBackend"]
+
+#: Writes delete expired rows at most this often (seconds).
+CLEANUP_INTERVAL = 60.0
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS celery_taskmeta (
+        task_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        meta BLOB NOT NULL,
+        date_done REAL NOT NULL,
+        expires_at REAL)""",
+    """CREATE INDEX IF NOT EXISTS celery_taskmeta_expires
+        ON celery_taskmeta (expires_at) WHERE expires_at IS NOT NULL""",
+)
+
+# The WHERE of the upsert keeps a stored SUCCESS unless it has expired (?6 = now).
+_STORE = f"""
+INSERT INTO celery_taskmeta (task_id, status, meta, date_done, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (task_id) DO UPDATE SET
+    status = excluded.status, meta = excluded.meta,
+    date_done = excluded.date_done, expires_at = excluded.expires_at
+WHERE celery_taskmeta.status != '{states.SUCCESS}' OR celery_taskmeta.expires_at <= ?6
+"""
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_EXPIRED = "DELETE FROM celery_taskmeta WHERE expires_at <= ?"
+#: Task ids per SELECT (SQLite limits the number of parameters of a statement).
+_CHUNK = 500
+
+
+class DatabaseBackend(ResultBackend):
+    """Results in a SQLite file (``db+sqlite://``); see the module docstring.
+
+    Thread-safety: every method may be called from any thread and coroutines awaited on any
+    loop: connections are per thread (``SQLiteDatabase``), and ``_cleanup_lock`` guards
+    ``_next_cleanup``.
+    """
+
+    def __init__(self, app: Celery, url: str | None = None, **options: Any) -> None:
+        super().__init__(app, url, **options)
+        if not url or not url.lower().startswith("db+sqlite:"):
+            raise ImproperlyConfigured(
+                f"Unsupported database result backend URL {url!r}: only db+sqlite:///path.db "
+                "is built in"
+            )
+        opts = {**(app.conf.get("result_backend_transport_options") or {}), **options}
+        self.db = SQLiteDatabase(url, label="SQLite result backend", schemes=("db+sqlite",),
+                                 schema=_SCHEMA, busy_timeout=seconds_option(opts, "busy_timeout", 5.0))
+        self._wakeup = wakeup_for(f"{self.db.path}#celery_taskmeta")
+        self._cleanup_lock = threading.Lock()
+        self._next_cleanup = 0.0
+
+    def __repr__(self) -> str:
+        return f"<DatabaseBackend {self.db.path}>"
+
+    # -- storage --------------------------------------------------------------------------
+
+    async def _aset_many(self, items: Sequence[tuple[str, bytes, str]]) -> None:
+        """Upsert every item in one transaction, then wake this process's waiters."""
+        if not items:
+            return
+        now = time.time()
+        expires_at = now + self.expires if self.expires else None
+        rows = [(tid, state, payload, now, expires_at, now) for tid, payload, state in items]
+        await self.db.awrite("store", _store, rows, now if self._cleanup_due() else None)
+        self._wakeup.notify()
+
+    def _cleanup_due(self) -> bool:
+        now = time.monotonic()
+        with self._cleanup_lock:
+            if now < self._next_cleanup:
+                return False
+            self._next_cleanup = now + CLEANUP_INTERVAL
+            return True
+
+    async def aget_raw(self, task_id: str) -> bytes | None:
+        """The stored meta, or None when missing or expired (any loop)."""
+        return (await self.aget_many_raw([task_id]))[task_id]
+
+    async def aget_many_raw(self, task_ids: Sequence[str]) -> dict[str, bytes | None]:
+        """Stored metas of several tasks (None: missing or expired), read together."""
+        return await self.db.aread("read", _read_many, list(task_ids))
+
+    async def adelete(self, task_id: str) -> None:
+        """Forget the task's result (any loop)."""
+        sql = "DELETE FROM celery_taskmeta WHERE task_id = ?"
+        await self.db.awrite("delete", lambda c: c.execute(sql, (task_id,)))
+
+    async def await_ready(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        """Wait for a ready state: woken by writes in this process, polling for others.
+
+        Raises:
+            celery.exceptions.TimeoutError: not ready within ``timeout`` seconds.
+            celery.exceptions.ConnectionLost: the database could not be read.
+        """
+        return await self._poll_ready(task_id, timeout, self._wakeup)
+
+    async def acleanup(self) -> int:
+        """Delete every expired result; returns how many (any loop)."""
+        return await self.db.awrite("cleanup", lambda c: c.execute(_EXPIRED, (time.time(),)).rowcount)
+
+    def cleanup(self) -> int:
+        """Delete every expired result (Celery's ``backend_cleanup``); blocking."""
+        return self.app.portal.call(self.acleanup())
+
+    async def ping(self) -> None:
+        """Open and check the database (``SQLiteDatabase.aping``); any loop."""
+        await self.db.aping()
+
+    async def aclose(self) -> None:
+        """Drop the running loop's result poller; connections are not bound to a loop."""
+        forget_pollers(self, asyncio.get_running_loop())
+
+    def close(self) -> None:
+        """Close every connection and the I/O threads. Idempotent; any thread."""
+        forget_pollers(self)
+        self.db.close()
+
+
+def _read_many(conn: sqlite3.Connection, task_ids: list[str]) -> dict[str, bytes | None]:
+    found: dict[str, bytes | None] = dict.fromkeys(task_ids)
+    now = time.time()
+    for start in range(0, len(task_ids), _CHUNK):
+        chunk = task_ids[start:start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        sql = f"SELECT task_id, meta FROM celery_taskmeta WHERE task_id IN ({marks}) AND {_LIVE}"
+        for task_id, meta in conn.execute(sql, (*chunk, now)):
+            found[task_id] = meta.encode() if isinstance(meta, str) else bytes(meta)
+    return found
+
+
+def _store(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], cleanup_at: float | None) -> None:
+    conn.executemany(_STORE, rows)
+    if cleanup_at is not None:
+        conn.execute(_EXPIRED, (cleanup_at,))

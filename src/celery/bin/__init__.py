@@ -1,0 +1,1 @@
+"""The ``celery`` command line (click), one module per command."""

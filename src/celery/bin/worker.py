@@ -1,0 +1,303 @@
+"""``celery worker``: start a worker (event-loop threads for async tasks, threads for sync)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..utils.text import mask_url, pluralize
+from .base import CLIContext, user_error
+
+if TYPE_CHECKING:
+    from ..app.base import Celery
+
+__all__ = ["worker"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: ``-P`` values we accept; ``None`` is the default. Everything runs on asyncio + threads.
+POOLS = ("asyncio", "threads")
+
+
+def _loglevel(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    name = value.upper()
+    if name == "WARN":
+        name = "WARNING"
+    if name not in LOG_LEVELS:
+        raise click.BadParameter(
+            f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}"
+        )
+    return getattr(logging, name)
+
+
+def _pool(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and value.lower() not in POOLS:
+        raise click.BadParameter(
+            f"pool {value!r} is not supported: celery-asyncio only has the asyncio pool "
+            f"(event-loop threads for async def tasks, threads for def tasks); "
+            f"use --loop-workers/--loop-concurrency/--sync-workers to size it"
+        )
+    return value
+
+
+def _queues(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str] | None:
+    names = [q.strip() for item in value for q in item.split(",") if q.strip()]
+    return names or None
+
+
+def _count(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    # Zero loop (or sync) workers is a valid choice for apps with only def (or async) tasks.
+    least = 1 if param.name == "loop_concurrency" else 0
+    if value is not None and value < least:
+        raise click.BadParameter(f"must be at least {least}")
+    return value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--loop-workers",
+    type=int,
+    callback=_count,
+    help="Threads each running an event loop for async def tasks [worker_loop_workers].",
+)
+@click.option(
+    "--loop-concurrency",
+    type=int,
+    callback=_count,
+    help="Async tasks run at once on each loop [worker_loop_concurrency].",
+)
+@click.option(
+    "--sync-workers",
+    type=int,
+    callback=_count,
+    help="Threads running def tasks [worker_sync_workers, default: CPU count].",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    callback=_count,
+    help="Celery's option: same as --sync-workers.",
+)
+@click.option(
+    "-Q",
+    "--queues",
+    multiple=True,
+    callback=_queues,
+    metavar="QUEUE[,QUEUE]",
+    help="Queues to consume from, comma separated [task_default_queue].",
+)
+@click.option(
+    "-n",
+    "--hostname",
+    metavar="NAME",
+    help="Node name; %h, %n, %d expand to host name, name, domain [celery@%h].",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    default="WARNING",
+    show_default=True,
+    callback=_loglevel,
+    metavar="LEVEL",
+    help=f"One of {', '.join(LOG_LEVELS)} (any case).",
+)
+@click.option(
+    "-f", "--logfile", type=click.Path(dir_okay=False), help="Log here instead of stderr."
+)
+@click.option(
+    "--prefetch-multiplier",
+    type=int,
+    callback=_count,
+    help="Messages reserved per concurrency slot [worker_prefetch_multiplier].",
+)
+@click.option(
+    "-P",
+    "--pool",
+    callback=_pool,
+    metavar="asyncio",
+    help="Accepted for compatibility; only 'asyncio' (or 'threads') is supported.",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=int,
+    callback=_count,
+    help="Replace the worker process after it ran this many tasks [worker_max_tasks_per_child].",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=int,
+    callback=_count,
+    metavar="KIB",
+    help="Replace the worker process once its resident memory passes this many KiB "
+         "[worker_max_memory_per_child].",
+)
+@click.option("-E", "--task-events", is_flag=True, help="Send task events (not implemented yet).")
+@click.pass_obj
+def worker(
+    obj: CLIContext,
+    loop_workers: int | None,
+    loop_concurrency: int | None,
+    sync_workers: int | None,
+    concurrency: int | None,
+    queues: list[str] | None,
+    hostname: str | None,
+    loglevel: int,
+    logfile: str | None,
+    prefetch_multiplier: int | None,
+    pool: str | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    task_events: bool,
+) -> None:
+    """Start a worker."""
+    if sync_workers is not None and concurrency is not None and sync_workers != concurrency:
+        raise click.UsageError("--concurrency is another name for --sync-workers; give only one")
+    app = obj.app
+    setup_logging(app, loglevel, logfile)
+    conf = app.conf
+    recycling = bool(max_tasks_per_child or max_memory_per_child
+                     or conf.worker_max_tasks_per_child or conf.worker_max_memory_per_child)
+    if recycling and os.environ.get(CHILD_ENV) is None:
+        sys.exit(supervise(obj))
+    if task_events:
+        logging.getLogger("celery.worker").warning(
+            "-E/--task-events: task events are not implemented yet; none will be sent"
+        )
+    from ..worker.worker import Worker, expand_hostname
+
+    sync = sync_workers if sync_workers is not None else concurrency
+    if sync is None:
+        sync = conf.worker_sync_workers
+    if sync is None:
+        sync = conf.worker_concurrency or os.cpu_count() or 1
+    options: dict[str, Any] = {
+        "hostname": expand_hostname(hostname or "celery@%h"),
+        "queues": queues,
+        "loop_workers": conf.worker_loop_workers if loop_workers is None else loop_workers,
+        "loop_concurrency": (
+            conf.worker_loop_concurrency if loop_concurrency is None else loop_concurrency
+        ),
+        "sync_workers": sync,
+        "prefetch_multiplier": prefetch_multiplier,
+    }
+    instance = Worker(app, **options, max_tasks_per_child=max_tasks_per_child,
+                      max_memory_per_child=max_memory_per_child)
+    if not obj.quiet and os.environ.get(CHILD_ENV, "first") == "first":
+        click.echo(banner(app, instance, options, loglevel))
+    sys.exit(instance.run())
+
+
+#: Set in the environment of a worker process that a supervisor started ("first" for the
+#: first one, which prints the banner; "again" for the replacements).
+CHILD_ENV = "CELERY_ASYNCIO_RECYCLED_CHILD"
+
+
+def supervise(obj: CLIContext) -> int:
+    """Run this same ``celery ... worker`` command as a child process, and start a fresh one
+    each time it exits to be recycled (max tasks or memory per child). SIGTERM, SIGINT and
+    SIGQUIT are passed on to the child; the child's exit status is returned.
+
+    A recycled child stops as in a warm shutdown: the tasks it started finish and are acked,
+    the messages it prefetched go back to the queue, so nothing is lost or run twice.
+    """
+    import signal
+    import subprocess
+
+    from ..worker.worker import RECYCLE_EXIT_CODE
+    from . import celery as celery_command
+
+    argv = celery_command.MAIN_ARGV
+    if obj.app_spec is None or argv is None:
+        raise user_error("--max-tasks-per-child/--max-memory-per-child restart the worker by "
+                         "running the same command again: give the app with -A")
+    log = logging.getLogger("celery.worker")
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, forward)
+    command = [sys.executable, "-m", "celery", *argv]
+    generation = "first"
+    while True:
+        # Its own session: a Ctrl-C in the terminal reaches the child once (forwarded by us),
+        # not twice (which would be a cold shutdown).
+        child = subprocess.Popen(command, env={**os.environ, CHILD_ENV: generation},
+                                 start_new_session=True)
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:  # already forwarded; wait for the child to finish
+                continue
+        if code != RECYCLE_EXIT_CODE or stopping:
+            return 0 if code == RECYCLE_EXIT_CODE else code
+        log.warning("Worker process %d recycled; starting a new one", child.pid)
+        generation = "again"
+
+
+def setup_logging(app: Celery, level: int, logfile: str | None) -> None:
+    """Send the root logger to stderr (or ``logfile``) in ``worker_log_format`` at ``level``.
+
+    As in Celery: if a receiver is connected to ``setup_logging``, it configures logging and
+    we do nothing more; otherwise ``after_setup_logger`` is sent once our handler is in place.
+    """
+    from .. import signals
+
+    fmt = app.conf.worker_log_format
+    if signals.setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=fmt,
+                                  colorize=False):
+        return
+    try:
+        handler: logging.Handler = (
+            logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler()
+        )
+    except OSError as exc:
+        raise user_error(f"cannot open log file {logfile!r}: {exc.strerror}") from exc
+    handler.setFormatter(logging.Formatter(app.conf.worker_log_format))
+    root = logging.getLogger()
+    if app.conf.worker_hijack_root_logger:
+        for old in root.handlers[:]:
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    signals.after_setup_logger.send(sender=None, logger=root, loglevel=level, logfile=logfile,
+                                    format=fmt, colorize=False)
+
+
+def banner(app: Celery, instance: Any, options: dict[str, Any], loglevel: int) -> str:
+    """The few lines a worker prints when it starts: who, where, how many, what."""
+    conf = app.conf
+    show_internal = loglevel <= logging.DEBUG
+    tasks = sorted(name for name in app.tasks if show_internal or not name.startswith("celery."))
+    queues = getattr(instance, "queues", None) or options["queues"] or [conf.task_default_queue]
+    loops, syncs = options["loop_workers"], options["sync_workers"]
+    concurrency = (
+        f"{loops} loop {pluralize(loops, 'worker')} × {options['loop_concurrency']}"
+        f" + {syncs} sync {pluralize(syncs, 'worker')}"
+    )
+    from .. import VERSION_BANNER
+
+    lines = [
+        f"{getattr(instance, 'hostname', options['hostname'])} v{VERSION_BANNER}",
+        f"  app:         {app.main or '__main__'}:{id(app):#x}",
+        f"  transport:   {mask_url(app.broker_url)}",
+        f"  results:     {mask_url(conf.result_backend) or 'disabled'}",
+        f"  concurrency: {concurrency}",
+        f"  queues:      {', '.join(queues)}",
+        "",
+        "[tasks]",
+        *(f"  . {name}" for name in tasks),
+    ]
+    if not tasks:
+        lines.append("  (none registered)")
+    return "\n".join(lines) + "\n"

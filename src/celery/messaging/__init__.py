@@ -1,0 +1,1 @@
+"""Wire formats: serializers and Celery's task protocol v2."""

@@ -1,0 +1,103 @@
+"""The transport contract: publish, fetch a batch, ack/requeue/reject in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..messaging.protocol import Message
+
+__all__ = ["CAP_DELAYED", "CAP_PRIORITY", "CAP_VISIBILITY_TIMEOUT", "Delivery", "Transport"]
+
+#: The transport orders messages by priority.
+CAP_PRIORITY = "priority"
+#: Unacked messages return to their queue after a visibility timeout (no server-side channel).
+CAP_VISIBILITY_TIMEOUT = "visibility_timeout"
+#: The transport holds back messages until their ETA (the ``eta`` header).
+CAP_DELAYED = "delayed"
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """A received message plus what the transport needs to ack, requeue or reject it.
+
+    A Delivery is created on the consumer's event loop and may be read from any thread;
+    only the consumer's loop acks it (through the transport).
+    """
+
+    message: Message
+    #: Unique per delivery; the ack handle.
+    delivery_tag: str
+    #: The queue it was fetched from (the logical name, not a priority sub-queue).
+    queue: str
+    #: The transport's own form of the message, kept to requeue it unchanged.
+    raw: Any = None
+    redelivered: bool = False
+    #: AMQP-style delivery info as Celery's ``request.delivery_info`` shows it.
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A client for one broker.
+
+    Thread-safety: ``publish`` may be called from any thread at any time. Every coroutine
+    may be awaited on any event loop; a transport keeps one connection pool per loop
+    (asyncio clients are bound to the loop that made them).
+
+    Acknowledgement model: ``fetch`` hands out at most ``max_count`` deliveries and keeps
+    each of them reserved (unacked) until ``ack``, ``requeue`` or ``reject`` settles it, or
+    until the broker redelivers it because this consumer died (a visibility timeout on
+    Redis, the channel closing on AMQP).
+    """
+
+    #: Features the broker has natively: a subset of the CAP_* names above.
+    capabilities: frozenset[str]
+    url: str
+
+    def publish(self, message: Message) -> None:
+        """Send one message. Blocking; safe from any thread (uses a connection pool)."""
+
+    async def apublish(self, message: Message) -> None:
+        """Send one message from the running event loop."""
+
+    async def apublish_many(self, messages: Sequence[Message]) -> None:
+        """Send several messages in as few round trips as the broker allows."""
+
+    async def declare(self, queues: Iterable[str]) -> None:
+        """Make sure the queues exist and are bound, as the broker needs for routing."""
+
+    async def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+        """Reserve up to ``max_count`` messages from ``queues`` (in order of preference).
+
+        Returns as soon as at least one message is there; waits at most ``timeout``
+        seconds and returns ``[]`` when none came.
+        """
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Settle deliveries as done: they are removed from the broker for good."""
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Give deliveries back to their queues at once, to be delivered again."""
+
+    async def reject(self, deliveries: Sequence[Delivery], requeue: bool = False) -> None:
+        """Refuse deliveries: requeue them, or drop them (dead-letter where supported)."""
+
+    async def restore_visible(self) -> int:
+        """Return reserved messages whose consumer is gone to their queues; returns a count."""
+
+    async def purge(self, queue: str) -> int:
+        """Delete every waiting message in ``queue``; returns how many were deleted."""
+
+    async def queue_length(self, queue: str) -> int:
+        """Number of messages waiting in ``queue``."""
+
+    async def ping(self) -> None:
+        """Raise ConnectionLost if the broker cannot be reached."""
+
+    def close(self) -> None:
+        """Release sync resources (connection pools). Idempotent."""
+
+    async def aclose(self) -> None:
+        """Release the running loop's connections. Idempotent."""

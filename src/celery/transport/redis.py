@@ -1,0 +1,707 @@
+"""Redis/Valkey transport, laid out exactly as kombu's Redis transport lays out its keys.
+
+Upstream Celery 5.x workers consume what we publish and we consume what they publish:
+
+* A queue is a list of kombu JSON envelopes (``{"body": base64, "content-encoding",
+  "content-type", "headers", "properties"}``, made by one ``json.dumps`` with default
+  settings). Producers LPUSH, consumers pop from the tail, so each list is FIFO.
+* Priorities map to sub-queues: priority ``p`` (clamped to 0..9, 0 when missing) goes to the
+  step ``steps[bisect(steps, p) - 1]`` of ``priority_steps`` (default ``[0, 3, 6, 9]``); step 0
+  is the plain queue name, step ``s`` is ``queue + sep + str(s)`` with ``sep = "\\x06\\x16"``.
+  Consumers read the steps in ascending order, so on Redis **0 is the highest priority**.
+* Reserved messages live in the hash ``unacked`` (field delivery_tag, value JSON
+  ``[envelope, exchange, routing_key]``) and the zset ``unacked_index`` (score: ``time.time()``
+  at reservation). ``restore_visible`` moves entries older than ``visibility_timeout`` back to
+  the tail of their queue (delivered next, original order kept) under the ``unacked_mutex``
+  lock, marking ``redelivered`` in headers and ``delivery_info`` as kombu does.
+* ``declare`` adds ``routing_key + sep + "" + sep + queue`` to ``_kombu.binding.<queue>`` and
+  ``_kombu.binding_permanent.<queue>`` (Celery's default exchange is named after its queue).
+* ``global_keyprefix`` prefixes every key.
+* Our own addition: the sorted set ``celery-asyncio.delayed`` holds messages whose far ETA a
+  worker deferred (``defer``; score: due time) until ``promote_due`` puts them back.
+
+Differences from kombu, on purpose: ``publish`` always routes to the queue named by the routing
+key (Celery publishes with the anonymous exchange ``""``); ``fetch`` reads queues in the order
+given unless ``queue_order_strategy`` is ``"round_robin"`` or ``"sorted"``; ``requeue`` keeps
+the original order of the batch.
+
+Malformed elements (not JSON, no ``body`` or ``delivery_tag``, bad base64) never crash
+``fetch`` and never take good messages down with them: each is removed from ``unacked``,
+pushed unchanged onto the list ``celery-asyncio.dead-letter`` (kombu has no dead-letter on
+Redis, and dropping it silently would lose data) and logged with its queue and first bytes.
+
+Delivery guarantees: publishing is at-least-once (a publish that failed with a connection
+error is retried, and the server may have executed it before the connection broke). A message
+popped by BRPOP is registered in ``unacked`` by a second command, as in kombu: if the
+connection breaks between the two, that message is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from bisect import bisect
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import valkey
+import valkey.asyncio as avalkey
+from valkey.exceptions import NoScriptError, ValkeyError
+
+from ..exceptions import ConnectionLost, ImproperlyConfigured
+from ..messaging.protocol import Message
+from . import envelope as envelope_codec
+from .base import CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
+
+__all__ = ["DEAD_LETTER_KEY", "RedisTransport"]
+
+logger = logging.getLogger(__name__)
+
+#: Where malformed queue elements go (a list; the raw bytes are pushed unchanged).
+DEAD_LETTER_KEY = "celery-asyncio.dead-letter"
+#: Where messages with a far ETA wait (a sorted set scored by due time; see ``defer``).
+DELAYED_KEY = "celery-asyncio.delayed"
+
+_SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
+_DRIVER_ERRORS = (ValkeyError, OSError)
+_RETRYABLE = (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError, OSError)
+#: Connection options taken from transport_options as they are.
+_CONNECTION_OPTIONS = (
+    *("socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options"),
+    *("retry_on_timeout", "health_check_interval", "client_name"),
+)
+
+
+class _Script(NamedTuple):
+    source: str
+    sha: str
+
+
+def _script(source: str) -> _Script:
+    return _Script(source, hashlib.sha1(source.encode()).hexdigest())
+
+
+# KEYS: unacked, unacked_index, dead-letter, queue keys (in reading order).
+# ARGV: max_count, now, pre-popped item ("" if none), its key number, logical queue names.
+# Returns flat triples {key number, delivery_tag, item}; a negative key number means the item
+# was malformed and went to the dead-letter list instead of unacked.
+_FETCH = _script("""
+local unacked, index, dead = KEYS[1], KEYS[2], KEYS[3]
+local want, now, nkeys = tonumber(ARGV[1]), tonumber(ARGV[2]), #KEYS - 3
+local seq, micros = 0, math.floor(now * 1e6)
+local out = {}
+local function reserve(k, item)
+  local ok, env = pcall(cjson.decode, item)
+  local props = ok and type(env) == 'table' and env['properties']
+  local tag = type(props) == 'table' and props['delivery_tag']
+  if type(tag) ~= 'string' or type(env['body']) ~= 'string' then
+    redis.call('LPUSH', dead, item)
+    out[#out + 1] = -k; out[#out + 1] = ''; out[#out + 1] = item
+    return
+  end
+  local info = props['delivery_info']
+  local ex, rk = '', ARGV[4 + k]
+  if type(info) == 'table' then
+    if type(info['exchange']) == 'string' then ex = info['exchange'] end
+    if type(info['routing_key']) == 'string' then rk = info['routing_key'] end
+  end
+  redis.call('HSET', unacked, tag,
+    '[' .. item .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
+  -- A distinct score per message keeps the batch's order for restore_visible. Counting in
+  -- whole microseconds: rounding now + seq * 1e-6 to six decimals could make two equal.
+  seq = seq + 1
+  redis.call('ZADD', index, string.format('%.6f', (micros + seq) / 1e6), tag)
+  out[#out + 1] = k; out[#out + 1] = tag; out[#out + 1] = item
+end
+if ARGV[3] ~= '' then
+  reserve(tonumber(ARGV[4]), ARGV[3])
+  want = want - 1
+end
+for k = 1, nkeys do
+  while want > 0 do
+    local item = redis.call('RPOP', KEYS[3 + k])
+    if not item then break end
+    reserve(k, item)
+    want = want - 1
+  end
+  if want <= 0 then break end
+end
+return out
+""")
+
+# KEYS: unacked, unacked_index. ARGV: "L" or "R" (push end), then triples
+# {tag, destination key, payload}. A message is pushed only if this call removed it from
+# unacked, so a requeue racing an ack or another restore never duplicates it.
+# (Destination keys travel in ARGV: fine on a single server, which is all kombu supports.)
+_MOVE = _script("""
+local push = ARGV[1] == 'L' and 'LPUSH' or 'RPUSH'
+local moved = 0
+for i = 2, #ARGV, 3 do
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 and ARGV[i + 2] ~= '' then
+    redis.call(push, ARGV[i + 1], ARGV[i + 2])
+    moved = moved + 1
+  end
+end
+return moved
+""")
+
+# KEYS: unacked, unacked_index, delayed. ARGV: triples {tag, due score, member}. Moves each
+# reserved message (only if this call removed it from unacked) into the delayed zset.
+_DEFER = _script("""
+local moved = 0
+for i = 1, #ARGV, 3 do
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i + 2])
+    moved = moved + 1
+  end
+end
+return moved
+""")
+
+# KEYS: delayed. ARGV: now, limit. Pushes every due member ([queue key, payload] as JSON) to
+# the consuming end of its queue, atomically, so that of several workers only one moves it.
+_PROMOTE = _script("""
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  local ok, entry = pcall(cjson.decode, member)
+  if ok and type(entry) == 'table' and type(entry[1]) == 'string' then
+    redis.call('RPUSH', entry[1], entry[2])
+  end
+end
+return #due
+""")
+
+_UNLOCK = _script("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+
+
+def _backoff(retries: int, first: float) -> Iterator[float | None]:
+    """Delays before each retry (doubling, at most 1s), then None: give up."""
+    for n in range(retries):
+        yield min(first * 2**n, 1.0)
+    yield None
+
+
+class _Layout(NamedTuple):
+    """The keys one ``fetch`` reads, cached per tuple of queue names."""
+
+    script_keys: tuple[str, ...]  # unacked, index, dead-letter, then queue keys
+    queue_keys: tuple[str, ...]  # priority-major, in reading order
+    names: tuple[str, ...]  # logical queue name of each queue key
+    by_key: dict[bytes, int]  # BRPOP's answer -> 1-based key number
+
+
+def parse_url(url: str) -> tuple[dict[str, Any], bool, str]:
+    """Connection kwargs, TLS flag and a password-free URL for messages.
+
+    Raises:
+        ImproperlyConfigured: the URL is not a valid redis/valkey URL.
+    """
+    try:
+        parts = urlsplit(url)
+        scheme, port = parts.scheme.lower(), parts.port or 6379
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"Invalid Redis URL {url!r}: {exc}") from None
+    if scheme not in _SCHEMES:
+        raise ImproperlyConfigured(
+            f"Invalid Redis URL {url!r}: scheme must be one of {', '.join(sorted(_SCHEMES))}"
+        )
+    query = parse_qs(parts.query)
+    db_text = parts.path.strip("/") or query.get("db", ["0"])[0]
+    if not db_text.isdigit():
+        raise ImproperlyConfigured(
+            f"Invalid Redis URL {url!r}: database {db_text!r} is not a number"
+        )
+    kwargs: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "port": port,
+        "db": int(db_text),
+    }
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    kwargs.update((k, v[0]) for k, v in query.items() if k.startswith("ssl_"))
+    auth = f"{parts.username or ''}:***@" if parts.password else ""
+    safe = f"{scheme}://{auth}{kwargs['host']}:{port}/{kwargs['db']}"
+    return kwargs, _SCHEMES[scheme], safe
+
+
+def _priority_steps(value: Any) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(s) for s in value)
+    except (TypeError, ValueError):
+        steps = ()
+    if not steps or steps[0] != 0 or list(steps) != sorted(set(steps)):
+        raise ImproperlyConfigured(
+            f"priority_steps must be increasing integers starting at 0, got {value!r}"
+        )
+    return steps
+
+
+def _bad_element(queue: str, item: bytes, why: str) -> None:
+    logger.warning(
+        "Malformed message in Redis queue %r (%s) moved to %r: %r",
+        queue, why, DEAD_LETTER_KEY, bytes(item[:120]),
+    )  # fmt: skip
+
+
+#: kombu's envelope helpers, under the names this module and its tests use.
+_delivery = envelope_codec.decode
+_redelivered = envelope_codec.mark_redelivered
+
+
+class RedisTransport:
+    """Transport for Redis and Valkey (``redis://``, ``rediss://``, ``valkey://``, ``valkeys://``).
+
+    Thread-safety: ``publish`` may be called from any thread (one shared, thread-safe sync
+    connection pool); coroutines may be awaited on any event loop (one async client and pool
+    per loop). See the module docstring for the key layout.
+    """
+
+    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT})
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        transport_options: dict | None = None,
+        connection_timeout: float | None = None,
+        max_connections: int | None = None,
+        **_ignored: Any,
+    ) -> None:
+        opts = dict(transport_options or {})
+        self.url = url
+        kwargs, tls, self._safe_url = parse_url(url)
+        for name in _CONNECTION_OPTIONS:
+            if opts.get(name) is not None:
+                kwargs[name] = opts[name]
+        kwargs.update((k, v) for k, v in opts.items() if k.startswith("ssl_"))
+        kwargs.setdefault("socket_connect_timeout", connection_timeout or 5.0)
+        self._tls = tls
+        self._kwargs = kwargs
+        self._max_connections = opts.get("max_connections", max_connections)
+        self._socket_timeout = kwargs.get("socket_timeout")
+        self.visibility_timeout = float(opts.get("visibility_timeout", 3600))
+        self.max_retries = int(opts.get("max_retries", 4))
+        self.sep = str(opts.get("sep", "\x06\x16"))
+        self.priority_steps = _priority_steps(opts.get("priority_steps", (0, 3, 6, 9)))
+        self.queue_order_strategy = str(opts.get("queue_order_strategy", "priority"))
+        if self.queue_order_strategy not in ("priority", "round_robin", "sorted"):
+            raise ImproperlyConfigured(
+                f"queue_order_strategy must be priority, round_robin or sorted, "
+                f"got {self.queue_order_strategy!r}"
+            )
+        prefix = self.keyprefix = str(opts.get("global_keyprefix", ""))
+        self.unacked_key = prefix + str(opts.get("unacked_key", "unacked"))
+        #: Our own key (kombu has none): messages deferred until their ETA (``defer``).
+        self.delayed_key = prefix + DELAYED_KEY
+        self.unacked_index_key = prefix + str(opts.get("unacked_index_key", "unacked_index"))
+        self.unacked_mutex_key = prefix + str(opts.get("unacked_mutex_key", "unacked_mutex"))
+        self.unacked_mutex_expire = float(opts.get("unacked_mutex_expire", 300))
+        self.unacked_restore_limit = opts.get("unacked_restore_limit")
+        self.dead_letter_key = prefix + DEAD_LETTER_KEY
+        # priority 0..9 -> index into priority_steps, as kombu's bisect does.
+        self._step_of = tuple(bisect(self.priority_steps, p) - 1 for p in range(10))
+        # Caches below are filled from any thread; a plain dict is safe there (per-object
+        # locking on free-threaded builds) and a lost race only computes a value twice.
+        self._subkeys: dict[str, tuple[str, ...]] = {}
+        self._layouts: dict[tuple[str, ...], _Layout] = {}
+        # _clients_lock guards _async_clients (event loop -> its client), _sync_client and
+        # _rr_turn: all read and replaced by callers on any thread and any loop.
+        self._clients_lock = threading.Lock()
+        self._async_clients: dict[asyncio.AbstractEventLoop, avalkey.Valkey] = {}
+        self._sync_client: valkey.Valkey | None = None
+        self._rr_turn = 0
+
+    def __repr__(self) -> str:
+        return f"<RedisTransport {self._safe_url}>"
+
+    # -- clients -------------------------------------------------------------------------
+
+    def _pool(self, lib: Any) -> Any:
+        """A new connection pool of ``lib`` (``valkey`` or ``valkey.asyncio``)."""
+        kwargs: dict[str, Any] = dict(self._kwargs)
+        kwargs["connection_class"] = lib.SSLConnection if self._tls else lib.Connection
+        if not self._max_connections:
+            return lib.ConnectionPool(**kwargs)
+        # Blocking: a caller waits for a free connection instead of failing at the limit.
+        return lib.BlockingConnectionPool(max_connections=self._max_connections, **kwargs)
+
+    def _client(self) -> avalkey.Valkey:
+        """The running loop's async client, made on first use. Call from a running loop."""
+        loop = asyncio.get_running_loop()
+        with self._clients_lock:
+            client = self._async_clients.get(loop)
+            if client is None:
+                for old in [lp for lp in self._async_clients if lp.is_closed()]:
+                    del self._async_clients[old]
+                client = avalkey.Valkey(connection_pool=self._pool(avalkey))
+                self._async_clients[loop] = client
+            return client
+
+    def _sync(self) -> valkey.Valkey:
+        """The shared sync client, made on first use. Any thread."""
+        with self._clients_lock:
+            if self._sync_client is None:
+                self._sync_client = valkey.Valkey(connection_pool=self._pool(valkey))
+            return self._sync_client
+
+    def _lost(self, what: str, exc: BaseException) -> ConnectionLost:
+        return ConnectionLost(f"Redis {what} failed on {self._safe_url}: {exc}")
+
+    async def _eval(
+        self, client: avalkey.Valkey, script: _Script, keys: Sequence, args: Sequence
+    ) -> Any:
+        try:
+            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.execute_command("SCRIPT LOAD", script.source)
+            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    # -- layout --------------------------------------------------------------------------
+
+    def _queue_keys(self, queue: str) -> tuple[str, ...]:
+        """The list key of each priority step of ``queue`` (prefixed). Any thread."""
+        keys = self._subkeys.get(queue)
+        if keys is None:
+            name = self.keyprefix + queue
+            keys = tuple(f"{name}{self.sep}{s}" if s else name for s in self.priority_steps)
+            self._subkeys[queue] = keys
+        return keys
+
+    def _key_for(self, queue: str, priority: Any) -> str:
+        """kombu's ``_q_for_pri``: the sub-queue a message of ``priority`` goes to."""
+        try:
+            p = min(max(int(priority), 0), 9)
+        except (TypeError, ValueError):
+            p = 0
+        return self._queue_keys(queue)[self._step_of[p]]
+
+    def _layout(self, queues: tuple[str, ...]) -> _Layout:
+        layout = self._layouts.get(queues)
+        if layout is None:
+            pairs = [
+                (self._queue_keys(q)[i], q) for i in range(len(self.priority_steps)) for q in queues
+            ]
+            keys = tuple(k for k, _ in pairs)
+            fixed = (self.unacked_key, self.unacked_index_key, self.dead_letter_key)
+            by_key = {k.encode(): n for n, k in enumerate(keys, 1)}
+            layout = _Layout(fixed + keys, keys, tuple(q for _, q in pairs), by_key)
+            self._layouts[queues] = layout
+        return layout
+
+    def _ordered(self, queues: Sequence[str]) -> tuple[str, ...]:
+        if self.queue_order_strategy == "sorted":
+            return tuple(sorted(queues))
+        if self.queue_order_strategy == "round_robin" and len(queues) > 1:
+            with self._clients_lock:
+                self._rr_turn = turn = (self._rr_turn + 1) % len(queues)
+            return tuple(queues[turn:]) + tuple(queues[:turn])
+        return tuple(queues)
+
+    def _envelope(self, message: Message) -> tuple[str, str]:
+        """``(list key, kombu JSON envelope)`` for a message, properties in kombu's order."""
+        _, payload, priority = envelope_codec.encode(message)
+        return self._key_for(message.routing_key, priority), payload
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish(self, message: Message) -> None:
+        """LPUSH one message, retrying connection errors with backoff. Blocking; any thread."""
+        key, payload = self._envelope(message)
+        client = self._sync()
+        for delay in _backoff(self.max_retries, 0.1):
+            try:
+                client.lpush(key, payload)
+                return
+            except _DRIVER_ERRORS as exc:
+                if delay is None or not isinstance(exc, _RETRYABLE):
+                    raise self._lost("publish", exc) from exc
+                logger.debug("Publish on %s failed (%s), retrying in %.1fs", self, exc, delay)
+            time.sleep(delay)
+
+    async def _run(
+        self, what: str, op: Callable[[avalkey.Valkey], Any], retries: int = 1, first: float = 0
+    ) -> Any:
+        """Await ``op(client)``, converting driver errors; connection errors are retried.
+
+        The retry is what replaces connections the server dropped: a dead pooled connection
+        is only noticed when used, and is then discarded. Call from a running loop.
+        """
+        for delay in _backoff(retries, first):
+            try:
+                return await op(self._client())
+            except _DRIVER_ERRORS as exc:
+                if delay is None or not isinstance(exc, _RETRYABLE):
+                    raise self._lost(what, exc) from exc
+                logger.debug("%s on %s failed (%s), retrying in %.1fs", what, self, exc, delay)
+            await asyncio.sleep(delay)
+
+    async def _pipeline(
+        self, what: str, commands: Iterable[tuple], transaction: bool = False, **retry: Any
+    ) -> list:
+        """Send raw commands such as ``("LLEN", key)`` in one round trip; their replies."""
+        commands = list(commands)
+
+        async def send(client: avalkey.Valkey) -> list:
+            pipe = client.pipeline(transaction=transaction)
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+
+        return await self._run(what, send, **retry)
+
+    async def apublish(self, message: Message) -> None:
+        """LPUSH one message from the running loop (retried like ``publish``)."""
+        key, payload = self._envelope(message)
+        await self._run("publish", lambda c: c.lpush(key, payload), self.max_retries, 0.1)
+
+    async def apublish_many(self, messages: Sequence[Message]) -> None:
+        """LPUSH several messages in one pipeline round trip, from the running loop."""
+        if messages:
+            pushes = [("LPUSH", *self._envelope(m)) for m in messages]
+            await self._pipeline("publish", pushes, retries=self.max_retries, first=0.1)
+
+    async def declare(self, queues: Iterable[str]) -> None:
+        """Add kombu's bindings for each queue (exchange and routing key named after it)."""
+        binding = self.keyprefix + "_kombu.binding"
+        await self._pipeline("declare", [
+            (command, f"{binding}{kind}.{queue}", self.sep.join((queue, "", queue)))
+            for queue in queues for command, kind in (("SADD", ""), ("SADD", "_permanent"))
+        ])  # fmt: skip
+
+    # -- consuming -----------------------------------------------------------------------
+
+    async def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+        """Reserve up to ``max_count`` messages; block up to ``timeout`` s. Running loop."""
+        if not queues or max_count <= 0:
+            return []
+        layout = self._layout(self._ordered(queues))
+        for _ in range(3):  # again only when a round found nothing but malformed elements
+            deliveries, dead = await self._reserve(layout, max_count)
+            if deliveries or not dead:
+                break
+        if deliveries or timeout <= 0:
+            return deliveries
+        keys, block = list(layout.queue_keys), self._block_for(timeout)
+        popped = await self._run("fetch", lambda c: c.execute_command("BRPOP", *keys, block))
+        if popped is None:
+            return []
+        deliveries, _ = await self._reserve(layout, max_count, popped[1], layout.by_key[popped[0]])
+        return deliveries
+
+    def _block_for(self, timeout: float) -> float:
+        # A blocking read must end before the socket timeout would break the connection.
+        if self._socket_timeout:
+            timeout = min(timeout, max(float(self._socket_timeout) - 0.5, 0.01))
+        return max(round(timeout, 3), 0.001)
+
+    async def _reserve(
+        self, layout: _Layout, count: int, item: bytes = b"", key_number: int = 0
+    ) -> tuple[list[Delivery], int]:
+        """Run the fetch script (``item``: one BRPOP already took) and parse what it reserved.
+
+        Returns the deliveries and how many elements were malformed (and dead-lettered).
+        Retrying the script after a broken connection is safe: at worst messages it reserved
+        wait in ``unacked`` for ``restore_visible``.
+        """
+        args = (count, repr(time.time()), item, key_number, *layout.names)
+        reply = await self._run("fetch", lambda c: self._eval(c, _FETCH, layout.script_keys, args))
+        deliveries: list[Delivery] = []
+        broken: list[tuple[bytes, bytes]] = []
+        for i in range(0, len(reply), 3):
+            number, tag, item = reply[i], reply[i + 1], reply[i + 2]
+            queue = layout.names[abs(number) - 1]
+            if number < 0:  # the script already dead-lettered it
+                _bad_element(queue, item, "not a kombu envelope")
+                continue
+            try:
+                deliveries.append(_delivery(tag.decode(), item, queue))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                _bad_element(queue, item, f"{type(exc).__name__}: {exc}")
+                broken.append((tag, item))
+        if broken:
+            await self._dead_letter(broken)
+        return deliveries, len(reply) // 3 - len(deliveries)
+
+    async def _dead_letter(self, broken: list[tuple[bytes, bytes]]) -> None:
+        tags = [tag for tag, _ in broken]
+        await self._pipeline("fetch", [
+            ("HDEL", self.unacked_key, *tags), ("ZREM", self.unacked_index_key, *tags),
+            ("LPUSH", self.dead_letter_key, *(item for _, item in broken)),
+        ], transaction=True)  # fmt: skip
+
+    # -- settling ------------------------------------------------------------------------
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Forget deliveries for good: one pipeline round trip. Running loop."""
+        if deliveries:
+            tags = [d.delivery_tag for d in deliveries]
+            await self._pipeline(
+                "ack", [("HDEL", self.unacked_key, *tags), ("ZREM", self.unacked_index_key, *tags)]
+            )
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Put deliveries back at the consuming end, in their original order. Running loop.
+
+        As kombu's restore, the message is marked ``redelivered``; it is pushed only if it
+        was still reserved (not acked or restored meanwhile).
+        """
+        # RPUSH the last delivery first so that the first one ends up next in line.
+        await self._move(reversed(deliveries), "R")
+
+    async def reject(self, deliveries: Sequence[Delivery], requeue: bool = False) -> None:
+        """Refuse deliveries. Running loop.
+
+        ``requeue=True`` puts them at the back of their queue (LPUSH), as kombu's
+        ``reject(requeue=True)`` does, so a message that keeps failing cannot starve the
+        others; ``requeue=False`` drops them (Redis has no dead-lettering for rejects).
+        """
+        if requeue:
+            await self._move(deliveries, "L")
+            return
+        if deliveries:
+            logger.info("Dropping %d rejected message(s): %s", len(deliveries),
+                        ", ".join(d.delivery_tag for d in deliveries))  # fmt: skip
+            await self.ack(deliveries)
+
+    async def _move(self, deliveries: Iterable[Delivery], end: str) -> None:
+        args: list[Any] = [end]
+        for d in deliveries:
+            envelope = json.loads(d.raw)
+            priority = envelope.get("properties", {}).get("priority")
+            args += (d.delivery_tag, self._key_for(d.queue, priority), _redelivered(envelope))
+        if len(args) > 1:
+            keys = (self.unacked_key, self.unacked_index_key)
+            await self._run("requeue", lambda c: self._eval(c, _MOVE, keys, args))
+
+    async def defer(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
+        """Take reserved deliveries out of ``unacked`` until their time (epoch seconds).
+
+        They wait in the sorted set ``celery-asyncio.delayed`` (score: due time) and
+        ``promote_due`` (any of our workers) puts them back first in line when due: a far
+        ETA then pins no worker's memory, and no visibility timeout redelivers it early.
+        """
+        args: list[Any] = []
+        for d, due in deliveries:
+            priority = envelope_codec.priority_of(json.loads(d.raw))
+            member = json.dumps([self._key_for(d.queue, priority), d.raw.decode()
+                                 if isinstance(d.raw, bytes) else d.raw])
+            args += (d.delivery_tag, repr(float(due)), member)
+        if args:
+            keys = (self.unacked_key, self.unacked_index_key, self.delayed_key)
+            await self._run("defer", lambda c: self._eval(c, _DEFER, keys, args))
+
+    async def promote_due(self, limit: int = 500) -> int:
+        """Move deferred messages whose time has come back to their queues; returns how many."""
+        keys, args = (self.delayed_key,), (repr(time.time()), limit)
+        return int(await self._run("promote", lambda c: self._eval(c, _PROMOTE, keys, args)))
+
+    async def restore_visible(self) -> int:
+        """Requeue messages reserved longer than ``visibility_timeout``; returns the count.
+
+        Does nothing (returns 0) while another process holds ``unacked_mutex``. Running loop.
+        """
+        token = uuid.uuid4().hex
+        px = int(self.unacked_mutex_expire * 1000)
+
+        async def locked(client: avalkey.Valkey) -> int:
+            # The GET lets a retry after a dropped connection see that it holds the lock.
+            key = self.unacked_mutex_key
+            if not await client.set(key, token, nx=True, px=px):
+                if await client.get(key) != token.encode():
+                    return 0
+            try:
+                return await self._restore_expired(client)
+            finally:
+                await self._eval(client, _UNLOCK, (key,), (token,))
+
+        return await self._run("restore_visible", locked)
+
+    async def _restore_expired(self, client: avalkey.Valkey) -> int:
+        ceiling = time.time() - self.visibility_timeout
+        limit = self.unacked_restore_limit
+        # Newest first, each RPUSHed in turn: the oldest ends up next in line (as kombu).
+        command = ["ZRANGE", self.unacked_index_key, repr(ceiling), 0, "BYSCORE", "REV"]
+        tags = await client.execute_command(*command, *(("LIMIT", 0, limit) if limit else ()))
+        if not tags:
+            return 0
+        values = await client.execute_command("HMGET", self.unacked_key, *tags)
+        args: list[Any] = ["R"]
+        for tag, value in zip(tags, values, strict=True):
+            args += (tag, *await self._restore_target(client, tag, value))
+        keys = (self.unacked_key, self.unacked_index_key)
+        restored = await self._eval(client, _MOVE, keys, args)
+        if restored:
+            logger.info("Restored %d unacknowledged message(s) to their queues", restored)
+        return restored
+
+    async def _restore_target(
+        self, client: avalkey.Valkey, tag: bytes, value: bytes | None
+    ) -> tuple[str, Any]:
+        """``(destination key, payload)`` for one unacked entry ("" payload: just drop it)."""
+        if value is None:
+            return "", ""  # index entry without its hash entry: only remove it
+        try:
+            envelope, exchange, routing_key = json.loads(value)
+            queue = routing_key
+            if exchange:  # kombu's lookup in a direct exchange's binding table
+                table = f"{self.keyprefix}_kombu.binding.{exchange}"
+                members = await client.execute_command("SMEMBERS", table)
+                bound = [m.decode().split(self.sep) for m in members]
+                queue = next((b[2] for b in bound if len(b) == 3 and b[0] == routing_key), queue)
+            priority = envelope["properties"].get("priority")
+            return self._key_for(queue, priority), _redelivered(envelope)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("Malformed unacked entry %r (%s) moved to %r: %r",
+                           tag, exc, DEAD_LETTER_KEY, value[:120])  # fmt: skip
+            return self.dead_letter_key, value
+
+    # -- queues and lifecycle ------------------------------------------------------------
+
+    async def purge(self, queue: str) -> int:
+        """Delete ``queue`` and its priority sub-queues; returns how many messages went."""
+        keys = self._queue_keys(queue)
+        commands = [command for key in keys for command in (("LLEN", key), ("DEL", key))]
+        return sum((await self._pipeline("purge", commands, transaction=True))[::2])
+
+    async def queue_length(self, queue: str) -> int:
+        """Messages waiting in ``queue``, all priority sub-queues included. Running loop."""
+        return sum(
+            await self._pipeline("queue_length", [("LLEN", k) for k in self._queue_keys(queue)])
+        )
+
+    async def ping(self) -> None:
+        """Raise ConnectionLost unless the server answers PING. Running loop."""
+        await self._run("ping", lambda c: c.ping())
+
+    def close(self) -> None:
+        """Disconnect the sync pool and forget clients of closed loops. Any thread; idempotent.
+
+        Clients of loops still open are closed by ``aclose`` on their own loop.
+        """
+        with self._clients_lock:
+            client, self._sync_client = self._sync_client, None
+            for loop in [lp for lp in self._async_clients if lp.is_closed()]:
+                del self._async_clients[loop]
+        if client is not None:
+            client.connection_pool.disconnect()
+
+    async def aclose(self) -> None:
+        """Disconnect the running loop's pool. Call on that loop; idempotent."""
+        with self._clients_lock:
+            client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose(close_connection_pool=True)

@@ -1,0 +1,676 @@
+"""The consumer: fetch within the prefetch window, dispatch to executors, batch acks and
+result writes. Everything here runs on the worker's main event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import signals, states
+from ..backends.base import DisabledBackend
+from ..exceptions import (
+    ConnectionLost,
+    ContentDisallowed,
+    ImproperlyConfigured,
+    InvalidMessage,
+    NotRegistered,
+    TaskRevokedError,
+    TimeLimitExceeded,
+)
+from ..messaging.protocol import check_headers, epoch_of
+from ..transport.base import CAP_DELAYED
+from .executor.base import Executor
+from .outbox import Outbox
+from .ratelimit import RateLimiter, parse_rate
+from .request import Outcome, Request
+
+if TYPE_CHECKING:
+    from ..app.base import Celery
+    from ..transport.base import Delivery, Transport
+
+__all__ = ["Consumer"]
+
+logger = logging.getLogger("celery.worker.consumer")
+
+#: Upper bound on messages fetched in one round trip.
+FETCH_BATCH_MAX = 256
+#: How long one fetch may block when the queues are empty (also how quickly a stop is seen).
+FETCH_TIMEOUT = 1.0
+#: How often reserved messages of dead workers are restored (visibility timeout on Redis).
+RESTORE_INTERVAL = 60.0
+#: How often deferred (far-ETA) messages that are due are put back in their queues.
+PROMOTE_INTERVAL = 1.0
+#: At least this many future (ETA) tasks are held in memory before they are deferred.
+ETA_HOLD_MAX = 10_000
+
+
+class _Lane:
+    """Requests waiting for one executor, and how many slots of each group are in use."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.held: deque[Request] = deque()
+        self.used = [0] * len(executor.groups)
+        self.running: dict[Request, None] = {}
+
+
+class Consumer:
+    """Owns the broker side of a worker.
+
+    Must be created and run on the worker's main event loop; executors report back only
+    through ``self.outbox``, whose hand-off is thread-safe.
+    """
+
+    def __init__(self, app: Celery, transport: Transport, queues: Sequence[str], window: int,
+                 loop_executor: Executor, sync_executor: Executor, hostname: str,
+                 on_ready: Callable[[], Any] | None = None, max_tasks: int | None = None,
+                 max_memory_kb: int | None = None) -> None:
+        self.app = app
+        self.transport = transport
+        self.backend = app.backend
+        self.queues = list(queues)
+        self.window = window
+        self.hostname = hostname
+        self.on_ready = on_ready
+        self.tasks = app.tasks
+        self.lanes = {True: _Lane(loop_executor), False: _Lane(sync_executor)}
+        from ..messaging.serialization import accept_set
+
+        self.accept = accept_set(app.conf.accept_content)
+        self._store_results = not isinstance(self.backend, DisabledBackend)
+        #: Requests accepted and not finished (held or running).
+        self.inflight = 0
+        #: Deliveries fetched whose ack/requeue/reject the broker has not confirmed yet. The
+        #: window bounds both counts, so the broker never holds more unacked messages for
+        #: us than the window, even while acks are in flight.
+        self.reserved = 0
+        self._room = asyncio.Event()
+        #: Set once a stop is asked for; never cleared.
+        self._stopped = asyncio.Event()
+        self._flush_needed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._to_store: list[tuple[str, bytes, str]] = []
+        self._to_ack: list[Delivery] = []
+        self._to_requeue: list[Delivery] = []
+        self._to_reject: list[Delivery] = []
+        #: Early-acked messages abandoned by a cold shutdown, to be published again.
+        self._to_republish: list[Delivery] = []
+        #: True while a flush is writing (its items are no longer in the _to_* lists).
+        self._flushing = False
+        #: Requests whose ETA has not come: (eta epoch, seq, request), a heap. They are not
+        #: counted in ``reserved`` while held (as Celery raises its QoS for them), so a
+        #: backlog of future tasks never blocks the window; ``eta_held`` counts them.
+        self._eta: list[tuple[float, int, Request]] = []
+        self._eta_seq = itertools.count()
+        self._eta_timer: asyncio.TimerHandle | None = None
+        self.eta_held = 0
+        # A transport that can ``defer`` takes far-future messages off our hands (Redis:
+        # a sorted set; see docs/brokers.md): we hold a message only while its ETA is within
+        # ``eta_horizon`` (half the visibility timeout, so that no restore ever redelivers a
+        # message we hold) and while we hold fewer than ``eta_hold_max``.
+        self._defer = getattr(transport, "defer", None)
+        self._promote = getattr(transport, "promote_due", None)
+        visibility = getattr(transport, "visibility_timeout", None)
+        if CAP_DELAYED not in transport.capabilities and visibility:
+            self.eta_horizon = max(1.0, float(visibility) / 2)
+        else:
+            self.eta_horizon = float("inf")
+        self.eta_hold_max = max(ETA_HOLD_MAX, window)
+        self._to_defer: list[tuple[Delivery, float]] = []
+        #: Rate-limited tasks' waiting requests, by task name (``None``: no limit), and the
+        #: one timer that releases the next of them.
+        self._limiters: dict[str, RateLimiter | None] = {}
+        self._limit_timer: asyncio.TimerHandle | None = None
+        self._rate_limits = not app.conf.worker_disable_rate_limits
+        self.outbox: Outbox[Outcome] = Outbox(asyncio.get_running_loop(), self._on_outcomes)
+        self._log_info = logger.isEnabledFor(logging.INFO)
+        self.processed = 0
+        #: Recycling (``--max-tasks-per-child``, ``--max-memory-per-child``): past either
+        #: limit the consumer stops as in a warm shutdown and ``recycle`` tells the worker to
+        #: exit for its supervisor to start a fresh process.
+        self.max_tasks = max_tasks or None
+        self.max_memory_kb = max_memory_kb or None
+        self._next_memory_check = 0.0
+        self.recycle = False
+
+    # -- main coroutine ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until ``stop_fetching`` is called, then finish the in-flight work."""
+        flusher = asyncio.create_task(self._flush_loop(), name="consumer-flush")
+        restorer = asyncio.create_task(self._restore_loop(), name="consumer-restore")
+        promoter = asyncio.create_task(self._promote_loop(), name="consumer-promote")
+        watcher = asyncio.create_task(self._memory_loop(), name="consumer-memory")
+        try:
+            await self.transport.declare(self.queues)
+            if self.on_ready is not None:
+                self.on_ready()
+            await self._fetch_loop()
+        finally:
+            # The restorer stops at the stop event, never by cancellation: a restore cut off
+            # mid-way would hold kombu's unacked_mutex until it expires.
+            self.stop_fetching()
+            await asyncio.wait({restorer, promoter, watcher}, timeout=30)  # bounded, never raises
+            self._requeue_held()
+            await self._wait_idle()
+            self._flush_needed.set()
+            await self._drain_flush(flusher)
+
+    async def _fetch_loop(self) -> None:
+        backoff = 0.1
+        while not self.stopping:
+            want = min(self.window - max(self.inflight, self.reserved), FETCH_BATCH_MAX)
+            if self.max_tasks is not None:  # never take more than this process will run
+                want = min(want, self.max_tasks - self.processed - self.inflight - self.eta_held)
+            if want <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                deliveries = await self.transport.fetch(self.queues, want, FETCH_TIMEOUT)
+            except ConnectionLost as exc:
+                logger.warning("Broker connection lost: %s. Retrying in %.1fs...", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self.reserved += len(deliveries)
+            for delivery in deliveries:
+                self._accept(delivery)
+            self._dispatch()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a warm or cold stop was asked for."""
+        return self._stopped.is_set()
+
+    def stop_fetching(self) -> None:
+        """Warm shutdown: stop taking new messages (the current fetch ends within 1 s)."""
+        self._stopped.set()
+        self._room.set()
+
+    def cold_stop(self) -> None:
+        """Second signal: cancel running async tasks, requeue what cannot be cancelled."""
+        self.stop_fetching()
+        lane = self.lanes[False]
+        sync_running = list(lane.running)
+        lane.executor.cancel_all()
+        self.lanes[True].executor.cancel_all()
+        for req in sync_running:
+            logger.warning("Cold shutdown: requeueing %s[%s], still running in a sync thread",
+                           req.name, req.id)
+            self._finish(Outcome(req, "REVOKED", None, 0.0, requeue=True))
+        self._flush_needed.set()
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _accept(self, delivery: Delivery) -> None:
+        msg = delivery.message
+        try:
+            name, task_id = check_headers(msg.headers)
+        except InvalidMessage as exc:
+            logger.error("Rejecting malformed message from queue %r: %s", delivery.queue, exc)
+            self._reject(delivery)
+            signals.task_rejected.send(sender=self, message=msg, exc=exc)
+            return
+        task = self.tasks.get(name)
+        if task is None:
+            logger.error("Received unregistered task of type %r (id %s): the message has been "
+                         "rejected and discarded. Is the module that defines it imported by the "
+                         "worker?", name, task_id)
+            self._reject(delivery)
+            signals.task_unknown.send(sender=self, name=name, id=task_id, message=msg,
+                                      exc=NotRegistered(name))
+            return
+        if msg.content_type not in self.accept:
+            logger.error("Rejecting task %s[%s]: content type %r is not in accept_content (%s)",
+                         name, task_id, msg.content_type, ", ".join(sorted(self.accept)))
+            self._reject(delivery)
+            signals.task_rejected.send(sender=self, message=msg, exc=ContentDisallowed(
+                f"content type {msg.content_type!r} is not accepted"))
+            return
+        lane = self.lanes[task.is_async]
+        if not lane.used:
+            kind = "loop workers" if task.is_async else "sync workers"
+            logger.error("Rejecting task %s[%s]: this worker runs no %s", name, task_id, kind)
+            self._reject(delivery)
+            return
+        conf = self.app.conf
+        acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
+        ignore = msg.headers.get("ignore_result") or (
+            conf.task_ignore_result if task.ignore_result is None else task.ignore_result)
+        req = Request(delivery, task, name, task_id, bool(acks_late), self._store_results and not ignore)
+        req.limits = req.time_limits(conf.task_time_limit, conf.task_soft_time_limit)
+        if self._log_info:
+            logger.info("Task %s[%s] received", name, task_id)
+        if signals.task_received.receivers:
+            signals.task_received.send(sender=self, request=req)
+        if self._expired(req):
+            return
+        eta = _header_time(req, "eta")
+        if eta is not None and eta > time.time():
+            far = eta - time.time() > self.eta_horizon or self.eta_held >= self.eta_hold_max
+            if far and self._defer is not None:
+                self._to_defer.append((delivery, eta))
+                self._flush_needed.set()
+            else:
+                if far:
+                    logger.warning("Task %s[%s]: holding its ETA beyond the visibility timeout's "
+                                   "horizon (this broker cannot defer messages)", name, task_id)
+                self._hold_until(req, eta)
+            return
+        self._enqueue(req)
+
+    def _enqueue(self, req: Request) -> None:
+        """Accept a request for running: into its lane, or its rate limiter's queue."""
+        self.inflight += 1
+        limiter = self._limiter_for(req) if self._rate_limits else None
+        if limiter is None:
+            self.lanes[req.task.is_async].held.append(req)
+        else:
+            limiter.waiting.append(req)
+            self._pump_limits()
+
+    def _limiter_for(self, req: Request) -> RateLimiter | None:
+        name = req.name
+        if name not in self._limiters:
+            value = req.task.rate_limit or self.app.conf.task_default_rate_limit
+            try:
+                rate = parse_rate(value)
+            except ImproperlyConfigured as exc:
+                logger.error("Task %s: %s; running it without a rate limit", name, exc)
+                rate = None
+            self._limiters[name] = RateLimiter(rate) if rate else None
+        return self._limiters[name]
+
+    def _pump_limits(self) -> None:
+        """Move rate-limited requests whose turn has come into their lanes; arm the timer."""
+        if self._limit_timer is not None:
+            self._limit_timer.cancel()
+            self._limit_timer = None
+        now = time.monotonic()
+        soonest = None
+        for limiter in self._limiters.values():
+            if limiter is None:
+                continue
+            for req in limiter.release(now):
+                self.lanes[req.task.is_async].held.append(req)
+            at = limiter.next_release()
+            if at is not None and (soonest is None or at < soonest):
+                soonest = at
+        if soonest is not None and not self.stopping:
+            loop = asyncio.get_running_loop()
+            self._limit_timer = loop.call_at(loop.time() + max(0.0, soonest - now), self._limit_due)
+
+    def _limit_due(self) -> None:
+        self._limit_timer = None
+        self._pump_limits()
+        self._dispatch()
+
+    # -- ETA and expiry ----------------------------------------------------------------------
+
+    def _hold_until(self, req: Request, eta: float) -> None:
+        """Keep a request whose ETA is in the future, unacked, until then."""
+        self.reserved -= 1
+        self.eta_held += 1
+        heapq.heappush(self._eta, (eta, next(self._eta_seq), req))
+        if self._eta[0][2] is req:
+            self._arm_eta_timer()
+
+    def _arm_eta_timer(self) -> None:
+        if self._eta_timer is not None:
+            self._eta_timer.cancel()
+            self._eta_timer = None
+        if self._eta and not self.stopping:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, self._eta[0][0] - time.time())
+            self._eta_timer = loop.call_at(loop.time() + delay, self._eta_due)
+
+    def _eta_due(self) -> None:
+        self._eta_timer = None
+        now = time.time()
+        while self._eta and self._eta[0][0] <= now:
+            _, _, req = heapq.heappop(self._eta)
+            self.eta_held -= 1
+            self.reserved += 1
+            if self._expired(req):
+                continue
+            self._enqueue(req)
+        self._arm_eta_timer()
+        self._dispatch()
+
+    def _expired(self, req: Request) -> bool:
+        """Mark an expired request REVOKED (stored, acked, task_revoked sent); True if so."""
+        expires = _header_time(req, "expires")
+        if expires is None or expires > time.time():
+            return False
+        logger.warning("Task %s[%s] expired: discarded, marked REVOKED", req.name, req.id)
+        if req.store_result:
+            meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError("expired"))
+            self._to_store.append((req.id, self.backend.encode(meta), states.REVOKED))
+        self._to_ack.append(req.delivery)
+        self._flush_needed.set()
+        if signals.task_revoked.receivers:
+            signals.task_revoked.send(sender=req.task, request=req, terminated=False, signum=None,
+                                      expired=True)
+        return True
+
+    def _reject(self, delivery: Delivery) -> None:
+        self._to_reject.append(delivery)
+        self._flush_needed.set()
+
+    def _dispatch(self) -> None:
+        if self.stopping:
+            # Shutting down: nothing new starts; what is held goes back to the queue.
+            self._requeue_held()
+            return
+        for lane in self.lanes.values():
+            groups = lane.executor.groups
+            while lane.held:
+                group = max(range(len(groups)), key=lambda g: groups[g] - lane.used[g], default=None)
+                if group is None:
+                    break
+                free = groups[group] - lane.used[group]
+                if free <= 0:
+                    break
+                batch: list[Request] = []
+                while lane.held and len(batch) < free:
+                    req = lane.held.popleft()
+                    if self._expired(req):  # expired while it waited for a slot
+                        self.inflight -= 1
+                        continue
+                    batch.append(req)
+                if not batch:
+                    continue
+                lane.used[group] += len(batch)
+                for req in batch:
+                    req.slot = group
+                    lane.running[req] = None
+                    if not req.acks_late:
+                        self._to_ack.append(req.delivery)
+                    if req.limits[0] is not None:
+                        req.watchdog = asyncio.get_running_loop().call_later(
+                            req.limits[0], self._time_limit_hit, req)
+                lane.executor.submit(group, batch)
+        if self._to_ack:
+            self._flush_needed.set()
+        if self.inflight == 0:
+            self._idle.set()
+
+    # -- completions (loop thread, via the outbox) -----------------------------------------
+
+    def _on_outcomes(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self._finish(outcome)
+        if self.max_tasks is not None and self.processed >= self.max_tasks:
+            self._recycle(f"it ran {self.processed} tasks (max tasks per child)")
+        if self.max_memory_kb is not None and time.monotonic() >= self._next_memory_check:
+            self._next_memory_check = time.monotonic() + 0.1  # at most 10 reads a second
+            self._check_memory()
+        self._dispatch()
+        self._flush_needed.set()
+        if self.inflight < self.window:
+            self._room.set()
+        if self.inflight == 0:
+            self._idle.set()
+
+    def _finish(self, outcome: Outcome) -> None:
+        req = outcome.request
+        if outcome.interim:  # a state to store while the task goes on (STARTED)
+            if outcome.payload is not None:
+                self._to_store.append((req.id, outcome.payload, outcome.state))
+            return
+        lane = self.lanes[req.task.is_async]
+        if lane.running.pop(req, False) is False:
+            return  # already settled (cold shutdown requeued it, or its hard limit struck)
+        if req.watchdog is not None:
+            req.watchdog.cancel()
+        lane.used[req.slot] -= 1
+        self.inflight -= 1
+        if outcome.requeue:
+            self._give_back(req)
+            return
+        self.processed += 1
+        if outcome.payload is not None:
+            self._to_store.append((req.id, outcome.payload, outcome.state))
+        if outcome.settle == "requeue":  # raise Reject(requeue=True)
+            self._give_back(req)
+        elif outcome.settle == "reject":  # raise Reject(): dropped (acked already if early)
+            if req.acks_late:
+                self._to_reject.append(req.delivery)
+        elif req.acks_late:
+            if outcome.state == states.FAILURE and not self._acks_on_failure(req):
+                self._to_reject.append(req.delivery)  # task_acks_on_failure_or_timeout=False
+            else:
+                self._to_ack.append(req.delivery)
+
+    def _time_limit_hit(self, req: Request) -> None:
+        """The hard time limit struck a running request: fail it with TimeLimitExceeded and
+        finish it as any outcome (settled, slot freed), and have its executor let go of it
+        (an async task is cancelled; a stuck sync thread is replaced, see
+        ThreadExecutor.abandon). Its own late outcome is then ignored by ``_finish``."""
+        if req not in self.lanes[req.task.is_async].running:
+            return
+        hard = req.limits[0]
+        logger.error("Task %s[%s]: hard time limit (%ss) exceeded", req.name, req.id, hard)
+        exc = TimeLimitExceeded(hard)
+        payload = None
+        if req.store_result or req.task.store_errors_even_if_ignored:
+            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
+            payload = self.backend.encode(meta)
+        # As Celery, with acks_late: acked, or requeued if acks_on_failure_or_timeout is off.
+        settle = "requeue" if req.acks_late and not self._acks_on_failure(req) else "ack"
+        self.lanes[req.task.is_async].executor.abandon(req)
+        if signals.task_failure.receivers:
+            signals.task_failure.send(sender=req.task, task_id=req.id, exception=exc, args=None,
+                                      kwargs=None, traceback=None, einfo=None)
+        self._on_outcomes([Outcome(req, states.FAILURE, payload, float(hard or 0), settle=settle)])
+
+    def _acks_on_failure(self, req: Request) -> bool:
+        value = getattr(req.task, "acks_on_failure_or_timeout", None)
+        if value is None:
+            value = self.app.conf.task_acks_on_failure_or_timeout
+        return bool(value)
+
+    def _give_back(self, req: Request) -> None:
+        """Return a message whose execution was abandoned (cold shutdown, or a task that
+        raised ``Reject(requeue=True)``) to its queue.
+
+        A message still reserved at the broker (acks_late, or an early ack not yet sent) is
+        requeued; one whose early ack may already have reached the broker is published again,
+        so that an acknowledged message is never lost.
+        """
+        delivery = req.delivery
+        if req.acks_late:
+            self._to_requeue.append(delivery)
+            return
+        try:
+            self._to_ack.remove(delivery)
+        except ValueError:
+            self._to_republish.append(delivery)
+        else:
+            self._to_requeue.append(delivery)
+
+    # -- batching writes -----------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._flush_needed.wait()
+            self._flush_needed.clear()
+            self._flushing = True
+            try:
+                await self._flush_once()
+                backoff = 0.1
+            except Exception as exc:
+                if isinstance(exc, ConnectionLost):
+                    logger.warning("Could not write results/acks: %s. Retrying in %.1fs...", exc, backoff)
+                else:
+                    logger.exception("Unexpected error writing results/acks; retrying in %.1fs", backoff)
+                self._flush_needed.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self._flushing = False
+
+    async def _flush_once(self) -> None:
+        # Results are written before acks, so an acks_late message is only settled once its
+        # result is stored. A batch that fails stays queued and is retried.
+        if self._to_store:
+            stores = self._to_store
+            self._to_store = []
+            try:
+                await self.backend._aset_many(stores)
+            except BaseException:
+                self._to_store[:0] = stores
+                raise
+        for attr, op, settles in (("_to_ack", self.transport.ack, True),
+                                  ("_to_requeue", self.transport.requeue, True),
+                                  ("_to_reject", self.transport.reject, True),
+                                  ("_to_defer", self._defer, True),
+                                  ("_to_republish", self._republish, False)):
+            items = getattr(self, attr)
+            if not items or op is None:  # (only transports that can defer get deferrals)
+                continue
+            setattr(self, attr, [])
+            try:
+                await op(items)
+            except BaseException:
+                getattr(self, attr)[:0] = items
+                raise
+            if settles:
+                self.reserved -= len(items)
+                self._room.set()
+
+    async def _republish(self, deliveries: list[Delivery]) -> None:
+        await self.transport.apublish_many([d.message for d in deliveries])
+
+    async def _drain_flush(self, flusher: asyncio.Task[None]) -> None:
+        """Write out everything still pending (bounded), then stop the flusher."""
+        for _ in range(250):
+            if not (self._flushing or self._to_store or self._to_ack or self._to_requeue
+                    or self._to_reject or self._to_defer or self._to_republish):
+                break
+            self._flush_needed.set()
+            await asyncio.sleep(0.02)
+        flusher.cancel()
+        # Bounded: a Redis client may swallow a cancellation that lands mid-command.
+        await asyncio.wait({flusher}, timeout=5)
+        pending = (len(self._to_store) + len(self._to_ack) + len(self._to_requeue)
+                   + len(self._to_republish))
+        if pending:
+            logger.error("Shutdown with %d result writes/acks not done (broker unreachable); "
+                         "unacked messages will be redelivered after the visibility timeout.",
+                         pending)
+
+    def _requeue_held(self) -> None:
+        for lane in self.lanes.values():
+            while lane.held:
+                req = lane.held.popleft()
+                self.inflight -= 1
+                self._to_requeue.append(req.delivery)
+        if self._limit_timer is not None:
+            self._limit_timer.cancel()
+            self._limit_timer = None
+        for limiter in self._limiters.values():
+            while limiter is not None and limiter.waiting:
+                self.inflight -= 1
+                self._to_requeue.append(limiter.waiting.popleft().delivery)
+        if self._eta_timer is not None:
+            self._eta_timer.cancel()
+            self._eta_timer = None
+        while self._eta:  # future tasks go back unacked, to be fetched after a restart
+            _, _, req = heapq.heappop(self._eta)
+            self.eta_held -= 1
+            self.reserved += 1
+            self._to_requeue.append(req.delivery)
+        if self._to_requeue:
+            logger.info("Requeued %d prefetched messages that had not started", len(self._to_requeue))
+            self._flush_needed.set()
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def _wait_idle(self) -> None:
+        while self.inflight > 0:
+            self._idle.clear()
+            await self._idle.wait()
+
+    def _recycle(self, why: str) -> None:
+        if not self.recycle and not self.stopping:
+            logger.warning("Recycling this worker process: %s", why)
+            self.recycle = True
+            self.stop_fetching()
+
+    def _check_memory(self) -> None:
+        rss = resident_kb()
+        if rss is not None and self.max_memory_kb is not None and rss > self.max_memory_kb:
+            self._recycle(f"it uses {rss} KiB (max memory per child {self.max_memory_kb})")
+
+    async def _memory_loop(self) -> None:
+        """Recycle the process once its resident memory passes the limit: checked as tasks
+        finish (at most 10 times a second) and, for growth between tasks, every second."""
+        if self.max_memory_kb is None:
+            return
+
+        async def check() -> None:
+            self._check_memory()
+
+        await self._every(1.0, check, "memory check")
+
+    async def _promote_loop(self) -> None:
+        """Every PROMOTE_INTERVAL, put deferred messages that are due back in their queues."""
+        if self._promote is not None:
+            await self._every(PROMOTE_INTERVAL, self._promote, "promote_due")
+
+    async def _restore_loop(self) -> None:
+        async def restore() -> None:
+            restored = await self.transport.restore_visible()
+            if restored:
+                logger.warning("Restored %d unacknowledged messages of a worker that is gone",
+                               restored)
+
+        await self._every(RESTORE_INTERVAL, restore, "restore_visible")
+
+    async def _every(self, interval: float, op: Callable[[], Awaitable[Any]], what: str) -> None:
+        """Run ``op`` now and every ``interval`` seconds until the stop event (never by
+        cancellation, so a run is never cut off half-way)."""
+        while not self.stopping:
+            try:
+                await op()
+            except ConnectionLost as exc:
+                logger.debug("%s failed: %s", what, exc)
+            try:
+                await asyncio.wait_for(self._stopped.wait(), interval)
+            except TimeoutError:
+                pass
+
+
+def _header_time(req: Request, name: str) -> float | None:
+    """Epoch seconds of the request's ``eta``/``expires`` header; None if absent or unreadable."""
+    value = req.headers.get(name)
+    try:
+        return epoch_of(value)
+    except (ValueError, TypeError):
+        logger.warning("Task %s[%s]: ignoring unreadable %s %r", req.name, req.id, name, value)
+        return None
+
+
+def resident_kb() -> int | None:
+    """This process's resident memory in KiB (Linux /proc; else the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        try:
+            import resource
+        except ImportError:
+            return None
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

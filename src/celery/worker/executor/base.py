@@ -1,0 +1,40 @@
+"""The executor contract."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ..request import Outcome, Request
+
+__all__ = ["DoneCallback", "Executor"]
+
+#: Called with each finished request's Outcome, from the executor's thread.
+DoneCallback = Callable[[Outcome], None]
+
+
+class Executor(Protocol):
+    """Runs requests on threads it owns and reports each Outcome through ``on_done``.
+
+    ``submit`` and ``cancel_all`` are called from the consumer's loop thread; the executor
+    never blocks that thread. ``groups`` lists the capacity of each slot group (one group per
+    loop worker; a single group for the sync threads); the consumer never submits more
+    requests to a group than its capacity.
+    """
+
+    groups: list[int]
+
+    def start(self) -> None: ...
+
+    def submit(self, group: int, requests: Sequence[Request]) -> None: ...
+
+    def abandon(self, request: Request) -> None:
+        """Stop waiting for a running request whose hard time limit struck (consumer loop).
+
+        Its slot is already free; a late outcome it may still report is ignored."""
+
+    def cancel_all(self) -> None:
+        """Cold shutdown: stop running requests where possible (they report requeue)."""
+
+    def stop(self, timeout: float) -> None:
+        """Stop the threads once they are idle; waits up to ``timeout`` seconds."""

@@ -1,0 +1,144 @@
+"""Loop workers: N OS threads, each running its own event loop with async def tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from .. import request as _request
+from ..tracer import Tracer
+from .base import DoneCallback
+
+__all__ = ["LoopExecutor", "new_event_loop"]
+
+logger = logging.getLogger("celery.worker.loop")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's when it is installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class _LoopWorker:
+    """One thread with one event loop. Requests arrive by ``call_soon_threadsafe`` (the only
+    way other threads touch this loop); ``_tasks`` is touched on this loop's thread only."""
+
+    def __init__(self, index: int, tracer: Tracer, on_done: DoneCallback) -> None:
+        self.index = index
+        self.tracer = tracer
+        self.on_done = on_done
+        self.loop = new_event_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: The asyncio.Task running each request (this loop's thread only).
+        self._by_request: dict[_request.Request, asyncio.Task[None]] = {}
+        self._thread = threading.Thread(target=self._run, name=f"loop-worker-{index}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            leftover = [t for t in self._tasks if not t.done()]
+            if leftover:  # tasks abandoned at their hard limit that never ended
+                logger.warning("Loop worker %d: closing with %d abandoned task(s) still running",
+                               self.index, len(leftover))
+                for task in leftover:
+                    task.cancel()
+                self.loop.run_until_complete(asyncio.wait(leftover, timeout=1.0))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def submit(self, requests: Sequence[_request.Request]) -> None:
+        self.loop.call_soon_threadsafe(self._start_many, requests)
+
+    def _start_many(self, requests: Sequence[_request.Request]) -> None:
+        for req in requests:
+            task = self.loop.create_task(self._execute(req))
+            self._tasks.add(task)
+            self._by_request[req] = task
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._forget, req))
+
+    def _forget(self, req: _request.Request, _task: asyncio.Task[None]) -> None:
+        self._by_request.pop(req, None)
+
+    def abandon(self, req: _request.Request) -> None:
+        """Cancel the request's task (its hard time limit struck); from any thread."""
+        def cancel() -> None:
+            task = self._by_request.get(req)
+            if task is not None:
+                task.cancel("hard time limit exceeded")
+
+        self.loop.call_soon_threadsafe(cancel)
+
+    async def _execute(self, req: _request.Request) -> None:
+        start = time.monotonic()
+        try:
+            outcome = await self.tracer.run_async(req)
+        except asyncio.CancelledError:
+            # Cold shutdown cancelled us: report the message for requeue, then let the
+            # cancellation finish this task as it should.
+            self.on_done(_request.Outcome(req, "REVOKED", None, time.monotonic() - start, requeue=True))
+            raise
+        except GeneratorExit:
+            # The loop is being closed under a task that refused every cancellation (one
+            # abandoned at its hard time limit): its outcome was settled long ago.
+            raise
+        except BaseException as exc:  # never let a request vanish without an outcome
+            logger.exception("Internal error running %s[%s]", req.name, req.id)
+            outcome = self.tracer._failed(req, exc, start, None)
+        self.on_done(outcome)
+
+    def cancel_all(self) -> None:
+        def cancel() -> None:
+            for task in list(self._tasks):
+                task.cancel()
+
+        self.loop.call_soon_threadsafe(cancel)
+
+    def stop(self, timeout: float) -> None:
+        if self.loop.is_closed():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # loop already closed
+            return
+        self._thread.join(timeout)
+
+
+class LoopExecutor:
+    """``count`` loop worker threads, each running up to ``concurrency`` async tasks."""
+
+    def __init__(self, tracer: Tracer, on_done: DoneCallback, count: int, concurrency: int) -> None:
+        self._workers = [_LoopWorker(i, tracer, on_done) for i in range(count)]
+        self.groups = [concurrency] * count
+
+    def start(self) -> None:
+        for w in self._workers:
+            w.start()
+
+    def submit(self, group: int, requests: Sequence[_request.Request]) -> None:
+        self._workers[group].submit(requests)
+
+    def abandon(self, request: _request.Request) -> None:
+        self._workers[request.slot].abandon(request)
+
+    def cancel_all(self) -> None:
+        for w in self._workers:
+            w.cancel_all()
+
+    def stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for w in self._workers:
+            w.stop(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,96 @@
+"""Request: one execution of one task message."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..app.task import Context
+
+if TYPE_CHECKING:
+    from ..app.task import Task
+    from ..transport.base import Delivery
+
+__all__ = ["Outcome", "Request"]
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """A delivery matched to its task. Made on the consumer loop, executed on an executor
+    thread, settled back on the consumer loop; only one thread touches it at a time (the
+    hand-offs between them are the synchronisation points)."""
+
+    delivery: Delivery
+    task: Task
+    name: str
+    id: str
+    acks_late: bool
+    store_result: bool
+    received_at: float = field(default_factory=time.monotonic)
+    #: Index of the executor slot group that runs it (loop worker number, or -1 for threads).
+    slot: int = -1
+    #: (hard, soft) time limits in seconds, None for none; set by the consumer on accept.
+    limits: tuple[float | None, float | None] = (None, None)
+    #: The hard-limit timer while it runs (consumer loop only).
+    watchdog: Any = None
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self.delivery.message.headers
+
+    def time_limits(self, default_hard: Any, default_soft: Any) -> tuple[float | None, float | None]:
+        """(hard, soft) seconds: the message's ``timelimit`` header, else the task's
+        ``time_limit``/``soft_time_limit``, else the worker's defaults (Celery's order)."""
+        header = self.headers.get("timelimit") or (None, None)
+        try:
+            hard, soft = header
+        except (TypeError, ValueError):
+            hard = soft = None
+        hard = _seconds(hard if hard is not None else (self.task.time_limit or default_hard))
+        soft = _seconds(soft if soft is not None else (self.task.soft_time_limit or default_soft))
+        return hard, soft
+
+    def context(self, args: list[Any], kwargs: dict[str, Any], embed: dict[str, Any],
+                hostname: str) -> Context:
+        """The ``task.request`` Context for this execution, as Celery fills it."""
+        h = self.headers
+        props = self.delivery.message.properties
+        return Context(
+            id=self.id, task=self.name, args=args, kwargs=kwargs, retries=h.get("retries", 0) or 0,
+            eta=h.get("eta"), expires=h.get("expires"), group=h.get("group"),
+            group_index=h.get("group_index"), root_id=h.get("root_id"), parent_id=h.get("parent_id"),
+            origin=h.get("origin"), shadow=h.get("shadow"), timelimit=h.get("timelimit"),
+            argsrepr=h.get("argsrepr"), kwargsrepr=h.get("kwargsrepr"),
+            ignore_result=bool(h.get("ignore_result", False)),
+            callbacks=embed.get("callbacks"), errbacks=embed.get("errbacks"),
+            chain=embed.get("chain"), chord=embed.get("chord"),
+            correlation_id=props.get("correlation_id"), reply_to=props.get("reply_to"),
+            delivery_info=self.delivery.delivery_info, hostname=hostname, headers=h,
+            properties=props, is_eager=False, called_directly=False, acks_late=self.acks_late,
+        )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What an execution produced, ready for the consumer to settle."""
+
+    request: Request
+    state: str
+    #: Encoded result meta to store, or None when nothing is stored.
+    payload: bytes | None
+    runtime: float
+    #: Requeue the message instead of acking it (cancelled by a cold shutdown).
+    requeue: bool = False
+    #: Only a state to store while the task goes on (STARTED): nothing is settled.
+    interim: bool = False
+    #: How the message is settled: "ack"; "reject" (dropped) or "requeue" (``Reject``).
+    settle: str = "ack"
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds > 0 else None

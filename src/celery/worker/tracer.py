@@ -1,0 +1,246 @@
+"""Run one task: decode, set the request context, call, build the result to store.
+
+The states a run can end in, as in Celery:
+
+* SUCCESS: the return value is stored.
+* FAILURE: the exception and its traceback are stored (also when results are ignored, if the
+  task has ``store_errors_even_if_ignored``).
+* RETRY: the task called ``self.retry()``. The retry message (same task id, ``retries + 1``,
+  its ETA) is published first, then the RETRY state with the reason is stored, and the
+  message is acked. If publishing fails, the task is marked FAILURE with that error.
+* IGNORED (``raise Ignore()``): nothing is stored; the message is acked.
+* REJECTED (``raise Reject(reason, requeue=...)``): nothing is stored; the message is rejected
+  (dropped) or requeued.
+
+Signals (``celery.signals``) are sent on the thread that runs the task: task_prerun,
+task_postrun, task_success, task_failure, task_retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import signals, states
+from .._state import current_request, current_task_var
+from ..app.task import Context
+from ..exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from ..messaging.protocol import TaskBody, decode_body
+from ..utils.einfo import ExceptionInfo
+from .request import Outcome, Request
+
+if TYPE_CHECKING:
+    from ..backends.base import ResultBackend
+    from ..transport.base import Transport
+
+__all__ = ["Tracer"]
+
+logger = logging.getLogger("celery.worker.tracer")
+
+
+class Tracer:
+    """Executes requests; immutable after construction, so shared by all executor threads.
+
+    ``run_sync`` is called on a sync worker thread, ``run_async`` is awaited on a loop
+    worker's event loop. Both return an Outcome and never raise for task errors.
+    ``interim`` (set by the worker) takes outcomes that only store a state (STARTED) while
+    the task goes on; it is thread-safe (the consumer's outbox).
+    """
+
+    def __init__(self, backend: ResultBackend, hostname: str, accept: frozenset[str],
+                 transport: Transport | None = None, track_started: bool = False) -> None:
+        self.backend = backend
+        self.hostname = hostname
+        self.accept = accept
+        self.transport = transport
+        self.track_started = track_started
+        self.interim: Callable[[Outcome], None] | None = None
+        self._log_info = logger.isEnabledFor(logging.INFO)
+
+    def _begin(self, req: Request, start: float) -> tuple[TaskBody, Context] | Outcome:
+        """Decode the body and build the request context; a FAILURE Outcome if it won't decode."""
+        msg = req.delivery.message
+        try:
+            body = decode_body(msg.body, msg.content_type, msg.content_encoding, self.accept)
+        except Exception as exc:
+            return self._failed(req, exc, start, None)
+        ctx = req.context(body.args, body.kwargs, body.embed, self.hostname)
+        soft = req.limits[1]
+        if soft is not None:
+            ctx.soft_deadline = start + soft
+        task = req.task
+        if signals.task_prerun.receivers:
+            signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=body.args,
+                                     kwargs=body.kwargs)
+        track = task.track_started if task.track_started is not None else self.track_started
+        if track and req.store_result and self.interim is not None:
+            meta = self.backend.prepare_meta(
+                req.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}, None, ctx)
+            self.interim(Outcome(req, states.STARTED, self.backend.encode(meta), 0.0, interim=True))
+        return body, ctx
+
+    def run_sync(self, req: Request) -> Outcome:
+        start = time.monotonic()
+        begun = self._begin(req, start)
+        if isinstance(begun, Outcome):
+            return begun
+        body, ctx = begun
+        task = req.task
+        t_task, t_req = current_task_var.set(task), current_request.set(ctx)
+        try:
+            try:
+                value = task.run(*body.args, **body.kwargs)
+            except Retry as exc:
+                error = None
+                if exc.message_to_send is not None and self.transport is not None:
+                    try:
+                        self.transport.publish(exc.message_to_send)
+                    except Exception as publish_error:
+                        error = publish_error
+                return self._end(req, body, self._retried(req, exc, error, start, ctx))
+            except Exception as exc:
+                return self._end(req, body, self._errored(req, exc, start, ctx))
+            return self._end(req, body, self._succeeded(req, value, start, ctx), value)
+        finally:
+            current_request.reset(t_req)
+            current_task_var.reset(t_task)
+
+    async def run_async(self, req: Request) -> Outcome:
+        # Runs inside its own asyncio.Task, whose context is a copy: the contextvars set
+        # here are seen by this task alone, however many run concurrently on the loop.
+        start = time.monotonic()
+        begun = self._begin(req, start)
+        if isinstance(begun, Outcome):
+            return begun
+        body, ctx = begun
+        current_task_var.set(req.task)
+        current_request.set(ctx)
+        soft = _SoftLimit(req.limits[1])
+        try:
+            value = await req.task.run(*body.args, **body.kwargs)
+        except asyncio.CancelledError:
+            if not soft.fired:
+                raise  # a cold shutdown (or the hard limit): not ours to handle
+            exc = SoftTimeLimitExceeded(f"soft time limit ({req.limits[1]}s) exceeded")
+            return self._end(req, body, self._failed(req, exc, start, ctx))
+        except Retry as exc:
+            error = None
+            if exc.message_to_send is not None and self.transport is not None:
+                try:
+                    await self.transport.apublish(exc.message_to_send)
+                except Exception as publish_error:
+                    error = publish_error
+            return self._end(req, body, self._retried(req, exc, error, start, ctx))
+        except Exception as exc:
+            return self._end(req, body, self._errored(req, exc, start, ctx))
+        finally:
+            soft.disarm()
+        return self._end(req, body, self._succeeded(req, value, start, ctx), value)
+
+    def _end(self, req: Request, body: TaskBody, outcome: Outcome, value: Any = None) -> Outcome:
+        if signals.task_postrun.receivers:
+            signals.task_postrun.send(sender=req.task, task_id=req.id, task=req.task,
+                                      args=body.args, kwargs=body.kwargs, retval=value,
+                                      state=outcome.state)
+        return outcome
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _succeeded(self, req: Request, value: Any, start: float, ctx: Any) -> Outcome:
+        runtime = time.monotonic() - start
+        if self._log_info:
+            logger.info("Task %s[%s] succeeded in %.6fs: %.200r", req.name, req.id, runtime, value)
+        payload = None
+        if req.store_result:
+            try:
+                payload = self.backend.encode(
+                    self.backend.prepare_meta(req.id, states.SUCCESS, value, None, ctx))
+            except Exception as exc:  # the return value could not be serialized
+                logger.error("Task %s[%s] returned a value that cannot be stored: %r",
+                             req.name, req.id, exc)
+                return self._failed(req, exc, start, ctx)
+        if signals.task_success.receivers:
+            signals.task_success.send(sender=req.task, result=value)
+        return Outcome(req, states.SUCCESS, payload, runtime)
+
+    def _errored(self, req: Request, exc: Exception, start: float, ctx: Any) -> Outcome:
+        """The Outcome of a task that raised: Ignore, Reject, or a failure."""
+        runtime = time.monotonic() - start
+        if isinstance(exc, Ignore):
+            if self._log_info:
+                logger.info("Task %s[%s] ignored", req.name, req.id)
+            return Outcome(req, states.IGNORED, None, runtime)
+        if isinstance(exc, Reject):
+            logger.warning("Task %s[%s] rejected: %r (requeue=%s)", req.name, req.id,
+                           exc.reason, exc.requeue)
+            settle = "requeue" if exc.requeue else "reject"
+            return Outcome(req, states.REJECTED, None, runtime, settle=settle)
+        return self._failed(req, exc, start, ctx)
+
+    def _retried(self, req: Request, exc: Retry, publish_error: Exception | None, start: float,
+                 ctx: Any) -> Outcome:
+        """RETRY once the retry message is out; FAILURE if it could not be sent."""
+        if publish_error is not None:
+            logger.error("Task %s[%s]: could not send its retry (%r); marking it failed",
+                         req.name, req.id, publish_error)
+            return self._failed(req, publish_error, start, ctx)
+        runtime = time.monotonic() - start
+        reason = exc.exc if exc.exc is not None else exc
+        einfo = ExceptionInfo.of(exc)
+        logger.info("Task %s[%s] retry: %s", req.name, req.id, exc)
+        payload = None
+        if req.store_result or req.task.store_errors_even_if_ignored:
+            payload = self._encode_error(req, states.RETRY, reason, einfo.traceback, ctx)
+        if signals.task_retry.receivers:
+            signals.task_retry.send(sender=req.task, request=ctx, reason=exc, einfo=einfo)
+        return Outcome(req, states.RETRY, payload, runtime)
+
+    def _failed(self, req: Request, exc: BaseException, start: float, ctx: Any) -> Outcome:
+        runtime = time.monotonic() - start
+        einfo = ExceptionInfo.of(exc)
+        logger.error("Task %s[%s] raised unexpected: %r\n%s", req.name, req.id, exc, einfo.traceback)
+        payload = None
+        if req.store_result or req.task.store_errors_even_if_ignored:
+            payload = self._encode_error(req, states.FAILURE, exc, einfo.traceback, ctx)
+        if signals.task_failure.receivers:
+            signals.task_failure.send(sender=req.task, task_id=req.id, exception=exc,
+                                      args=getattr(ctx, "args", None),
+                                      kwargs=getattr(ctx, "kwargs", None),
+                                      traceback=exc.__traceback__, einfo=einfo)
+        return Outcome(req, states.FAILURE, payload, runtime)
+
+    def _encode_error(self, req: Request, state: str, exc: BaseException, tb: str | None,
+                      ctx: Any) -> bytes:
+        meta = self.backend.prepare_meta(req.id, state, exc, tb, ctx)
+        try:
+            return self.backend.encode(meta)
+        except Exception:  # an exception whose arguments cannot be serialized
+            meta["result"] = self.backend.prepare_exception(Exception(repr(exc)))
+            return self.backend.encode(meta)
+
+
+class _SoftLimit:
+    """An async task's soft time limit: at ``seconds`` it cancels the running asyncio.Task
+    (the task sees CancelledError at its current await and may clean up). Loop-bound."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.fired = False
+        self._handle: asyncio.TimerHandle | None = None
+        if seconds is not None:
+            self._task = asyncio.current_task()
+            self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self._task is not None:
+            self._task.cancel("soft time limit exceeded")
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self.fired and self._task is not None:
+            self._task.uncancel()  # handled here: the task goes on to report its outcome

@@ -1,0 +1,239 @@
+"""Worker: wires transport, consumer, executors and tracer, and handles signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import signals
+from ..exceptions import ConnectionLost, ImproperlyConfigured
+from ..messaging.serialization import accept_set
+from ..utils.text import mask_url
+from .consumer import Consumer
+from .executor.loop import LoopExecutor, new_event_loop
+from .executor.threads import ThreadExecutor
+from .tracer import Tracer
+
+if TYPE_CHECKING:
+    from ..app.base import Celery
+
+__all__ = ["Worker", "expand_hostname"]
+
+logger = logging.getLogger("celery.worker")
+
+#: No upper limit asked (prefetch multiplier 0): still cap what one worker holds.
+UNLIMITED_WINDOW = 65536
+
+
+def expand_hostname(name: str | None, host: str | None = None) -> str:
+    """Expand ``%h`` (host), ``%n`` (host's name part), ``%d`` (domain) and ``%%``; a name
+    without ``@`` gets ``celery@`` in front, as in Celery."""
+    host = host or socket.gethostname()
+    name = name or "celery@%h"
+    if "@" not in name:
+        name = f"celery@{name}"
+    short, _, domain = host.partition(".")
+    out, i = [], 0
+    while i < len(name):
+        c = name[i]
+        if c == "%" and i + 1 < len(name):
+            nxt = name[i + 1]
+            out.append({"h": host, "n": short, "d": domain, "%": "%"}.get(nxt, c + nxt))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+class Worker:
+    """A worker process: consume ``queues`` and run tasks on loop and sync workers.
+
+    ``run()`` must be called from the main thread (it installs signal handlers); ``stop()``
+    may be called from any thread.
+    """
+
+    def __init__(self, app: Celery, *, hostname: str | None = None, queues: Sequence[str] | None = None,
+                 loop_workers: int | None = None, loop_concurrency: int | None = None,
+                 sync_workers: int | None = None, prefetch_multiplier: int | None = None,
+                 ready_callback: Callable[[], Any] | None = None,
+                 max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None) -> None:
+        conf = app.conf
+        self.app = app
+        self.hostname = hostname or expand_hostname(None)
+        self.queues = list(queues or [conf.task_default_queue])
+        self.loop_workers = _count(loop_workers, conf.worker_loop_workers, 1, "loop_workers")
+        self.loop_concurrency = _count(loop_concurrency, conf.worker_loop_concurrency, 100,
+                                       "loop_concurrency", minimum=1)
+        default_sync = conf.worker_sync_workers or conf.worker_concurrency or os.cpu_count() or 1
+        self.sync_workers = _count(sync_workers, default_sync, 1, "sync_workers")
+        if self.loop_workers + self.sync_workers == 0:
+            raise ImproperlyConfigured("A worker needs at least one loop worker or one sync worker")
+        multiplier = _count(prefetch_multiplier, conf.worker_prefetch_multiplier, 4,
+                            "prefetch_multiplier")
+        concurrency = self.loop_workers * self.loop_concurrency + self.sync_workers
+        self.window = concurrency * multiplier if multiplier else UNLIMITED_WINDOW
+        self.ready_callback = ready_callback
+        self.max_tasks_per_child = _count(max_tasks_per_child, conf.worker_max_tasks_per_child, 0,
+                                          "max_tasks_per_child") or None
+        self.max_memory_per_child = _count(max_memory_per_child, conf.worker_max_memory_per_child,
+                                           0, "max_memory_per_child") or None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._consumer: Consumer | None = None
+        self._signals = 0
+        # Guards _loop/_consumer/_stop_requested between run() and stop() from other threads.
+        self._lock = threading.Lock()
+        self._stop_requested = False
+
+    @property
+    def concurrency_text(self) -> str:
+        return f"{self.loop_workers} loop workers × {self.loop_concurrency} + {self.sync_workers} sync workers"
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until a signal or ``stop()``; returns the process exit code."""
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(self._main())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    async def _main(self) -> int:
+        app = self.app
+        self.app.finalize()
+        signals.worker_init.send(sender=self)
+        signals.worker_process_init.send(sender=self)
+        transport = app.transport
+        backend = app.backend
+        await self._connect(transport)
+        tracer = Tracer(backend, self.hostname, accept_set(app.conf.accept_content), transport,
+                        track_started=bool(app.conf.task_track_started))
+        loop = asyncio.get_running_loop()
+        # The consumer's outbox exists only once the consumer does; executors get a
+        # forwarding callable so they can be built first.
+        consumer_box: list[Consumer] = []
+
+        def on_done(outcome: Any) -> None:
+            consumer_box[0].outbox.post(outcome)
+
+        tracer.interim = on_done
+
+        loop_exec = LoopExecutor(tracer, on_done, self.loop_workers, self.loop_concurrency)
+        sync_exec = ThreadExecutor(tracer, on_done, self.sync_workers)
+        consumer = Consumer(app, transport, self.queues, self.window, loop_exec, sync_exec,
+                            self.hostname, on_ready=self._on_ready,
+                            max_tasks=self.max_tasks_per_child,
+                            max_memory_kb=self.max_memory_per_child)
+        consumer_box.append(consumer)
+        with self._lock:
+            self._loop, self._consumer = loop, consumer
+            stop_now = self._stop_requested
+        if stop_now:
+            consumer.stop_fetching()
+        self._install_signals(loop)
+        loop_exec.start()
+        sync_exec.start()
+        try:
+            await consumer.run()
+        finally:
+            self._remove_signals(loop)
+            loop_exec.stop(5.0)
+            sync_exec.stop(0.0 if self._signals > 1 else 5.0)
+            await transport.aclose()
+            await backend.aclose()
+            with self._lock:
+                self._loop = self._consumer = None
+        logger.info("%s: shut down after %d tasks", self.hostname, consumer.processed)
+        signals.worker_shutdown.send(sender=self)
+        return RECYCLE_EXIT_CODE if consumer.recycle else 0
+
+    async def _connect(self, transport: Any) -> None:
+        conf = self.app.conf
+        retry = conf.broker_connection_retry_on_startup
+        max_retries = conf.broker_connection_max_retries
+        attempt, delay = 0, 0.5
+        while True:
+            try:
+                await transport.ping()
+                return
+            except ConnectionLost as exc:
+                attempt += 1
+                if not retry or (max_retries is not None and attempt > max_retries) or self._stop_requested:
+                    raise
+                logger.error("Cannot connect to %s: %s. Trying again in %.1f seconds... (%d/%s)",
+                             mask_url(transport.url), exc, delay, attempt, max_retries)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    def _on_ready(self) -> None:
+        logger.info("%s ready: consuming from %s with %s (prefetch window %d)",
+                    self.hostname, ", ".join(self.queues), self.concurrency_text, self.window)
+        signals.worker_ready.send(sender=self)
+        if self.ready_callback is not None:
+            self.ready_callback()
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a warm shutdown; safe from any thread."""
+        with self._lock:
+            self._stop_requested = True
+            loop, consumer = self._loop, self._consumer
+        if loop is not None and consumer is not None:
+            loop.call_soon_threadsafe(consumer.stop_fetching)
+
+    def _on_signal(self, signame: str) -> None:
+        consumer = self._consumer
+        self._signals += 1
+        if consumer is None:
+            return
+        how = "Warm" if self._signals == 1 else "Cold"
+        signals.worker_shutting_down.send(sender=self.hostname, sig=signame, how=how, exitcode=0)
+        if self._signals == 1:
+            logger.warning("worker: Warm shutdown (%s): finishing running tasks; "
+                           "send the signal again to stop at once", signame)
+            consumer.stop_fetching()
+        else:
+            logger.warning("worker: Cold shutdown (%s): cancelling running tasks and requeueing "
+                           "their messages", signame)
+            consumer.cold_stop()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig.name)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+#: The exit status of a worker process that stopped to be replaced (max tasks or memory per
+#: child); the ``celery worker`` supervisor then starts a fresh one.
+RECYCLE_EXIT_CODE = 75
+
+
+def _count(value: int | None, default: int | None, fallback: int, name: str, minimum: int = 0) -> int:
+    chosen = value if value is not None else default if default is not None else fallback
+    try:
+        number = int(chosen)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {chosen!r}") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
+    return number
+

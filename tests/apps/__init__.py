@@ -1,0 +1,1 @@
+"""Tiny applications the tests load by module name (``celery -A tests.apps.cliapp``)."""

@@ -1,0 +1,338 @@
+#!/usr/bin/env python
+"""Regenerate the upstream-compat fixtures in tests/compat/data/.
+
+Must run with the *upstream* celery venv (see /work/notes/upstream_venv.md):
+
+    cd tests/compat && /work/upstream-venv/bin/python gen_fixtures.py [all|messages|results|layout]
+
+Talks to the real Redis at 127.0.0.1:6379, database 15 ONLY (FLUSHDB'd before
+every capture).  Outputs messages.json, results.json, layout.json.
+"""
+import base64
+import datetime
+import decimal
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+sys.path.insert(0, str(HERE))
+
+import msgpack  # noqa: E401,E402
+import redis
+from kombu import Connection  # noqa: E402
+from proj import tasks  # noqa: E402
+from proj.celery import URL, app  # noqa: E402
+
+from celery import chain  # noqa: E402
+
+R = redis.Redis(host="127.0.0.1", port=6379, db=15)
+CELERY_BIN = str(Path(sys.executable).parent / "celery")
+WORKER_NAME = "compat@gen-host"
+
+
+# ----------------------------------------------------------------- helpers
+def jsonable(v):
+    """Make msgpack/pickle-decoded values JSON friendly (bytes -> marker)."""
+    if isinstance(v, bytes):
+        return {"__py_bytes_b64__": base64.b64encode(v).decode()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    return v
+
+
+def text_or_b64(b):
+    try:
+        return {"text": b.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(b).decode()}
+
+
+def decode_envelope(raw):
+    """Parse the kombu envelope; also decode the base64 body per content-type.
+
+    json bodies are parsed WITHOUT kombu's object_hook so the
+    {"__type__", "__value__"} markers stay visible."""
+    env = json.loads(raw)
+    body = base64.b64decode(env["body"])
+    ctype = env.get("content-type")
+    if ctype == "application/json":
+        env["_body_decoded"] = json.loads(body)
+    elif ctype == "application/x-msgpack":
+        env["_body_decoded"] = jsonable(msgpack.unpackb(body, raw=False))
+    elif ctype == "application/x-python-serialize":
+        env["_body_decoded"] = {"pickle_repr": repr(pickle.loads(body))}
+    env["_body_raw_b64"] = env["body"]
+    return env
+
+
+def dump_keys():
+    """Snapshot every key in db 15: type, ttl and content."""
+    out = {}
+    for key in sorted(R.keys("*")):
+        t = R.type(key).decode()
+        item = {"type": t, "pttl": R.pttl(key)}
+        item["value"] = {
+            "list": lambda: [text_or_b64(x) for x in R.lrange(key, 0, -1)],
+            "set": lambda: sorted(x.decode() for x in R.smembers(key)),
+            "hash": lambda: {k.decode(): text_or_b64(v) for k, v in R.hgetall(key).items()},
+            "zset": lambda: [[m.decode(), sc] for m, sc in R.zrange(key, 0, -1, withscores=True)],
+            "string": lambda: text_or_b64(R.get(key)),
+        }[t]()
+        out[key.decode("utf-8", "backslashreplace")] = item
+    return out
+
+
+def start_worker(*extra, env=None):
+    # C_FORCE_ROOT: sandbox runs as root and the app accepts pickle
+    e = dict(os.environ, C_FORCE_ROOT="1", **(env or {}))
+    cmd = [CELERY_BIN, "-A", "proj", "worker", "-P", "threads", "-l", "warning",
+           "-n", WORKER_NAME, *extra]
+    proc = subprocess.Popen(cmd, cwd=HERE, env=e)
+    for _ in range(200):  # worker ready == its pidbox binding exists
+        if proc.poll() is not None:
+            break
+        if R.exists("_kombu.binding.celery.pidbox"):
+            time.sleep(0.5)
+            return proc
+        time.sleep(0.1)
+    raise RuntimeError("worker did not start")
+
+
+def stop_worker(proc, sig=signal.SIGTERM):
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+
+
+def write(name, obj):
+    DATA.mkdir(exist_ok=True)
+    (DATA / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    print("wrote", DATA / name)
+
+
+# ---------------------------------------------------------------- messages
+AWARE = datetime.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC)
+NAIVE = datetime.datetime(2024, 1, 2, 3, 4, 5)
+UID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+MESSAGE_CASES = [
+    ("basic", "add.apply_async((2, 2))", lambda: tasks.add.apply_async((2, 2))),
+    ("delay_kwargs", "add.delay(x=1, y=2)", lambda: tasks.add.delay(x=1, y=2)),
+    ("countdown_expires", "add.apply_async((1, 2), countdown=10, expires=60)",
+     lambda: tasks.add.apply_async((1, 2), countdown=10, expires=60)),
+    ("json_types",
+     "echo.apply_async((aware_dt, naive_dt, date, time, UUID, Decimal('3.14'), "
+     "b'hello', b'\\x00\\xffbin', {'nested': [1, {'a': [2.5, None, True]}]}), "
+     "kwargs={'when': aware_dt, 'd': date})",
+     lambda: tasks.echo.apply_async(
+         (AWARE, NAIVE, AWARE.date(), datetime.time(13, 14, 15, 16), UID,
+          decimal.Decimal("3.14"), b"hello", b"\x00\xffbin",
+          {"nested": [1, {"a": [2.5, None, True]}]}),
+         kwargs={"when": AWARE, "d": AWARE.date()})),
+    ("msgpack", "echo.apply_async((1, 'x', b'\\x00\\x01bin'), {'k': b'v'}, serializer='msgpack')",
+     lambda: tasks.echo.apply_async((1, "x", b"\x00\x01bin"), {"k": b"v"},
+                                    serializer="msgpack")),
+    ("pickle", "echo.apply_async((1, {2, 3}, UUID), serializer='pickle')",
+     lambda: tasks.echo.apply_async((1, {2, 3}, UID), serializer="pickle")),
+    ("priority_5", "add.apply_async((1, 1), priority=5)",
+     lambda: tasks.add.apply_async((1, 1), priority=5)),
+    ("priority_0", "add.apply_async((1, 1), priority=0)",
+     lambda: tasks.add.apply_async((1, 1), priority=0)),
+    ("priority_9", "add.apply_async((1, 1), priority=9)",
+     lambda: tasks.add.apply_async((1, 1), priority=9)),
+    ("queue_other", "add.apply_async((1, 1), queue='other')",
+     lambda: tasks.add.apply_async((1, 1), queue="other")),
+    ("bound_custom_name", "custom_bound.delay(7)  # @app.task(bind=True, name='proj.tasks.custom')",
+     lambda: tasks.custom_bound.delay(7)),
+    ("send_task", "app.send_task('remote.name', args=[1])",
+     lambda: app.send_task("remote.name", args=[1])),
+    ("time_limits", "add.apply_async((1, 1), time_limit=30, soft_time_limit=20)",
+     lambda: tasks.add.apply_async((1, 1), time_limit=30, soft_time_limit=20)),
+    ("chain", "chain(add.s(1, 1), add.s(2), add.s(3)).apply_async()",
+     lambda: chain(tasks.add.s(1, 1), tasks.add.s(2), tasks.add.s(3)).apply_async()),
+    ("ignore_result", "no_result.delay(1)  # @app.task(ignore_result=True)",
+     lambda: tasks.no_result.delay(1)),
+    ("ignore_result_option", "add.apply_async((1, 1), ignore_result=True)",
+     lambda: tasks.add.apply_async((1, 1), ignore_result=True)),
+]
+
+
+def list_entries(name, call):
+    out = []
+    for key in sorted(R.keys("*")):
+        if R.type(key) != b"list":
+            continue
+        for raw in R.lrange(key, 0, -1):
+            out.append({"name": name, "call": call,
+                        "queue": key.decode(),
+                        "raw_b64": base64.b64encode(raw).decode(),
+                        "decoded": decode_envelope(raw)})
+    return out
+
+
+def capture_messages():
+    out, other_keys = [], {}
+    for name, call, fn in MESSAGE_CASES:
+        R.flushdb()
+        fn()
+        out.extend(list_entries(name, call))
+        other_keys[name] = {k: v for k, v in dump_keys().items()
+                            if v["type"] != "list"}
+    return out, other_keys
+
+
+# ----------------------------------------------------------------- results
+class Subscriber(threading.Thread):
+    """PSUBSCRIBE * on db 15 and record everything published."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.ps = redis.Redis(db=15).pubsub()
+        self.ps.psubscribe("*")
+        self.events, self.stop = [], False
+
+    def run(self):
+        t0 = time.time()
+        while not self.stop:
+            m = self.ps.get_message(timeout=0.2)
+            if m and m["type"] == "pmessage":
+                self.events.append({"t": round(time.time() - t0, 3),
+                                    "channel": m["channel"].decode(),
+                                    "data": text_or_b64(m["data"])})
+
+
+def wait_meta(task_id, until=("SUCCESS", "FAILURE"), timeout=20):
+    """Poll the result key; return every distinct value seen."""
+    key, seen = f"celery-task-meta-{task_id}", []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        raw = R.get(key)
+        if raw is not None and (not seen or seen[-1][0] != raw):
+            seen.append((raw, R.ttl(key)))
+            if json.loads(raw)["status"] in until:
+                return key, seen
+        time.sleep(0.02)
+    return key, seen
+
+
+RESULT_CASES = [
+    ("int", "add.delay(2, 2)", lambda: tasks.add.delay(2, 2)),
+    ("dict_datetime", "make_dict.delay()", lambda: tasks.make_dict.delay()),
+    ("value_error", "fail.delay()  # raises ValueError('boom')",
+     lambda: tasks.fail.delay()),
+    ("custom_exception", "fail_custom.delay()  # raises proj.tasks.CustomError('custom', 42)",
+     lambda: tasks.fail_custom.delay()),
+    ("bound_custom_name", "custom_bound.delay(7)", lambda: tasks.custom_bound.delay(7)),
+    ("progress", "progress.delay()  # update_state('PROGRESS', meta={'i': 1}) then returns 'done'",
+     lambda: tasks.progress.delay()),
+    ("ignore_result", "no_result.delay(1)  # ignore_result=True",
+     lambda: tasks.no_result.delay(1)),
+]
+
+
+def run_result_cases(cases, tag):
+    out = []
+    for name, call, fn in cases:
+        res = fn()
+        key, seen = wait_meta(res.id, timeout=5 if name == "ignore_result" else 20)
+        out.append({"name": name + tag, "call": call, "task_id": res.id, "key": key,
+                    "exists": bool(seen),
+                    "values": [{"raw_b64": base64.b64encode(raw).decode(),
+                                "decoded": json.loads(raw), "ttl": ttl}
+                               for raw, ttl in seen]})
+    return out
+
+
+def capture_results():
+    R.flushdb()
+    sub = Subscriber()
+    sub.start()
+    worker = start_worker("-c", "2")
+    out = run_result_cases(RESULT_CASES, "")
+    # chain: the worker publishes the 2nd task (with parent_id/root_id) to a
+    # queue nobody consumes, so we can capture the worker-published message.
+    res = chain(tasks.add.s(1, 1), tasks.add.s(2).set(queue="hold")).apply_async()
+    first_id = res.parent.id
+    wait_meta(first_id)
+    for _ in range(100):
+        if R.llen("hold"):
+            break
+        time.sleep(0.05)
+    chained = list_entries("chain_child_from_worker",
+                           "chain(add.s(1, 1), add.s(2).set(queue='hold')).apply_async(); "
+                           "2nd message as published by the upstream worker")
+    chained = [c for c in chained if c["queue"] == "hold"]
+    out.extend(run_result_cases([("chain_parent", "first task of the chain above",
+                                  lambda: app.AsyncResult(first_id))], ""))
+    stop_worker(worker)
+    # second worker run with result_extended=True
+    worker = start_worker("-c", "2", env={"COMPAT_RESULT_EXTENDED": "1"})
+    out.extend(run_result_cases([
+        ("int", "add.delay(2, 2)  # worker has result_extended=True",
+         lambda: tasks.add.delay(2, 2)),
+        ("value_error", "fail.delay()  # worker has result_extended=True",
+         lambda: tasks.fail.delay())], "_result_extended"))
+    stop_worker(worker)
+    time.sleep(0.5)
+    sub.stop = True
+    sub.join()
+    return out, sub.events, chained
+
+
+# ------------------------------------------------------------------ layout
+def capture_layout():
+    """5 sleeping tasks, -c 1, prefetch 4: observe unacked bookkeeping."""
+    R.flushdb()
+    snaps = {}
+    for _ in range(5):
+        tasks.sleeper.delay(3)
+    snaps["after_publish"] = dump_keys()
+    worker = start_worker("-c", "1", env={"COMPAT_PREFETCH": "4"})
+    time.sleep(1.0)
+    snaps["worker_running_with_prefetch"] = dump_keys()
+    stop_worker(worker, signal.SIGTERM)  # warm shutdown
+    snaps["after_warm_shutdown"] = dump_keys()
+
+    # crash scenario: SIGKILL leaves unacked entries behind; restore_visible
+    # (normally run periodically by a live consumer) pushes them back.
+    R.flushdb()
+    for i in range(5):
+        tasks.sleeper.delay(3 + i / 10)
+    worker = start_worker("-c", "1", env={"COMPAT_PREFETCH": "4"})
+    time.sleep(1.0)
+    stop_worker(worker, signal.SIGKILL)
+    snaps["after_sigkill"] = dump_keys()
+    time.sleep(1.5)
+    with Connection(URL, transport_options={"visibility_timeout": 1}) as conn:
+        conn.default_channel.qos.restore_visible()
+    snaps["after_restore_visible_vt1"] = dump_keys()
+    return snaps
+
+
+def main():
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if what in ("all", "messages"):
+        msgs, other = capture_messages()
+        write("messages.json", msgs)
+        write("producer_nonlist_keys.json", other)
+    if what in ("all", "results"):
+        results, published, chained = capture_results()
+        write("results.json", {"results": results, "published": published,
+                               "worker_published_messages": chained})
+    if what in ("all", "layout"):
+        write("layout.json", capture_layout())
+    R.flushdb()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Live interoperability with upstream Celery 5.x over the same Redis.
+
+Upstream Celery runs from a throwaway venv (never one of our dependencies): by default
+``.cache/upstream-celery`` in the repo, made on first use; ``UPSTREAM_CELERY_VENV`` points
+elsewhere. Both directions are checked: our client -> upstream worker, and upstream client ->
+our worker (including an ``async def`` task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from celery import Celery
+from tests.conftest import IN_CI, flushed_redis_url
+
+from ..integration.worker_harness import running_worker
+
+REDIS_DB = 12
+ROOT = Path(__file__).resolve().parents[2]
+INTEROP_DIR = Path(__file__).parent / "interop"
+VENV = Path(os.environ.get("UPSTREAM_CELERY_VENV", ROOT / ".cache" / "upstream-celery"))
+UPSTREAM_REQUIREMENT = "celery[redis]>=5.5,<6"
+
+
+def _upstream_python() -> Path:
+    python = VENV / "bin" / "python"
+    if python.exists():
+        return python
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", UPSTREAM_REQUIREMENT],
+                       check=True, capture_output=True, timeout=600)
+    except (subprocess.SubprocessError, OSError) as exc:
+        message = f"could not make the upstream Celery venv at {VENV}: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+@pytest.fixture(scope="module")
+def upstream_python() -> Path:
+    return _upstream_python()
+
+
+@pytest.fixture
+def url() -> str:
+    return flushed_redis_url(REDIS_DB)
+
+
+def _env(url: str) -> dict[str, str]:
+    env = dict(os.environ, INTEROP_URL=url, PYTHONPATH=str(INTEROP_DIR), C_FORCE_ROOT="1")
+    env.pop("CELERY_BROKER_URL", None)
+    return env
+
+
+def test_our_client_and_upstream_worker(upstream_python, url):
+    worker = subprocess.Popen(
+        [str(upstream_python), "-m", "celery", "-A", "upapp", "worker", "-P", "threads", "-c", "2",
+         "-l", "warning", "-n", "upstream@%h", "--without-gossip", "--without-mingle"],
+        cwd=INTEROP_DIR, env=_env(url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    app = Celery("ours", broker=url, backend=url, set_as_current=False)
+
+    @app.task(name="interop.add")
+    def add(x, y):
+        return x + y
+
+    try:
+        assert add.delay(20, 22).get(timeout=60) == 42
+        assert app.send_task("interop.add", (1, 2), priority=5).get(timeout=30) == 3
+        with pytest.raises(ValueError, match="from us"):
+            app.send_task("interop.fail", ("from us",)).get(timeout=30)
+        r = app.send_task("interop.echo_request", (1, "two"), {"k": [3]})
+        assert r.get(timeout=30) == {"id": r.id, "args": [1, "two"], "kwargs": {"k": [3]},
+                                     "root_id": r.id}
+
+        async def from_loop():
+            result = await add.adelay(5, 5)
+            return await result
+
+        assert asyncio.run(from_loop()) == 10
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            output, _ = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            output, _ = worker.communicate()
+        app.close()
+    # the only traceback upstream logged is the one we asked for
+    assert output.count(b"Traceback") == 1 and b"ValueError: from us" in output, output.decode()[-3000:]
+
+
+def test_upstream_client_and_our_worker(upstream_python, url):
+    app = Celery("ours", broker=url, backend=url, set_as_current=False)
+
+    @app.task(name="interop.add")
+    def add(x, y):
+        return x + y
+
+    @app.task(name="interop.mul_async")
+    async def mul_async(x, y):
+        await asyncio.sleep(0.01)
+        return x * y
+
+    @app.task(name="interop.fail")
+    def fail(message):
+        raise ValueError(message)
+
+    @app.task(name="interop.echo_request", bind=True)
+    async def echo_request(self, *args, **kwargs):
+        return {"id": self.request.id, "args": list(args), "kwargs": kwargs,
+                "root_id": self.request.root_id}
+
+    try:
+        with running_worker(app, loop_workers=1, sync_workers=2):
+            started = time.monotonic()
+            proc = subprocess.run([str(upstream_python), str(INTEROP_DIR / "producer.py")],
+                                  cwd=INTEROP_DIR, env=_env(url), capture_output=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+            out = json.loads(proc.stdout)
+            assert time.monotonic() - started < 60
+    finally:
+        app.close()
+    assert out["add"] == 5
+    assert out["async"] == 42
+    assert out["fail"] == ["ValueError", ["from upstream"]]
+    assert out["echo"] == {"id": out["echo_id"], "args": [1, "two"], "kwargs": {"k": [3]},
+                           "root_id": out["echo_id"]}

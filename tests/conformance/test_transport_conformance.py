@@ -1,0 +1,67 @@
+"""Every transport runs the same conformance suite (transport_suite.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import flushed_redis_url
+
+from .transport_suite import TransportSuite
+
+REDIS_DB = 7
+
+
+class TestMemoryTransport(TransportSuite):
+    multiprocess = False
+
+    def make_url(self, tmp_path: Path) -> str:
+        return f"memory://conformance-{tmp_path.name}"
+
+    def plant_malformed(self, url: str, queue: str, raw: bytes) -> None:
+        from celery.transport.memory import MemoryTransport
+
+        MemoryTransport(url).put_raw(queue, raw.decode())
+
+
+@pytest.mark.redis
+class TestRedisTransport(TransportSuite):
+    def make_url(self, tmp_path: Path) -> str:
+        return flushed_redis_url(REDIS_DB)
+
+    def plant_malformed(self, url: str, queue: str, raw: bytes) -> None:
+        import valkey
+
+        client = valkey.Valkey.from_url(url)
+        try:
+            client.lpush(queue, raw)
+        finally:
+            client.close()
+
+
+class TestSQLiteTransport(TransportSuite):
+    def make_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path}/broker.db"
+
+    def plant_malformed(self, url: str, queue: str, raw: bytes) -> None:
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=5) as conn:
+            conn.execute("INSERT INTO celery_messages (queue, payload) VALUES (?, ?)",
+                         (queue, raw.decode()))
+        conn.close()
+
+
+class TestFilesystemTransport(TransportSuite):
+    def make_url(self, tmp_path: Path) -> str:
+        return f"filesystem://{tmp_path}/queue"
+
+    def plant_malformed(self, url: str, queue: str, raw: bytes) -> None:
+        import time
+        import uuid
+
+        folder = Path(url.removeprefix("filesystem://"))
+        # Our own naming (priority, 19-digit time, uniquifier), so it sorts between the
+        # good messages published before and after it.
+        (folder / f"0_{time.time_ns():019d}_{uuid.uuid4().hex}.{queue}.msg").write_bytes(raw)

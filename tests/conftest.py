@@ -1,0 +1,57 @@
+"""Shared fixtures: real servers, skipped locally when absent and failed under CI=true."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
+
+
+def server_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def need_server(name: str, host: str, port: int) -> None:
+    """Skip (locally) or fail (under CI) when a server the test needs is not listening."""
+    if server_up(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: tests needing a server must not skip)")
+    pytest.skip(message)
+
+
+def flushed_redis_url(db: int) -> str:
+    """URL of Redis database ``db`` after emptying it."""
+    need_server("Redis", REDIS_HOST, REDIS_PORT)
+    import valkey
+
+    client = valkey.Valkey(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A flushed Redis database for this test; the db number comes from the module's
+    ``REDIS_DB`` (so modules worked on in parallel don't trample each other), default 9."""
+    return flushed_redis_url(getattr(request.module, "REDIS_DB", 9))
+
+
+def kill_clients_named(client, name: str) -> int:
+    """CLIENT KILL every connection called ``name`` (set with the ``client_name`` option), so
+    a test drops its own connections, never those of other tests or programs on the server."""
+    ids = [int(c["id"]) for c in client.client_list() if c.get("name") == name]
+    return sum(client.client_kill_filter(_id=i) for i in ids)

@@ -1,0 +1,412 @@
+"""RedisTransport against a real Redis: kombu's key layout, batching, acks and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import valkey
+
+from celery.exceptions import ConnectionLost, ImproperlyConfigured
+from celery.messaging.protocol import Message, build_task_message
+from celery.transport import base
+from celery.transport.redis import DEAD_LETTER_KEY, RedisTransport
+from celery.transport.registry import transport_for_url
+
+from ..conftest import kill_clients_named
+
+REDIS_DB = 2
+SEP = "\x06\x16"
+MESSAGES_JSON = Path(__file__).parent.parent / "compat" / "data" / "messages.json"
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def raw(redis_url: str):
+    """A sync client on the test database, to look at keys directly."""
+    client = valkey.Valkey.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def transport(redis_url: str):
+    t = RedisTransport(redis_url)
+    yield t
+    await t.aclose()
+    t.close()
+
+
+def task(name: str = "proj.tasks.add", *args, **options) -> Message:
+    return build_task_message(name, args, **options)
+
+
+def unacked_tags(raw: valkey.Valkey) -> set[str]:
+    return {t.decode() for t in raw.hkeys("unacked")}
+
+
+async def test_satisfies_the_transport_protocol(transport):
+    assert isinstance(transport, base.Transport)
+    assert isinstance(transport_for_url("valkey://127.0.0.1:6379/2"), RedisTransport)
+    assert base.CAP_PRIORITY in transport.capabilities
+
+
+async def test_publish_then_fetch_preserves_body_headers_and_properties(transport):
+    sent = task("proj.tasks.add", 2, 2, reply_to="reply-here")
+    transport.publish(sent)
+    [got] = await transport.fetch(["celery"], 10, 1)
+    assert got.message.body == sent.body
+    assert got.message.headers == sent.headers
+    assert got.message.content_type == "application/json"
+    assert got.message.content_encoding == "utf-8"
+    assert got.message.properties["correlation_id"] == sent.headers["id"]
+    assert got.message.properties["reply_to"] == "reply-here"
+    assert got.message.routing_key == "celery"
+    assert got.queue == "celery"
+    assert got.redelivered is False
+    assert got.delivery_info == {
+        "exchange": "",
+        "routing_key": "celery",
+        "priority": 0,
+        "redelivered": False,
+    }
+
+
+async def test_envelope_has_kombu_shape(transport, raw):
+    sent = task("proj.tasks.add", 1, 1)
+    await transport.apublish(sent)
+    [item] = raw.lrange("celery", 0, -1)
+    env = json.loads(item)
+    assert list(env) == ["body", "content-encoding", "content-type", "headers", "properties"]
+    assert list(env["properties"]) == [
+        "correlation_id",
+        "reply_to",
+        "delivery_mode",
+        "delivery_info",
+        "priority",
+        "body_encoding",
+        "delivery_tag",
+    ]
+    assert env["properties"]["delivery_mode"] == 2
+    assert env["properties"]["delivery_info"] == {"exchange": "", "routing_key": "celery"}
+    assert env["properties"]["body_encoding"] == "base64"
+    assert base64.b64decode(env["body"]) == sent.body
+    assert item.decode().startswith('{"body": "')  # json.dumps defaults, as kombu
+
+
+@pytest.mark.skipif(not MESSAGES_JSON.exists(), reason="no captured upstream messages")
+async def test_upstream_messages_round_trip_byte_for_byte(transport, raw):
+    """Fetch each captured upstream envelope, publish it again: only delivery_tag changes."""
+    for case in json.loads(MESSAGES_JSON.read_text()):
+        captured = base64.b64decode(case["raw_b64"])
+        queue = json.loads(captured)["properties"]["delivery_info"]["routing_key"]
+        raw.lpush(
+            transport._key_for(queue, json.loads(captured)["properties"]["priority"]), captured
+        )
+        [got] = await transport.fetch([queue], 1, 0)
+        await transport.ack([got])
+        transport.publish(got.message)
+        [again] = await transport.fetch([queue], 1, 0)
+        original_tag = json.loads(captured)["properties"]["delivery_tag"]
+        republished = again.raw.decode().replace(again.delivery_tag, original_tag)
+        assert republished == captured.decode(), case["name"]
+        await transport.ack([again])
+
+
+async def test_fetch_returns_a_batch_of_at_most_max_count(transport):
+    await transport.apublish_many([task("t", i) for i in range(7)])
+    first = await transport.fetch(["celery"], 5, 1)
+    assert [json.loads(d.message.body)[0] for d in first] == [[0], [1], [2], [3], [4]]
+    assert await transport.queue_length("celery") == 2
+    rest = await transport.fetch(["celery"], 5, 1)
+    assert len(rest) == 2
+
+
+async def test_fetch_blocks_up_to_timeout_then_returns_empty(transport):
+    started = time.monotonic()
+    assert await transport.fetch(["celery"], 10, 0.3) == []
+    assert 0.25 <= time.monotonic() - started < 2
+
+
+async def test_fetch_wakes_when_messages_arrive_and_tops_up_the_batch(transport, raw):
+    payloads = [transport._envelope(task("t", i))[1] for i in range(5)]
+
+    def push_later():
+        time.sleep(0.3)
+        raw.lpush("celery", *payloads)  # one command: BRPOP wakes with the first of five
+
+    thread = threading.Thread(target=push_later)
+    started = time.monotonic()
+    thread.start()
+    got = await transport.fetch(["celery"], 10, 5)
+    thread.join()
+    assert time.monotonic() - started < 2
+    assert [json.loads(d.message.body)[0] for d in got] == [[0], [1], [2], [3], [4]]
+    assert unacked_tags(raw) == {d.delivery_tag for d in got}
+
+
+async def test_reserved_messages_are_in_unacked_until_acked(transport, raw):
+    await transport.apublish_many([task("t", i) for i in range(3)])
+    got = await transport.fetch(["celery"], 10, 1)
+    tags = {d.delivery_tag for d in got}
+    assert unacked_tags(raw) == tags
+    assert {t.decode() for t in raw.zrange("unacked_index", 0, -1)} == tags
+    stored = raw.hget("unacked", got[0].delivery_tag)
+    assert stored.startswith(b'[{"body": ') and stored.endswith(b'}, "", "celery"]')
+    envelope, exchange, routing_key = json.loads(stored)
+    assert (exchange, routing_key) == ("", "celery")
+    assert envelope["properties"]["delivery_tag"] == got[0].delivery_tag
+    assert abs(raw.zscore("unacked_index", got[0].delivery_tag) - time.time()) < 5
+    await transport.ack(got)
+    assert raw.exists("unacked", "unacked_index") == 0
+
+
+async def test_requeue_puts_messages_first_in_line_marked_redelivered(transport, raw):
+    await transport.apublish_many([task("t", i) for i in range(4)])
+    got = await transport.fetch(["celery"], 2, 1)
+    await transport.requeue(got)
+    assert unacked_tags(raw) == set()
+    again = await transport.fetch(["celery"], 10, 1)
+    assert [json.loads(d.message.body)[0] for d in again] == [[0], [1], [2], [3]]
+    assert [d.redelivered for d in again] == [True, True, False, False]
+    assert again[0].message.headers["redelivered"] is True
+    assert again[0].delivery_tag == got[0].delivery_tag
+
+
+async def test_reject_with_requeue_goes_to_the_back(transport):
+    await transport.apublish_many([task("t", i) for i in range(2)])
+    first = await transport.fetch(["celery"], 1, 1)
+    await transport.reject(first, requeue=True)
+    again = await transport.fetch(["celery"], 10, 1)
+    assert [json.loads(d.message.body)[0] for d in again] == [[1], [0]]
+    assert again[1].redelivered
+
+
+async def test_reject_without_requeue_drops(transport, raw, caplog):
+    transport.publish(task("t"))
+    got = await transport.fetch(["celery"], 1, 1)
+    with caplog.at_level(logging.INFO, logger="celery.transport.redis"):
+        await transport.reject(got, requeue=False)
+    assert got[0].delivery_tag in caplog.text
+    assert raw.exists("unacked", "celery") == 0
+
+
+async def test_restore_visible_restores_only_expired_reservations(redis_url, raw):
+    transport = RedisTransport(redis_url, transport_options={"visibility_timeout": 0.5})
+    await transport.apublish_many([task("t", i) for i in range(3)])
+    old = await transport.fetch(["celery"], 2, 1)
+    await asyncio.sleep(0.7)
+    young = await transport.fetch(["celery"], 1, 1)
+    assert await transport.restore_visible() == 2
+    assert unacked_tags(raw) == {young[0].delivery_tag}
+    assert raw.exists("unacked_mutex") == 0
+    again = await transport.fetch(["celery"], 10, 1)
+    assert [d.delivery_tag for d in again] == [d.delivery_tag for d in old]  # order kept
+    assert all(d.redelivered for d in again)
+    await transport.aclose()
+
+
+async def test_restore_visible_skips_while_another_holds_the_mutex(redis_url, raw):
+    transport = RedisTransport(redis_url, transport_options={"visibility_timeout": 0.01})
+    transport.publish(task("t"))
+    await transport.fetch(["celery"], 1, 1)
+    await asyncio.sleep(0.05)
+    raw.set("unacked_mutex", "someone-else", px=5000)
+    assert await transport.restore_visible() == 0
+    raw.delete("unacked_mutex")
+    assert await transport.restore_visible() == 1
+    await transport.aclose()
+
+
+async def test_restore_visible_routes_through_a_bound_exchange(redis_url, raw):
+    """An entry reserved by a kombu consumer with a named exchange goes to the bound queue."""
+    transport = RedisTransport(redis_url, transport_options={"visibility_timeout": 0})
+    envelope = json.loads(transport._envelope(task("t", priority=6))[1])
+    tag = envelope["properties"]["delivery_tag"]
+    raw.sadd("_kombu.binding.jobs", f"urgent{SEP}{SEP}target")
+    raw.hset("unacked", tag, json.dumps([envelope, "jobs", "urgent"]))
+    raw.zadd("unacked_index", {tag: time.time() - 10})
+    assert await transport.restore_visible() == 1
+    assert raw.llen(f"target{SEP}6") == 1
+    [got] = await transport.fetch(["target"], 1, 0)
+    assert got.redelivered and got.delivery_tag == tag
+    await transport.aclose()
+
+
+async def test_high_priority_message_overtakes_a_backlog(transport, raw):
+    await transport.apublish_many([task("low", i, priority=9) for i in range(5)])
+    await transport.apublish(task("high", priority=0))
+    await transport.apublish(task("mid", priority=5))
+    assert raw.llen(f"celery{SEP}9") == 5
+    assert raw.llen(f"celery{SEP}3") == 1
+    assert raw.llen("celery") == 1
+    assert await transport.queue_length("celery") == 7
+    got = await transport.fetch(["celery"], 3, 1)
+    assert [d.message.headers["task"] for d in got] == ["high", "mid", "low"]
+    assert got[1].delivery_info["priority"] == 5
+
+
+async def test_priority_steps_match_kombu_bisect(transport):
+    expected = {0: "", 2: "", 3: "3", 5: "3", 6: "6", 8: "6", 9: "9", 42: "9", -1: "", None: ""}
+    for priority, step in expected.items():
+        assert transport._key_for("q", priority) == ("q" + SEP + step if step else "q")
+
+
+async def test_queues_are_read_in_the_given_order(transport):
+    transport.publish(task("a", queue="a"))
+    transport.publish(task("b", queue="b"))
+    got = await transport.fetch(["b", "a"], 10, 1)
+    assert [d.queue for d in got] == ["b", "a"]
+
+
+async def test_round_robin_strategy_rotates_the_first_queue(redis_url):
+    t = RedisTransport(redis_url, transport_options={"queue_order_strategy": "round_robin"})
+    for _ in range(2):
+        t.publish(task("a", queue="a"))
+        t.publish(task("b", queue="b"))
+    firsts = [(await t.fetch(["a", "b"], 1, 1))[0].queue for _ in range(4)]
+    assert sorted(firsts) == ["a", "a", "b", "b"]
+    assert firsts[0] != firsts[1]
+    await t.aclose()
+    t.close()
+
+
+def test_bad_transport_options_raise_improperly_configured():
+    with pytest.raises(ImproperlyConfigured, match="queue_order_strategy"):
+        RedisTransport("redis://", transport_options={"queue_order_strategy": "random"})
+    with pytest.raises(ImproperlyConfigured, match="priority_steps"):
+        RedisTransport("redis://", transport_options={"priority_steps": [3, 1]})
+
+
+async def test_declare_writes_kombu_bindings(transport, raw):
+    await transport.declare(["celery", "other"])
+    assert set(raw.smembers("_kombu.binding.celery")) == {f"celery{SEP}{SEP}celery".encode()}
+    assert set(raw.smembers("_kombu.binding_permanent.other")) == {f"other{SEP}{SEP}other".encode()}
+
+
+async def test_global_keyprefix_prefixes_every_key(redis_url, raw):
+    transport = RedisTransport(redis_url, transport_options={"global_keyprefix": "app:"})
+    await transport.declare(["celery"])
+    transport.publish(task("t", priority=9))
+    got = await transport.fetch(["celery"], 1, 1)
+    assert sorted(raw.keys()) == [
+        b"app:_kombu.binding.celery",
+        b"app:_kombu.binding_permanent.celery",
+        b"app:unacked",
+        b"app:unacked_index",
+    ]
+    await transport.ack(got)
+    await transport.aclose()
+
+
+async def test_malformed_elements_are_dead_lettered_and_good_ones_delivered(transport, raw, caplog):
+    transport.publish(task("good", 1))
+    raw.lpush("celery", b"\xff\x00 not json")
+    raw.lpush("celery", json.dumps({"properties": {"delivery_tag": "x"}}))
+    raw.lpush(
+        "celery",
+        json.dumps({"body": "%%%", "properties": {"body_encoding": "base64", "delivery_tag": "b"}}),
+    )
+    transport.publish(task("good", 2))
+    with caplog.at_level(logging.WARNING, logger="celery.transport.redis"):
+        got = await transport.fetch(["celery"], 10, 1)
+    assert [json.loads(d.message.body)[0] for d in got] == [[1], [2]]
+    assert raw.llen(DEAD_LETTER_KEY) == 3
+    assert caplog.text.count("Malformed message in Redis queue 'celery'") == 3
+    assert unacked_tags(raw) == {d.delivery_tag for d in got}
+
+
+async def test_only_malformed_waiting_returns_empty_without_crashing(transport, raw):
+    raw.lpush("celery", b"garbage")
+    assert await transport.fetch(["celery"], 10, 0.1) == []
+    assert raw.lrange(DEAD_LETTER_KEY, 0, -1) == [b"garbage"]
+
+
+async def test_publish_from_many_threads_loses_nothing(transport):
+    def publish_many(n: int) -> None:
+        for i in range(200):
+            transport.publish(task("t", n, i))
+
+    threads = [threading.Thread(target=publish_many, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert await transport.queue_length("celery") == 1600
+    seen = set()
+    while batch := await transport.fetch(["celery"], 500, 0):
+        seen.update(tuple(json.loads(d.message.body)[0]) for d in batch)
+        await transport.ack(batch)
+    assert len(seen) == 1600
+
+
+async def test_purge_counts_all_priority_sub_queues(transport):
+    await transport.apublish_many([task("t", priority=p) for p in (0, 0, 4, 9)])
+    assert await transport.purge("celery") == 4
+    assert await transport.queue_length("celery") == 0
+    assert await transport.purge("celery") == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:notaport/0", "redis://127.0.0.1:6379/abc", "amqp://x/0", ""]
+)
+def test_bad_url_raises_improperly_configured(url):
+    with pytest.raises(ImproperlyConfigured):
+        RedisTransport(url)
+
+
+def test_url_parts_and_tls_are_understood():
+    t = RedisTransport("valkeys://user:s3cret@example.com:6380/?db=4")
+    assert t._tls
+    expected = {"host": "example.com", "port": 6380, "db": 4, "password": "s3cret"}
+    assert t._kwargs.items() >= expected.items()
+    assert t._kwargs["username"] == "user"
+    assert "s3cret" not in repr(t)
+
+
+async def test_unreachable_server_raises_connection_lost_quickly():
+    t = RedisTransport("redis://127.0.0.1:1/0", transport_options={"max_retries": 1})
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match="127.0.0.1:1"):
+        await t.fetch(["celery"], 1, 1)
+    with pytest.raises(ConnectionLost):
+        t.publish(task("t"))
+    with pytest.raises(ConnectionLost):
+        await t.ping()
+    assert time.monotonic() - started < 5
+    await t.aclose()
+    t.close()
+
+
+async def test_recovers_after_server_kills_all_connections(redis_url, raw):
+    name = f"ttest-{uuid.uuid4().hex[:8]}"  # only this transport's connections are killed
+    transport = RedisTransport(redis_url, transport_options={"client_name": name})
+    transport.publish(task("t", 1))
+    await transport.ping()
+    assert await transport.fetch(["celery"], 1, 0)
+    assert kill_clients_named(raw, name) >= 2  # the sync and the async client
+    transport.publish(task("t", 2))
+    got = await transport.fetch(["celery"], 1, 1)
+    assert [json.loads(d.message.body)[0] for d in got] == [[2]]
+    await transport.ack(got)
+    await transport.aclose()
+    transport.close()
+
+
+async def test_fetch_on_several_event_loops_uses_a_client_per_loop(transport):
+    transport.publish(task("t"))
+
+    def fetch_in_new_loop():
+        return asyncio.run(transport.fetch(["celery"], 1, 1))
+
+    got = await asyncio.to_thread(fetch_in_new_loop)
+    assert len(got) == 1
+    await transport.ping()

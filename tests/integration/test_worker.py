@@ -1,0 +1,271 @@
+"""The worker against real Redis: loop and sync workers, context, rejects, windows, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+
+import pytest
+import valkey
+
+from celery import Celery
+from celery.messaging.protocol import build_task_message
+
+from ..conftest import kill_clients_named
+from .worker_harness import running_worker
+
+REDIS_DB = 4
+
+
+def make_app(url: str, **conf) -> Celery:
+    app = Celery("wtest", broker=url, backend=url, **conf)
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+    @app.task
+    async def aadd(x, y):
+        await asyncio.sleep(0)
+        return x + y
+
+    @app.task(bind=True)
+    async def whoami(self, expected, delay):
+        await asyncio.sleep(delay)
+        req = self.request
+        return [req.id, expected, list(req.args), req.kwargs, req.retries, req.hostname,
+                req.delivery_info.get("routing_key")]
+
+    @app.task(bind=True)
+    def sync_whoami(self):
+        return [self.request.id, self.request.root_id, self.request.parent_id]
+
+    @app.task
+    def fail(msg):
+        raise KeyError(msg)
+
+    @app.task
+    async def afail(msg):
+        raise ValueError(msg)
+
+    @app.task
+    async def sleeper(seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+    @app.task
+    def sync_sleeper(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    @app.task(bind=True)
+    async def spawns_child(self):
+        # A sync delay() from inside a running event loop (the loop worker's) must work.
+        child = sync_whoami.delay()
+        return [child.id, self.request.id]
+
+    @app.task(ignore_result=True)
+    def quiet():
+        return 1
+
+    @app.task(acks_late=True)
+    async def late(seconds):
+        await asyncio.sleep(seconds)
+        return "late"
+
+    return app
+
+
+@pytest.fixture
+def app(redis_url):
+    app = make_app(redis_url)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def rclient(redis_url):
+    client = valkey.Valkey.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def test_sync_and_async_tasks_run_and_store_results(app):
+    with running_worker(app, loop_workers=2, sync_workers=2):
+        assert app.tasks["tests.integration.test_worker.add"].delay(2, 3).get(timeout=10) == 5
+        aadd = app.tasks["tests.integration.test_worker.aadd"]
+        results = [aadd.delay(i, i) for i in range(50)]
+        assert [r.get(timeout=10) for r in results] == [2 * i for i in range(50)]
+        assert results[0].state == "SUCCESS" and results[0].successful()
+
+
+def test_failures_are_stored_and_propagated(app):
+    with running_worker(app):
+        r = app.tasks["tests.integration.test_worker.fail"].delay("nope")
+        with pytest.raises(KeyError, match="nope"):
+            r.get(timeout=10)
+        assert r.failed() and r.state == "FAILURE"
+        assert "KeyError" in r.traceback
+        r2 = app.tasks["tests.integration.test_worker.afail"].delay("bad")
+        assert isinstance(r2.get(timeout=10, propagate=False), ValueError)
+
+
+def test_1000_interleaved_async_tasks_each_see_their_own_request(app):
+    whoami = app.tasks["tests.integration.test_worker.whoami"]
+    rng = random.Random(7)
+    with running_worker(app, loop_workers=2, loop_concurrency=500, sync_workers=1):
+        results = [whoami.apply_async((i, rng.random() * 0.05), {}, queue="celery") for i in range(1000)]
+        seen = [r.get(timeout=60) for r in results]
+    for i, (r, got) in enumerate(zip(results, seen, strict=True)):
+        req_id, expected, args, kwargs, retries, hostname, routing_key = got
+        assert req_id == r.id
+        assert expected == i and args[0] == i
+        assert kwargs == {} and retries == 0 and routing_key == "celery"
+        assert hostname and "@" in hostname
+
+
+async def test_await_result_and_async_send(app):
+    aadd = app.tasks["tests.integration.test_worker.aadd"]
+    with running_worker(app):
+        result = await aadd.adelay(20, 22)
+        assert await result == 42
+        again = await aadd.aapply_async((1, 2))
+        assert await again.aget(timeout=10) == 3
+
+
+def test_sync_delay_inside_async_task_sets_parent_and_root(app):
+    with running_worker(app, loop_workers=1, sync_workers=1):
+        parent = app.tasks["tests.integration.test_worker.spawns_child"].delay()
+        child_id, parent_id = parent.get(timeout=10)
+        assert parent_id == parent.id
+        child = app.AsyncResult(child_id)
+        got_id, root_id, got_parent = child.get(timeout=10)
+        assert got_id == child_id and root_id == parent.id and got_parent == parent.id
+        assert parent.children and parent.children[0][0][0] == child_id
+
+
+def test_unknown_task_and_malformed_messages_are_rejected_and_worker_continues(app, rclient, caplog):
+    caplog.set_level(logging.ERROR, logger="celery.worker.consumer")
+    with running_worker(app):
+        unknown = app.send_task("no.such.task", (1,))
+        # a valid envelope whose headers are not a task message
+        bogus = build_task_message("x", (), {})
+        app.transport.publish(
+            type(bogus)(bogus.body, bogus.content_type, bogus.content_encoding, {"foo": 1},
+                        bogus.properties, "", "celery"))
+        ok = app.tasks["tests.integration.test_worker.add"].delay(1, 1)
+        assert ok.get(timeout=10) == 2
+        assert unknown.state == "PENDING"
+    text = caplog.text
+    assert "unregistered task of type 'no.such.task'" in text
+    assert "malformed message" in text
+    assert rclient.hlen("unacked") == 0 and rclient.llen("celery") == 0
+
+
+def test_refused_content_type_is_rejected_with_a_clear_log(app, rclient, caplog):
+    caplog.set_level(logging.ERROR, logger="celery.worker.consumer")
+    add = app.tasks["tests.integration.test_worker.add"]
+    with running_worker(app):
+        refused = add.apply_async((1, 2), serializer="pickle")
+        ok = add.delay(2, 2)
+        assert ok.get(timeout=10) == 4
+        assert refused.state == "PENDING"
+    assert "content type 'application/x-python-serialize' is not in accept_content" in caplog.text
+    assert rclient.hlen("unacked") == 0
+
+
+def test_prefetch_window_bounds_unacked_messages(redis_url, rclient):
+    app = make_app(redis_url, worker_prefetch_multiplier=2, task_acks_late=True)
+    sleeper = app.tasks["tests.integration.test_worker.sync_sleeper"]
+    try:
+        results = [sleeper.delay(0.2) for _ in range(20)]
+        with running_worker(app, loop_workers=0, sync_workers=2):
+            window = 2 * 2
+            peak = 0
+            deadline = time.monotonic() + 30
+            while not all(r.ready() for r in results) and time.monotonic() < deadline:
+                peak = max(peak, rclient.hlen("unacked"))
+                assert rclient.hlen("unacked") <= window
+                time.sleep(0.02)
+            assert all(r.get(timeout=1) == 0.2 for r in results)
+        assert peak == window  # the window was used, and never exceeded
+    finally:
+        app.close()
+
+
+def test_acks_late_keeps_message_unacked_until_done(app, rclient):
+    late = app.tasks["tests.integration.test_worker.late"]
+    with running_worker(app):
+        r = late.delay(0.5)
+        deadline = time.monotonic() + 5
+        while rclient.hlen("unacked") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rclient.hlen("unacked") == 1  # running, still reserved
+        assert r.get(timeout=10) == "late"
+        deadline = time.monotonic() + 5
+        while rclient.hlen("unacked") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rclient.hlen("unacked") == 0
+
+
+def test_ignore_result_stores_nothing(app, rclient):
+    with running_worker(app):
+        r = app.tasks["tests.integration.test_worker.quiet"].delay()
+        marker = app.tasks["tests.integration.test_worker.add"].delay(0, 0)
+        assert marker.get(timeout=10) == 0
+        assert rclient.get(f"celery-task-meta-{r.id}") is None
+
+
+def test_warm_stop_requeues_unstarted_prefetched_messages_at_once(redis_url, rclient):
+    app = make_app(redis_url, worker_prefetch_multiplier=4)
+    sleeper = app.tasks["tests.integration.test_worker.sync_sleeper"]
+    try:
+        results = [sleeper.delay(0.5) for _ in range(6)]
+        with running_worker(app, loop_workers=0, sync_workers=1):
+            deadline = time.monotonic() + 5
+            while rclient.llen("celery") > 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert rclient.llen("celery") == 2  # window of 4 prefetched, 1 running
+            started = time.monotonic()
+        # leaving the block stops the worker: the running task finished, 3 came back at once
+        assert time.monotonic() - started < 3
+        finished = [r for r in results if r.state == "SUCCESS"]
+        assert 1 <= len(finished) <= 2
+        assert rclient.llen("celery") == 6 - len(finished)
+        assert rclient.hlen("unacked") == 0
+    finally:
+        app.close()
+
+
+def test_worker_consumes_several_queues(app, rclient):
+    add = app.tasks["tests.integration.test_worker.add"]
+    with running_worker(app, queues=["celery", "other"]):
+        results = [add.apply_async((i, 0), queue="other") for i in range(5)]
+        results.append(add.delay(7, 0))
+        assert [r.get(timeout=10) for r in results] == [0, 1, 2, 3, 4, 7]
+    with running_worker(app, queues=["only-this"]):
+        skipped = add.apply_async((1, 1), queue="other")
+        assert add.apply_async((2, 2), queue="only-this").get(timeout=10) == 4
+    assert rclient.llen("other") == 1 and skipped.state == "PENDING"
+
+
+def test_worker_recovers_when_broker_connections_are_dropped(redis_url, rclient):
+    # Every connection of this app (broker and results, worker and producer) is named, and
+    # only those are killed: other programs on the same Redis are left alone.
+    name = f"wtest-{uuid.uuid4().hex[:8]}"
+    app = make_app(redis_url, broker_transport_options={"client_name": name},
+                   result_backend_transport_options={"client_name": name})
+    add = app.tasks["tests.integration.test_worker.add"]
+    aadd = app.tasks["tests.integration.test_worker.aadd"]
+    with running_worker(app):
+        first = [add.delay(i, 1) for i in range(100)]
+        assert kill_clients_named(rclient, name) > 0
+        second = [aadd.delay(i, 2) for i in range(100)]
+        assert kill_clients_named(rclient, name) > 0
+        assert [r.get(timeout=30) for r in first] == [i + 1 for i in range(100)]
+        assert [r.get(timeout=30) for r in second] == [i + 2 for i in range(100)]
+    app.close()
+    assert rclient.llen("celery") == 0 and rclient.hlen("unacked") == 0

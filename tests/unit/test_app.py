@@ -1,0 +1,206 @@
+"""The app without a broker: settings, task creation and naming, messages it would send."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import re
+import uuid
+from decimal import Decimal
+
+import pytest
+
+import celery
+from celery import Celery, shared_task, signature
+from celery.exceptions import ContentDisallowed, ImproperlyConfigured, NotRegistered
+from celery.messaging import serialization
+from celery.messaging.protocol import decode_body
+
+
+@pytest.fixture
+def app():
+    app = Celery("proj", broker="redis://127.0.0.1:6379/0", set_as_current=False)
+    yield app
+    app.close()
+
+
+def body_of(message):
+    return decode_body(message.body, message.content_type, message.content_encoding,
+                       serialization.accept_set(["json", "msgpack", "pickle"]))
+
+
+def test_public_names_are_exported():
+    for name in celery.__all__:
+        assert hasattr(celery, name), name
+    assert celery.current_task is None  # no task is running here
+    assert celery.__all__ == sorted(celery.__all__)
+
+
+def test_defaults_use_celery_names(app):
+    conf = app.conf
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.task_default_queue == "celery" and conf.worker_prefetch_multiplier == 4
+    assert conf.result_expires == dt.timedelta(days=1) and conf["result_serializer"] == "json"
+    conf.update(task_default_queue="q2")
+    assert conf.task_default_queue == "q2"
+
+
+def test_config_from_object_module_object_and_namespace(app):
+    app.config_from_object("tests.apps.settings_module")
+    assert app.conf.broker_url == "redis://127.0.0.1:6379/3"
+    assert app.conf.task_default_queue == "from-module"
+    assert app.conf.result_backend is None  # uppercase names need a namespace
+
+    other = Celery("ns", set_as_current=False)
+    other.config_from_object("tests.apps.settings_module", namespace="CELERY")
+    assert other.conf.result_backend == "redis://127.0.0.1:6379/4"
+    assert other.conf.task_serializer == "msgpack"
+    assert other.conf.task_default_queue == "celery"  # lowercase ignored with a namespace
+
+    class Config:
+        task_acks_late = True
+
+    other.config_from_object(Config)
+    assert other.conf.task_acks_late is True
+    with pytest.raises(ImproperlyConfigured, match="no.such.module"):
+        other.config_from_object("no.such.module")
+    other.config_from_object("no.such.module", silent=True)
+    other.close()
+
+
+def test_env_broker_url_is_read(monkeypatch):
+    monkeypatch.setenv("CELERY_BROKER_URL", "valkey://127.0.0.1:6379/2")
+    app = Celery("env", set_as_current=False)
+    assert app.broker_url == "valkey://127.0.0.1:6379/2"
+    app.close()
+
+
+def test_task_names_options_and_kinds(app):
+    @app.task
+    def plain(x):
+        return x
+
+    @app.task(name="custom.name", bind=True, ignore_result=True, serializer="msgpack", queue="q")
+    async def bound(self, x):
+        return self.name, x
+
+    assert plain.name == f"{__name__}.plain"
+    assert app.tasks[plain.name] is plain and plain(3) == 3
+    assert bound.name == "custom.name" and bound.is_async and not plain.is_async
+    assert bound.ignore_result is True and bound.queue == "q" and bound.serializer == "msgpack"
+    with pytest.raises(NotRegistered):
+        app.tasks["nope"]
+    with pytest.raises(ImproperlyConfigured, match="Unknown task option"):
+        app.task(bogus_option=1)(lambda: None)
+
+
+def test_main_module_tasks_are_named_after_the_app(app):
+    def fun():
+        return None
+
+    fun.__module__ = "__main__"
+    assert app.task(fun).name == "proj.fun"
+
+
+def test_shared_task_reaches_every_app():
+    @shared_task
+    def shared_add(x, y):
+        return x + y
+
+    one, two = Celery("one", set_as_current=False), Celery("two", set_as_current=False)
+    name = f"{__name__}.shared_add"
+    assert one.tasks[name] is not two.tasks[name]
+    assert one.tasks[name](1, 2) == 3 and shared_add(2, 2) == 4
+    one.close()
+    two.close()
+
+
+def test_autodiscover_tasks_imports_package_tasks_modules(app):
+    app.autodiscover_tasks(["tests.apps.discover_pkg", "tests.apps.missing_pkg"])
+    assert "tests.apps.discover_pkg.tasks.discovered" in app.tasks
+
+
+def test_message_for_delay_and_apply_async_options(app):
+    @app.task
+    def add(x, y):
+        return x + y
+
+    msg, task_id = app._prepare(add.name, (2, 3), {}, add, {})
+    assert msg.headers["task"] == add.name and msg.headers["id"] == task_id
+    assert msg.headers["root_id"] == task_id and msg.headers["parent_id"] is None
+    assert msg.routing_key == "celery" and msg.properties["priority"] == 0
+    assert body_of(msg).args == [2, 3]
+    fixed = str(uuid.uuid4())
+    before = dt.datetime.now(dt.UTC)
+    msg, task_id = app._prepare(add.name, (1,), {"y": 2}, add, {
+        "task_id": fixed, "countdown": 30, "expires": 60, "queue": "other", "priority": 7,
+        "serializer": "msgpack", "time_limit": 10, "soft_time_limit": 5})
+    h = msg.headers
+    assert task_id == fixed and msg.routing_key == "other" and msg.properties["priority"] == 7
+    assert msg.content_type == "application/x-msgpack"
+    assert h["timelimit"] == [10, 5]
+    eta = dt.datetime.fromisoformat(h["eta"])
+    assert before + dt.timedelta(seconds=29) < eta < before + dt.timedelta(seconds=32)
+    assert dt.datetime.fromisoformat(h["expires"]) > eta
+    assert body_of(msg).kwargs == {"y": 2}
+
+
+def test_routes_choose_queues(app):
+    app.conf.task_routes = {"proj.images.*": {"queue": "images"}, "proj.exact": "exactq",
+                            re.compile(r"proj\.re\d"): {"queue": "regex"}}
+    assert app._prepare("proj.images.resize", (), {}, None, {})[0].routing_key == "images"
+    assert app._prepare("proj.exact", (), {}, None, {})[0].routing_key == "exactq"
+    assert app._prepare("proj.re5", (), {}, None, {})[0].routing_key == "regex"
+    assert app._prepare("proj.other", (), {}, None, {})[0].routing_key == "celery"
+    assert app._prepare("proj.exact", (), {}, None, {"queue": "given"})[0].routing_key == "given"
+
+
+def test_signatures(app):
+    @app.task
+    def add(x, y):
+        return x + y
+
+    sig = add.s(2)
+    assert sig.task == add.name and sig.args == (2,)
+    assert sig(3) == 5 and sig.clone(args=(4,)).args == (4, 2)
+    frozen = add.si(1, 1)
+    assert frozen.immutable and frozen.clone(args=(9,)).args == (1, 1)
+    as_json = json.loads(json.dumps(sig))
+    assert as_json["task"] == add.name and as_json["args"] == [2]
+    assert signature(as_json, app=app).task == add.name
+    assert app.signature("by.name", args=(1,)).task == "by.name"
+
+
+def test_bad_urls_fail_clearly(app):
+    bad = Celery("bad", broker="nosuch://x", backend="bogus://y", set_as_current=False)
+    with pytest.raises(ImproperlyConfigured, match="Unknown broker URL scheme 'nosuch'"):
+        bad.transport  # noqa: B018
+    with pytest.raises(ImproperlyConfigured, match="bogus"):
+        bad.backend  # noqa: B018
+    bad.close()
+
+
+def test_json_rich_types_round_trip():
+    value = [dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), dt.date(2024, 1, 2),
+             dt.time(1, 2, 3), uuid.UUID(int=5), Decimal("1.50"), b"\x00\xff", b"text", "ünï"]
+    payload, ctype, enc = serialization.dumps(value, "json")
+    assert payload.isascii()
+    assert serialization.loads(payload, ctype, enc, serialization.accept_set(["json"])) == value
+
+
+def test_refused_and_undecodable_content():
+    payload, ctype, enc = serialization.dumps([1], "pickle")
+    with pytest.raises(ContentDisallowed, match="application/x-python-serialize"):
+        serialization.loads(payload, ctype, enc, serialization.accept_set(["json"]))
+    with pytest.raises(serialization.DecodeError):
+        serialization.loads(b"{not json", "application/json", "utf-8", None)
+    with pytest.raises(ImproperlyConfigured, match="Unknown serializer 'yaml2'"):
+        serialization.dumps([1], "yaml2")
+
+
+def test_exceptions_module_keeps_celery_names():
+    exc = importlib.import_module("celery.exceptions")
+    for name in ("TimeoutError", "NotRegistered", "Retry", "Reject", "Ignore",
+                 "SoftTimeLimitExceeded", "TimeLimitExceeded", "MaxRetriesExceededError"):
+        assert issubclass(getattr(exc, name), exc.CeleryError)
