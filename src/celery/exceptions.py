@@ -38,6 +38,8 @@ __all__ = [
     "NotRegistered",
     "OperationalError",
     "Reject",
+    "Terminated",
+    "WorkerLostError",
     "Retry",
     "SoftTimeLimitExceeded",
     "TaskError",
@@ -113,6 +115,14 @@ class MaxRetriesExceededError(TaskError):
 
 class TaskRevokedError(TaskError):
     """The task was revoked, so it has no result."""
+
+
+class WorkerLostError(CeleryError):
+    """The worker stopped (a cold shutdown) while the task ran; see reject_on_worker_lost."""
+
+
+class Terminated(CeleryError):
+    """Raised by ``Task.checkpoint()`` in a sync task revoked with ``terminate=True``."""
 
 
 class TimeoutError(CeleryError):  # noqa: A001 - Celery's name

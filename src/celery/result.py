@@ -192,6 +192,19 @@ class AsyncResult(ResultBase):
         if task is not None and not task.request.is_eager:
             raise RuntimeError(_SYNC_SUBTASK_ERROR)
 
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: str | None = None,
+               wait: bool = False, timeout: float | None = None) -> Any:
+        """Revoke this task on every worker (``app.control.revoke``): it never starts, and
+        with ``terminate`` a running one is stopped. ``wait`` collects the workers' replies
+        for ``timeout`` seconds (1 s by default)."""
+        return self.app.control.revoke(self.id, terminate=terminate, signal=signal,
+                                       reply=wait, timeout=timeout or 1.0)
+
+    async def arevoke(self, terminate: bool = False, signal: str | None = None,
+                      wait: bool = False, timeout: float | None = None) -> Any:
+        return await self.app.control.arevoke(self.id, terminate=terminate, signal=signal,
+                                              reply=wait, timeout=timeout or 1.0)
+
     def forget(self) -> None:
         """Remove the stored result."""
         self._cache = None

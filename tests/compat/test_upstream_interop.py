@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from celery import Celery
+from celery.exceptions import TaskRevokedError
 from tests.conftest import IN_CI, flushed_redis_url
 
 from ..integration.worker_harness import running_worker
@@ -88,6 +89,16 @@ def test_our_client_and_upstream_worker(upstream_python, url):
             return await result
 
         assert asyncio.run(from_loop()) == 10
+        # remote control: our app.control reaches the upstream worker, and it answers us
+        replies = app.control.ping(timeout=2.0)
+        assert [list(r) for r in replies] == [[next(iter(replies[0]))]]
+        node = next(iter(replies[0]))
+        assert node.startswith("upstream@") and replies[0][node] == {"ok": "pong"}
+        assert "interop.add" in app.control.inspect(timeout=2.0).registered()[node]
+        later = add.apply_async((1, 1), countdown=2)
+        assert app.control.revoke(later.id, reply=True, timeout=2.0)[0][node]["ok"]
+        with pytest.raises(TaskRevokedError):
+            later.get(timeout=30)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -98,6 +109,17 @@ def test_our_client_and_upstream_worker(upstream_python, url):
         app.close()
     # the only traceback upstream logged is the one we asked for
     assert output.count(b"Traceback") == 1 and b"ValueError: from us" in output, output.decode()[-3000:]
+
+
+#: Run by upstream Celery: revoke a countdown task on our worker, then read its state.
+UPSTREAM_REVOKE = """
+import json, time
+from upapp import app
+r = app.send_task("interop.add", (1, 2), countdown=2)
+replies = app.control.revoke(r.id, terminate=True, reply=True, timeout=2.0)
+r.get(timeout=30, propagate=False)
+print(json.dumps({"replies": replies, "state": r.state}))
+"""
 
 
 def test_upstream_client_and_our_worker(upstream_python, url):
@@ -122,13 +144,25 @@ def test_upstream_client_and_our_worker(upstream_python, url):
                 "root_id": self.request.root_id}
 
     try:
-        with running_worker(app, loop_workers=1, sync_workers=2):
+        with running_worker(app, loop_workers=1, sync_workers=2, hostname="ours@test"):
             started = time.monotonic()
             proc = subprocess.run([str(upstream_python), str(INTEROP_DIR / "producer.py")],
                                   cwd=INTEROP_DIR, env=_env(url), capture_output=True, timeout=120)
             assert proc.returncode == 0, proc.stderr.decode()[-3000:]
             out = json.loads(proc.stdout)
             assert time.monotonic() - started < 60
+            # upstream Celery's own CLI and app.control reach our worker
+            ping = subprocess.run(
+                [str(upstream_python), "-m", "celery", "-A", "upapp", "inspect", "ping", "-j"],
+                cwd=INTEROP_DIR, env=_env(url), capture_output=True, timeout=60)
+            assert ping.returncode == 0, ping.stderr.decode()[-3000:]
+            assert json.loads(ping.stdout) == {"ours@test": {"ok": "pong"}}
+            revoke = subprocess.run([str(upstream_python), "-c", UPSTREAM_REVOKE],
+                                    cwd=INTEROP_DIR, env=_env(url), capture_output=True, timeout=60)
+            assert revoke.returncode == 0, revoke.stderr.decode()[-3000:]
+            assert json.loads(revoke.stdout) == {
+                "replies": [{"ours@test": {"ok": "terminate: tasks unknown"}}],
+                "state": "REVOKED"}
     finally:
         app.close()
     assert out["add"] == 5

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..backends.base import ResultBackend
     from ..result import AsyncResult
     from ..transport.base import Transport
+    from .control import Control
 
 __all__ = ["DEFAULT_BROKER_URL", "Celery", "gen_task_name"]
 
@@ -91,6 +92,7 @@ class Celery:
         self._transport: Transport | None = None
         self._backend: ResultBackend | None = None
         self._portal: Portal | None = None
+        self._control: Control | None = None
         self._router: Router | None = None
         if set_as_current:
             _state.set_default_app(self)
@@ -220,6 +222,17 @@ class Celery:
                 if self._portal is None:
                     self._portal = Portal(f"celery-portal-{self.main or 'app'}")
         return self._portal
+
+    @property
+    def control(self) -> Control:
+        """Remote control of the workers (``app.control.revoke(...)``, ``.inspect()``)."""
+        if self._control is None:
+            with self._setup_lock:
+                if self._control is None:
+                    from .control import Control
+
+                    self._control = Control(self)
+        return self._control
 
     @property
     def transport(self) -> Transport:

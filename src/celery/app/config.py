@@ -74,6 +74,11 @@ DEFAULTS: dict[str, Any] = {
     "worker_max_memory_per_child": None,
     "worker_cancel_long_running_tasks_on_connection_loss": False,
     "worker_proc_alive_timeout": 4.0,
+    "worker_state_db": None,
+    # remote control
+    "control_exchange": "celery",
+    "control_queue_ttl": 300.0,
+    "control_queue_expires": 10.0,
     # misc
     "timezone": None,
     "enable_utc": True,

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import inspect
 import random
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from ..exceptions import (
     MaxRetriesExceededError,
     Retry,
     SoftTimeLimitExceeded,
+    Terminated,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +75,8 @@ class Context:
     acks_late: bool = False
     #: time.monotonic() past which ``Task.checkpoint()`` raises SoftTimeLimitExceeded.
     soft_deadline: float | None = None
+    #: Set when the task is terminated (revoke with terminate): ``checkpoint()`` raises.
+    halt: threading.Event | None = None
 
     def __init__(self, **fields: Any) -> None:
         self.__dict__.update(fields)
@@ -309,14 +313,18 @@ class Task(Generic[P, R]):
 
     def checkpoint(self) -> None:
         """A safe point where a ``def`` task may be interrupted: raises
-        ``SoftTimeLimitExceeded`` once the task's soft time limit has passed.
+        ``SoftTimeLimitExceeded`` once the task's soft time limit has passed, and
+        ``Terminated`` once it was revoked with ``terminate=True``.
 
         Threads cannot be interrupted safely from outside (we never use
         ``PyThreadState_SetAsyncExc``), so a long ``def`` task that wants its soft limit calls
         this now and then (e.g. once per loop iteration). ``async def`` tasks need not: their
         soft limit cancels them at their current ``await``.
         """
-        deadline = self.request.soft_deadline
+        request = self.request
+        if request.halt is not None and request.halt.is_set():
+            raise Terminated(f"{self.name}[{request.id}] was terminated (revoked)")
+        deadline = request.soft_deadline
         if deadline is not None and time.monotonic() >= deadline:
             raise SoftTimeLimitExceeded(f"soft time limit exceeded in {self.name}[{self.request.id}]")
 

@@ -14,9 +14,9 @@ from ..app.base import Celery
 from .base import CeleryGroup, CLIContext
 from .bench import bench
 from .call import call
+from .control import control, inspect, status
 from .purge import purge
 from .result import result
-from .status import status
 from .worker import worker
 
 __all__ = ["celery", "main"]
@@ -99,7 +99,7 @@ def celery(
     ctx.call_on_close(obj.close)
 
 
-for _command in (worker, call, result, purge, status, bench):
+for _command in (worker, call, result, purge, status, inspect, control, bench):
     celery.add_command(_command)
 
 

@@ -135,6 +135,12 @@ def _count(ctx: click.Context, param: click.Parameter, value: int | None) -> int
     help="Replace the worker process once its resident memory passes this many KiB "
          "[worker_max_memory_per_child].",
 )
+@click.option(
+    "-S",
+    "--statedb",
+    type=click.Path(dir_okay=False),
+    help="Keep revoked task ids in this file across restarts [worker_state_db].",
+)
 @click.option("-E", "--task-events", is_flag=True, help="Send task events (not implemented yet).")
 @click.pass_obj
 def worker(
@@ -151,6 +157,7 @@ def worker(
     pool: str | None,
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
+    statedb: str | None,
     task_events: bool,
 ) -> None:
     """Start a worker."""
@@ -185,7 +192,7 @@ def worker(
         "prefetch_multiplier": prefetch_multiplier,
     }
     instance = Worker(app, **options, max_tasks_per_child=max_tasks_per_child,
-                      max_memory_per_child=max_memory_per_child)
+                      max_memory_per_child=max_memory_per_child, state_db=statedb)
     if not obj.quiet and os.environ.get(CHILD_ENV, "first") == "first":
         click.echo(banner(app, instance, options, loglevel))
     sys.exit(instance.run())

@@ -8,7 +8,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..messaging.protocol import Message
 
-__all__ = ["CAP_DELAYED", "CAP_PRIORITY", "CAP_VISIBILITY_TIMEOUT", "Delivery", "Transport"]
+__all__ = [
+    "CAP_BROADCAST", "CAP_DELAYED", "CAP_PRIORITY", "CAP_VISIBILITY_TIMEOUT", "Delivery",
+    "FanoutSubscription", "Mailbox", "Transport",
+]
 
 #: The transport orders messages by priority.
 CAP_PRIORITY = "priority"
@@ -16,6 +19,8 @@ CAP_PRIORITY = "priority"
 CAP_VISIBILITY_TIMEOUT = "visibility_timeout"
 #: The transport holds back messages until their ETA (the ``eta`` header).
 CAP_DELAYED = "delayed"
+#: The transport implements ``Mailbox`` (fanout and direct exchanges): remote control.
+CAP_BROADCAST = "broadcast"
 
 
 @dataclass(slots=True, eq=False)
@@ -101,3 +106,62 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Release the running loop's connections. Idempotent."""
+
+
+@runtime_checkable
+class FanoutSubscription(Protocol):
+    """One subscriber of a fanout exchange (``Mailbox.fanout_subscribe``). Used from the
+    event loop that made it."""
+
+    async def get(self, timeout: float) -> list[str]:
+        """Payloads published to the exchange since the last call, in publish order; waits
+        up to ``timeout`` seconds for the first one, ``[]`` when none came. Raises
+        ConnectionLost when the broker is gone (the caller subscribes again)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop receiving; idempotent."""
+        ...
+
+
+@runtime_checkable
+class Mailbox(Protocol):
+    """What remote control (kombu's "pidbox") needs from a broker; transports with
+    ``CAP_BROADCAST`` implement it. Payloads are kombu JSON envelopes as strings
+    (``envelope.encode``), stored and delivered unchanged.
+
+    * A **fanout** exchange (``celery.pidbox``) delivers a copy of each payload to every
+      subscriber that was subscribed when it was published; nothing is kept for later
+      subscribers (Redis PUBLISH semantics).
+    * A **direct** exchange (``reply.celery.pidbox``) is a binding table: ``direct_publish``
+      pushes the payload onto every queue bound with that routing key (kombu's
+      ``_kombu.binding.<exchange>`` set on Redis); ``pop_raw`` takes from such a queue.
+
+    Every coroutine may be awaited on any event loop.
+    """
+
+    async def fanout_publish(self, exchange: str, payload: str) -> None:
+        """Deliver ``payload`` to every current subscriber of ``exchange``."""
+        ...
+
+    async def fanout_subscribe(self, exchange: str) -> FanoutSubscription:
+        """Subscribe to ``exchange``; payloads published from now on are received."""
+        ...
+
+    async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        """Bind ``queue`` to ``exchange`` with ``routing_key`` (idempotent)."""
+        ...
+
+    async def direct_unbind(self, exchange: str, routing_key: str, queue: str) -> None:
+        """Remove that binding and delete the queue's waiting payloads (idempotent)."""
+        ...
+
+    async def direct_publish(self, exchange: str, routing_key: str, payload: str) -> int:
+        """Push ``payload`` onto every queue bound to ``exchange`` with ``routing_key``;
+        how many queues got it (0: nobody listens, the payload is dropped)."""
+        ...
+
+    async def pop_raw(self, queue: str, timeout: float) -> list[str]:
+        """Remove and return the payloads waiting in ``queue`` (oldest first, no ack),
+        waiting up to ``timeout`` seconds for the first; ``[]`` on timeout."""
+        ...

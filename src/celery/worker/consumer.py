@@ -23,6 +23,7 @@ from ..exceptions import (
     NotRegistered,
     TaskRevokedError,
     TimeLimitExceeded,
+    WorkerLostError,
 )
 from ..messaging.protocol import check_headers, epoch_of
 from ..transport.base import CAP_DELAYED
@@ -30,6 +31,7 @@ from .executor.base import Executor
 from .outbox import Outbox
 from .ratelimit import RateLimiter, parse_rate
 from .request import Outcome, Request
+from .state import RevokedIds
 
 if TYPE_CHECKING:
     from ..app.base import Celery
@@ -71,7 +73,7 @@ class Consumer:
     def __init__(self, app: Celery, transport: Transport, queues: Sequence[str], window: int,
                  loop_executor: Executor, sync_executor: Executor, hostname: str,
                  on_ready: Callable[[], Any] | None = None, max_tasks: int | None = None,
-                 max_memory_kb: int | None = None) -> None:
+                 max_memory_kb: int | None = None, state_db: str | None = None) -> None:
         self.app = app
         self.transport = transport
         self.backend = app.backend
@@ -139,6 +141,11 @@ class Consumer:
         self.max_memory_kb = max_memory_kb or None
         self._next_memory_check = 0.0
         self.recycle = False
+        #: Revoked task ids (never started when they arrive; ``--statedb`` keeps them).
+        self.revoked = RevokedIds(state_db)
+        #: Tasks finished, by name (``inspect stats``).
+        self.total: dict[str, int] = {}
+        self.started_at = time.time()
 
     # -- main coroutine ------------------------------------------------------------------
 
@@ -172,6 +179,9 @@ class Consumer:
             if want <= 0:
                 self._room.clear()
                 await self._room.wait()
+                continue
+            if not self.queues:  # every queue cancelled by remote control
+                await asyncio.sleep(FETCH_TIMEOUT)
                 continue
             try:
                 deliveries = await self.transport.fetch(self.queues, want, FETCH_TIMEOUT)
@@ -252,7 +262,7 @@ class Consumer:
             logger.info("Task %s[%s] received", name, task_id)
         if signals.task_received.receivers:
             signals.task_received.send(sender=self, request=req)
-        if self._expired(req):
+        if self._discarded(req):
             return
         eta = _header_time(req, "eta")
         if eta is not None and eta > time.time():
@@ -340,27 +350,35 @@ class Consumer:
             _, _, req = heapq.heappop(self._eta)
             self.eta_held -= 1
             self.reserved += 1
-            if self._expired(req):
+            if self._discarded(req):
                 continue
             self._enqueue(req)
         self._arm_eta_timer()
         self._dispatch()
 
-    def _expired(self, req: Request) -> bool:
-        """Mark an expired request REVOKED (stored, acked, task_revoked sent); True if so."""
+    def _discarded(self, req: Request) -> bool:
+        """A request not yet started that must never run: revoked, or past its ``expires``.
+        It is marked REVOKED (stored, acked, ``task_revoked`` sent); True if so."""
+        if req.id in self.revoked:
+            logger.info("Discarding revoked task %s[%s]", req.name, req.id)
+            self._announce_revoked(req, "revoked", expired=False)
+            return True
         expires = _header_time(req, "expires")
         if expires is None or expires > time.time():
             return False
         logger.warning("Task %s[%s] expired: discarded, marked REVOKED", req.name, req.id)
+        self._announce_revoked(req, "expired", expired=True)
+        return True
+
+    def _announce_revoked(self, req: Request, reason: str, expired: bool) -> None:
         if req.store_result:
-            meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError("expired"))
+            meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError(reason))
             self._to_store.append((req.id, self.backend.encode(meta), states.REVOKED))
         self._to_ack.append(req.delivery)
         self._flush_needed.set()
         if signals.task_revoked.receivers:
             signals.task_revoked.send(sender=req.task, request=req, terminated=False, signum=None,
-                                      expired=True)
-        return True
+                                      expired=expired)
 
     def _reject(self, delivery: Delivery) -> None:
         self._to_reject.append(delivery)
@@ -383,7 +401,7 @@ class Consumer:
                 batch: list[Request] = []
                 while lane.held and len(batch) < free:
                     req = lane.held.popleft()
-                    if self._expired(req):  # expired while it waited for a slot
+                    if self._discarded(req):  # revoked or expired while it waited
                         self.inflight -= 1
                         continue
                     batch.append(req)
@@ -392,6 +410,7 @@ class Consumer:
                 lane.used[group] += len(batch)
                 for req in batch:
                     req.slot = group
+                    req.started_at = time.time()
                     lane.running[req] = None
                     if not req.acks_late:
                         self._to_ack.append(req.delivery)
@@ -434,10 +453,14 @@ class Consumer:
             req.watchdog.cancel()
         lane.used[req.slot] -= 1
         self.inflight -= 1
-        if outcome.requeue:
-            self._give_back(req)
+        if outcome.requeue:  # cancelled by a cold shutdown: the worker is lost to it
+            if req.acks_late and self._reject_on_worker_lost(req) is False:
+                self._lost_and_acked(req)
+            else:
+                self._give_back(req)
             return
         self.processed += 1
+        self.total[req.name] = self.total.get(req.name, 0) + 1
         if outcome.payload is not None:
             self._to_store.append((req.id, outcome.payload, outcome.state))
         if outcome.settle == "requeue":  # raise Reject(requeue=True)
@@ -467,11 +490,124 @@ class Consumer:
             payload = self.backend.encode(meta)
         # As Celery, with acks_late: acked, or requeued if acks_on_failure_or_timeout is off.
         settle = "requeue" if req.acks_late and not self._acks_on_failure(req) else "ack"
-        self.lanes[req.task.is_async].executor.abandon(req)
+        self.lanes[req.task.is_async].executor.abandon(req, "hard time limit exceeded")
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=req.task, task_id=req.id, exception=exc, args=None,
                                       kwargs=None, traceback=None, einfo=None)
         self._on_outcomes([Outcome(req, states.FAILURE, payload, float(hard or 0), settle=settle)])
+
+    # -- remote control (worker/control.py calls these on this loop) -------------------------
+
+    def revoke(self, task_ids: Sequence[str], terminate: bool = False,
+               signum: int | None = None) -> list[str]:
+        """Remember ``task_ids`` as revoked and discard those waiting here (in a lane, a rate
+        limiter or the ETA heap); with ``terminate`` stop those running. The ids terminated."""
+        self.revoked.add(task_ids)
+        wanted = set(task_ids)
+        for lane in self.lanes.values():
+            lane.held = self._without_revoked(lane.held, wanted)
+        for limiter in self._limiters.values():
+            if limiter is not None:
+                limiter.waiting = self._without_revoked(limiter.waiting, wanted)
+        held = [entry for entry in self._eta if entry[2].id in wanted]
+        if held:
+            self._eta = [entry for entry in self._eta if entry[2].id not in wanted]
+            heapq.heapify(self._eta)
+            for _, _, req in held:
+                self.eta_held -= 1
+                self.reserved += 1  # back in the window until its ack is flushed
+                self._discarded(req)
+            self._arm_eta_timer()
+        terminated = []
+        if terminate:
+            for lane in self.lanes.values():
+                for req in [r for r in lane.running if r.id in wanted]:
+                    self._terminate(req, signum)
+                    terminated.append(req.id)
+        self._dispatch()
+        if self.inflight < self.window:
+            self._room.set()
+        return terminated
+
+    def _without_revoked(self, waiting: deque[Request], wanted: set[str]) -> deque[Request]:
+        kept: deque[Request] = deque()
+        for req in waiting:
+            if req.id in wanted and self._discarded(req):
+                self.inflight -= 1
+            else:
+                kept.append(req)
+        return kept
+
+    def _terminate(self, req: Request, signum: int | None) -> None:
+        """Stop a running request (``revoke(terminate=True)``): marked REVOKED, settled and
+        its slot freed now. An async task is cancelled at its current await; a sync one is
+        asked to stop (``Task.checkpoint()`` raises ``Terminated``) and its thread replaced
+        (``ThreadExecutor.abandon``); its own late outcome is then ignored by ``_finish``."""
+        logger.warning("Terminating task %s[%s] (signal %s)", req.name, req.id, signum)
+        payload = None
+        if req.store_result:
+            meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError("terminated"))
+            payload = self.backend.encode(meta)
+        req.halt.set()
+        self.lanes[req.task.is_async].executor.abandon(req, "terminated")
+        if signals.task_revoked.receivers:
+            signals.task_revoked.send(sender=req.task, request=req, terminated=True, signum=signum,
+                                      expired=False)
+        self._on_outcomes([Outcome(req, states.REVOKED, payload, 0.0, settle="ack")])
+
+    def reset_rate_limit(self, name: str) -> None:
+        """The task's ``rate_limit`` changed: rebuild its limiter, keeping who waits."""
+        old = self._limiters.pop(name, None)
+        waiting = old.waiting if old is not None else deque()
+        if not waiting:
+            return
+        new = self._limiter_for(waiting[0]) if self._rate_limits else None
+        if new is None:
+            self.lanes[waiting[0].task.is_async].held.extend(waiting)
+        else:
+            new.waiting.extend(waiting)
+        self._pump_limits()
+        self._dispatch()
+
+    def requests(self) -> dict[str, list[Request]]:
+        """Requests by where they are: ``active`` (running), ``reserved`` (waiting for a
+        slot or a rate-limit token) and ``scheduled`` (held for their ETA)."""
+        active = [r for lane in self.lanes.values() for r in lane.running]
+        reserved = [r for lane in self.lanes.values() for r in lane.held]
+        reserved += [r for lim in self._limiters.values() if lim is not None for r in lim.waiting]
+        return {"active": active, "reserved": reserved,
+                "scheduled": [req for _, _, req in sorted(self._eta, key=lambda e: e[:2])]}
+
+    async def add_queue(self, queue: str) -> bool:
+        """Start consuming ``queue`` too (declared first); False if it already was."""
+        if queue in self.queues:
+            return False
+        await self.transport.declare([queue])
+        self.queues = [*self.queues, queue]
+        return True
+
+    def cancel_queue(self, queue: str) -> bool:
+        """Stop consuming ``queue`` (the current fetch ends within FETCH_TIMEOUT)."""
+        if queue not in self.queues:
+            return False
+        self.queues = [q for q in self.queues if q != queue]
+        return True
+
+    def _reject_on_worker_lost(self, req: Request) -> bool | None:
+        value = getattr(req.task, "reject_on_worker_lost", None)
+        return self.app.conf.task_reject_on_worker_lost if value is None else value
+
+    def _lost_and_acked(self, req: Request) -> None:
+        """Celery's ``reject_on_worker_lost=False`` (set explicitly) for an ``acks_late`` task
+        a cold shutdown cut off: it fails with ``WorkerLostError`` and its message is acked,
+        so it never runs again. Unset (None) or True, the message is requeued instead."""
+        logger.warning("Task %s[%s]: worker lost (cold shutdown); failed and acked, as "
+                       "reject_on_worker_lost is False", req.name, req.id)
+        exc = WorkerLostError(f"Worker exited prematurely: cold shutdown ({req.name}[{req.id}])")
+        if req.store_result or req.task.store_errors_even_if_ignored:
+            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
+            self._to_store.append((req.id, self.backend.encode(meta), states.FAILURE))
+        self._to_ack.append(req.delivery)
 
     def _acks_on_failure(self, req: Request) -> bool:
         value = getattr(req.task, "acks_on_failure_or_timeout", None)

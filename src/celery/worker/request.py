@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..app.task import Context
+from ..messaging.protocol import decode_body
 
 if TYPE_CHECKING:
     from ..app.task import Task
@@ -34,6 +37,11 @@ class Request:
     limits: tuple[float | None, float | None] = (None, None)
     #: The hard-limit timer while it runs (consumer loop only).
     watchdog: Any = None
+    #: time.time() when it was handed to an executor (0: not yet); ``inspect active``.
+    started_at: float = 0.0
+    #: Set by the consumer to stop it (revoke with terminate): ``Task.checkpoint()`` of a
+    #: sync task raises once it is set. An Event, as two threads use it.
+    halt: threading.Event = field(default_factory=threading.Event)
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -50,6 +58,27 @@ class Request:
         hard = _seconds(hard if hard is not None else (self.task.time_limit or default_hard))
         soft = _seconds(soft if soft is not None else (self.task.soft_time_limit or default_soft))
         return hard, soft
+
+    def info(self, safe: bool = False, hostname: str | None = None) -> dict[str, Any]:
+        """What ``inspect active/reserved/scheduled`` shows of it (Celery's ``Request.info``);
+        ``safe`` gives the ``argsrepr``/``kwargsrepr`` strings instead of the arguments."""
+        h = self.headers
+        args: Any = h.get("argsrepr")
+        kwargs: Any = h.get("kwargsrepr")
+        if not safe:
+            msg = self.delivery.message
+            try:
+                body = decode_body(msg.body, msg.content_type, msg.content_encoding,
+                                   frozenset({msg.content_type}))  # accepted on receipt
+                args, kwargs = body.args, body.kwargs
+            except Exception:  # shown as their reprs: inspect must not fail on one message
+                pass
+        return {
+            "id": self.id, "name": self.name, "args": args, "kwargs": kwargs, "type": self.name,
+            "hostname": hostname, "time_start": self.started_at or None,
+            "acknowledged": not self.acks_late and bool(self.started_at),
+            "delivery_info": self.delivery.delivery_info, "worker_pid": os.getpid(),
+        }
 
     def context(self, args: list[Any], kwargs: dict[str, Any], embed: dict[str, Any],
                 hostname: str) -> Context:

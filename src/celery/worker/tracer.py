@@ -69,6 +69,7 @@ class Tracer:
         except Exception as exc:
             return self._failed(req, exc, start, None)
         ctx = req.context(body.args, body.kwargs, body.embed, self.hostname)
+        ctx.halt = req.halt
         soft = req.limits[1]
         if soft is not None:
             ctx.soft_deadline = start + soft
@@ -103,6 +104,10 @@ class Tracer:
                         error = publish_error
                 return self._end(req, body, self._retried(req, exc, error, start, ctx))
             except Exception as exc:
+                if req.halt.is_set():  # terminated: settled as REVOKED already; quietly done
+                    logger.info("Task %s[%s] stopped after it was terminated (%r)", req.name,
+                                req.id, exc)
+                    return Outcome(req, states.REVOKED, None, time.monotonic() - start)
                 return self._end(req, body, self._errored(req, exc, start, ctx))
             return self._end(req, body, self._succeeded(req, value, start, ctx), value)
         finally:

@@ -16,6 +16,7 @@ from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.serialization import accept_set
 from ..utils.text import mask_url
 from .consumer import Consumer
+from .control import ControlServer
 from .executor.loop import LoopExecutor, new_event_loop
 from .executor.threads import ThreadExecutor
 from .tracer import Tracer
@@ -64,7 +65,8 @@ class Worker:
                  sync_workers: int | None = None, prefetch_multiplier: int | None = None,
                  ready_callback: Callable[[], Any] | None = None,
                  max_tasks_per_child: int | None = None,
-                 max_memory_per_child: int | None = None) -> None:
+                 max_memory_per_child: int | None = None,
+                 state_db: str | None = None) -> None:
         conf = app.conf
         self.app = app
         self.hostname = hostname or expand_hostname(None)
@@ -85,6 +87,8 @@ class Worker:
                                           "max_tasks_per_child") or None
         self.max_memory_per_child = _count(max_memory_per_child, conf.worker_max_memory_per_child,
                                            0, "max_memory_per_child") or None
+        #: File keeping revoked task ids across restarts (``--statedb``), or None.
+        self.state_db = state_db or conf.worker_state_db or None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
         self._signals = 0
@@ -134,8 +138,9 @@ class Worker:
         consumer = Consumer(app, transport, self.queues, self.window, loop_exec, sync_exec,
                             self.hostname, on_ready=self._on_ready,
                             max_tasks=self.max_tasks_per_child,
-                            max_memory_kb=self.max_memory_per_child)
+                            max_memory_kb=self.max_memory_per_child, state_db=self.state_db)
         consumer_box.append(consumer)
+        control = ControlServer(self, consumer)
         with self._lock:
             self._loop, self._consumer = loop, consumer
             stop_now = self._stop_requested
@@ -144,9 +149,13 @@ class Worker:
         self._install_signals(loop)
         loop_exec.start()
         sync_exec.start()
+        serving = asyncio.create_task(control.run(), name="remote-control")
         try:
             await consumer.run()
         finally:
+            control.stop()
+            serving.cancel()  # at its wait for commands, or mid-reply: either is safe
+            await asyncio.gather(serving, return_exceptions=True)
             self._remove_signals(loop)
             loop_exec.stop(5.0)
             sync_exec.stop(0.0 if self._signals > 1 else 5.0)

@@ -28,8 +28,9 @@ class Executor(Protocol):
 
     def submit(self, group: int, requests: Sequence[Request]) -> None: ...
 
-    def abandon(self, request: Request) -> None:
-        """Stop waiting for a running request whose hard time limit struck (consumer loop).
+    def abandon(self, request: Request, why: str) -> None:
+        """Stop waiting for a running request whose hard time limit struck or that was
+        terminated (``why`` says which; consumer loop).
 
         Its slot is already free; a late outcome it may still report is ignored."""
 

@@ -73,12 +73,12 @@ class _LoopWorker:
     def _forget(self, req: _request.Request, _task: asyncio.Task[None]) -> None:
         self._by_request.pop(req, None)
 
-    def abandon(self, req: _request.Request) -> None:
-        """Cancel the request's task (its hard time limit struck); from any thread."""
+    def abandon(self, req: _request.Request, why: str) -> None:
+        """Cancel the request's task (hard time limit, or terminated); from any thread."""
         def cancel() -> None:
             task = self._by_request.get(req)
             if task is not None:
-                task.cancel("hard time limit exceeded")
+                task.cancel(why)
 
         self.loop.call_soon_threadsafe(cancel)
 
@@ -131,8 +131,8 @@ class LoopExecutor:
     def submit(self, group: int, requests: Sequence[_request.Request]) -> None:
         self._workers[group].submit(requests)
 
-    def abandon(self, request: _request.Request) -> None:
-        self._workers[request.slot].abandon(request)
+    def abandon(self, request: _request.Request, why: str) -> None:
+        self._workers[request.slot].abandon(request, why)
 
     def cancel_all(self) -> None:
         for w in self._workers:

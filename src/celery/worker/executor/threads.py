@@ -47,8 +47,9 @@ class ThreadExecutor:
         for t in self._threads:
             t.start()
 
-    def abandon(self, req: _request.Request) -> None:
-        """Replace the thread running ``req`` (its hard time limit struck)."""
+    def abandon(self, req: _request.Request, why: str) -> None:
+        """Replace the thread running ``req`` (its hard time limit struck, or it was
+        terminated): the old thread exits when the task returns."""
         with self._lock:
             stuck = next((ident for ident, r in self._running.items() if r is req), None)
             if stuck is None or stuck in self._retiring:
@@ -58,8 +59,8 @@ class ThreadExecutor:
             self._spawned += 1
             thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._threads.append(thread)
-        logger.warning("Replacing sync worker thread stuck in %s[%s]; it exits when the task "
-                       "returns", req.name, req.id)
+        logger.warning("Replacing the sync worker thread running %s[%s] (%s); it exits when "
+                       "the task returns", req.name, req.id, why)
         thread.start()
 
     def submit(self, group: int, requests: Sequence[_request.Request]) -> None:
