@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import threading
@@ -410,3 +411,29 @@ async def test_fetch_on_several_event_loops_uses_a_client_per_loop(transport):
     got = await asyncio.to_thread(fetch_in_new_loop)
     assert len(got) == 1
     await transport.ping()
+
+
+async def test_concurrent_publishes_are_coalesced_and_keep_their_order(transport, raw):
+    # 300 apublish calls awaited together, alternating between two queues: sent in few
+    # pipelines, yet each queue holds its messages in call order.
+    messages = [dataclasses.replace(task("proj.tasks.add", i), routing_key="qa" if i % 3 else "qb")
+                for i in range(300)]
+    calls_before = raw.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+    await asyncio.gather(*(transport.apublish(m) for m in messages))
+    calls = raw.info("commandstats")["cmdstat_lpush"]["calls"] - calls_before
+    assert calls < 300  # coalesced: multi-value LPUSHes
+    for queue, wanted in (("qa", [i for i in range(300) if i % 3]),
+                          ("qb", [i for i in range(300) if not i % 3])):
+        got = []
+        while batch := await transport.fetch([queue], 100, 0.1):
+            got += [json.loads(d.message.body)[0][0] for d in batch]
+            await transport.ack(batch)
+        assert got == wanted
+
+
+async def test_a_failed_coalesced_publish_fails_every_caller():
+    dead = RedisTransport("redis://127.0.0.1:1/0", transport_options={"max_retries": 0})
+    results = await asyncio.gather(*(dead.apublish(task()) for _ in range(5)),
+                                   return_exceptions=True)
+    assert len(results) == 5 and all(isinstance(r, ConnectionLost) for r in results)
+    await dead.aclose()

@@ -557,3 +557,24 @@ def test_routes_send_tasks_to_queues_that_only_their_workers_read():
         assert isinstance(routed.get(timeout=10), float)
         assert explicit.get(timeout=10) == [2, "explicit"]  # retries go back to its queue
     app.close()
+
+
+@pytest.mark.parametrize("strategy", ["priority", "round_robin"])
+def test_queue_order_strategy_of_a_worker_reading_two_queues(strategy):
+    # A backlog in each of two queues, one task at a time (prefetch 1, one sync thread):
+    # "priority" drains the first queue named before touching the second; "round_robin"
+    # alternates between them.
+    url = flushed_redis_url(REDIS_DB)
+    app = make_app(broker=url, worker_prefetch_multiplier=1,
+                   broker_transport_options={"queue_order_strategy": strategy})
+    when = app.tasks["sem.when"]
+    first = [when.apply_async((f"a{i}",), queue="qa") for i in range(8)]
+    second = [when.apply_async((f"b{i}",), queue="qb") for i in range(8)]
+    with running_worker(app, queues=["qa", "qb"], loop_workers=0, sync_workers=1):
+        ran = sorted((r.get(timeout=20), q) for q, rs in (("a", first), ("b", second)) for r in rs)
+    order = "".join(q for _, q in ran)
+    if strategy == "priority":
+        assert order == "a" * 8 + "b" * 8
+    else:
+        assert order.count("ab") + order.count("ba") >= 10, order  # interleaved, not in runs
+    app.close()

@@ -334,6 +334,11 @@ class RedisTransport:
         self._async_clients: dict[asyncio.AbstractEventLoop, avalkey.Valkey] = {}
         self._sync_client: valkey.Valkey | None = None
         self._rr_turn = 0
+        #: Coalesced publishes (``apublish``): each loop's pending batch, under
+        #: _clients_lock, as is _sending, the flush tasks in flight (strong references).
+        self._coalesce = bool(opts.get("publish_coalesce", True))
+        self._batches: dict[asyncio.AbstractEventLoop, list[tuple[str, str, asyncio.Future[None]]]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self._safe_url}>"
@@ -474,9 +479,61 @@ class RedisTransport:
         return await self._run(what, send, **retry)
 
     async def apublish(self, message: Message) -> None:
-        """LPUSH one message from the running loop (retried like ``publish``)."""
+        """LPUSH one message from the running loop (retried like ``publish``).
+
+        Publishes awaited on one loop in the same iteration are coalesced: the first one
+        schedules a flush for the loop's next iteration, and the flush sends them all in one
+        pipeline, consecutive messages for one queue in one multi-value LPUSH (which keeps
+        their order). Each caller still awaits its own message's outcome. Transport option
+        ``publish_coalesce=False`` sends one LPUSH per message instead.
+        """
         key, payload = self._envelope(message)
-        await self._run("publish", lambda c: c.lpush(key, payload), self.max_retries, 0.1)
+        if not self._coalesce:
+            await self._run("publish", lambda c: c.lpush(key, payload), self.max_retries, 0.1)
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        with self._clients_lock:
+            batch = self._batches.get(loop)
+            if batch is None:
+                batch = self._batches[loop] = []
+                loop.call_soon(self._flush_batch, loop)
+            batch.append((key, payload, done))
+        await done
+
+    def _flush_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._clients_lock:
+            batch = self._batches.pop(loop, None)
+        if batch:
+            task = loop.create_task(self._send_batch(batch))
+            with self._clients_lock:
+                self._sending.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        with self._clients_lock:
+            self._sending.discard(task)
+
+    async def _send_batch(self, batch: list[tuple[str, str, asyncio.Future[None]]]) -> None:
+        pushes: list[list[str]] = []
+        for key, payload, _ in batch:
+            if pushes and pushes[-1][1] == key:
+                pushes[-1].append(payload)
+            else:
+                pushes.append(["LPUSH", key, payload])
+        try:
+            await self._pipeline("publish", [tuple(p) for p in pushes], retries=self.max_retries,
+                                 first=0.1)
+        except BaseException as exc:
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for _, _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     async def apublish_many(self, messages: Sequence[Message]) -> None:
         """LPUSH several messages in one pipeline round trip, from the running loop."""
