@@ -209,7 +209,7 @@ def test_rate_limit_and_time_limit_change_at_run_time(url, tmp_path, app, worker
     assert app.control.inspect().registered("rate_limit")[name].count("ctl.tick [rate_limit=2/s]") == 1
     results = [app.tasks["ctl.tick"].delay(f"r{i}") for i in range(3)]
     times = sorted(r.get(timeout=15) for r in results)
-    assert times[2] - times[0] >= 0.9  # 2/s: spaced 0.5 s apart (a lower bound only)
+    assert times[2] - times[0] >= 0.9, times  # 2/s: spaced 0.5 s apart (a lower bound only)
     bad = app.control.rate_limit("ctl.tick", "fast", reply=True, timeout=1.0)
     assert "Invalid rate limit" in bad[0][name]["error"]
     unknown = app.control.rate_limit("no.such.task", "1/s", reply=True, timeout=1.0)
@@ -246,3 +246,38 @@ def test_shutdown_command_stops_the_worker(url, tmp_path, app):
     assert out.returncode == 0 and "shutdown sent" in out.stdout
     proc.wait(timeout=20)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("broker", ["sqlite", "filesystem", "memory"])
+def test_remote_control_on_the_embedded_brokers(broker, tmp_path):
+    from celery import Celery
+
+    from .worker_harness import running_worker
+
+    name = uuid.uuid4().hex
+    url = {"sqlite": f"sqlite:///{tmp_path}/broker.db", "memory": f"memory://{name}",
+           "filesystem": "filesystem://"}[broker]
+    options = {}
+    if broker == "filesystem":
+        folder = str(tmp_path / "queue")
+        options = {"broker_transport_options": {"data_folder_in": folder, "data_folder_out": folder}}
+    app = Celery("embedded", broker=url, backend=f"db+sqlite:///{tmp_path}/results.db", **options)
+    ran: list[str] = []
+
+    @app.task(name="emb.note")
+    def note(key):
+        ran.append(key)
+
+    try:
+        with running_worker(app, hostname=f"emb-{broker}@test", loop_workers=0, sync_workers=1):
+            assert app.control.ping(timeout=1.0) == [{f"emb-{broker}@test": {"ok": "pong"}}]
+            later = note.apply_async(("later",), countdown=1.0)  # the broker may hold it
+            replies = app.control.revoke(later.id, reply=True, timeout=1.0)
+            assert "flagged as revoked" in replies[0][f"emb-{broker}@test"]["ok"]
+            with pytest.raises(TaskRevokedError):
+                later.get(timeout=10)
+            note.delay("now").get(timeout=10)
+            time.sleep(1.2)  # past the revoked task's ETA
+        assert ran == ["now"]
+    finally:
+        app.close()

@@ -44,6 +44,12 @@ then unlinks the reservation. A crash between the last two steps delivers it twi
 zero times. ``restore_visible`` (any process) returns reservations older than
 ``visibility_timeout`` and sweeps temporary files a crashed writer left behind.
 
+Remote control
+--------------
+``Mailbox`` (``CAP_BROADCAST``) keeps its exchanges and queues as folders in
+``control_folder``; ``FilesystemTransport`` hands those methods to ``FilesystemMailbox``
+(``transport/filesystem_mailbox.py``, whose docstring describes the layout).
+
 Thread-safety: every blocking file system call made for a coroutine runs on this transport's
 ``BlockingIO`` pool; ``publish`` writes on the calling thread. Consumers are woken by the
 process-wide ``embedded.wakeup_for(<data folder>)`` when this process writes there, and poll
@@ -65,19 +71,22 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope
-from .base import CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
+from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery, FanoutSubscription
 from .embedded import BlockingIO, poll, wakeup_for
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; our own writes are atomic renames anyway
     fcntl = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from .filesystem_mailbox import FilesystemMailbox
 
 __all__ = [
     "FilesystemTransport",
@@ -305,7 +314,7 @@ class FilesystemTransport:
     event loop (their file system calls run on the transport's own thread pool).
     """
 
-    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT})
+    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST})
 
     def __init__(
         self,
@@ -347,7 +356,17 @@ class FilesystemTransport:
         self.fsync = bool(opts.get("fsync", False))
         self._in_wakeup = wakeup_for(self.data_folder_in)
         self._out_wakeup = wakeup_for(self.data_folder_out)
+        control = opts.get("control_folder") or os.path.join(
+            os.path.dirname(self.data_folder_in), "control"
+        )
+        self.control_folder = os.path.realpath(control)
         self._io = BlockingIO("celery-filesystem", 4)
+        # Imported here, not at the top: filesystem_mailbox imports this module's helpers.
+        from .filesystem_mailbox import FilesystemMailbox
+
+        self._mailbox: FilesystemMailbox = FilesystemMailbox(
+            self._io, self.control_folder, self.polling_interval, self.fsync
+        )
         # _lock guards _background: tasks giving back claims a cancelled fetch made, created
         # on any loop and kept here so they are not garbage-collected while running.
         self._lock = threading.Lock()
@@ -626,6 +645,35 @@ class FilesystemTransport:
     async def queue_length(self, queue: str) -> int:
         """Messages waiting in ``queue`` (reserved ones not counted). Any loop."""
         return await self._io.run(self._length, queue)
+
+    # -- remote control: FilesystemMailbox (filesystem_mailbox.py) does the work ----------
+
+    async def fanout_publish(self, exchange: str, payload: str) -> None:
+        """Write a payload file for the current subscribers; prune the old ones. Any loop."""
+        await self._mailbox.fanout_publish(exchange, payload)
+
+    async def fanout_subscribe(self, exchange: str) -> FanoutSubscription:
+        """A subscription to the payloads published from now on. Any loop."""
+        return await self._mailbox.fanout_subscribe(exchange)
+
+    async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        """Create the binding file (idempotent). Any loop."""
+        await self._mailbox.direct_bind(exchange, routing_key, queue)
+
+    async def direct_unbind(self, exchange: str, routing_key: str, queue: str) -> None:
+        """Remove the binding file and the queue's folder (idempotent). Any loop."""
+        await self._mailbox.direct_unbind(exchange, routing_key, queue)
+
+    async def direct_publish(self, exchange: str, routing_key: str, payload: str) -> int:
+        """Write the payload into every queue bound with ``routing_key``; how many. Any loop."""
+        return await self._mailbox.direct_publish(exchange, routing_key, payload)
+
+    async def pop_raw(self, queue: str, timeout: float) -> list[str]:
+        """Take the payloads waiting in ``queue``, oldest first; wait up to ``timeout`` s for
+        the first. Any loop."""
+        return await self._mailbox.pop_raw(queue, timeout)
+
+    # -- lifecycle -----------------------------------------------------------------------
 
     def _folders(self) -> list[str]:
         folders = [self.data_folder_in, self.data_folder_out]

@@ -13,10 +13,17 @@ to ``fetch`` (kombu's Redis layout reads them that way). Reserved messages stay 
 broker until acked and return to their queue after ``visibility_timeout`` (transport option,
 default 3600 s) via ``restore_visible``, or at once with ``requeue``.
 
+Remote control (``Mailbox``, ``CAP_BROADCAST``): a fanout exchange is the set of its current
+subscriptions, each with a buffer of its own (at most ``FANOUT_BUFFER`` payloads: a subscriber
+that stops reading loses the oldest, with a warning, rather than growing without bound); a
+direct exchange is a binding table ``(routing key, queue)``, and its queues are deques kept
+apart from the task queues (``purge`` and ``queue_length`` never see them).
+
 Thread-safety: one ``threading.Lock`` per broker (``_Broker.lock``) guards its queues,
-reservations and dead letters; it is held only for in-memory list/heap operations, never
-while decoding or awaiting. Waiting consumers on any event loop are woken through
-``embedded.Wakeup``.
+reservations, dead letters, subscriptions, bindings and direct queues; it is held only for
+in-memory list/heap operations, never while decoding or awaiting. Waiting consumers on any
+event loop are woken through ``embedded.Wakeup`` (``_Broker.wakeup`` for task queues,
+``_Broker.control`` for subscriptions and direct queues).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +42,15 @@ from typing import Any
 from ..exceptions import ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope
-from .base import CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
-from .embedded import Shared, Wakeup, url_name
+from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
+from .embedded import Shared, Wakeup, poll, url_name
 
 __all__ = ["MemoryTransport"]
 
 logger = logging.getLogger(__name__)
+
+#: Payloads a fanout subscription holds before it drops the oldest.
+FANOUT_BUFFER = 10_000
 
 #: A queued message: (priority, sequence, delivery tag, envelope). Sequence numbers grow,
 #: so a heap gives priority order, then FIFO; a requeued message keeps its old sequence.
@@ -58,6 +69,14 @@ class _Broker:
     seq: Any = field(default_factory=itertools.count)
     #: Deferred until their ETA: (due epoch, sequence, queue, entry), a heap.
     delayed: list[tuple[float, int, str, _Entry]] = field(default_factory=list)
+    #: Fanout exchange -> its current subscriptions.
+    subscribers: dict[str, set[_Subscription]] = field(default_factory=dict)
+    #: Direct exchange -> its bindings ``(routing key, queue)``.
+    bindings: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    #: Direct queue -> payloads, oldest first.
+    direct: dict[str, deque[str]] = field(default_factory=dict)
+    #: Wakes subscriptions and ``pop_raw`` waiters (not task fetchers).
+    control: Wakeup = field(default_factory=Wakeup)
 
 
 #: URL name -> broker, for the whole process.
@@ -67,7 +86,7 @@ _brokers: Shared[str, _Broker] = Shared(_Broker)
 class MemoryTransport:
     """The in-process broker of one ``memory://`` URL. See the module docstring."""
 
-    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT})
+    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST})
 
     def __init__(self, url: str = "memory://", *, transport_options: dict[str, Any] | None = None,
                  **ignored: Any) -> None:
@@ -261,6 +280,63 @@ class MemoryTransport:
         with self._broker.lock:
             return list(self._broker.dead)
 
+    # -- remote control (Mailbox) ---------------------------------------------------------
+
+    async def fanout_publish(self, exchange: str, payload: str) -> None:
+        """Append ``payload`` to the buffer of every current subscription of ``exchange``."""
+        broker = self._broker
+        with broker.lock:
+            for subscription in broker.subscribers.get(exchange, ()):
+                subscription.put(payload)
+        broker.control.notify()
+
+    async def fanout_subscribe(self, exchange: str) -> _Subscription:
+        broker = self._broker
+        subscription = _Subscription(broker, exchange)
+        with broker.lock:
+            broker.subscribers.setdefault(exchange, set()).add(subscription)
+        return subscription
+
+    async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        broker = self._broker
+        with broker.lock:
+            broker.bindings.setdefault(exchange, set()).add((routing_key, queue))
+            broker.direct.setdefault(queue, deque())
+
+    async def direct_unbind(self, exchange: str, routing_key: str, queue: str) -> None:
+        broker = self._broker
+        with broker.lock:
+            bound = broker.bindings.get(exchange)
+            if bound is not None:
+                bound.discard((routing_key, queue))
+                if not bound:
+                    del broker.bindings[exchange]
+            broker.direct.pop(queue, None)
+
+    async def direct_publish(self, exchange: str, routing_key: str, payload: str) -> int:
+        broker = self._broker
+        with broker.lock:
+            queues = {q for key, q in broker.bindings.get(exchange, ()) if key == routing_key}
+            for queue in queues:
+                broker.direct.setdefault(queue, deque()).append(payload)
+        if queues:
+            broker.control.notify()
+        return len(queues)
+
+    async def pop_raw(self, queue: str, timeout: float) -> list[str]:
+        broker = self._broker
+
+        async def take() -> list[str]:
+            with broker.lock:
+                waiting = broker.direct.get(queue)
+                if not waiting:
+                    return []
+                taken = list(waiting)
+                waiting.clear()
+            return taken
+
+        return list(await poll(broker.control, take, timeout, timeout, timeout))
+
     async def ping(self) -> None:
         return None
 
@@ -269,6 +345,56 @@ class MemoryTransport:
 
     async def aclose(self) -> None:
         return None
+
+
+class _Subscription:
+    """One subscriber of a fanout exchange (``MemoryTransport.fanout_subscribe``).
+
+    ``get`` and ``close`` are called from the loop that made it; ``put`` is called by
+    publishers on any thread, with the broker's lock held (it guards ``_buffer``).
+    """
+
+    def __init__(self, broker: _Broker, exchange: str) -> None:
+        self._broker = broker
+        self._exchange = exchange
+        self._buffer: deque[str] = deque()
+        self._dropped = 0
+        self._closed = False
+
+    def put(self, payload: str) -> None:
+        if len(self._buffer) >= FANOUT_BUFFER:
+            self._buffer.popleft()
+            self._dropped += 1
+        self._buffer.append(payload)
+
+    async def get(self, timeout: float) -> list[str]:
+        """Payloads received since the last call; ``[]`` at once once closed."""
+        if self._closed:
+            return []
+        broker = self._broker
+
+        async def take() -> list[str]:
+            with broker.lock:
+                taken, dropped = list(self._buffer), self._dropped
+                self._buffer.clear()
+                self._dropped = 0
+            if dropped:
+                logger.warning("Fanout subscriber of %r read too slowly: dropped its %d oldest "
+                               "payload(s)", self._exchange, dropped)
+            return taken
+
+        return list(await poll(broker.control, take, timeout, timeout, timeout))
+
+    async def close(self) -> None:
+        broker = self._broker
+        self._closed = True
+        with broker.lock:
+            subscribers = broker.subscribers.get(self._exchange)
+            if subscribers is not None:
+                subscribers.discard(self)
+                if not subscribers:
+                    del broker.subscribers[self._exchange]
+            self._buffer.clear()
 
 
 def _priority(value: Any) -> int:

@@ -17,7 +17,7 @@ Upstream Celery 5.x workers consume what we publish and we consume what they pub
 * ``declare`` adds ``routing_key + sep + "" + sep + queue`` to ``_kombu.binding.<queue>`` and
   ``_kombu.binding_permanent.<queue>`` (Celery's default exchange is named after its queue).
 * ``global_keyprefix`` prefixes every key.
-* Remote control (``Mailbox``): a fanout exchange is the PUB/SUB channel
+* Remote control (``Mailbox``, in ``redis_mailbox.py``): a fanout exchange is the PUB/SUB channel
   ``fanout_prefix + exchange`` (kombu's default prefix is ``/{db}.``, e.g.
   ``/0.celery.pidbox``), subscribed with PSUBSCRIBE as kombu does; a direct exchange is the
   binding set ``_kombu.binding.<exchange>`` (members ``routing_key + sep + "" + sep + queue``)
@@ -63,6 +63,7 @@ from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope as envelope_codec
 from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
+from .redis_mailbox import RedisMailbox
 
 __all__ = ["DEAD_LETTER_KEY", "RedisTransport"]
 
@@ -267,7 +268,7 @@ _delivery = envelope_codec.decode
 _redelivered = envelope_codec.mark_redelivered
 
 
-class RedisTransport:
+class RedisTransport(RedisMailbox):
     """Transport for Redis and Valkey (``redis://``, ``rediss://``, ``valkey://``, ``valkeys://``).
 
     Thread-safety: ``publish`` may be called from any thread (one shared, thread-safe sync
@@ -738,61 +739,6 @@ class RedisTransport:
 
     # -- queues and lifecycle ------------------------------------------------------------
 
-    # -- remote control (Mailbox) ----------------------------------------------------------
-
-    async def fanout_publish(self, exchange: str, payload: str) -> None:
-        """PUBLISH to the exchange's channel (every subscriber gets it, none later)."""
-        channel = self.fanout_prefix + exchange
-        await self._run("broadcast", lambda c: c.publish(channel, payload), self.max_retries, 0.1)
-
-    async def fanout_subscribe(self, exchange: str) -> _Subscription:
-        """PSUBSCRIBE to the exchange's channel on a connection of the running loop's pool."""
-        pubsub = self._client().pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.psubscribe(self.fanout_prefix + exchange)
-        except _DRIVER_ERRORS as exc:
-            await pubsub.aclose()
-            raise self._lost("subscribe", exc) from exc
-        return _Subscription(pubsub, self)
-
-    def _binding(self, exchange: str, routing_key: str, queue: str) -> tuple[str, str]:
-        key = f"{self.keyprefix}_kombu.binding.{exchange}"
-        return key, self.sep.join((routing_key, "", queue))
-
-    async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:
-        key, member = self._binding(exchange, routing_key, queue)
-        await self._run("bind", lambda c: c.sadd(key, member))
-
-    async def direct_unbind(self, exchange: str, routing_key: str, queue: str) -> None:
-        key, member = self._binding(exchange, routing_key, queue)
-        await self._pipeline("unbind", [("SREM", key, member),
-                                        *(("DEL", k) for k in self._queue_keys(queue))])
-
-    async def direct_publish(self, exchange: str, routing_key: str, payload: str) -> int:
-        """LPUSH onto every queue bound with ``routing_key`` (kombu's direct ``_lookup``)."""
-        key = f"{self.keyprefix}_kombu.binding.{exchange}"
-        members = await self._run("lookup", lambda c: c.smembers(key))
-        queues = set()
-        for member in members:
-            parts = (member.decode() if isinstance(member, bytes) else member).split(self.sep)
-            if len(parts) == 3 and parts[0] == routing_key:
-                queues.add(parts[2])
-        if queues:
-            await self._pipeline("reply", [("LPUSH", self._queue_keys(q)[0], payload)
-                                           for q in sorted(queues)])
-        return len(queues)
-
-    async def pop_raw(self, queue: str, timeout: float) -> list[str]:
-        """BRPOP the first payload (up to ``timeout``), then take what else waits."""
-        keys = self._queue_keys(queue)
-        block = self._block_for(timeout)
-        first = await self._run("pop", lambda c: c.execute_command("BRPOP", *keys, block))
-        if not first:
-            return []
-        rest = await self._pipeline("pop", [("RPOP", k, 1000) for k in keys])
-        items = [first[1]] + [i for popped in rest if popped for i in popped]
-        return [i.decode() if isinstance(i, bytes) else i for i in items]
-
     async def purge(self, queue: str) -> int:
         """Delete ``queue`` and its priority sub-queues; returns how many messages went."""
         keys = self._queue_keys(queue)
@@ -828,35 +774,3 @@ class RedisTransport:
         if client is not None:
             await client.aclose(close_connection_pool=True)
 
-
-class _Subscription:
-    """A PSUBSCRIBEd connection (``RedisTransport.fanout_subscribe``); its event loop only."""
-
-    def __init__(self, pubsub: Any, transport: RedisTransport) -> None:
-        self._pubsub = pubsub
-        self._transport = transport
-
-    async def get(self, timeout: float) -> list[str]:
-        # get_message returns None early for a (un)subscribe confirmation: wait out the
-        # rest of ``timeout`` for the first payload, then take only what is already here.
-        received: list[str] = []
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while True:
-            wait = 0.0 if received else max(deadline - time.monotonic(), 0.0)
-            try:
-                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-            except _DRIVER_ERRORS as exc:
-                raise self._transport._lost("subscription", exc) from exc
-            if msg is not None and msg.get("type") in ("message", "pmessage"):
-                data = msg["data"]
-                received.append(data.decode() if isinstance(data, bytes) else data)
-            elif received or time.monotonic() >= deadline:
-                return received
-
-    async def close(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                await pubsub.aclose()
-            except _DRIVER_ERRORS:
-                pass

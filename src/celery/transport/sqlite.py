@@ -23,6 +23,10 @@ Schema (created with ``CREATE ... IF NOT EXISTS`` when a connection opens)::
     celery_dead_letter (id, queue, payload, reason, dead_at)
       malformed rows (reason: the decoding error) and reject(requeue=False) ("rejected")
 
+    celery_fanout (id AUTOINCREMENT, exchange, payload, published_at)   remote control
+    celery_bindings (exchange, routing_key, queue)                       remote control
+    celery_direct (id AUTOINCREMENT, queue, payload)                     remote control
+
 Ordering: lower priority number first, then the queues in the order given to ``fetch``, then
 id (FIFO): the order kombu's Redis layout gives.
 A delivery tag is ``"<id>.<deliveries>"``, so a settle of an old delivery of a message
@@ -33,6 +37,18 @@ again); ``reject(requeue=True)`` re-inserts it with a new id, at the back, as ko
 Messages whose ``eta`` header is in the future get that ``visible_at``, so no worker holds
 them in memory while they wait (``CAP_DELAYED``). Reservations older than
 ``visibility_timeout`` (default 3600 s) go back to their queue with ``restore_visible``.
+
+Remote control (``Mailbox``, ``CAP_BROADCAST``): ``fanout_publish`` inserts a row into
+``celery_fanout`` and deletes rows older than ``FANOUT_KEEP`` (60 s) in the same transaction.
+A subscription starts from the highest id ever given (``sqlite_sequence``) and reads the
+rows of its exchange above the last id it saw; writers hold the write lock one at a time,
+so ids are committed in increasing order and none is skipped. A subscriber more than 60 s
+behind loses what was pruned meanwhile, much as a Redis subscriber that cannot keep up is
+disconnected. ``direct_publish`` copies the payload into ``celery_direct`` once per queue
+bound in ``celery_bindings``; ``pop_raw`` deletes and returns a queue's rows. Those queues
+are not task queues: ``fetch``, ``purge`` and ``queue_length`` never see them. Waiting works
+as for a fetch, on a wakeup of its own (``<path>#mailbox``). A stored payload that is not
+UTF-8 text is skipped (fanout) or deleted (direct) with a warning.
 
 Waiting: a fetch that finds nothing waits on ``embedded.wakeup_for(path)``, which a publish
 in this process notifies, and polls for other processes' writes every 5 ms, backing off to
@@ -54,14 +70,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ..exceptions import CeleryError, ConnectionLost, ImproperlyConfigured
 from ..messaging.protocol import Message, epoch_of
 from . import envelope
-from .base import CAP_DELAYED, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
+from .base import CAP_BROADCAST, CAP_DELAYED, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
 from .embedded import BlockingIO, poll, wakeup_for
 
 __all__ = ["SQLiteDatabase", "SQLiteTransport", "database_path", "seconds_option"]
@@ -96,7 +112,28 @@ _SCHEMA = (
         payload BLOB,
         reason TEXT NOT NULL,
         dead_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS celery_fanout (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        exchange TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        published_at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS celery_fanout_exchange ON celery_fanout (exchange, id)",
+    """CREATE TABLE IF NOT EXISTS celery_bindings (
+        exchange TEXT NOT NULL,
+        routing_key TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        PRIMARY KEY (exchange, routing_key, queue)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS celery_direct (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        payload TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS celery_direct_queue ON celery_direct (queue, id)",
 )
+
+#: Seconds a fanout payload is kept for subscribers that have not read it yet.
+FANOUT_KEEP = 60.0
+#: The most payloads one ``FanoutSubscription.get`` or ``pop_raw`` returns.
+BATCH = 1000
 
 _READY = "reserved_at IS NULL AND visible_at <= :now"
 _INSERT = (
@@ -409,7 +446,7 @@ class SQLiteTransport:
     the database's ``BlockingIO`` pool). No state is bound to an event loop.
     """
 
-    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_DELAYED})
+    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_DELAYED, CAP_BROADCAST})
 
     def __init__(self, url: str, *, transport_options: dict | None = None,
                  connection_timeout: float | None = None, max_connections: int | None = None,
@@ -421,6 +458,7 @@ class SQLiteTransport:
         self.db = SQLiteDatabase(url, label="SQLite broker", schemes=("sqlite",),
                                  schema=_SCHEMA, busy_timeout=seconds_option(opts, "busy_timeout", 5.0))
         self._wakeup = wakeup_for(self.db.path)
+        self._mailbox_wakeup = wakeup_for(self.db.path + "#mailbox")
 
     def __repr__(self) -> str:
         return f"<SQLiteTransport {self.db.path}>"
@@ -524,6 +562,51 @@ class SQLiteTransport:
         sql = "SELECT count(*) FROM celery_messages WHERE queue = ? AND reserved_at IS NULL"
         return await self.db.aread("queue_length", lambda c: c.execute(sql, (queue,)).fetchone()[0])
 
+    # -- remote control (Mailbox) ---------------------------------------------------------
+
+    async def fanout_publish(self, exchange: str, payload: str) -> None:
+        """Insert the payload for the current subscribers; prune ones older than FANOUT_KEEP."""
+        await self.db.awrite("fanout_publish", _fanout_insert, exchange, payload, time.time())
+        self._mailbox_wakeup.notify()
+
+    async def fanout_subscribe(self, exchange: str) -> _Subscription:
+        """A subscription that reads rows published from now on. Any loop."""
+        last = await self.db.aread("fanout_subscribe", _last_fanout_id)
+        return _Subscription(self, exchange, last)
+
+    async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        sql = "INSERT OR IGNORE INTO celery_bindings VALUES (?, ?, ?)"
+        binding = (exchange, routing_key, queue)
+        await self.db.awrite("direct_bind", lambda c: c.execute(sql, binding))
+
+    async def direct_unbind(self, exchange: str, routing_key: str, queue: str) -> None:
+        await self.db.awrite("direct_unbind", _unbind, exchange, routing_key, queue)
+
+    async def direct_publish(self, exchange: str, routing_key: str, payload: str) -> int:
+        """Copy the payload to every queue bound with ``routing_key``; how many. Any loop."""
+        count = await self.db.awrite("direct_publish", _direct_insert,
+                                     exchange, routing_key, payload)
+        if count:
+            self._mailbox_wakeup.notify()
+        return count
+
+    async def pop_raw(self, queue: str, timeout: float) -> list[str]:
+        """Delete and return the payloads waiting in ``queue`` (up to BATCH), oldest first;
+        wait up to ``timeout`` s for the first. Any loop."""
+        found = await self._mailbox_poll(lambda: self.db.io.run(self._pop, queue), timeout)
+        return list(found)
+
+    def _pop(self, queue: str) -> list[str]:
+        # A read first: idle pollers then never take the write lock.
+        if not self.db.read("pop_raw", _any_direct, queue):
+            return []
+        return self.db.write("pop_raw", _pop_rows, queue)
+
+    async def _mailbox_poll(self, attempt: Callable[[], Awaitable[Sequence[str]]],
+                           timeout: float) -> Sequence[str]:
+        """``embedded.poll`` on the mailbox's wakeup with this transport's intervals."""
+        return await poll(self._mailbox_wakeup, attempt, timeout, FIRST_POLL, self.polling_interval)
+
     async def ping(self) -> None:
         """Open and check the database (``SQLiteDatabase.aping``); any loop."""
         await self.db.aping()
@@ -539,6 +622,36 @@ class SQLiteTransport:
 
     async def aclose(self) -> None:
         """Nothing is bound to an event loop; ``close`` releases the connections."""
+
+
+class _Subscription:
+    """One subscriber of a fanout exchange (``SQLiteTransport.fanout_subscribe``): the id
+    of the last row it saw. Used from the loop that made it, one ``get`` at a time; ``_last``
+    is written by the I/O thread that runs the read, while ``get`` awaits it."""
+
+    def __init__(self, transport: SQLiteTransport, exchange: str, last: int) -> None:
+        self._transport = transport
+        self._exchange = exchange
+        self._last = last
+        self._closed = False
+
+    async def get(self, timeout: float) -> list[str]:
+        """Payloads published since the last call (up to BATCH), oldest first; ``[]`` after
+        ``timeout`` s or once closed."""
+        if self._closed:
+            return []
+        db = self._transport.db
+        found = await self._transport._mailbox_poll(lambda: db.io.run(self._read), timeout)
+        return list(found)
+
+    def _read(self) -> list[str]:
+        rows = self._transport.db.read("fanout_get", _fanout_rows, self._exchange, self._last)
+        if rows:
+            self._last = rows[-1][0]
+        return _payloads(rows, f"fanout exchange {self._exchange!r}")
+
+    async def close(self) -> None:
+        self._closed = True
 
 
 # -- statements, run inside SQLiteDatabase.read/write on an I/O (or publishing) thread ----
@@ -607,6 +720,65 @@ def _restore_rows(conn: sqlite3.Connection, cutoff: float) -> int:
             conn.execute("DELETE FROM celery_messages WHERE id = ?", (row_id,))
     conn.executemany(_REQUEUE, updates)
     return len(updates)
+
+
+def _fanout_insert(conn: sqlite3.Connection, exchange: str, payload: str, now: float) -> None:
+    conn.execute("DELETE FROM celery_fanout WHERE published_at < ?", (now - FANOUT_KEEP,))
+    conn.execute("INSERT INTO celery_fanout (exchange, payload, published_at) VALUES (?, ?, ?)",
+                 (exchange, payload, now))
+
+
+def _last_fanout_id(conn: sqlite3.Connection) -> int:
+    # sqlite_sequence keeps the highest id ever given, even once its row has been pruned.
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'celery_fanout'").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _fanout_rows(conn: sqlite3.Connection, exchange: str, after: int) -> list[tuple[int, Any]]:
+    # As a BLOB: a row that is not valid UTF-8 must not make sqlite3 raise for the batch.
+    sql = ("SELECT id, CAST(payload AS BLOB) FROM celery_fanout WHERE exchange = ? AND id > ? "
+           "ORDER BY id LIMIT ?")
+    return conn.execute(sql, (exchange, after, BATCH)).fetchall()
+
+
+def _unbind(conn: sqlite3.Connection, exchange: str, routing_key: str, queue: str) -> None:
+    conn.execute("DELETE FROM celery_bindings WHERE exchange = ? AND routing_key = ? AND queue = ?",
+                 (exchange, routing_key, queue))
+    conn.execute("DELETE FROM celery_direct WHERE queue = ?", (queue,))
+
+
+def _direct_insert(conn: sqlite3.Connection, exchange: str, key: str, payload: str) -> int:
+    sql = "SELECT queue FROM celery_bindings WHERE exchange = ? AND routing_key = ?"
+    queues = conn.execute(sql, (exchange, key)).fetchall()
+    conn.executemany("INSERT INTO celery_direct (queue, payload) VALUES (?, ?)",
+                     [(queue, payload) for (queue,) in queues])
+    return len(queues)
+
+
+def _any_direct(conn: sqlite3.Connection, queue: str) -> bool:
+    sql = "SELECT 1 FROM celery_direct WHERE queue = ? LIMIT 1"
+    return conn.execute(sql, (queue,)).fetchone() is not None
+
+
+def _pop_rows(conn: sqlite3.Connection, queue: str) -> list[str]:
+    rows = conn.execute(
+        "DELETE FROM celery_direct WHERE id IN (SELECT id FROM celery_direct WHERE queue = ? "
+        "ORDER BY id LIMIT ?) RETURNING id, CAST(payload AS BLOB)", (queue, BATCH),
+    ).fetchall()
+    return _payloads(sorted(rows), f"direct queue {queue!r}")  # RETURNING's order is arbitrary
+
+
+def _payloads(rows: list[tuple[int, Any]], where: str) -> list[str]:
+    """The payloads of ``(id, payload as bytes)`` rows; a row that is not UTF-8 text is
+    skipped with a warning."""
+    out = []
+    for row_id, raw in rows:
+        try:
+            out.append(bytes(raw).decode("utf-8"))
+        except (TypeError, ValueError) as exc:
+            logger.warning("Skipping malformed payload %d of the SQLite %s (%s): %r",
+                           row_id, where, exc, _head(raw))
+    return out
 
 
 def _redelivered(payload: str | bytes) -> str:

@@ -7,7 +7,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,13 +24,13 @@ from ..exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from ..messaging.protocol import check_headers, epoch_of
+from ..messaging.protocol import check_headers
 from ..transport.base import CAP_DELAYED
 from .executor.base import Executor
 from .outbox import Outbox
 from .ratelimit import RateLimiter, parse_rate
 from .request import Outcome, Request
-from .state import RevokedIds
+from .state import RevokedIds, resident_kb
 
 if TYPE_CHECKING:
     from ..app.base import Celery
@@ -264,7 +263,7 @@ class Consumer:
             signals.task_received.send(sender=self, request=req)
         if self._discarded(req):
             return
-        eta = _header_time(req, "eta")
+        eta = req.header_time("eta")
         if eta is not None and eta > time.time():
             far = eta - time.time() > self.eta_horizon or self.eta_held >= self.eta_hold_max
             if far and self._defer is not None:
@@ -363,7 +362,7 @@ class Consumer:
             logger.info("Discarding revoked task %s[%s]", req.name, req.id)
             self._announce_revoked(req, "revoked", expired=False)
             return True
-        expires = _header_time(req, "expires")
+        expires = req.header_time("expires")
         if expires is None or expires > time.time():
             return False
         logger.warning("Task %s[%s] expired: discarded, marked REVOKED", req.name, req.id)
@@ -787,26 +786,3 @@ class Consumer:
             except TimeoutError:
                 pass
 
-
-def _header_time(req: Request, name: str) -> float | None:
-    """Epoch seconds of the request's ``eta``/``expires`` header; None if absent or unreadable."""
-    value = req.headers.get(name)
-    try:
-        return epoch_of(value)
-    except (ValueError, TypeError):
-        logger.warning("Task %s[%s]: ignoring unreadable %s %r", req.name, req.id, name, value)
-        return None
-
-
-def resident_kb() -> int | None:
-    """This process's resident memory in KiB (Linux /proc; else the peak from getrusage)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
-    except (OSError, ValueError, IndexError):
-        try:
-            import resource
-        except ImportError:
-            return None
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -9,13 +10,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..app.task import Context
-from ..messaging.protocol import decode_body
+from ..messaging.protocol import decode_body, epoch_of
 
 if TYPE_CHECKING:
     from ..app.task import Task
     from ..transport.base import Delivery
 
 __all__ = ["Outcome", "Request"]
+
+logger = logging.getLogger("celery.worker.consumer")
 
 
 @dataclass(slots=True, eq=False)
@@ -58,6 +61,15 @@ class Request:
         hard = _seconds(hard if hard is not None else (self.task.time_limit or default_hard))
         soft = _seconds(soft if soft is not None else (self.task.soft_time_limit or default_soft))
         return hard, soft
+
+    def header_time(self, name: str) -> float | None:
+        """Epoch seconds of the ``eta``/``expires`` header; None if absent or unreadable."""
+        value = self.headers.get(name)
+        try:
+            return epoch_of(value)
+        except (ValueError, TypeError):
+            logger.warning("Task %s[%s]: ignoring unreadable %s %r", self.name, self.id, name, value)
+            return None
 
     def info(self, safe: bool = False, hostname: str | None = None) -> dict[str, Any]:
         """What ``inspect active/reserved/scheduled`` shows of it (Celery's ``Request.info``);

@@ -1,5 +1,5 @@
 """Worker state that outlives one message: the revoked task ids, and their persistence
-(``--statedb``).
+(``--statedb``); and the process's resident memory (``--max-memory-per-child``).
 
 Celery keeps revoked ids in a bounded set whose entries expire (``REVOKES_MAX`` = 50,000
 ids, ``REVOKE_EXPIRES`` = 10,800 s, both overridable from the environment as Celery's
@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["REVOKE_EXPIRES", "REVOKES_MAX", "RevokedIds"]
+__all__ = ["REVOKE_EXPIRES", "REVOKES_MAX", "RevokedIds", "resident_kb"]
 
 logger = logging.getLogger("celery.worker.state")
 
@@ -123,3 +123,17 @@ class RevokedIds:
                 raise
         except OSError as exc:
             logger.error("Cannot write the worker state file %s: %s", self.path, exc)
+
+
+def resident_kb() -> int | None:
+    """This process's resident memory in KiB (Linux /proc; else the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        try:
+            import resource
+        except ImportError:
+            return None
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -1,0 +1,63 @@
+"""Every broker with ``CAP_BROADCAST`` runs the same Mailbox suite (mailbox_suite.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.conftest import flushed_redis_url
+
+from .mailbox_suite import MailboxSuite
+
+REDIS_DB = 7
+
+
+class TestMemoryMailbox(MailboxSuite):
+    multiprocess = False
+
+    def make_url(self, tmp_path: Path) -> str:
+        return f"memory://mailbox-{tmp_path.name}"
+
+
+@pytest.mark.redis
+class TestRedisMailbox(MailboxSuite):
+    def make_url(self, tmp_path: Path) -> str:
+        return flushed_redis_url(REDIS_DB)
+
+
+class TestSQLiteMailbox(MailboxSuite):
+    def make_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path}/broker.db"
+
+    def plant_malformed(self, url: str, kind: str, name: str, raw: bytes) -> None:
+        # Both a BLOB and TEXT that is not UTF-8 (which sqlite3 cannot turn into a str).
+        if kind == "fanout":
+            sql = ("INSERT INTO celery_fanout (exchange, payload, published_at) "
+                   "VALUES (?, {}, strftime('%s', 'now'))")
+        else:
+            sql = "INSERT INTO celery_direct (queue, payload) VALUES (?, {})"
+        with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=5) as conn:
+            conn.execute(sql.format("?"), (name, raw))
+            conn.execute(sql.format("CAST(? AS TEXT)"), (name, raw))
+        conn.close()
+
+
+class TestFilesystemMailbox(MailboxSuite):
+    def make_url(self, tmp_path: Path) -> str:
+        return f"filesystem://{tmp_path}/queue"
+
+    def plant_malformed(self, url: str, kind: str, name: str, raw: bytes) -> None:
+        control = Path(url.removeprefix("filesystem://")).parent / "control"
+        folder = control / f"{'fanout' if kind == 'fanout' else 'queue'}.{quote(name, safe='')}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # A payload name (a 19-digit time and a uniquifier) holding bytes that are not UTF-8,
+        # a folder with such a name, and names that are no payload's.
+        (folder / f"{time.time_ns():019d}_{uuid.uuid4().hex}.msg").write_bytes(raw)
+        (folder / f"{time.time_ns():019d}_{uuid.uuid4().hex}.msg").mkdir()
+        (folder / "not-a-payload.msg").write_bytes(raw)
+        (folder / "12_34.msg").write_bytes(b"{}")
