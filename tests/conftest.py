@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +59,19 @@ def kill_clients_named(client, name: str) -> int:
     a test drops its own connections, never those of other tests or programs on the server."""
     ids = [int(c["id"]) for c in client.client_list() if c.get("name") == name]
     return sum(client.client_kill_filter(_id=i) for i in ids)
+
+
+@contextlib.contextmanager
+def app_module(name: str):
+    """Import ``tests/apps/<name>.py`` afresh (it reads its settings from the environment
+    at import) and yield its ``app``; close it and forget the module afterwards."""
+    apps = str(Path(__file__).parent / "apps")
+    sys.path.insert(0, apps)
+    sys.modules.pop(name, None)
+    module = importlib.import_module(name)
+    try:
+        yield module.app
+    finally:
+        module.app.close()
+        sys.path.remove(apps)
+        sys.modules.pop(name, None)

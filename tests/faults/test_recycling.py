@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import app_module
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,14 +30,8 @@ def start_worker(tmp_path: Path, *options: str) -> subprocess.Popen[str]:
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     monkeypatch.setenv("RECYCLEAPP_DIR", str(tmp_path))
-    sys.path.insert(0, str(ROOT / "tests" / "apps"))
-    sys.modules.pop("recycleapp", None)
-    import recycleapp
-
-    yield recycleapp.app
-    recycleapp.app.close()
-    sys.path.remove(str(ROOT / "tests" / "apps"))
-    sys.modules.pop("recycleapp", None)
+    with app_module("recycleapp") as recycleapp:
+        yield recycleapp
 
 
 def stop(worker: subprocess.Popen[str]) -> str:

@@ -19,7 +19,7 @@ import pytest
 from celery import states
 from celery.exceptions import TaskRevokedError
 
-from ..conftest import flushed_redis_url
+from ..conftest import app_module, flushed_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_DB = 0
@@ -80,14 +80,8 @@ def url() -> str:
 def app(url, tmp_path, monkeypatch):
     monkeypatch.setenv("CONTROLAPP_URL", url)
     monkeypatch.setenv("CONTROLAPP_DIR", str(tmp_path))
-    sys.path.insert(0, str(ROOT / "tests" / "apps"))
-    sys.modules.pop("controlapp", None)
-    import controlapp
-
-    yield controlapp.app
-    controlapp.app.close()
-    sys.path.remove(str(ROOT / "tests" / "apps"))
-    sys.modules.pop("controlapp", None)
+    with app_module("controlapp") as controlapp:
+        yield controlapp
 
 
 @pytest.fixture

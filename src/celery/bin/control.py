@@ -120,20 +120,27 @@ def show(replies: list[dict[str, Any]], as_json: bool, quiet: bool) -> None:
             click.echo(f"    {line}")
 
 
-_TIMEOUT = click.option("-t", "--timeout", type=float, default=1.0, show_default=True,
-                        help="Seconds to wait for replies.")
-_DESTINATION = click.option("-d", "--destination", metavar="NODE[,NODE]",
-                            help="Only these workers (node names, comma separated).")
-_JSON = click.option("-j", "--json", "as_json", is_flag=True, help="Print replies as JSON.")
+def _remote_command(actions: dict[str, Any] | None) -> Callable[[Callable[..., None]], Any]:
+    """The click command of a remote-control CLI function: an ACTION and its ARGS when
+    ``actions`` is given, and the options ``-t/--timeout``, ``-d/--destination``, ``-j/--json``."""
+    def decorate(fn: Callable[..., None]) -> Any:
+        for option in (
+            click.option("-j", "--json", "as_json", is_flag=True, help="Print replies as JSON."),
+            click.option("-d", "--destination", metavar="NODE[,NODE]",
+                         help="Only these workers (node names, comma separated)."),
+            click.option("-t", "--timeout", type=float, default=1.0, show_default=True,
+                         help="Seconds to wait for replies."),
+        ):
+            fn = option(fn)
+        if actions is not None:
+            fn = click.argument("args", nargs=-1)(fn)
+            fn = click.argument("action", type=click.Choice(sorted(actions)))(fn)
+        return click.command(context_settings={"help_option_names": ["-h", "--help"]})(
+            click.pass_obj(fn))
+    return decorate
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("action", type=click.Choice(sorted(INSPECT_ACTIONS)))
-@click.argument("args", nargs=-1)
-@_TIMEOUT
-@_DESTINATION
-@_JSON
-@click.pass_obj
+@_remote_command(INSPECT_ACTIONS)
 def inspect(obj: CLIContext, action: str, args: tuple[str, ...], timeout: float,
             destination: str | None, as_json: bool) -> None:
     """Ask the workers about themselves (ping, stats, active, reserved, scheduled, revoked,
@@ -147,13 +154,7 @@ def inspect(obj: CLIContext, action: str, args: tuple[str, ...], timeout: float,
         obj.echo(f"{len(replies)} {'node' if len(replies) == 1 else 'nodes'} online.")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("action", type=click.Choice(sorted(CONTROL_ACTIONS)))
-@click.argument("args", nargs=-1)
-@_TIMEOUT
-@_DESTINATION
-@_JSON
-@click.pass_obj
+@_remote_command(CONTROL_ACTIONS)
 def control(obj: CLIContext, action: str, args: tuple[str, ...], timeout: float,
             destination: str | None, as_json: bool) -> None:
     """Tell the workers to do something: revoke ID..., terminate SIGNAL ID..., rate_limit
@@ -170,11 +171,7 @@ def control(obj: CLIContext, action: str, args: tuple[str, ...], timeout: float,
     show(replies, as_json, obj.quiet)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@_TIMEOUT
-@_DESTINATION
-@_JSON
-@click.pass_obj
+@_remote_command(None)
 def status(obj: CLIContext, timeout: float, destination: str | None, as_json: bool) -> None:
     """List the workers that answer a ping (exit 1 if none does, or the broker is down)."""
     app = obj.app

@@ -72,6 +72,7 @@ class ControlServer:
         self.exchange, self.reply_exchange = pidbox.exchanges(self.app.conf.control_exchange)
         self.clock = 0
         self._stopped = asyncio.Event()
+        self._subscription: Any = None  # made by subscribe(), taken over by run()
         self.handlers: dict[str, Callable[..., Any]] = {
             name[len("do_"):]: getattr(self, name) for name in dir(self) if name.startswith("do_")
         }
@@ -82,6 +83,22 @@ class ControlServer:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    async def close(self) -> None:
+        """Close a subscription ``run`` never took over (it was cancelled first)."""
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await subscription.close()
+
+    async def subscribe(self) -> None:
+        """Subscribe now, before the worker says it is ready, so a command sent as soon as
+        it is ready is received; on failure ``run`` keeps trying."""
+        if not self.supported:
+            return
+        try:
+            self._subscription = await self.transport.fanout_subscribe(self.exchange)
+        except ConnectionLost as exc:
+            logger.warning("Remote control: cannot subscribe yet (%s)", exc)
 
     async def run(self) -> None:
         """Receive and answer commands; re-subscribe with backoff when the broker drops.
@@ -99,7 +116,9 @@ class ControlServer:
         backoff = 0.1
         while not self._stopped.is_set():
             try:
-                subscription = await self.transport.fanout_subscribe(self.exchange)
+                subscription, self._subscription = self._subscription, None
+                if subscription is None:
+                    subscription = await self.transport.fanout_subscribe(self.exchange)
             except ConnectionLost as exc:
                 logger.warning("Remote control: cannot subscribe (%s); retrying in %.1fs",
                                exc, backoff)

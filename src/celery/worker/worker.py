@@ -146,6 +146,7 @@ class Worker:
             stop_now = self._stop_requested
         if stop_now:
             consumer.stop_fetching()
+        await control.subscribe()  # before the consumer says it is ready
         self._install_signals(loop)
         loop_exec.start()
         sync_exec.start()
@@ -156,6 +157,7 @@ class Worker:
             control.stop()
             serving.cancel()  # at its wait for commands, or mid-reply: either is safe
             await asyncio.gather(serving, return_exceptions=True)
+            await control.close()
             self._remove_signals(loop)
             loop_exec.stop(5.0)
             sync_exec.stop(0.0 if self._signals > 1 else 5.0)
