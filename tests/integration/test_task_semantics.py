@@ -4,6 +4,7 @@ STARTED, and signals, for ``def`` and ``async def`` tasks, through a real worker
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -299,11 +300,16 @@ def test_eta_task_held_by_a_stopped_worker_runs_on_the_next_one():
     app.close()
 
 
-@pytest.mark.parametrize("broker", ["memory", "redis"])
-def test_a_far_eta_is_deferred_out_of_the_worker_and_runs_on_time(broker):
+@pytest.mark.parametrize("broker", ["memory", "redis", "filesystem"])
+def test_a_far_eta_is_deferred_out_of_the_worker_and_runs_on_time(broker, tmp_path):
     url = flushed_redis_url(REDIS_DB) if broker == "redis" else None
     # visibility timeout 2 s: the worker holds ETAs up to 1 s ahead, defers the others
-    app = make_app(broker=url, backend=url, broker_transport_options={"visibility_timeout": 2})
+    options: dict = {"visibility_timeout": 2}
+    if broker == "filesystem":
+        url = "filesystem://"
+        options.update(data_folder_in=str(tmp_path / "q"), data_folder_out=str(tmp_path / "q"))
+    app = make_app(broker=url, backend=None if broker == "filesystem" else url,
+                   broker_transport_options=options)
     with running_worker(app, loop_workers=1, loop_concurrency=5, sync_workers=1) as worker:
         sent = time.time()
         result = app.tasks["sem.when"].apply_async(("far",), countdown=3.0)
@@ -316,6 +322,9 @@ def test_a_far_eta_is_deferred_out_of_the_worker_and_runs_on_time(broker):
             raw = valkey.Valkey.from_url(url)
             assert raw.zcard("celery-asyncio.delayed") == 1 and raw.hlen("unacked") == 0
             raw.close()
+        if broker == "filesystem":
+            assert len(os.listdir(tmp_path / "q" / ".delayed")) == 1
+            assert os.listdir(tmp_path / "q" / ".reserved") == []
         assert result.get(timeout=10) >= sent + 2.9
         assert len(attempts(app, "far")) == 1
     app.close()

@@ -38,6 +38,12 @@ move on. The delivery tag is that reserved name. Settling:
 * ``reject(requeue=False)`` and malformed files: moved to ``<data_folder_in>/.dead-letter/``
   under the reserved name (strip ``<ns>-`` to put one back); never deleted.
 
+A worker holds a message whose ETA is near; one further off than half the visibility
+timeout is deferred: renamed from ``.reserved/`` into ``<data_folder_in>/.delayed/`` as
+``<due time ns, 19 digits>-<original name>``, where no visibility timeout sees it, and renamed
+back under its original name by ``promote_due`` (any process, about once a second) when due.
+``purge`` and ``queue_length`` do not count deferred messages.
+
 Putting a message back first renames the reservation to a fresh claim time (so no other
 process's ``restore_visible`` can take it meanwhile), writes the redelivered copy atomically,
 then unlinks the reservation. A crash between the last two steps delivers it twice, never
@@ -110,6 +116,8 @@ STALE_TEMP_AGE = 3600.0
 RESERVED_DIR = ".reserved"
 DEAD_LETTER_DIR = ".dead-letter"
 PROCESSED_DIR = ".processed"
+#: Messages whose far ETA a worker deferred (``defer``), named ``<due ns>-<original name>``.
+DELAYED_DIR = ".delayed"
 #: How long an empty file of foreign name may be a kombu writer that has not written yet.
 EMPTY_FILE_GRACE_NS = 10 * 10**9
 #: The first poll interval of an idle fetch (it doubles up to ``polling_interval``).
@@ -343,6 +351,9 @@ class FilesystemTransport:
         )
         self.dead_letter_folder = prepare_folder(
             os.path.join(self.data_folder_in, DEAD_LETTER_DIR), "Dead-letter folder"
+        )
+        self.delayed_folder = prepare_folder(
+            os.path.join(self.data_folder_in, DELAYED_DIR), "Delayed-message folder"
         )
         self.store_processed = bool(opts.get("store_processed", False))
         processed = opts.get("processed_folder") or os.path.join(self.data_folder_in, PROCESSED_DIR)
@@ -593,6 +604,42 @@ class FilesystemTransport:
             os.unlink(path)
         return True
 
+    # -- far ETAs (the worker's defer / promote_due) ----------------------------------------
+
+    async def defer(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
+        """Take reservations whose ETA is far off out of ``.reserved/`` (so no visibility
+        timeout redelivers them) into ``.delayed/`` as ``<due ns>-<original name>``, one
+        atomic rename each, until ``promote_due`` puts them back. Any loop."""
+        if deliveries:
+            await self._io.run(self._defer, [(d.delivery_tag, due) for d, due in deliveries])
+
+    def _defer(self, items: Sequence[tuple[str, float]]) -> None:
+        with storage_errors("Deferring into", self.delayed_folder):
+            for tag, due in items:
+                name = f"{max(int(due * 1e9), 0):019d}-{tag.partition('-')[2]}"
+                if not self._move_reserved(tag, self.delayed_folder, name):
+                    logger.debug("Defer of %s: already settled or restored", tag)
+
+    async def promote_due(self, limit: int = 500) -> int:
+        """Put deferred messages whose ETA has come back in their queue, under their
+        original names (their place and priority); how many. Any loop, any process."""
+        return await self._io.run(self._promote, limit)
+
+    def _promote(self, limit: int) -> int:
+        now, moved = time.time_ns(), 0
+        with storage_errors("Promoting from", self.delayed_folder):
+            for name in sorted(os.listdir(self.delayed_folder))[:limit]:
+                due, _, original = name.partition("-")
+                if not due.isdigit() or int(due) > now:
+                    break  # sorted by due time: the rest are later (or not ours)
+                with contextlib.suppress(FileNotFoundError):  # another process took it
+                    os.rename(os.path.join(self.delayed_folder, name),
+                              os.path.join(self.data_folder_in, original))
+                    moved += 1
+        if moved:
+            self._in_wakeup.notify()
+        return moved
+
     async def restore_visible(self) -> int:
         """Return reservations older than ``visibility_timeout`` to their queues (marked
         redelivered, at their original place); returns the count. Any loop, any process."""
@@ -677,7 +724,7 @@ class FilesystemTransport:
 
     def _folders(self) -> list[str]:
         folders = [self.data_folder_in, self.data_folder_out]
-        folders += [self.reserved_folder, self.dead_letter_folder]
+        folders += [self.reserved_folder, self.dead_letter_folder, self.delayed_folder]
         return folders + [self.processed_folder] if self.store_processed else folders
 
     def _check_folders(self) -> None:
