@@ -15,4 +15,9 @@ if [ "$status" -eq 5 ]; then
     echo "ci/test.sh: pytest collected no tests (exit 5); that is a failure" >&2
     exit 1
 fi
+# The performance gate, after a whole passing run only (a run of some tests, with pytest
+# options, is a developer's loop; PERF_GATE_SKIP=1 skips it too).
+if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
+    bash ci/perf-gate.sh || status=$?
+fi
 exit "$status"

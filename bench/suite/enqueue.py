@@ -1,0 +1,65 @@
+"""Enqueue rate on Redis: ``delay()`` one at a time, and ``adelay()`` 100 at a time.
+
+Messages go to a queue of their own (``perf-suite-enqueue-<pid>``), purged after every value
+and at the end; no worker runs, no result is stored. Values are seconds per message. The app
+is suiteapp's, on ``$BENCH_URL`` (default: database 9 of the local Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from timing import Benchmark, TimeFunc, main
+
+QUEUE = f"perf-suite-enqueue-{os.getpid()}"
+#: adelay() calls awaited together.
+CONCURRENCY = 100
+
+
+@contextlib.contextmanager
+def _sender(concurrent: bool) -> Iterator[TimeFunc]:
+    from suiteapp import app, noop
+
+    loop = asyncio.new_event_loop()
+
+    async def send_concurrently(loops: int) -> None:
+        for start in range(0, loops, CONCURRENCY):
+            batch = min(CONCURRENCY, loops - start)
+            await asyncio.gather(*(noop.aapply_async(queue=QUEUE) for _ in range(batch)))
+
+    def time_func(loops: int) -> float:
+        t0 = loop.time()
+        if concurrent:
+            loop.run_until_complete(send_concurrently(loops))
+        else:
+            for _ in range(loops):
+                noop.apply_async(queue=QUEUE)
+        elapsed = loop.time() - t0
+        loop.run_until_complete(app.transport.purge(QUEUE))
+        return elapsed
+
+    try:
+        yield time_func
+    finally:
+        try:
+            loop.run_until_complete(app.transport.purge(QUEUE))
+            loop.run_until_complete(app.transport.aclose())
+        finally:
+            loop.close()
+            app.close()
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "enqueue.delay": lambda: _sender(concurrent=False),
+    "enqueue.adelay_x100": lambda: _sender(concurrent=True),
+}
+
+if __name__ == "__main__":
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # bench/: benchapp
+    os.environ.setdefault("BENCH_URL", "redis://127.0.0.1:6379/9")
+    main(BENCHMARKS)

@@ -1,0 +1,367 @@
+"""Performance regression gate: the working tree against the previous commit of main.
+
+    bash ci/perf-gate.sh                      # what CI runs (after the tests passed)
+    bash ci/perf-gate.sh --base v0.1.0        # or PERF_GATE_BASE=<rev>: compare with that
+    .venv/bin/python bench/suite/gate.py --aa # the working tree against itself (noise)
+
+Builds the base commit (``git archive`` into a temporary folder, ``pip install`` into the
+throwaway venv ``.cache/perf-gate/venv``, kept for the next run with the same dependency
+pins), then runs the gate's benchmarks for both trees interleaved in one run (run.py's
+``run_rounds``), compares each benchmark with pyperf's t-test, and fails only when the
+working tree is significantly slower by more than the benchmark's threshold. Exit status:
+0 passed or skipped (also when the base cannot be built), 1 regression, 2 a wrong --base.
+docs/performance.md explains the thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyperf
+from common import DEFAULT_URL, ROOT, Collector, Tree
+from run import log, run_rounds, usable_units
+from timing import matches, split_patterns
+from units import PROFILES
+
+#: What the gate runs: every micro benchmark, the enqueue rate, no-op throughput (and worker
+#: CPU per task) and single-task latency. The mixed workloads are left to run.py.
+GATE_BENCHMARKS = ("micro", "enqueue", "e2e.noop_sync", "e2e.latency")
+
+#: (glob, threshold): a benchmark fails the gate when the working tree is significantly
+#: slower than the base and its best run is slower than the base's best by more than this
+#: fraction; None: reported only. The first glob that matches applies. Set from nine A/A
+#: runs on the 2-core CI machine (the same tree on both sides; the largest difference of
+#: the best runs is in the comments), with a margin: see docs/performance.md.
+THRESHOLDS: tuple[tuple[str, float | None], ...] = (
+    ("e2e.latency.latency_p99", None),  # A/A: up to 59 %
+    ("enqueue.delay", 1.00),  # A/A: up to 52 % (bimodal: 170 or 250-300 µs a call)
+    ("e2e.*.time_per_task", 0.40),  # A/A: up to 27 %
+    ("e2e.*.worker_cpu_per_task", 0.50),  # A/A: up to 40 %
+    ("e2e.*", 0.35),  # latency p50, A/A: up to 19 %
+    ("enqueue.*", 0.25),  # adelay_x100, A/A: up to 5.4 %
+    ("micro.*", 0.15),  # A/A: up to 4.8 %
+)
+#: Fewer runs than this on either side: no verdict (a t-test on 2 runs says little).
+MIN_RUNS = 4
+CACHE = ROOT / ".cache" / "perf-gate"
+
+
+# -- which commit ----------------------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    """``git args`` in ``repo``: its output, or None when it fails."""
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def select_base(repo: Path, override: str | None = None) -> tuple[str | None, str]:
+    """The commit to compare with, and why that one.
+
+    ``override`` (a revision) when given; else the merge base of HEAD and origin/main when
+    there is one and it is not HEAD (a branch is compared with where it left main); else
+    HEAD~1. ``(None, reason)`` when there is no such commit (a repository of one commit, a
+    shallow clone).
+
+    Raises:
+        ValueError: ``override`` names no commit.
+    """
+    if override:
+        sha = _git(repo, "rev-parse", "--verify", "--quiet", f"{override}^{{commit}}")
+        if not sha:
+            raise ValueError(f"{override!r} is not a commit of {repo}")
+        return sha, f"{override} (given)"
+    head = _git(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    if not head:
+        return None, "the repository has no commit yet"
+    if _git(repo, "rev-parse", "--verify", "--quiet", "origin/main^{commit}"):
+        base = _git(repo, "merge-base", "HEAD", "origin/main")
+        if base and base != head:
+            return base, "the merge base of HEAD and origin/main"
+    parent = _git(repo, "rev-parse", "--verify", "--quiet", "HEAD~1^{commit}")
+    if parent:
+        return parent, "HEAD~1"
+    return None, "HEAD has no parent commit (first commit or shallow clone)"
+
+
+# -- the base tree's venv ----------------------------------------------------------------------
+
+
+def _pins(python: Path) -> str:
+    """The working tree's installed versions, as pip constraints, so both trees run on the
+    same valkey, hiredis, msgpack and uvloop."""
+    out = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable"],
+                         capture_output=True, text=True, check=True).stdout
+    return "".join(line + "\n" for line in out.splitlines()
+                   if line and not line.startswith(("-e ", "celery-asyncio")))
+
+
+def _extract(repo: Path, sha: str, into: Path) -> None:
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", sha],
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(into, filter="data")
+        else:  # pragma: no cover - Python before 3.11.4
+            tar.extractall(into)
+
+
+def build_base(repo: Path, sha: str, python: Path, cache: Path = CACHE) -> Path:
+    """A venv with ``sha``'s package installed (not editable); its Python.
+
+    The venv is kept: the next run with the same pins only reinstalls the package (or
+    nothing, for the same commit). The source is unpacked into a temporary folder under
+    ``cache`` and removed at once.
+
+    Raises:
+        subprocess.CalledProcessError, subprocess.TimeoutExpired: git or pip failed.
+    """
+    venv = cache / "venv"
+    vpython, stamp = venv / "bin" / "python", venv / "perf-gate.json"
+    pins = _pins(python)
+    want = {"commit": sha, "pins": hashlib.sha256(pins.encode()).hexdigest()}
+    have = json.loads(stamp.read_text()) if stamp.exists() else {}
+    if have == want and vpython.exists():
+        return vpython
+    cache.mkdir(parents=True, exist_ok=True)
+    fresh = have.get("pins") != want["pins"] or not vpython.exists()
+    if fresh:
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([str(python), "-m", "venv", str(venv)], check=True, timeout=120)
+    src = Path(tempfile.mkdtemp(prefix="src-", dir=cache))
+    try:
+        _extract(repo, sha, src)
+        (src / "perf-gate-pins.txt").write_text(pins)
+        pip = [str(vpython), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        if fresh:
+            pip += ["-c", str(src / "perf-gate-pins.txt"), f"{src}[redis,uvloop,msgpack]"]
+        else:
+            pip += ["--no-deps", "--force-reinstall", str(src)]
+        stamp.unlink(missing_ok=True)
+        subprocess.run(pip, check=True, timeout=600)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+    stamp.write_text(json.dumps(want))
+    return vpython
+
+
+# -- the verdict -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """The comparison of one benchmark. Each side is a sample of one figure per child run
+    (``run_figures``); ``base`` and ``current`` are the samples' minima, the best runs."""
+
+    name: str
+    base: float | None  #: best run of the base tree (seconds)
+    current: float | None
+    #: current / base of the best runs (above 1: the working tree is slower)
+    ratio: float | None
+    #: current / base of the sample means
+    mean_ratio: float | None
+    significant: bool
+    threshold: float | None
+    status: str  #: REGRESSION, BROKEN, slower, faster, same, too few runs, new, gone, info
+
+    @property
+    def fails(self) -> bool:
+        return self.status in ("REGRESSION", "BROKEN")
+
+
+def threshold_for(name: str, thresholds: Sequence[tuple[str, float | None]] = THRESHOLDS
+                  ) -> float | None:
+    return next((limit for glob, limit in thresholds if matches(name, [glob])), None)
+
+
+def run_figures(bench: pyperf.Benchmark) -> list[float]:
+    """One figure per child run: its fastest value. Values of one process hang together
+    (same CPU, same memory layout, same neighbours' load), so the runs, not the values, are
+    the independent observations; and load on a shared machine only ever adds time, so the
+    fastest value is the one least disturbed by it (as timeit reports the best)."""
+    return [min(run.values) for run in bench.get_runs() if run.values]
+
+
+def _disturbed(figures: Sequence[float]) -> int:
+    """How many runs load slowed down throughout: figures above Tukey's upper fence (third
+    quartile + 1.5 interquartile ranges). Load only ever adds time: only slow ones count."""
+    if len(figures) < 4:
+        return 0
+    q1, _, q3 = statistics.quantiles(figures, n=4, method="inclusive")
+    return sum(f > q3 + 1.5 * (q3 - q1) for f in figures)
+
+
+def samples(base: Sequence[float], current: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The two samples the t-test compares: the ``m`` fastest runs of each side, ``m`` being
+    the smaller side's count less the most disturbed runs of either side (at least 3). The
+    same size on both sides, as pyperf's t-test needs; and one disturbed run, far out,
+    would otherwise hide any difference from it."""
+    m = max(min(len(base), len(current)) - max(_disturbed(base), _disturbed(current)), 3)
+    return sorted(base)[:m], sorted(current)[:m]
+
+
+def significant(base: Sequence[float], current: Sequence[float]) -> bool:
+    """pyperf's two-sample Student t-test at 95 % (the one ``pyperf compare_to`` uses)."""
+    from pyperf._utils import is_significant
+
+    return bool(is_significant(list(base), list(current))[0])
+
+
+def compare(base: pyperf.Benchmark | None, current: pyperf.Benchmark | None, name: str,
+            threshold: float | None, min_runs: int = MIN_RUNS) -> Row:
+    """Verdict on one benchmark. The base has it and the working tree lost it (every run
+    failed): BROKEN. The runs differ significantly (t-test), the working tree's mean is
+    higher and its best run is slower than the base's best by more than ``threshold`` (a
+    fraction): REGRESSION. Both fail the gate. Noise on a shared machine only ever adds
+    time, so the best runs are the steadiest estimate of the code's own cost."""
+    b = run_figures(base) if base is not None else []
+    c = run_figures(current) if current is not None else []
+    if not c:
+        status = "BROKEN" if b else "gone"
+        return Row(name, min(b, default=None), None, None, None, False, threshold, status)
+    if not b:
+        return Row(name, None, min(c), None, None, False, threshold, "new")
+    sb, sc = samples(b, c)
+    ratio, mean_ratio = min(c) / min(b), statistics.fmean(sc) / statistics.fmean(sb)
+    row = Row(name, min(b), min(c), ratio, mean_ratio, False, threshold, "too few runs")
+    if min(len(b), len(c)) < min_runs:
+        return row
+    sig = significant(sb, sc)
+    if not sig:
+        status = "same"
+    elif mean_ratio < 1:
+        status = "faster"
+    elif threshold is None:
+        status = "info"
+    else:
+        status = "REGRESSION" if ratio > 1 + threshold else "slower"
+    return replace(row, significant=sig, status=status)
+
+
+def decide(base: dict[str, pyperf.Benchmark], current: dict[str, pyperf.Benchmark],
+           thresholds: Sequence[tuple[str, float | None]] = THRESHOLDS,
+           min_runs: int = MIN_RUNS) -> list[Row]:
+    """One row per benchmark of either side, sorted by name."""
+    return [compare(base.get(n), current.get(n), n, threshold_for(n, thresholds), min_runs)
+            for n in sorted(set(base) | set(current))]
+
+
+def report(rows: Sequence[Row], base: Collector, current: Collector) -> list[str]:
+    def fmt(bench: pyperf.Benchmark | None, value: float | None) -> str:
+        return bench.format_value(value) if bench is not None and value is not None else "-"
+
+    def pct(ratio: float | None) -> str:
+        return f"{(ratio - 1) * 100:+.1f}%" if ratio is not None else "-"
+
+    lines = [f"{'benchmark':36} {'base best':>10} {'current':>10} {'best':>7} {'mean':>7} "
+             f"{'limit':>5}  verdict"]
+    for r in rows:
+        limit = f"+{r.threshold * 100:.0f}%" if r.threshold is not None else "-"
+        lines.append(f"{r.name:36} {fmt(base.benchmarks.get(r.name), r.base):>10} "
+                     f"{fmt(current.benchmarks.get(r.name), r.current):>10} {pct(r.ratio):>7} "
+                     f"{pct(r.mean_ratio):>7} {limit:>5}  {r.status}")
+        if r.status in ("BROKEN", "gone"):
+            why = (current if r.status == "BROKEN" else base).skipped.get(r.name, "")
+            lines.append(f"{'':36}   {why[:300]}")
+    return lines
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+class Skip(Exception):
+    """The gate stops before measuring: ``code`` is its exit status, the message says why."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def base_tree(args: argparse.Namespace, python: Path) -> tuple[Tree, str]:
+    """The base tree to measure, and a description of it.
+
+    Raises:
+        Skip: nothing to compare with (exit 0), the base cannot be built (exit 0: the gate
+            judges our code, not the network), or ``--base`` is wrong (exit 2).
+    """
+    if args.aa:
+        return Tree("base", python), "the working tree (A/A run)"
+    try:
+        sha, why = select_base(args.repo, args.base)
+    except ValueError as exc:
+        raise Skip(2, f"perf gate: {exc}") from None
+    if sha is None:
+        raise Skip(0, f"perf gate: skipped: {why}; nothing to compare with")
+    what = f"{sha[:12]} ({why})"
+    log(f"perf gate: building {what} into {CACHE / 'venv'}")
+    try:
+        return Tree("base", build_base(args.repo, sha, python)), what
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        raise Skip(0, f"perf gate: SKIPPED: could not build the base commit: {exc}") from None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=os.environ.get("PERF_GATE_BASE") or None,
+                        help="revision to compare with [$PERF_GATE_BASE, else the merge base "
+                        "with origin/main, else HEAD~1]")
+    parser.add_argument("--aa", action="store_true",
+                        help="compare the working tree with itself (measures the noise)")
+    parser.add_argument("--rounds", type=int, default=PROFILES["gate"].rounds)
+    parser.add_argument("--only", default=",".join(GATE_BENCHMARKS),
+                        help="benchmarks to run [%(default)s]")
+    parser.add_argument("--url", default=DEFAULT_URL, help="Redis for end-to-end [%(default)s]")
+    parser.add_argument("--repo", type=Path, default=ROOT,
+                        help="the repository whose history gives the base [this one]")
+    parser.add_argument("--out", type=Path, default=CACHE / "last",
+                        help="folder for base.json and current.json [%(default)s]")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started, python = time.monotonic(), Path(sys.executable)
+    try:
+        base_side, what = base_tree(args, python)
+    except Skip as skip:
+        log(str(skip))
+        return skip.code
+    log(f"perf gate: base ready after {time.monotonic() - started:.0f} s")
+    only = split_patterns(args.only)
+    units = usable_units(only, args.url)
+    log(f"perf gate: {len(units)} units x {args.rounds} rounds x 2 trees, interleaved")
+    collected = run_rounds([base_side, Tree("current", python)], units, PROFILES["gate"], only,
+                           args.url, args.rounds)
+    base, current = collected["base"], collected["current"]
+    base.dump(args.out / "base.json")
+    current.dump(args.out / "current.json")
+    rows = decide(base.benchmarks, current.benchmarks)
+    print(f"perf gate: working tree ({current.celery or 'src'}) against {what}")
+    print("\n".join(report(rows, base, current)))
+    print(f"perf gate: {time.monotonic() - started:.0f} s; pyperf files in {args.out} "
+          f"(.venv/bin/python -m pyperf compare_to {args.out}/base.json {args.out}/current.json)")
+    failed = [r.name for r in rows if r.fails]
+    if failed:
+        print(f"perf gate: FAILED: {', '.join(failed)}")
+        return 1
+    print("perf gate: passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
