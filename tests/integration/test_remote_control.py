@@ -275,3 +275,12 @@ def test_remote_control_on_the_embedded_brokers(broker, tmp_path):
         assert ran == ["now"]
     finally:
         app.close()
+
+
+def test_concurrent_calls_from_one_client_each_get_their_replies(app, worker):
+    import concurrent.futures
+
+    name, _ = worker
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: app.control.ping(timeout=1.0), range(8)))
+    assert replies == [[{name: {"ok": "pong"}}]] * 8

@@ -48,7 +48,8 @@ class Control:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
-        #: This client's routing key for replies (kombu's ``Mailbox.oid``).
+        #: This client's id (kombu's ``Mailbox.oid``); each call's reply routing key
+        #: is ``<oid>.<ticket>``.
         self.oid = str(uuid.uuid4())
         self._lock = threading.Lock()  # guards _clock
         self._clock = itertools.count(1)
@@ -88,18 +89,21 @@ class Control:
         if not reply:
             await transport.fanout_publish(exchange, pidbox.encode(body, exchange, "", headers))
             return None
+        # A reply queue of its own per call (kombu shares one per client): concurrent calls
+        # from several threads or tasks never take each other's replies.
         ticket = str(uuid.uuid4())
-        queue = f"{self.oid}.{reply_exchange}"
+        oid = f"{self.oid}.{ticket}"
+        queue = f"{oid}.{reply_exchange}"
         body["ticket"] = ticket
-        body["reply_to"] = {"exchange": reply_exchange, "routing_key": self.oid}
+        body["reply_to"] = {"exchange": reply_exchange, "routing_key": oid}
         if limit is None and destination:
             limit = len(destination)
-        await transport.direct_bind(reply_exchange, self.oid, queue)
+        await transport.direct_bind(reply_exchange, oid, queue)
         try:
             await transport.fanout_publish(exchange, pidbox.encode(body, exchange, "", headers))
             return await self._collect(transport, queue, ticket, timeout, limit, callback)
         finally:
-            await transport.direct_unbind(reply_exchange, self.oid, queue)
+            await transport.direct_unbind(reply_exchange, oid, queue)
 
     async def _collect(self, transport: Any, queue: str, ticket: str, timeout: float,
                        limit: int | None, callback: Callable[[Reply], Any] | None) -> list[Reply]:
