@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -75,3 +77,17 @@ def app_module(name: str):
         module.app.close()
         sys.path.remove(apps)
         sys.modules.pop(name, None)
+
+
+def stop_process(proc) -> str:
+    """SIGTERM a worker process (if still running) and return its output; one that does not
+    stop within 30 s is killed and fails the test with its output."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"worker did not stop:\n{out}") from None
+    return out

@@ -4,7 +4,6 @@ lost or run twice."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import app_module
+from ..conftest import app_module, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,13 +34,7 @@ def app(tmp_path, monkeypatch):
 
 
 def stop(worker: subprocess.Popen[str]) -> str:
-    worker.send_signal(signal.SIGTERM)
-    try:
-        out, _ = worker.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        out, _ = worker.communicate()
-        raise AssertionError(f"worker did not stop:\n{out}") from None
+    out = stop_process(worker)
     assert worker.returncode == 0, out
     return out
 

@@ -20,6 +20,7 @@ from celery import states
 from celery.exceptions import TaskRevokedError
 
 from ..conftest import app_module, flushed_redis_url
+from ..conftest import stop_process as stop
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_DB = 0
@@ -45,18 +46,6 @@ def celery_cli(url: str, data: Path, *args: str) -> subprocess.CompletedProcess[
     return subprocess.run([sys.executable, "-m", "celery", "-A", "controlapp", *args],
                           cwd=data, env=env_for(url, data), capture_output=True, text=True,
                           timeout=60)
-
-
-def stop(worker: subprocess.Popen[str]) -> str:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-    try:
-        out, _ = worker.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        out, _ = worker.communicate()
-        raise AssertionError(f"worker did not stop:\n{out}") from None
-    return out
 
 
 def marks(data: Path) -> list[str]:

@@ -542,6 +542,21 @@ class RedisTransport(RedisMailbox):
             pushes = [("LPUSH", *self._envelope(m)) for m in messages]
             await self._pipeline("publish", pushes, retries=self.max_retries, first=0.1)
 
+    def _binding_table(self, exchange: str) -> str:
+        """kombu's binding set of ``exchange``: members ``routing_key + sep + pattern + sep +
+        queue``."""
+        return f"{self.keyprefix}_kombu.binding.{exchange}"
+
+    def _bound(self, members: Iterable[bytes | str], routing_key: str) -> list[str]:
+        """The queues that binding-set ``members`` bind with ``routing_key`` (a direct
+        exchange's lookup, as kombu's), in member order."""
+        queues = []
+        for member in members:
+            parts = (member.decode() if isinstance(member, bytes) else member).split(self.sep)
+            if len(parts) == 3 and parts[0] == routing_key:
+                queues.append(parts[2])
+        return queues
+
     async def declare(self, queues: Iterable[str]) -> None:
         """Add kombu's bindings for each queue (exchange and routing key named after it)."""
         binding = self.keyprefix + "_kombu.binding"
@@ -726,10 +741,8 @@ class RedisTransport(RedisMailbox):
             envelope, exchange, routing_key = json.loads(value)
             queue = routing_key
             if exchange:  # kombu's lookup in a direct exchange's binding table
-                table = f"{self.keyprefix}_kombu.binding.{exchange}"
-                members = await client.execute_command("SMEMBERS", table)
-                bound = [m.decode().split(self.sep) for m in members]
-                queue = next((b[2] for b in bound if len(b) == 3 and b[0] == routing_key), queue)
+                members = await client.execute_command("SMEMBERS", self._binding_table(exchange))
+                queue = next(iter(self._bound(members, routing_key)), queue)
             priority = envelope["properties"].get("priority")
             return self._key_for(queue, priority), _redelivered(envelope)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

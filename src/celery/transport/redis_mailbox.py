@@ -29,7 +29,6 @@ class RedisMailbox:
 
     if TYPE_CHECKING:  # what RedisTransport provides
         fanout_prefix: str
-        keyprefix: str
         sep: str
         max_retries: int
 
@@ -47,6 +46,10 @@ class RedisMailbox:
 
         def _block_for(self, timeout: float) -> float: ...
 
+        def _binding_table(self, exchange: str) -> str: ...
+
+        def _bound(self, members: Iterable[bytes | str], routing_key: str) -> list[str]: ...
+
     async def fanout_publish(self, exchange: str, payload: str) -> None:
         """PUBLISH to the exchange's channel (every subscriber gets it, none later)."""
         channel = self.fanout_prefix + exchange
@@ -63,8 +66,7 @@ class RedisMailbox:
         return _Subscription(pubsub, self._lost)
 
     def _binding(self, exchange: str, routing_key: str, queue: str) -> tuple[str, str]:
-        key = f"{self.keyprefix}_kombu.binding.{exchange}"
-        return key, self.sep.join((routing_key, "", queue))
+        return self._binding_table(exchange), self.sep.join((routing_key, "", queue))
 
     async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:
         key, member = self._binding(exchange, routing_key, queue)
@@ -77,13 +79,9 @@ class RedisMailbox:
 
     async def direct_publish(self, exchange: str, routing_key: str, payload: str) -> int:
         """LPUSH onto every queue bound with ``routing_key`` (kombu's direct ``_lookup``)."""
-        key = f"{self.keyprefix}_kombu.binding.{exchange}"
+        key = self._binding_table(exchange)
         members = await self._run("lookup", lambda c: c.smembers(key))
-        queues = set()
-        for member in members:
-            parts = (member.decode() if isinstance(member, bytes) else member).split(self.sep)
-            if len(parts) == 3 and parts[0] == routing_key:
-                queues.add(parts[2])
+        queues = set(self._bound(members, routing_key))
         if queues:
             await self._pipeline("reply", [("LPUSH", self._queue_keys(q)[0], payload)
                                            for q in sorted(queues)])

@@ -369,10 +369,17 @@ class Consumer:
         self._announce_revoked(req, "expired", expired=True)
         return True
 
+    def _revoked_payload(self, req: Request, reason: str) -> bytes | None:
+        """The encoded REVOKED meta (``TaskRevokedError(reason)``) to store, or None."""
+        if not req.store_result:
+            return None
+        meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError(reason))
+        return self.backend.encode(meta)
+
     def _announce_revoked(self, req: Request, reason: str, expired: bool) -> None:
-        if req.store_result:
-            meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError(reason))
-            self._to_store.append((req.id, self.backend.encode(meta), states.REVOKED))
+        payload = self._revoked_payload(req, reason)
+        if payload is not None:
+            self._to_store.append((req.id, payload, states.REVOKED))
         self._to_ack.append(req.delivery)
         self._flush_needed.set()
         if signals.task_revoked.receivers:
@@ -453,7 +460,7 @@ class Consumer:
         lane.used[req.slot] -= 1
         self.inflight -= 1
         if outcome.requeue:  # cancelled by a cold shutdown: the worker is lost to it
-            if req.acks_late and self._reject_on_worker_lost(req) is False:
+            if req.acks_late and self._task_option(req, "reject_on_worker_lost") is False:
                 self._lost_and_acked(req)
             else:
                 self._give_back(req)
@@ -543,10 +550,7 @@ class Consumer:
         asked to stop (``Task.checkpoint()`` raises ``Terminated``) and its thread replaced
         (``ThreadExecutor.abandon``); its own late outcome is then ignored by ``_finish``."""
         logger.warning("Terminating task %s[%s] (signal %s)", req.name, req.id, signum)
-        payload = None
-        if req.store_result:
-            meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError("terminated"))
-            payload = self.backend.encode(meta)
+        payload = self._revoked_payload(req, "terminated")
         req.halt.set()
         self.lanes[req.task.is_async].executor.abandon(req, "terminated")
         if signals.task_revoked.receivers:
@@ -592,9 +596,10 @@ class Consumer:
         self.queues = [q for q in self.queues if q != queue]
         return True
 
-    def _reject_on_worker_lost(self, req: Request) -> bool | None:
-        value = getattr(req.task, "reject_on_worker_lost", None)
-        return self.app.conf.task_reject_on_worker_lost if value is None else value
+    def _task_option(self, req: Request, name: str) -> Any:
+        """The task's option ``name``, else the ``task_<name>`` setting when it is None."""
+        value = getattr(req.task, name, None)
+        return self.app.conf[f"task_{name}"] if value is None else value
 
     def _lost_and_acked(self, req: Request) -> None:
         """Celery's ``reject_on_worker_lost=False`` (set explicitly) for an ``acks_late`` task
@@ -609,10 +614,7 @@ class Consumer:
         self._to_ack.append(req.delivery)
 
     def _acks_on_failure(self, req: Request) -> bool:
-        value = getattr(req.task, "acks_on_failure_or_timeout", None)
-        if value is None:
-            value = self.app.conf.task_acks_on_failure_or_timeout
-        return bool(value)
+        return bool(self._task_option(req, "acks_on_failure_or_timeout"))
 
     def _give_back(self, req: Request) -> None:
         """Return a message whose execution was abandoned (cold shutdown, or a task that
