@@ -346,13 +346,20 @@ class Celery:
         )
         return message, task_id
 
-    def _sent(self, task_id: str, name: str, options: Mapping[str, Any]) -> AsyncResult:
+    def _sent(self, task_id: str, name: str, options: Mapping[str, Any],
+              message: Message) -> AsyncResult:
         from ..result import AsyncResult
 
         result = AsyncResult(task_id, app=self, task_name=name)
-        parent = current_request.get() if current_task_var.get() is not None else None
-        if parent is not None and options.get("add_to_parent", True):
-            parent.children.append(result.as_tuple())
+        if current_task_var.get() is None:
+            # Not from inside a task (a worker would pay for subscriptions nobody uses,
+            # and must not wait on subtasks anyway; upstream skips these too).
+            if not message.headers.get("ignore_result") and self.conf.result_backend:
+                self.backend.on_sent(result)
+        else:
+            parent = current_request.get()
+            if parent is not None and options.get("add_to_parent", True):
+                parent.children.append(result.as_tuple())
         return result
 
     def send_task(self, name: str, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
@@ -364,7 +371,7 @@ class Celery:
         self.transport.publish(message)
         if publishing:
             _after_publish(name, message)
-        return self._sent(task_id, name, options)
+        return self._sent(task_id, name, options, message)
 
     async def asend_task(self, name: str, args: Sequence[Any] | None = None,
                          kwargs: Mapping[str, Any] | None = None, *, task: Task | None = None,
@@ -375,7 +382,7 @@ class Celery:
         await self.transport.apublish(message)
         if publishing:
             _after_publish(name, message)
-        return self._sent(task_id, name, options)
+        return self._sent(task_id, name, options, message)
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 - Celery's name
         from ..result import AsyncResult

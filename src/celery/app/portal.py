@@ -8,9 +8,18 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["Portal"]
+__all__ = ["Portal", "new_event_loop"]
 
 T = TypeVar("T")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's when it is installed (less CPU per I/O), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class Portal:
@@ -36,7 +45,7 @@ class Portal:
         with self._lock:
             if self._loop is None:
                 ready = threading.Event()
-                loop = asyncio.new_event_loop()
+                loop = new_event_loop()
                 self._thread = threading.Thread(
                     target=self._run, args=(loop, ready), name=self._name, daemon=True
                 )

@@ -213,6 +213,12 @@ class ResultBackend:
         except builtins.TimeoutError:
             raise TimeoutError("The operation timed out.") from None
 
+    def on_sent(self, result: Any) -> None:
+        """A task whose result is stored was just sent from this process (any thread).
+
+        Backends that push results subscribe to it here; the others need nothing.
+        """
+
     async def ping(self) -> None:
         """Raise ConnectionLost if the backend cannot be reached."""
 

@@ -6,10 +6,9 @@ import asyncio
 import builtins
 import concurrent.futures
 import contextlib
-import itertools
 import logging
 import threading
-from collections import deque
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +22,10 @@ from valkey.backoff import ExponentialBackoff
 from .. import states
 from ..exceptions import ConnectionLost, ImproperlyConfigured, OperationalError, TimeoutError
 from .base import ResultBackend
+from .readahead import SentResults
+from .redis_consumer import ResultConsumer
+from .redis_sync import CONNECTION_ERRORS as _SYNC_CONNECTION_ERRORS
+from .redis_sync import SyncSide
 
 if TYPE_CHECKING:
     from ..app.base import Celery
@@ -115,242 +118,20 @@ def connection_kwargs(url: str, conf: Any, options: dict[str, Any]) -> dict[str,
     return kwargs
 
 
-class _Channel:
-    """Waiters for one task's channel. ``confirmed`` resolves when Redis confirms SUBSCRIBE."""
-
-    __slots__ = ("confirmed", "waiters")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.waiters: set[asyncio.Future[Meta]] = set()
-        self.confirmed: asyncio.Future[None] = loop.create_future()
-
-
-class _ResultConsumer:
-    """Every ``await_ready`` on one event loop, multiplexed over ONE pub/sub connection.
-
-    Loop-bound and lock-free: create and use it only on its own loop. A reader task reads the
-    connection and resolves waiter futures; a writer task sends (UN)SUBSCRIBE commands in the
-    order they were queued (queueing is synchronous, so a waiter's cleanup never awaits).
-    If the connection drops, the reader reconnects, resubscribes every channel and re-reads
-    their keys, so a result published while it was down is still delivered.
-    """
-
-    def __init__(self, backend: RedisBackend, client: avalkey.Valkey) -> None:
-        self._backend = backend
-        self._client = client
-        self._loop = asyncio.get_running_loop()
-        self._channels: dict[bytes, _Channel] = {}
-        # Futures for SUBSCRIBE replies not yet received, per channel, in the order the
-        # commands were sent: Redis answers each channel's SUBSCRIBEs in that order.
-        self._expect: dict[bytes, deque[asyncio.Future[None]]] = {}
-        self._conn: Connection | None = None
-        self._outbox: list[tuple[Any, ...]] = []
-        self._outbox_ready = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-        self._resync_task: asyncio.Task[None] | None = None
-        self._failures = 0
-        self._closed = False
-
-    async def wait(self, task_id: str) -> Meta:
-        """Return the task's meta once it is ready (wrap in a timeout to bound the wait)."""
-        channel = self._backend.get_key_for_task(task_id).encode()
-        fut: asyncio.Future[Meta] = self._loop.create_future()
-        entry = self._add_waiter(channel, fut)
-        try:
-            # Shielded: one waiter's cancellation must not cancel the shared confirmation.
-            await asyncio.shield(entry.confirmed)
-            if not fut.done():
-                meta = await self._backend.aget_task_meta(task_id)
-                if meta["status"] in states.READY_STATES:
-                    return meta
-            return await fut
-        finally:
-            self._remove_waiter(channel, fut)
-
-    def _add_waiter(self, channel: bytes, fut: asyncio.Future[Meta]) -> _Channel:
-        if self._closed:
-            raise ConnectionLost(f"Redis result backend {self._backend.safe_url} is closed")
-        if self._reader is None or self._reader.done():
-            self._reader = self._loop.create_task(self._run(), name="celery-result-consumer")
-        entry = self._channels.get(channel)
-        if entry is None:
-            entry = self._channels[channel] = _Channel(self._loop)
-            if self._conn is not None:  # else the (re)connect subscribes every channel
-                self._expect.setdefault(channel, deque()).append(entry.confirmed)
-                self._send("SUBSCRIBE", channel)
-        entry.waiters.add(fut)
-        return entry
-
-    def _remove_waiter(self, channel: bytes, fut: asyncio.Future[Meta]) -> None:
-        entry = self._channels.get(channel)
-        if entry is None:
-            return
-        entry.waiters.discard(fut)
-        if not entry.waiters:
-            del self._channels[channel]
-            if self._conn is not None:
-                self._send("UNSUBSCRIBE", channel)
-
-    def _send(self, *command: Any) -> None:
-        self._outbox.append(command)
-        self._outbox_ready.set()
-
-    # -- reader / writer (tasks on this loop) ---------------------------------------------
-
-    async def _run(self) -> None:
-        """Reader: serve connections, reconnecting with backoff while anyone waits."""
-        resync = False
-        try:
-            while True:
-                try:
-                    await self._serve(resync)
-                except _DRIVER_CONNECTION_ERRORS as exc:
-                    self._failures += 1
-                    if not self._channels:
-                        return  # nobody waits; the next waiter starts a new reader
-                    # First retry at once (a killed connection); then back off up to 2 s.
-                    delay = min(2.0, 0.025 * 2 ** min(self._failures, 7)) if self._failures > 1 else 0
-                    logger.warning("Result consumer lost %s (%s); reconnecting in %.2fs",
-                                   self._backend.safe_url, exc, delay)
-                    await asyncio.sleep(delay)
-                    resync = True
-        except Exception as exc:  # a bug: fail the waiters rather than leave them hanging
-            logger.exception("Result consumer for %s failed", self._backend.safe_url)
-            self._fail_all(ConnectionLost(f"Result consumer failed: {exc!r}"))
-
-    async def _serve(self, resync: bool) -> None:
-        """One connection's lifetime: connect, subscribe all channels, read until it fails."""
-        conn = self._backend.new_pubsub_connection()
-        writer: asyncio.Task[None] | None = None
-        try:
-            await conn.connect()
-            self._failures = 0
-            self._conn, self._outbox = conn, []
-            self._expect.clear()
-            pending = self._resubscribe_all()
-            writer = self._loop.create_task(self._write(conn), name="celery-result-writer")
-            if resync and pending:
-                self._resync_task = self._loop.create_task(self._resync(pending))
-            await self._read(conn, writer)
-        finally:
-            self._conn = None
-            for task in (writer, self._resync_task):  # resync waits on replies from conn
-                if task is not None:
-                    task.cancel()
-            await conn.disconnect(nowait=True)
-
-    def _resubscribe_all(self) -> dict[bytes, asyncio.Future[None]]:
-        pending = {}
-        for channel, entry in self._channels.items():
-            fut = entry.confirmed if not entry.confirmed.done() else self._loop.create_future()
-            self._expect[channel] = deque([fut])
-            pending[channel] = fut
-        if pending:
-            self._send("SUBSCRIBE", *pending)
-        return pending
-
-    async def _resync(self, pending: dict[bytes, asyncio.Future[None]]) -> None:
-        """After a reconnect: once resubscribed, GET every key and deliver ready results."""
-        await asyncio.gather(*pending.values())
-        for attempt in itertools.count(1):
-            channels = [c for c in pending if c in self._channels]
-            if not channels:
-                return
-            try:
-                payloads = await self._client.mget(channels)
-            except _DRIVER_CONNECTION_ERRORS as exc:
-                logger.warning("Result consumer could not re-read keys (%s); retrying", exc)
-                await asyncio.sleep(min(2.0, 0.05 * attempt))
-                continue
-            for channel, payload in zip(channels, payloads, strict=True):
-                if payload is not None:
-                    self._deliver(channel, payload)
-            return
-
-    async def _write(self, conn: Connection) -> None:
-        """Writer: send queued commands in order, coalesced into one write."""
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            batch, self._outbox = self._outbox, []
-            if batch:
-                await conn.send_packed_command(conn.pack_commands(batch), check_health=False)
-
-    async def _read(self, conn: Connection, writer: asyncio.Task[None]) -> None:
-        interval = self._backend.pubsub_health_interval
-        pinged = False
-        while True:
-            reply = await conn.read_response(timeout=interval)
-            if writer.done():  # a failed write means a broken connection
-                writer.result()
-                raise verr.ConnectionError("pub/sub writer stopped")
-            if reply is None:  # silent for `interval`: PING once, give up the second time
-                if pinged:
-                    raise verr.TimeoutError(f"no PING reply within {interval}s")
-                pinged = True
-                self._send("PING")
-                continue
-            pinged = False
-            self._dispatch(reply)
-
-    def _dispatch(self, reply: Any) -> None:
-        if not isinstance(reply, list) or len(reply) < 3:
-            return
-        kind, channel = reply[0], reply[1]
-        if kind == b"message":
-            self._deliver(channel, reply[2])
-        elif kind == b"subscribe":
-            expected = self._expect.get(channel)
-            if expected:
-                fut = expected.popleft()
-                if not expected:
-                    del self._expect[channel]
-                if not fut.done():
-                    fut.set_result(None)
-
-    def _deliver(self, channel: bytes, payload: bytes) -> None:
-        entry = self._channels.get(channel)
-        if entry is None:
-            return
-        task_id = channel.decode()[len(self._backend.task_keyprefix):]
-        try:
-            meta = self._backend.meta_from_payload(task_id, payload)
-        except Exception:
-            logger.warning("Ignoring undecodable result for %s", task_id, exc_info=True)
-            return
-        if meta.get("status") not in states.READY_STATES:
-            return  # STARTED, RETRY, PROGRESS...: keep waiting
-        for fut in entry.waiters:
-            if not fut.done():
-                fut.set_result(dict(meta))
-
-    def _fail_all(self, exc: BaseException) -> None:
-        for entry in self._channels.values():
-            futures: list[asyncio.Future[Any]] = [entry.confirmed, *entry.waiters]
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(exc)
-                    fut.exception()  # mark retrieved: nobody may be left to await it
-
-    async def aclose(self) -> None:
-        """Stop the tasks, drop the connection, fail remaining waiters. On its own loop."""
-        self._closed = True
-        tasks = [t for t in (self._reader, self._resync_task) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        self._fail_all(ConnectionLost(f"Redis result backend {self._backend.safe_url} was closed"))
-
-
 class _LoopClients:
     """The command client and the result consumer of one event loop."""
 
-    __slots__ = ("client", "consumer")
+    __slots__ = ("backend", "client", "consumer")
 
-    def __init__(self, client: avalkey.Valkey) -> None:
+    def __init__(self, backend: RedisBackend, client: avalkey.Valkey) -> None:
+        self.backend = backend
         self.client = client
-        self.consumer: _ResultConsumer | None = None
+        self.consumer: ResultConsumer | None = None
+
+    def result_consumer(self) -> ResultConsumer:
+        if self.consumer is None:
+            self.consumer = ResultConsumer(self.backend, self.client)
+        return self.consumer
 
     async def aclose(self) -> None:
         if self.consumer is not None:
@@ -391,6 +172,9 @@ class RedisBackend(ResultBackend):
         self._lock = threading.Lock()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopClients] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: Tasks sent from this process: their results are read ahead in batches.
+        self.sent = SentResults()
+        self._sync: SyncSide | None = None  # made on first use, under _lock
 
     # -- connections ----------------------------------------------------------------------
 
@@ -402,7 +186,7 @@ class RedisBackend(ResultBackend):
             if clients is None:
                 for old in [lp for lp in self._loops if lp.is_closed()]:
                     del self._loops[old]  # their connections died with their loop
-                clients = self._loops[loop] = _LoopClients(self._new_client())
+                clients = self._loops[loop] = _LoopClients(self, self._new_client())
             return clients
 
     def _new_client(self) -> avalkey.Valkey:
@@ -473,10 +257,66 @@ class RedisBackend(ResultBackend):
         with self._driver_errors():
             return await self._clients().client.get(self.get_key_for_task(task_id))
 
+    async def aget_many_raw(self, task_ids: Sequence[str]) -> dict[str, bytes | None]:
+        """Stored payloads of several tasks in one MGET (any loop)."""
+        with self._driver_errors():
+            raws = await self._clients().client.mget([self.get_key_for_task(t) for t in task_ids])
+        return dict(zip(task_ids, raws, strict=True))
+
     async def adelete(self, task_id: str) -> None:
         """Forget the task's result (any loop)."""
+        self.sent.forget(task_id)
         with self._driver_errors():
             await self._clients().client.delete(self.get_key_for_task(task_id))
+
+    def on_sent(self, result: Any) -> None:
+        """Note a task sent from this process, for read-ahead (any thread)."""
+        self.sent.sent(result)
+
+    def _sync_side(self) -> SyncSide:
+        with self._lock:
+            if self._sync is None:
+                self._sync = SyncSide(self, self._conn_kwargs)
+            return self._sync
+
+    async def aget_task_meta(self, task_id: str) -> Meta:
+        meta = self.sent.peek(task_id)
+        return meta if meta is not None else await super().aget_task_meta(task_id)
+
+    def get_task_meta(self, task_id: str) -> Meta:
+        """The task's meta, read on the calling thread (any thread, no loop needed)."""
+        meta = self.sent.peek(task_id)
+        if meta is not None:
+            return meta
+        with self._driver_errors():
+            return self.meta_from_payload(task_id, self._sync_side().read([task_id])[0])
+
+    def wait_for(self, task_id: str, timeout: float | None = None) -> Meta:
+        """``await_ready`` for sync callers, on the calling thread (see redis_sync.py).
+
+        The read-ahead MGET and the wait itself use blocking connections, without a hop to
+        the portal loop; if the wait loses its connection, it goes on there (that consumer
+        reconnects and re-reads) for the rest of ``timeout``.
+        """
+        meta = self.sent.take(task_id)
+        if meta is not None:
+            return meta
+        sync = self._sync_side()
+        started = time.monotonic()
+        with self._driver_errors():
+            ids = self.sent.batch(task_id)
+            meta = self.sent.absorb(ids, sync.read(ids), self.meta_from_payload)
+        if meta["status"] in states.READY_STATES:
+            return meta
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("The operation timed out.")
+        try:
+            return sync.wait(task_id, timeout)
+        except _SYNC_CONNECTION_ERRORS as exc:
+            logger.warning("Waiting for %s on %s failed (%s); retrying on the portal loop",
+                           task_id, self.safe_url, exc)
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return super().wait_for(task_id, left)
 
     async def await_ready(self, task_id: str, timeout: float | None) -> Meta:
         """Wait for a ready state through the loop's shared pub/sub consumer (any loop).
@@ -485,20 +325,23 @@ class RedisBackend(ResultBackend):
             celery.exceptions.TimeoutError: not ready within ``timeout`` seconds.
             celery.exceptions.ConnectionLost: Redis could not be read.
         """
-        # One GET first: a result that is already there (the usual get() after the work is
-        # done) costs one round trip, not SUBSCRIBE + GET + UNSUBSCRIBE.
-        meta = await self.aget_task_meta(task_id)
+        meta = self.sent.take(task_id)
+        if meta is not None:
+            return meta
+        # One read first (with the read-ahead of results sent after this one): a result
+        # that is already there costs one round trip, not SUBSCRIBE + GET + UNSUBSCRIBE.
+        ids = self.sent.batch(task_id)
+        raws = await self.aget_many_raw(ids)
+        meta = self.sent.absorb(ids, [raws[t] for t in ids], self.meta_from_payload)
         if meta["status"] in states.READY_STATES:
             return meta
         if timeout is not None and timeout <= 0:
             raise TimeoutError("The operation timed out.")
         clients = self._clients()
-        if clients.consumer is None:
-            clients.consumer = _ResultConsumer(self, clients.client)
         try:
             async with asyncio.timeout(timeout):
                 with self._driver_errors():
-                    return await clients.consumer.wait(task_id)
+                    return await clients.result_consumer().wait(task_id)
         except builtins.TimeoutError:
             raise TimeoutError("The operation timed out.") from None
 
@@ -525,6 +368,9 @@ class RedisBackend(ResultBackend):
         """
         with self._lock:
             loops, self._loops = self._loops, {}
+            sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.close()
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:

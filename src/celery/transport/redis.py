@@ -340,6 +340,7 @@ class RedisTransport(RedisMailbox):
         self._coalesce = bool(opts.get("publish_coalesce", True))
         self._batches: dict[asyncio.AbstractEventLoop, list[tuple[str, str, asyncio.Future[None]]]] = {}
         self._sending: set[asyncio.Task[None]] = set()
+        self._drained: set[tuple[str, ...]] = set()  # queue keys the last fetch emptied
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self._safe_url}>"
@@ -572,17 +573,27 @@ class RedisTransport(RedisMailbox):
         if not queues or max_count <= 0:
             return []
         layout = self._layout(self._ordered(queues))
-        for _ in range(3):  # again only when a round found nothing but malformed elements
+        deliveries: list[Delivery] = []
+        # After a fetch that drained the queues, go straight to BRPOP: it returns at once
+        # if anything came meanwhile, and a script round trip that would find nothing is
+        # saved (in a lightly loaded worker, one of the few per task).
+        with self._clients_lock:
+            drained = layout.queue_keys in self._drained and timeout > 0
+        for _ in range(0 if drained else 3):  # again only if a round found only malformed ones
             deliveries, dead = await self._reserve(layout, max_count)
             if deliveries or not dead:
                 break
-        if deliveries or timeout <= 0:
-            return deliveries
-        keys, block = list(layout.queue_keys), self._block_for(timeout)
-        popped = await self._run("fetch", lambda c: c.execute_command("BRPOP", *keys, block))
-        if popped is None:
-            return []
-        deliveries, _ = await self._reserve(layout, max_count, popped[1], layout.by_key[popped[0]])
+        if not deliveries and timeout > 0:
+            keys, block = list(layout.queue_keys), self._block_for(timeout)
+            popped = await self._run("fetch", lambda c: c.execute_command("BRPOP", *keys, block))
+            if popped is not None:
+                number = layout.by_key[popped[0]]
+                deliveries, _ = await self._reserve(layout, max_count, popped[1], number)
+        with self._clients_lock:
+            if len(deliveries) < max_count:
+                self._drained.add(layout.queue_keys)
+            else:
+                self._drained.discard(layout.queue_keys)
         return deliveries
 
     def _block_for(self, timeout: float) -> float:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from ...app.portal import new_event_loop
 from .. import request as _request
 from ..tracer import Tracer
 from .base import DoneCallback
@@ -16,15 +17,6 @@ from .base import DoneCallback
 __all__ = ["LoopExecutor", "new_event_loop"]
 
 logger = logging.getLogger("celery.worker.loop")
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's when it is installed, else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 class _LoopWorker:

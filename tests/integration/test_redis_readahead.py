@@ -1,0 +1,139 @@
+"""Sync result reads on the Redis backend: read-ahead of sent tasks and waits on the caller's
+thread, against a real Redis."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import uuid
+
+import pytest
+import valkey
+
+from celery import states
+from celery.backends.redis import RedisBackend
+from celery.exceptions import TimeoutError
+
+from ..conftest import kill_clients_named
+from .test_redis_backend import App
+
+REDIS_DB = 3
+
+
+class Handle:
+    """Stands in for the AsyncResult that delay() returns (the backend holds it weakly)."""
+
+    def __init__(self) -> None:
+        self.id = str(uuid.uuid4())
+
+
+@pytest.fixture
+def raw(redis_url):
+    client = valkey.Valkey.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_backend(redis_url):
+    made = []
+
+    def make(**conf):
+        backend = RedisBackend(App(**conf), redis_url)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+        backend.app.portal.stop()
+
+
+def sent(backend, count):
+    handles = [Handle() for _ in range(count)]
+    for handle in handles:
+        backend.on_sent(handle)
+    return handles
+
+
+def test_get_reads_the_results_sent_after_it_in_the_same_round_trip(make_backend, raw):
+    backend = make_backend()
+    handles = sent(backend, 10)
+    for n, handle in enumerate(handles):
+        backend.store_result(handle.id, n, states.SUCCESS)
+    assert backend.wait_for(handles[0].id, timeout=5)["result"] == 0
+    # The others came with it: overwrite them in Redis, and get() still answers from what
+    # was read ahead (no second read).
+    for handle in handles[1:]:
+        raw.set(backend.get_key_for_task(handle.id), b'{"status": "SUCCESS", "result": -1}')
+    assert [backend.wait_for(h.id, timeout=5)["result"] for h in handles[1:]] == list(range(1, 10))
+    # Taken results are gone from memory: the next read is Redis again.
+    assert backend.wait_for(handles[5].id, timeout=5)["result"] == -1
+
+
+def test_results_not_ready_yet_are_read_again_later(make_backend):
+    backend = make_backend()
+    first, second = sent(backend, 2)
+    backend.store_result(first.id, "a", states.SUCCESS)
+    assert backend.wait_for(first.id, timeout=5)["result"] == "a"  # second: still PENDING
+    backend.store_result(second.id, "b", states.SUCCESS)
+    assert backend.wait_for(second.id, timeout=5)["result"] == "b"
+
+
+def test_read_ahead_keeps_nothing_for_results_nobody_holds(make_backend):
+    backend = make_backend()
+    keep, drop = sent(backend, 2)
+    dropped = drop.id
+    backend.store_result(keep.id, 1, states.SUCCESS)
+    backend.store_result(dropped, 2, states.SUCCESS)
+    del drop
+    gc.collect()
+    backend.wait_for(keep.id, timeout=5)
+    assert backend.sent.peek(dropped) is None
+    assert backend.sent.batch(keep.id) == [keep.id]  # and nothing left to read ahead
+
+
+def test_sync_wait_runs_on_the_calling_thread(make_backend):
+    backend = make_backend()
+    (handle,) = sent(backend, 1)
+    storer = make_backend()  # another client stores it, later
+
+    def store_later():
+        time.sleep(0.2)
+        storer.store_result(handle.id, "late", states.SUCCESS)
+
+    thread = threading.Thread(target=store_later)
+    thread.start()
+    assert backend.wait_for(handle.id, timeout=5)["result"] == "late"
+    thread.join()
+    assert backend.app.portal._loop is None  # the waiting thread never needed the portal
+
+
+def test_sync_wait_times_out_and_unsubscribes(make_backend, raw):
+    backend = make_backend()
+    task_id = str(uuid.uuid4())
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        backend.wait_for(task_id, timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 3
+    channel = backend.get_key_for_task(task_id)
+    assert raw.pubsub_numsub(channel)[0][1] == 0
+
+
+def test_sync_wait_survives_its_connection_being_killed(make_backend, raw):
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    backend = make_backend(result_backend_transport_options={"client_name": name})
+    task_id = str(uuid.uuid4())
+    channel = backend.get_key_for_task(task_id)
+    got = {}
+    thread = threading.Thread(target=lambda: got.update(backend.wait_for(task_id, timeout=10)))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while raw.pubsub_numsub(channel)[0][1] != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert kill_clients_named(raw, name) >= 1
+    # Stored without a PUBLISH: only a re-read after the connection loss can find it.
+    raw.set(channel, backend.encode(backend.prepare_meta(task_id, states.SUCCESS, "found")))
+    thread.join(10)
+    assert got.get("result") == "found"
