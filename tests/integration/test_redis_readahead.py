@@ -137,3 +137,18 @@ def test_sync_wait_survives_its_connection_being_killed(make_backend, raw):
     raw.set(channel, backend.encode(backend.prepare_meta(task_id, states.SUCCESS, "found")))
     thread.join(10)
     assert got.get("result") == "found"
+
+
+def test_idle_pubsub_connections_are_reused_but_not_across_a_fork(make_backend):
+    backend = make_backend()
+    with pytest.raises(TimeoutError):
+        backend.wait_for(str(uuid.uuid4()), timeout=0.05)  # a timed-out wait closes its own
+    backend.store_result(done := str(uuid.uuid4()), 1, states.SUCCESS)
+    side = backend._sync_side()
+    pubsub = side.client.pubsub()
+    side._checkin(pubsub, b"nothing", clean=True)
+    assert side._checkout() is pubsub  # reused
+    side._checkin(pubsub, b"nothing", clean=True)
+    side._pid = -1  # as seen from a forked child
+    assert side._checkout() is not pubsub
+    assert backend.wait_for(done, timeout=5)["result"] == 1

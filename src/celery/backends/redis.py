@@ -23,8 +23,7 @@ from .. import states
 from ..exceptions import ConnectionLost, ImproperlyConfigured, OperationalError, TimeoutError
 from .base import ResultBackend
 from .readahead import SentResults
-from .redis_consumer import ResultConsumer
-from .redis_sync import CONNECTION_ERRORS as _SYNC_CONNECTION_ERRORS
+from .redis_consumer import DRIVER_CONNECTION_ERRORS, ResultConsumer
 from .redis_sync import SyncSide
 
 if TYPE_CHECKING:
@@ -72,8 +71,6 @@ _CELERY_SETTINGS = {
     "redis_username": "username",
     "redis_password": "password",
 }
-
-_DRIVER_CONNECTION_ERRORS = (verr.ConnectionError, verr.TimeoutError, OSError)
 
 #: How long the pub/sub connection may stay silent before we PING it (seconds); the
 #: ``health_check_interval`` connection option overrides it.
@@ -213,7 +210,7 @@ class RedisBackend(ResultBackend):
     def _driver_errors(self) -> Iterator[None]:
         try:
             yield
-        except _DRIVER_CONNECTION_ERRORS as exc:
+        except DRIVER_CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"Redis result backend {self.safe_url}: {exc}") from exc
         except verr.ValkeyError as exc:
             raise OperationalError(f"Redis result backend {self.safe_url}: {exc}") from exc
@@ -312,7 +309,7 @@ class RedisBackend(ResultBackend):
             raise TimeoutError("The operation timed out.")
         try:
             return sync.wait(task_id, timeout)
-        except _SYNC_CONNECTION_ERRORS as exc:
+        except DRIVER_CONNECTION_ERRORS as exc:
             logger.warning("Waiting for %s on %s failed (%s); retrying on the portal loop",
                            task_id, self.safe_url, exc)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))

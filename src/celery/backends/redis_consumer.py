@@ -19,13 +19,14 @@ from ..exceptions import ConnectionLost
 if TYPE_CHECKING:
     from .redis import RedisBackend
 
-__all__ = ["ResultConsumer"]
+__all__ = ["DRIVER_CONNECTION_ERRORS", "ResultConsumer"]
 
 logger = logging.getLogger(__name__)
 
 Meta = dict[str, Any]
 
-_DRIVER_CONNECTION_ERRORS = (verr.ConnectionError, verr.TimeoutError, OSError)
+#: The driver errors that mean a broken or unreachable connection (sync and async alike).
+DRIVER_CONNECTION_ERRORS = (verr.ConnectionError, verr.TimeoutError, OSError)
 
 
 class _Channel:
@@ -124,7 +125,7 @@ class ResultConsumer:
             while True:
                 try:
                     await self._serve(resync)
-                except _DRIVER_CONNECTION_ERRORS as exc:
+                except DRIVER_CONNECTION_ERRORS as exc:
                     self._failures += 1
                     if not self._channels:
                         return  # nobody waits; the next waiter starts a new reader
@@ -178,7 +179,7 @@ class ResultConsumer:
                 return
             try:
                 payloads = await self._client.mget(channels)
-            except _DRIVER_CONNECTION_ERRORS as exc:
+            except DRIVER_CONNECTION_ERRORS as exc:
                 logger.warning("Result consumer could not re-read keys (%s); retrying", exc)
                 await asyncio.sleep(min(2.0, 0.05 * attempt))
                 continue

@@ -7,6 +7,7 @@ result that is already there costs one round trip and no thread switch.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -19,6 +20,7 @@ from valkey.retry import Retry
 
 from .. import states
 from ..exceptions import TimeoutError
+from .redis_consumer import DRIVER_CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from valkey.client import PubSub
@@ -28,9 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["SyncSide"]
 
 Meta = dict[str, Any]
-
-#: Errors after which a sync wait gives up its connection and falls back to the portal.
-CONNECTION_ERRORS = (verr.ConnectionError, verr.TimeoutError, OSError)
 
 #: Longest single blocking read while waiting (seconds); the wait loops until its deadline.
 READ_SLICE = 1.0
@@ -55,6 +54,7 @@ class SyncSide:
         self.client = valkey.Valkey(connection_pool=valkey.ConnectionPool(**kwargs))
         self._lock = threading.Lock()
         self._idle: list[PubSub] = []
+        self._pid = os.getpid()  # idle pub/sub sockets must not be shared with a forked child
 
     def read(self, task_ids: list[str]) -> list[bytes | None]:
         """The stored payloads of ``task_ids``, in one round trip."""
@@ -99,6 +99,8 @@ class SyncSide:
 
     def _checkout(self) -> PubSub:
         with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's sockets stay the parent's
+                self._idle, self._pid = [], os.getpid()
             if self._idle:
                 return self._idle.pop()
         return self.client.pubsub()
@@ -108,7 +110,7 @@ class SyncSide:
         if clean:
             try:
                 pubsub.unsubscribe(channel)  # its reply is skipped by the next wait
-            except CONNECTION_ERRORS:
+            except DRIVER_CONNECTION_ERRORS:
                 clean = False
         if clean:
             with self._lock:
