@@ -1,5 +1,6 @@
 """Sync result reads on the Redis backend: read-ahead of sent tasks and waits on the caller's
 thread, against a real Redis."""
+# ruff: noqa: F811  (test arguments named after the imported fixtures)
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import time
 import uuid
 
 import pytest
-import valkey
 
 from celery import states
-from celery.backends.redis import RedisBackend
 from celery.exceptions import TimeoutError
 
 from ..conftest import kill_clients_named
-from .test_redis_backend import App
+
+# The Redis backend tests' fixtures, shared (pytest finds them by name in this module).
+from .test_redis_backend import make_backend, raw  # noqa: F401
 
 REDIS_DB = 3
 
@@ -26,28 +27,6 @@ class Handle:
 
     def __init__(self) -> None:
         self.id = str(uuid.uuid4())
-
-
-@pytest.fixture
-def raw(redis_url):
-    client = valkey.Valkey.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def make_backend(redis_url):
-    made = []
-
-    def make(**conf):
-        backend = RedisBackend(App(**conf), redis_url)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.close()
-        backend.app.portal.stop()
 
 
 def sent(backend, count):
