@@ -307,13 +307,15 @@ class RedisBackend(ResultBackend):
             return meta
         if timeout is not None and timeout <= 0:
             raise TimeoutError("The operation timed out.")
+        def left() -> float | None:
+            return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+
         try:
-            return sync.wait(task_id, timeout)
+            return sync.wait(task_id, left())
         except DRIVER_CONNECTION_ERRORS as exc:
             logger.warning("Waiting for %s on %s failed (%s); retrying on the portal loop",
                            task_id, self.safe_url, exc)
-        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        return super().wait_for(task_id, left)
+        return super().wait_for(task_id, left())
 
     async def await_ready(self, task_id: str, timeout: float | None) -> Meta:
         """Wait for a ready state through the loop's shared pub/sub consumer (any loop).
