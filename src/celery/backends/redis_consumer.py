@@ -84,19 +84,15 @@ class ResultConsumer:
     def _add_waiter(self, channel: bytes, fut: asyncio.Future[Meta]) -> _Channel:
         if self._closed:
             raise ConnectionLost(f"Redis result backend {self._backend.safe_url} is closed")
-        entry = self._channels.get(channel)
-        if entry is None:
-            entry = self._subscribe(channel, _Channel(self._loop))
-        entry.waiters.add(fut)
-        return entry
-
-    def _subscribe(self, channel: bytes, entry: _Channel) -> _Channel:
         if self._reader is None or self._reader.done():
             self._reader = self._loop.create_task(self._run(), name="celery-result-consumer")
-        self._channels[channel] = entry
-        if self._conn is not None:  # else the (re)connect subscribes every channel
-            self._expect.setdefault(channel, deque()).append(entry.confirmed)
-            self._send("SUBSCRIBE", channel)
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = self._channels[channel] = _Channel(self._loop)
+            if self._conn is not None:  # else the (re)connect subscribes every channel
+                self._expect.setdefault(channel, deque()).append(entry.confirmed)
+                self._send("SUBSCRIBE", channel)
+        entry.waiters.add(fut)
         return entry
 
     def _remove_waiter(self, channel: bytes, fut: asyncio.Future[Meta]) -> None:
@@ -105,12 +101,9 @@ class ResultConsumer:
             return
         entry.waiters.discard(fut)
         if not entry.waiters:
-            self._drop(channel)
-
-    def _drop(self, channel: bytes) -> None:
-        del self._channels[channel]
-        if self._conn is not None:
-            self._send("UNSUBSCRIBE", channel)
+            del self._channels[channel]
+            if self._conn is not None:
+                self._send("UNSUBSCRIBE", channel)
 
     def _send(self, *command: Any) -> None:
         self._outbox.append(command)
