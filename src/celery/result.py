@@ -160,6 +160,8 @@ class AsyncResult(ResultBase):
         """
         if disable_sync_subtasks:
             self._check_not_in_task()
+        if self._cache is None:
+            self.app._confirm_published()  # a message Redis refused raises here, not a timeout
         meta = self._cache or self._keep(self.backend.wait_for(self.id, timeout))
         return self._outcome(meta, propagate, callback)
 
@@ -168,6 +170,8 @@ class AsyncResult(ResultBase):
     async def aget(self, timeout: float | None = None, propagate: bool = True,
                    callback: Any = None, **kwargs: Any) -> Any:
         """Wait on the running event loop for the task to finish and return its value."""
+        if self._cache is None:
+            self.app._confirm_published()
         meta = self._cache or self._keep(await self.backend.await_ready(self.id, timeout))
         return self._outcome(meta, propagate, callback)
 

@@ -346,6 +346,14 @@ class Celery:
         )
         return message, task_id
 
+    def _confirm_published(self) -> None:
+        """Wait until the broker answered this process's sync publishes, raising for one it
+        refused. Only transports that pipeline ``publish`` (Redis) have ``confirm_published``;
+        the others confirm each publish before it returns. Any thread."""
+        confirm = getattr(self._transport, "confirm_published", None)
+        if confirm is not None:
+            confirm()
+
     def _sent(self, task_id: str, name: str, options: Mapping[str, Any],
               message: Message) -> AsyncResult:
         from ..result import AsyncResult
@@ -364,7 +372,8 @@ class Celery:
 
     def send_task(self, name: str, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
                   *, task: Task | None = None, **options: Any) -> AsyncResult:
-        """Send a task by name. Blocking (one broker round trip); usable from any thread,
+        """Send a task by name. Blocking (on Redis only until the message is written: see
+        transport/redis_publish.py; one broker round trip elsewhere); usable from any thread,
         including one running an event loop."""
         message, task_id = self._prepare(name, args, kwargs, task, options)
         publishing = _publish_signals(name, message)

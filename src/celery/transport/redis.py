@@ -36,7 +36,9 @@ pushed unchanged onto the list ``celery-asyncio.dead-letter`` (kombu has no dead
 Redis, and dropping it silently would lose data) and logged with its queue and first bytes.
 
 Delivery guarantees: publishing is at-least-once (a publish that failed with a connection
-error is retried, and the server may have executed it before the connection broke). A message
+error is retried, and the server may have executed it before the connection broke). Sync
+``publish`` is pipelined: it returns once the command is written, and the reply is read
+later (redis_publish.py says what that guarantees). A message
 popped by BRPOP is registered in ``unacked`` by a second command, as in kombu: if the
 connection breaks between the two, that message is lost.
 """
@@ -51,7 +53,7 @@ import threading
 import time
 import uuid
 from bisect import bisect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -64,6 +66,8 @@ from ..messaging.protocol import Message
 from . import envelope as envelope_codec
 from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
 from .redis_mailbox import RedisMailbox
+from .redis_publish import SyncPublisher
+from .redis_publish import backoff as _backoff
 
 __all__ = ["DEAD_LETTER_KEY", "RedisTransport"]
 
@@ -190,13 +194,6 @@ _UNLOCK = _script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """)
-
-
-def _backoff(retries: int, first: float) -> Iterator[float | None]:
-    """Delays before each retry (doubling, at most 1s), then None: give up."""
-    for n in range(retries):
-        yield min(first * 2**n, 1.0)
-    yield None
 
 
 class _Layout(NamedTuple):
@@ -329,11 +326,11 @@ class RedisTransport(RedisMailbox):
         # locking on free-threaded builds) and a lost race only computes a value twice.
         self._subkeys: dict[str, tuple[str, ...]] = {}
         self._layouts: dict[tuple[str, ...], _Layout] = {}
-        # _clients_lock guards _async_clients (event loop -> its client), _sync_client and
-        # _rr_turn: all read and replaced by callers on any thread and any loop.
+        # _clients_lock guards _async_clients (event loop -> its client) and _rr_turn: all read and replaced by callers on any thread and any loop.
         self._clients_lock = threading.Lock()
         self._async_clients: dict[asyncio.AbstractEventLoop, avalkey.Valkey] = {}
-        self._sync_client: valkey.Valkey | None = None
+        self._publisher = SyncPublisher(lambda: self._pool(valkey), self._safe_url,
+                                        self.max_retries, bool(opts.get("publish_pipeline", True)))
         self._rr_turn = 0
         #: Coalesced publishes (``apublish``): each loop's pending batch, under
         #: _clients_lock, as is _sending, the flush tasks in flight (strong references).
@@ -367,13 +364,6 @@ class RedisTransport(RedisMailbox):
                 client = avalkey.Valkey(connection_pool=self._pool(avalkey))
                 self._async_clients[loop] = client
             return client
-
-    def _sync(self) -> valkey.Valkey:
-        """The shared sync client, made on first use. Any thread."""
-        with self._clients_lock:
-            if self._sync_client is None:
-                self._sync_client = valkey.Valkey(connection_pool=self._pool(valkey))
-            return self._sync_client
 
     def _lost(self, what: str, exc: BaseException) -> ConnectionLost:
         return ConnectionLost(f"Redis {what} failed on {self._safe_url}: {exc}")
@@ -436,18 +426,15 @@ class RedisTransport(RedisMailbox):
     # -- publishing ----------------------------------------------------------------------
 
     def publish(self, message: Message) -> None:
-        """LPUSH one message, retrying connection errors with backoff. Blocking; any thread."""
+        """LPUSH one message, pipelined unless ``publish_pipeline`` is false (see
+        redis_publish.py); connection errors are retried with backoff. Any thread."""
         key, payload = self._envelope(message)
-        client = self._sync()
-        for delay in _backoff(self.max_retries, 0.1):
-            try:
-                client.lpush(key, payload)
-                return
-            except _DRIVER_ERRORS as exc:
-                if delay is None or not isinstance(exc, _RETRYABLE):
-                    raise self._lost("publish", exc) from exc
-                logger.debug("Publish on %s failed (%s), retrying in %.1fs", self, exc, delay)
-            time.sleep(delay)
+        self._publisher.publish(key, payload, message.headers.get("id"))
+
+    def confirm_published(self) -> None:
+        """Wait until Redis answered every ``publish`` of this process so far; raise
+        OperationalError for a message it refused. Blocks at most about a round trip."""
+        self._publisher.confirm()
 
     async def _run(
         self, what: str, op: Callable[[avalkey.Valkey], Any], retries: int = 1, first: float = 0
@@ -764,13 +751,18 @@ class RedisTransport(RedisMailbox):
     # -- queues and lifecycle ------------------------------------------------------------
 
     async def purge(self, queue: str) -> int:
-        """Delete ``queue`` and its priority sub-queues; returns how many messages went."""
+        """Delete ``queue`` and its priority sub-queues; returns how many messages went.
+
+        This and ``queue_length`` first wait for this process's pipelined publishes, so they
+        see them (blocking the loop for at most about a round trip)."""
+        self.confirm_published()
         keys = self._queue_keys(queue)
         commands = [command for key in keys for command in (("LLEN", key), ("DEL", key))]
         return sum((await self._pipeline("purge", commands, transaction=True))[::2])
 
     async def queue_length(self, queue: str) -> int:
         """Messages waiting in ``queue``, all priority sub-queues included. Running loop."""
+        self.confirm_published()
         return sum(
             await self._pipeline("queue_length", [("LLEN", k) for k in self._queue_keys(queue)])
         )
@@ -784,12 +776,10 @@ class RedisTransport(RedisMailbox):
 
         Clients of loops still open are closed by ``aclose`` on their own loop.
         """
+        self._publisher.close()
         with self._clients_lock:
-            client, self._sync_client = self._sync_client, None
             for loop in [lp for lp in self._async_clients if lp.is_closed()]:
                 del self._async_clients[loop]
-        if client is not None:
-            client.connection_pool.disconnect()
 
     async def aclose(self) -> None:
         """Disconnect the running loop's pool. Call on that loop; idempotent."""

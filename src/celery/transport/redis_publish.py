@@ -1,0 +1,290 @@
+"""Sync publishing for the Redis transport (``RedisTransport.publish``, any thread).
+
+``Pipeline`` (the default) writes each LPUSH to one connection and returns without waiting
+for the reply; replies are read later, in order. A confirmed publish (kombu's way, and ours
+with ``broker_transport_options={"publish_pipeline": False}``) spends a round trip per
+message waiting, which bounds one producer thread at about 1/RTT messages a second.
+
+What a returned ``publish`` guarantees, pipelined:
+
+* The whole command is in the kernel's socket buffer: it reaches Redis even if this process
+  dies right after (as with a confirmed publish, Redis may still lose it if it crashes
+  before persisting it).
+* Replies are read before a later publish (every ``DRAIN_EVERY`` messages, or when the
+  last send is older than ``IDLE_DRAIN`` seconds), by ``confirm`` (``AsyncResult.get()``
+  calls it before waiting) and by ``close`` (also run at interpreter exit). At most ``WINDOW`` messages wait for replies;
+  a publish beyond that waits for some.
+* A message Redis refused (an error reply: OOM, READONLY, WRONGTYPE, ...) is logged with
+  its task id when its reply is read, and raised as ``OperationalError`` from the next
+  ``publish`` (which then sends nothing) or ``confirm``.
+* A broken connection: replies that did arrive are read first, then the messages still
+  unconfirmed are sent again on a new connection, retried with backoff. A write to a
+  connection the server already closed succeeds locally, so after a pause (``IDLE_DRAIN``)
+  a publish first checks that the connection is still open; within a burst a closed
+  connection shows at the next read of replies, and everything unanswered is resent. As for a confirmed
+  publish retried after a connection error, Redis may have run some of them already:
+  delivery is at least once. If the retries run out, ``ConnectionLost`` is raised; that
+  publish's own message is dropped (its caller is told), the earlier ones are kept and sent
+  with the next call.
+
+Thread-safety: one connection per process, shared by every thread. ``_lock`` guards the
+connection, ``_unconfirmed``, ``_refused``, ``_broken``, ``_pid`` and ``_last_send``; a
+publish holds it for its write and any reads (microseconds, or a round trip when it waits).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import valkey
+from valkey.exceptions import ResponseError, ValkeyError
+
+from ..exceptions import ConnectionLost, OperationalError
+
+__all__ = ["DRAIN_EVERY", "IDLE_DRAIN", "WINDOW", "Pipeline", "SyncPublisher", "backoff"]
+
+logger = logging.getLogger(__name__)
+
+#: Read the replies that have arrived once this many messages wait for theirs.
+DRAIN_EVERY = 16
+#: ... or when the previous send is older than this (seconds): a producer that paused
+#: learns of refusals and of a connection the server closed before it writes again.
+IDLE_DRAIN = 0.001
+#: Most messages waiting for replies; a publish beyond this waits until half are read.
+WINDOW = 1024
+
+_RETRYABLE = (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError, OSError)
+_T = TypeVar("_T")
+
+
+def backoff(retries: int, first: float) -> Iterator[float | None]:
+    """Delays before each retry (doubling from ``first``, at most 1 s), then None: give up."""
+    for n in range(retries):
+        yield min(first * 2**n, 1.0)
+    yield None
+
+
+class SyncPublisher:
+    """``RedisTransport.publish``: pipelined (``Pipeline``), or confirmed one by one on a
+    pooled client when ``pipelined`` is false. Any thread; ``_lock`` guards the two lazily
+    made halves (``_client``, ``_pipeline``)."""
+
+    def __init__(self, make_pool: Callable[[], Any], safe_url: str, retries: int,
+                 pipelined: bool) -> None:
+        self._make_pool = make_pool
+        self._safe_url = safe_url
+        self._retries = retries
+        self.pipelined = pipelined
+        self._lock = threading.Lock()
+        self._client: valkey.Valkey | None = None
+        self._pipeline: Pipeline | None = None
+
+    def publish(self, key: str, payload: str, task_id: str | None) -> None:
+        if self.pipelined:
+            with self._lock:
+                if self._pipeline is None:
+                    pool = self._make_pool()
+                    self._pipeline = Pipeline(
+                        lambda: pool.connection_class(**pool.connection_kwargs),
+                        self._safe_url, self._retries)
+                    atexit.register(_close_at_exit, weakref.ref(self._pipeline))
+                pipeline = self._pipeline
+            pipeline.publish(key, payload, task_id)
+            return
+        with self._lock:
+            if self._client is None:
+                self._client = valkey.Valkey(connection_pool=self._make_pool())
+            client = self._client
+        for delay in backoff(self._retries, 0.1):
+            try:
+                client.lpush(key, payload)
+                return
+            except (ValkeyError, OSError) as exc:
+                if delay is None or not isinstance(exc, _RETRYABLE):
+                    raise ConnectionLost(
+                        f"Redis publish failed on {self._safe_url}: {exc}") from exc
+                logger.debug("Publish on %s failed (%s), retrying in %.1fs",
+                             self._safe_url, exc, delay)
+            time.sleep(delay)
+
+    def confirm(self) -> None:
+        """``Pipeline.confirm`` when pipelined; a confirmed publish has nothing to wait for."""
+        pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.confirm()
+
+    def close(self) -> None:
+        """Confirm and disconnect; the next publish connects again. Idempotent."""
+        with self._lock:
+            client, pipeline, self._client, self._pipeline = self._client, self._pipeline, None, None
+        if pipeline is not None:
+            pipeline.close()
+        if client is not None:
+            client.connection_pool.disconnect()
+
+
+def _close_at_exit(ref: weakref.ref[Pipeline]) -> None:
+    pipeline = ref()
+    if pipeline is not None:
+        pipeline.close()
+
+
+def pack_lpush(key: str, payload: str) -> bytes:
+    """The RESP encoding of ``LPUSH key payload``."""
+    k, p = key.encode(), payload.encode()
+    return b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(k), k, len(p), p)
+
+
+class Pipeline:
+    """Pipelined LPUSHes on one connection, replies read later (see the module docstring)."""
+
+    def __init__(self, make_connection: Callable[[], Any], safe_url: str, retries: int) -> None:
+        self._make_connection = make_connection
+        self._safe_url = safe_url
+        self._retries = retries
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn = make_connection()
+        #: Sent, reply not read yet, in send order: (packed command, task id).
+        self._unconfirmed: deque[tuple[bytes, str | None]] = deque()
+        self._refused: list[tuple[str | None, str]] = []
+        self._broken = False  # the connection failed; reconnect and resend before using it
+        self._last_send = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self._safe_url} unconfirmed={len(self._unconfirmed)}>"
+
+    def publish(self, key: str, payload: str, task_id: str | None) -> None:
+        """Write ``LPUSH key payload``; raise a refusal read for an earlier message first."""
+        command = pack_lpush(key, payload)
+        with self._lock:
+            self._after_fork()
+            waiting = len(self._unconfirmed)
+            if time.monotonic() - self._last_send > IDLE_DRAIN:
+                self._read(until=None)
+                if not self._unconfirmed:
+                    self._guarded(self._check_closed, False)
+            elif waiting >= DRAIN_EVERY:
+                self._read(until=None)
+            if len(self._unconfirmed) >= WINDOW:
+                self._read(until=WINDOW // 2)
+            self._raise_refused()
+            self._unconfirmed.append((command, task_id))
+            try:
+                self._guarded(lambda: self._conn.send_packed_command([command], False), True)
+            except ConnectionLost:
+                self._unconfirmed.pop()  # ours: the caller is told it was not sent
+                raise
+            self._last_send = time.monotonic()
+
+    def confirm(self) -> None:
+        """Wait for the replies to every message sent so far; raise any refusal. Any thread.
+
+        Blocks at most about one round trip when messages are in flight; returns at once
+        when none are (an unlocked peek: a thread's own earlier publishes are visible to it).
+        """
+        if not self._unconfirmed and not self._refused:
+            return
+        with self._lock:
+            self._after_fork()
+            self._read(until=0)
+            self._raise_refused()
+
+    def close(self) -> None:
+        """Confirm what is in flight (logging, not raising, failures) and disconnect."""
+        with self._lock:
+            try:
+                if os.getpid() == self._pid:
+                    self._read(until=0)
+                    self._raise_refused()
+            except (ConnectionLost, OperationalError) as exc:
+                logger.error("Closing the publisher of %s: %s", self._safe_url, exc)
+            finally:
+                self._unconfirmed.clear()
+                self._conn.disconnect()
+
+    # -- under _lock -------------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        """In a forked child, start over: the parent owns its connection and messages."""
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._conn = self._make_connection()
+            self._unconfirmed.clear()
+            self._refused.clear()
+            self._broken = False
+
+    def _read(self, until: int | None) -> None:
+        """Read the replies that have arrived, then block until at most ``until`` wait."""
+        pending = self._unconfirmed
+        while pending:
+            if until is None or len(pending) <= until:
+                if not self._guarded(lambda: self._conn.can_read(0), False):
+                    return
+            try:
+                self._guarded(self._conn.read_response, False)
+            except ResponseError as exc:
+                task_id = pending[0][1]
+                self._refused.append((task_id, str(exc)))
+                logger.error("Redis at %s refused the message of task %s: %s",
+                             self._safe_url, task_id, exc)
+            pending.popleft()
+
+    def _check_closed(self) -> None:
+        """With no reply due, anything readable is the server closing the connection (a
+        write to it would vanish): reading it raises the ConnectionError that reconnects."""
+        if self._conn.can_read(0):
+            reply = self._conn.read_response()
+            raise valkey.exceptions.ConnectionError(f"unexpected reply {reply!r}")
+
+    def _raise_refused(self) -> None:
+        if self._refused:
+            refused, self._refused = self._refused, []
+            listed = "; ".join(f"task {task_id}: {error}" for task_id, error in refused[:5])
+            more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
+            raise OperationalError(
+                f"Redis at {self._safe_url} refused {len(refused)} message(s) published "
+                f"earlier from this process: {listed}{more}"
+            )
+
+    def _guarded(self, op: Callable[[], _T], resend_covers_op: bool) -> _T | None:
+        """Run ``op`` on the connection; on a connection error reconnect, resend every
+        unconfirmed message and run ``op`` again (unless the resend already did its work),
+        with backoff, ``_retries`` times at most."""
+        error: BaseException = valkey.exceptions.ConnectionError("it failed earlier")
+        if not self._broken:
+            try:
+                return op()
+            except _RETRYABLE as exc:
+                self._conn.disconnect()
+                self._broken = True
+                error = exc
+        for delay in backoff(self._retries, 0.1):
+            if delay is None:
+                raise ConnectionLost(
+                    f"Redis publish failed on {self._safe_url}: {error}; messages "
+                    f"published earlier that wait for a reply are sent again by the "
+                    f"next publish"
+                ) from error
+            logger.debug("Publish connection to %s failed (%s), retrying in %.1fs",
+                         self._safe_url, error, delay)
+            time.sleep(delay)
+            try:
+                self._conn.connect()
+                if self._unconfirmed:
+                    self._conn.send_packed_command([c for c, _ in self._unconfirmed], False)
+                self._broken = False
+                return None if resend_covers_op else op()
+            except _RETRYABLE as exc:
+                self._conn.disconnect()
+                self._broken = True
+                error = exc
+        raise AssertionError("unreachable")  # pragma: no cover: backoff ends with None
