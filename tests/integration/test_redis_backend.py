@@ -230,12 +230,19 @@ async def test_failure_can_be_replaced_by_a_later_success(backend):
     assert (await backend.aget_task_meta(task_id))["result"] == 5
 
 
-async def test_store_many_is_one_pipeline(backend):
-    ids = [new_id() for _ in range(50)]
+async def test_store_many_runs_one_script_per_batch(backend, raw):
+    ids = [new_id() for _ in range(600)]  # three script calls of at most 256
+    await backend.astore_result(ids[7], "kept", states.SUCCESS)  # guarded inside a batch
+    raw.script_flush()  # the script is not cached: loaded again by EVAL
+    pubsub = raw.pubsub()
+    pubsub.subscribe(backend.get_key_for_task(ids[-1]))
     await backend.astore_many([(tid, backend.prepare_meta(tid, states.SUCCESS, i))
                                for i, tid in enumerate(ids)])
     metas = [await backend.aget_task_meta(tid) for tid in ids]
-    assert [m["result"] for m in metas] == list(range(50))
+    assert [m["result"] for m in metas] == [*range(7), "kept", *range(8, 600)]
+    published = [pubsub.get_message(timeout=2) for _ in range(2)]  # confirmation, message
+    assert json.loads(published[1]["data"])["result"] == 599
+    pubsub.close()
 
 
 async def test_pickle_serializer_keeps_the_success_guard(make_backend):

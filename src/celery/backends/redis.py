@@ -6,6 +6,7 @@ import asyncio
 import builtins
 import concurrent.futures
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -35,21 +36,27 @@ logger = logging.getLogger(__name__)
 
 Meta = dict[str, Any]
 
-# Atomically: unless the stored value starts with ARGV[3] (the encoded prefix of a SUCCESS
-# meta), SET the key (PX ARGV[2] ms unless '0') and PUBLISH the payload on the key's channel.
+# Stores a batch of results in one command. For each KEYS[i], atomically: unless the stored
+# value starts with ARGV[2] (the encoded prefix of a SUCCESS meta; '' checks nothing), SET
+# it to ARGV[2 + i] (PX ARGV[1] ms unless '0') and PUBLISH that payload on the key's channel.
 # GETRANGE reads only the prefix, so a large stored result is never copied.
 _STORE_SCRIPT = """
-if ARGV[3] ~= '' and redis.call('GETRANGE', KEYS[1], 0, string.len(ARGV[3]) - 1) == ARGV[3] then
-  return 0
+local ttl, guard, n = ARGV[1], ARGV[2], string.len(ARGV[2])
+for i, key in ipairs(KEYS) do
+  if guard == '' or redis.call('GETRANGE', key, 0, n - 1) ~= guard then
+    if ttl ~= '0' then
+      redis.call('SET', key, ARGV[2 + i], 'PX', ttl)
+    else
+      redis.call('SET', key, ARGV[2 + i])
+    end
+    redis.call('PUBLISH', key, ARGV[2 + i])
+  end
 end
-if ARGV[2] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
+return 0
 """
+_STORE_SHA = hashlib.sha1(_STORE_SCRIPT.encode()).hexdigest()
+#: Results per script call: bounds how long one call keeps Redis busy.
+_STORE_BATCH = 256
 
 #: Connection arguments read from transport options / constructor options.
 _CONNECTION_OPTIONS = frozenset({
@@ -218,7 +225,7 @@ class RedisBackend(ResultBackend):
     # -- storage --------------------------------------------------------------------------
 
     async def _aset_many(self, items: Sequence[tuple[str, bytes, str]]) -> None:
-        """Store and publish every item in one pipelined round trip (any loop).
+        """Store and publish the items, up to 256 in one script call (any loop).
 
         Like upstream, a stored SUCCESS is never overwritten (a redelivered task must not
         clobber its result), and a skipped write is not published either. Upstream GETs
@@ -231,11 +238,14 @@ class RedisBackend(ResultBackend):
             if guard is None:
                 items = await self._without_stored_success(client, items)
                 guard = b""
-            pipe = client.pipeline(transaction=False)
-            for task_id, payload, _state in items:
-                key = self.get_key_for_task(task_id)
-                pipe.eval(_STORE_SCRIPT, 1, key, payload, self._ttl_ms, guard)  # type: ignore[arg-type]  # bytes are fine
-            await pipe.execute()
+            for start in range(0, len(items), _STORE_BATCH):
+                batch = items[start:start + _STORE_BATCH]
+                args = [len(batch), *(self.get_key_for_task(tid) for tid, _, _ in batch),
+                        self._ttl_ms, guard, *(payload for _, payload, _ in batch)]
+                try:
+                    await client.execute_command("EVALSHA", _STORE_SHA, *args)
+                except verr.NoScriptError:
+                    await client.execute_command("EVAL", _STORE_SCRIPT, *args)
 
     async def _without_stored_success(
         self, client: avalkey.Valkey, items: Sequence[tuple[str, bytes, str]]
