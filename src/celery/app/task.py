@@ -6,7 +6,6 @@ import datetime as dt
 import functools
 import inspect
 import random
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -76,7 +75,7 @@ class Context:
     #: time.monotonic() past which ``Task.checkpoint()`` raises SoftTimeLimitExceeded.
     soft_deadline: float | None = None
     #: Set when the task is terminated (revoke with terminate): ``checkpoint()`` raises.
-    halt: threading.Event | None = None
+    halt: Any = None  # celery.worker.request.Halt: set()/is_set()
 
     def __init__(self, **fields: Any) -> None:
         self.__dict__.update(fields)
