@@ -1,0 +1,93 @@
+"""ThreadExecutor's hand-off: every request runs once, threads run in parallel, a blocked
+task holds back no other."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from celery.worker.executor.threads import ThreadExecutor
+
+
+class Recorder:
+    """A tracer whose ``run_sync`` calls the request's ``body`` and records who ran it."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self.all_done = threading.Event()
+        self.expected = 0
+
+    def run_sync(self, req):
+        req.body()
+        return (req.id, threading.current_thread().name)
+
+    def on_done(self, outcome) -> None:
+        with self._lock:
+            self.done.append(outcome)
+            if len(self.done) >= self.expected:
+                self.all_done.set()
+
+
+def request(n: int, body=lambda: None) -> SimpleNamespace:
+    return SimpleNamespace(id=f"r{n}", name="t", body=body)
+
+
+@pytest.fixture
+def run():
+    made = []
+
+    def start(count: int, expected: int) -> tuple[ThreadExecutor, Recorder]:
+        rec = Recorder()
+        rec.expected = expected
+        ex = ThreadExecutor(rec, rec.on_done, count)  # type: ignore[arg-type]
+        ex.start()
+        made.append(ex)
+        return ex, rec
+
+    yield start
+    for ex in made:
+        ex.stop(5)
+
+
+def test_a_burst_runs_every_request_exactly_once(run):
+    ex, rec = run(4, 2000)
+    for start in range(0, 2000, 100):
+        ex.submit(-1, [request(n) for n in range(start, start + 100)])
+    assert rec.all_done.wait(10)
+    assert sorted(i for i, _ in rec.done) == sorted(f"r{n}" for n in range(2000))
+
+
+def test_all_threads_run_at_once_when_tasks_block(run):
+    barrier = threading.Barrier(4, timeout=5)  # broken (and raising) unless 4 run together
+    ex, rec = run(4, 4)
+    ex.submit(-1, [request(n, barrier.wait) for n in range(4)])
+    assert rec.all_done.wait(10)
+    assert len({thread for _, thread in rec.done}) == 4
+
+
+def test_a_blocked_task_holds_back_no_other(run):
+    release = threading.Event()
+    ex, rec = run(2, 6)
+    ex.submit(-1, [request(0, lambda: release.wait(10))])
+    time.sleep(0.05)  # the first thread is inside the blocked task
+    ex.submit(-1, [request(n) for n in range(1, 6)])
+    deadline = time.monotonic() + 5
+    while len(rec.done) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(i for i, _ in rec.done) == [f"r{n}" for n in range(1, 6)]
+    release.set()
+    assert rec.all_done.wait(5)
+
+
+def test_requests_submitted_one_by_one_to_idle_threads_all_run(run):
+    ex, rec = run(3, 300)
+    for n in range(300):
+        ex.submit(-1, [request(n)])
+        if n % 50 == 0:
+            time.sleep(0.01)  # let every thread go idle now and then
+    assert rec.all_done.wait(10)
+    assert len(rec.done) == 300
