@@ -326,7 +326,8 @@ class RedisTransport(RedisMailbox):
         # locking on free-threaded builds) and a lost race only computes a value twice.
         self._subkeys: dict[str, tuple[str, ...]] = {}
         self._layouts: dict[tuple[str, ...], _Layout] = {}
-        # _clients_lock guards _async_clients (event loop -> its client) and _rr_turn: all read and replaced by callers on any thread and any loop.
+        # _clients_lock guards _async_clients (event loop -> its client) and _rr_turn: both
+        # read and replaced by callers on any thread and any loop.
         self._clients_lock = threading.Lock()
         self._async_clients: dict[asyncio.AbstractEventLoop, avalkey.Valkey] = {}
         self._publisher = SyncPublisher(lambda: self._pool(valkey), self._safe_url,
