@@ -1,4 +1,5 @@
-"""Redis/Valkey result backend: one SET+PUBLISH per result, one pub/sub reader per event loop."""
+"""Redis/Valkey result backend: SET+PUBLISH per result (a batch per script call), one pub/sub
+reader per event loop."""
 
 from __future__ import annotations
 
