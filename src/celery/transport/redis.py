@@ -59,13 +59,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import valkey
 import valkey.asyncio as avalkey
-from valkey.exceptions import NoScriptError, ValkeyError
+from valkey.exceptions import NoScriptError
 
 from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope as envelope_codec
 from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
 from .redis_mailbox import RedisMailbox
+from .redis_publish import DRIVER_ERRORS as _DRIVER_ERRORS
+from .redis_publish import RETRYABLE as _RETRYABLE
 from .redis_publish import SyncPublisher
 from .redis_publish import backoff as _backoff
 
@@ -79,8 +81,6 @@ DEAD_LETTER_KEY = "celery-asyncio.dead-letter"
 DELAYED_KEY = "celery-asyncio.delayed"
 
 _SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
-_DRIVER_ERRORS = (ValkeyError, OSError)
-_RETRYABLE = (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError, OSError)
 #: Connection options taken from transport_options as they are.
 _CONNECTION_OPTIONS = (
     *("socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options"),

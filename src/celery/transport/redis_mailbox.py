@@ -17,11 +17,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from valkey.exceptions import ValkeyError
+from .redis_publish import DRIVER_ERRORS as _DRIVER_ERRORS
 
 __all__ = ["RedisMailbox"]
-
-_DRIVER_ERRORS = (ValkeyError, OSError)
 
 
 class RedisMailbox:

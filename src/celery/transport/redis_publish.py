@@ -49,7 +49,8 @@ from valkey.exceptions import ResponseError, ValkeyError
 
 from ..exceptions import ConnectionLost, OperationalError
 
-__all__ = ["DRAIN_EVERY", "IDLE_DRAIN", "WINDOW", "Pipeline", "SyncPublisher", "backoff"]
+__all__ = ["DRAIN_EVERY", "DRIVER_ERRORS", "IDLE_DRAIN", "RETRYABLE", "WINDOW", "Pipeline",
+           "SyncPublisher", "backoff"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ IDLE_DRAIN = 0.001
 #: Most messages waiting for replies; a publish beyond this waits until half are read.
 WINDOW = 1024
 
-_RETRYABLE = (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError, OSError)
+#: What the driver raises for a failed command; the connection errors among them, retried.
+#: The Redis transport and its mailbox use these too.
+DRIVER_ERRORS = (ValkeyError, OSError)
+RETRYABLE = (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError, OSError)
 _T = TypeVar("_T")
 
 
@@ -107,8 +111,8 @@ class SyncPublisher:
             try:
                 client.lpush(key, payload)
                 return
-            except (ValkeyError, OSError) as exc:
-                if delay is None or not isinstance(exc, _RETRYABLE):
+            except DRIVER_ERRORS as exc:
+                if delay is None or not isinstance(exc, RETRYABLE):
                     raise ConnectionLost(
                         f"Redis publish failed on {self._safe_url}: {exc}") from exc
                 logger.debug("Publish on %s failed (%s), retrying in %.1fs",
@@ -263,7 +267,7 @@ class Pipeline:
         if not self._broken:
             try:
                 return op()
-            except _RETRYABLE as exc:
+            except RETRYABLE as exc:
                 self._conn.disconnect()
                 self._broken = True
                 error = exc
@@ -283,7 +287,7 @@ class Pipeline:
                     self._conn.send_packed_command([c for c, _ in self._unconfirmed], False)
                 self._broken = False
                 return None if resend_covers_op else op()
-            except _RETRYABLE as exc:
+            except RETRYABLE as exc:
                 self._conn.disconnect()
                 self._broken = True
                 error = exc
