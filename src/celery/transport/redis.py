@@ -46,7 +46,6 @@ connection breaks between the two, that message is lost.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import threading
@@ -64,6 +63,7 @@ from valkey.exceptions import NoScriptError
 from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope as envelope_codec
+from . import redis_scripts as _scripts
 from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
 from .redis_mailbox import RedisMailbox
 from .redis_publish import DRIVER_ERRORS as _DRIVER_ERRORS
@@ -86,114 +86,6 @@ _CONNECTION_OPTIONS = (
     *("socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options"),
     *("retry_on_timeout", "health_check_interval", "client_name"),
 )
-
-
-class _Script(NamedTuple):
-    source: str
-    sha: str
-
-
-def _script(source: str) -> _Script:
-    return _Script(source, hashlib.sha1(source.encode()).hexdigest())
-
-
-# KEYS: unacked, unacked_index, dead-letter, queue keys (in reading order).
-# ARGV: max_count, now, pre-popped item ("" if none), its key number, logical queue names.
-# Returns flat triples {key number, delivery_tag, item}; a negative key number means the item
-# was malformed and went to the dead-letter list instead of unacked.
-_FETCH = _script("""
-local unacked, index, dead = KEYS[1], KEYS[2], KEYS[3]
-local want, now, nkeys = tonumber(ARGV[1]), tonumber(ARGV[2]), #KEYS - 3
-local seq, micros = 0, math.floor(now * 1e6)
-local out = {}
-local function reserve(k, item)
-  local ok, env = pcall(cjson.decode, item)
-  local props = ok and type(env) == 'table' and env['properties']
-  local tag = type(props) == 'table' and props['delivery_tag']
-  if type(tag) ~= 'string' or type(env['body']) ~= 'string' then
-    redis.call('LPUSH', dead, item)
-    out[#out + 1] = -k; out[#out + 1] = ''; out[#out + 1] = item
-    return
-  end
-  local info = props['delivery_info']
-  local ex, rk = '', ARGV[4 + k]
-  if type(info) == 'table' then
-    if type(info['exchange']) == 'string' then ex = info['exchange'] end
-    if type(info['routing_key']) == 'string' then rk = info['routing_key'] end
-  end
-  redis.call('HSET', unacked, tag,
-    '[' .. item .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
-  -- A distinct score per message keeps the batch's order for restore_visible. Counting in
-  -- whole microseconds: rounding now + seq * 1e-6 to six decimals could make two equal.
-  seq = seq + 1
-  redis.call('ZADD', index, string.format('%.6f', (micros + seq) / 1e6), tag)
-  out[#out + 1] = k; out[#out + 1] = tag; out[#out + 1] = item
-end
-if ARGV[3] ~= '' then
-  reserve(tonumber(ARGV[4]), ARGV[3])
-  want = want - 1
-end
-for k = 1, nkeys do
-  while want > 0 do
-    local item = redis.call('RPOP', KEYS[3 + k])
-    if not item then break end
-    reserve(k, item)
-    want = want - 1
-  end
-  if want <= 0 then break end
-end
-return out
-""")
-
-# KEYS: unacked, unacked_index. ARGV: "L" or "R" (push end), then triples
-# {tag, destination key, payload}. A message is pushed only if this call removed it from
-# unacked, so a requeue racing an ack or another restore never duplicates it.
-# (Destination keys travel in ARGV: fine on a single server, which is all kombu supports.)
-_MOVE = _script("""
-local push = ARGV[1] == 'L' and 'LPUSH' or 'RPUSH'
-local moved = 0
-for i = 2, #ARGV, 3 do
-  redis.call('ZREM', KEYS[2], ARGV[i])
-  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 and ARGV[i + 2] ~= '' then
-    redis.call(push, ARGV[i + 1], ARGV[i + 2])
-    moved = moved + 1
-  end
-end
-return moved
-""")
-
-# KEYS: unacked, unacked_index, delayed. ARGV: triples {tag, due score, member}. Moves each
-# reserved message (only if this call removed it from unacked) into the delayed zset.
-_DEFER = _script("""
-local moved = 0
-for i = 1, #ARGV, 3 do
-  redis.call('ZREM', KEYS[2], ARGV[i])
-  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i + 2])
-    moved = moved + 1
-  end
-end
-return moved
-""")
-
-# KEYS: delayed. ARGV: now, limit. Pushes every due member ([queue key, payload] as JSON) to
-# the consuming end of its queue, atomically, so that of several workers only one moves it.
-_PROMOTE = _script("""
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  redis.call('ZREM', KEYS[1], member)
-  local ok, entry = pcall(cjson.decode, member)
-  if ok and type(entry) == 'table' and type(entry[1]) == 'string' then
-    redis.call('RPUSH', entry[1], entry[2])
-  end
-end
-return #due
-""")
-
-_UNLOCK = _script("""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-""")
 
 
 class _Layout(NamedTuple):
@@ -370,7 +262,7 @@ class RedisTransport(RedisMailbox):
         return ConnectionLost(f"Redis {what} failed on {self._safe_url}: {exc}")
 
     async def _eval(
-        self, client: avalkey.Valkey, script: _Script, keys: Sequence, args: Sequence
+        self, client: avalkey.Valkey, script: _scripts.Script, keys: Sequence, args: Sequence
     ) -> Any:
         try:
             return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -600,7 +492,7 @@ class RedisTransport(RedisMailbox):
         wait in ``unacked`` for ``restore_visible``.
         """
         args = (count, repr(time.time()), item, key_number, *layout.names)
-        reply = await self._run("fetch", lambda c: self._eval(c, _FETCH, layout.script_keys, args))
+        reply = await self._run("fetch", lambda c: self._eval(c, _scripts.FETCH, layout.script_keys, args))
         deliveries: list[Delivery] = []
         broken: list[tuple[bytes, bytes]] = []
         for i in range(0, len(reply), 3):
@@ -667,7 +559,7 @@ class RedisTransport(RedisMailbox):
             args += (d.delivery_tag, self._key_for(d.queue, priority), _redelivered(envelope))
         if len(args) > 1:
             keys = (self.unacked_key, self.unacked_index_key)
-            await self._run("requeue", lambda c: self._eval(c, _MOVE, keys, args))
+            await self._run("requeue", lambda c: self._eval(c, _scripts.MOVE, keys, args))
 
     async def defer(self, deliveries: Sequence[tuple[Delivery, float]]) -> None:
         """Take reserved deliveries out of ``unacked`` until their time (epoch seconds).
@@ -684,12 +576,12 @@ class RedisTransport(RedisMailbox):
             args += (d.delivery_tag, repr(float(due)), member)
         if args:
             keys = (self.unacked_key, self.unacked_index_key, self.delayed_key)
-            await self._run("defer", lambda c: self._eval(c, _DEFER, keys, args))
+            await self._run("defer", lambda c: self._eval(c, _scripts.DEFER, keys, args))
 
     async def promote_due(self, limit: int = 500) -> int:
         """Move deferred messages whose time has come back to their queues; returns how many."""
         keys, args = (self.delayed_key,), (repr(time.time()), limit)
-        return int(await self._run("promote", lambda c: self._eval(c, _PROMOTE, keys, args)))
+        return int(await self._run("promote", lambda c: self._eval(c, _scripts.PROMOTE, keys, args)))
 
     async def restore_visible(self) -> int:
         """Requeue messages reserved longer than ``visibility_timeout``; returns the count.
@@ -708,7 +600,7 @@ class RedisTransport(RedisMailbox):
             try:
                 return await self._restore_expired(client)
             finally:
-                await self._eval(client, _UNLOCK, (key,), (token,))
+                await self._eval(client, _scripts.UNLOCK, (key,), (token,))
 
         return await self._run("restore_visible", locked)
 
@@ -725,7 +617,7 @@ class RedisTransport(RedisMailbox):
         for tag, value in zip(tags, values, strict=True):
             args += (tag, *await self._restore_target(client, tag, value))
         keys = (self.unacked_key, self.unacked_index_key)
-        restored = await self._eval(client, _MOVE, keys, args)
+        restored = await self._eval(client, _scripts.MOVE, keys, args)
         if restored:
             logger.info("Restored %d unacknowledged message(s) to their queues", restored)
         return restored

@@ -17,7 +17,6 @@ from ..backends.base import DisabledBackend
 from ..exceptions import (
     ConnectionLost,
     ContentDisallowed,
-    ImproperlyConfigured,
     InvalidMessage,
     NotRegistered,
     TaskRevokedError,
@@ -28,7 +27,7 @@ from ..messaging.protocol import check_headers
 from ..transport.base import CAP_DELAYED
 from .executor.base import Executor
 from .outbox import Outbox
-from .ratelimit import RateLimiter, parse_rate
+from .ratelimit import RateLimits
 from .request import Outcome, Request
 from .state import RevokedIds, resident_kb
 
@@ -125,10 +124,10 @@ class Consumer:
             self.eta_horizon = float("inf")
         self.eta_hold_max = max(ETA_HOLD_MAX, window)
         self._to_defer: list[tuple[Delivery, float]] = []
-        #: Rate-limited tasks' waiting requests, by task name (``None``: no limit), and the
-        #: one timer that releases the next of them.
-        self._limiters: dict[str, RateLimiter | None] = {}
-        self._limit_timer: asyncio.TimerHandle | None = None
+        #: Rate-limited tasks' waiting requests (released into their lanes).
+        self._limits = RateLimits(app.conf.task_default_rate_limit,
+                                  lambda req: self.lanes[req.task.is_async].held.append(req),
+                                  self._limit_due)
         self._rate_limits = not app.conf.worker_disable_rate_limits
         self.outbox: Outbox[Outcome] = Outbox(asyncio.get_running_loop(), self._on_outcomes)
         self._log_info = logger.isEnabledFor(logging.INFO)
@@ -280,47 +279,15 @@ class Consumer:
     def _enqueue(self, req: Request) -> None:
         """Accept a request for running: into its lane, or its rate limiter's queue."""
         self.inflight += 1
-        limiter = self._limiter_for(req) if self._rate_limits else None
+        limiter = self._limits.limiter_for(req) if self._rate_limits else None
         if limiter is None:
             self.lanes[req.task.is_async].held.append(req)
         else:
             limiter.waiting.append(req)
-            self._pump_limits()
-
-    def _limiter_for(self, req: Request) -> RateLimiter | None:
-        name = req.name
-        if name not in self._limiters:
-            value = req.task.rate_limit or self.app.conf.task_default_rate_limit
-            try:
-                rate = parse_rate(value)
-            except ImproperlyConfigured as exc:
-                logger.error("Task %s: %s; running it without a rate limit", name, exc)
-                rate = None
-            self._limiters[name] = RateLimiter(rate) if rate else None
-        return self._limiters[name]
-
-    def _pump_limits(self) -> None:
-        """Move rate-limited requests whose turn has come into their lanes; arm the timer."""
-        if self._limit_timer is not None:
-            self._limit_timer.cancel()
-            self._limit_timer = None
-        now = time.monotonic()
-        soonest = None
-        for limiter in self._limiters.values():
-            if limiter is None:
-                continue
-            for req in limiter.release(now):
-                self.lanes[req.task.is_async].held.append(req)
-            at = limiter.next_release()
-            if at is not None and (soonest is None or at < soonest):
-                soonest = at
-        if soonest is not None and not self.stopping:
-            loop = asyncio.get_running_loop()
-            self._limit_timer = loop.call_at(loop.time() + max(0.0, soonest - now), self._limit_due)
+            self._limits.pump(not self.stopping)
 
     def _limit_due(self) -> None:
-        self._limit_timer = None
-        self._pump_limits()
+        self._limits.pump(not self.stopping)
         self._dispatch()
 
     # -- ETA and expiry ----------------------------------------------------------------------
@@ -512,7 +479,7 @@ class Consumer:
         wanted = set(task_ids)
         for lane in self.lanes.values():
             lane.held = self._without_revoked(lane.held, wanted)
-        for limiter in self._limiters.values():
+        for limiter in self._limits.by_name.values():
             if limiter is not None:
                 limiter.waiting = self._without_revoked(limiter.waiting, wanted)
         held = [entry for entry in self._eta if entry[2].id in wanted]
@@ -560,16 +527,16 @@ class Consumer:
 
     def reset_rate_limit(self, name: str) -> None:
         """The task's ``rate_limit`` changed: rebuild its limiter, keeping who waits."""
-        old = self._limiters.pop(name, None)
+        old = self._limits.by_name.pop(name, None)
         waiting = old.waiting if old is not None else deque()
         if not waiting:
             return
-        new = self._limiter_for(waiting[0]) if self._rate_limits else None
+        new = self._limits.limiter_for(waiting[0]) if self._rate_limits else None
         if new is None:
             self.lanes[waiting[0].task.is_async].held.extend(waiting)
         else:
             new.waiting.extend(waiting)
-        self._pump_limits()
+        self._limits.pump(not self.stopping)
         self._dispatch()
 
     def requests(self) -> dict[str, list[Request]]:
@@ -577,7 +544,7 @@ class Consumer:
         slot or a rate-limit token) and ``scheduled`` (held for their ETA)."""
         active = [r for lane in self.lanes.values() for r in lane.running]
         reserved = [r for lane in self.lanes.values() for r in lane.held]
-        reserved += [r for lim in self._limiters.values() if lim is not None for r in lim.waiting]
+        reserved += self._limits.waiting()
         return {"active": active, "reserved": reserved,
                 "scheduled": [req for _, _, req in sorted(self._eta, key=lambda e: e[:2])]}
 
@@ -713,10 +680,8 @@ class Consumer:
                 req = lane.held.popleft()
                 self.inflight -= 1
                 self._to_requeue.append(req.delivery)
-        if self._limit_timer is not None:
-            self._limit_timer.cancel()
-            self._limit_timer = None
-        for limiter in self._limiters.values():
+        self._limits.cancel()
+        for limiter in self._limits.by_name.values():
             while limiter is not None and limiter.waiting:
                 self.inflight -= 1
                 self._to_requeue.append(limiter.waiting.popleft().delivery)

@@ -7,16 +7,21 @@ the consumer's event loop (no locks).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
     from .request import Request
 
-__all__ = ["RateLimiter", "parse_rate"]
+__all__ = ["RateLimiter", "RateLimits", "parse_rate"]
+
+logger = logging.getLogger("celery.worker.consumer")
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -68,3 +73,57 @@ class RateLimiter:
     def next_release(self) -> float | None:
         """Monotonic time of the next release, or None when nothing waits."""
         return self._next if self.waiting else None
+
+
+class RateLimits:
+    """The limiter of each task by name (None: no limit) and the one timer that releases
+    the next waiting request; ``release(req)`` takes a request whose turn has come, and
+    ``due()`` runs when the timer fires (after the release)."""
+
+    def __init__(self, default: Any, release: Callable[[Request], None],
+                 due: Callable[[], None]) -> None:
+        self.by_name: dict[str, RateLimiter | None] = {}
+        self._default = default  # task_default_rate_limit
+        self._release = release
+        self._due = due
+        self._timer: asyncio.TimerHandle | None = None
+
+    def limiter_for(self, req: Request) -> RateLimiter | None:
+        name = req.name
+        if name not in self.by_name:
+            try:
+                rate = parse_rate(req.task.rate_limit or self._default)
+            except ImproperlyConfigured as exc:
+                logger.error("Task %s: %s; running it without a rate limit", name, exc)
+                rate = None
+            self.by_name[name] = RateLimiter(rate) if rate else None
+        return self.by_name[name]
+
+    def pump(self, arm: bool = True) -> None:
+        """Release the requests whose turn has come; with ``arm``, set the timer for the next."""
+        self.cancel()
+        now = time.monotonic()
+        soonest = None
+        for limiter in self.by_name.values():
+            if limiter is None:
+                continue
+            for req in limiter.release(now):
+                self._release(req)
+            at = limiter.next_release()
+            if at is not None and (soonest is None or at < soonest):
+                soonest = at
+        if soonest is not None and arm:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + max(0.0, soonest - now), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._due()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def waiting(self) -> list[Request]:
+        return [r for lim in self.by_name.values() if lim is not None for r in lim.waiting]
