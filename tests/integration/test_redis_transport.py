@@ -437,3 +437,92 @@ async def test_a_failed_coalesced_publish_fails_every_caller():
                                    return_exceptions=True)
     assert len(results) == 5 and all(isinstance(r, ConnectionLost) for r in results)
     await dead.aclose()
+
+
+# -- early hand-off (CAP_EARLY): a message BRPOP popped goes to ``early`` before its record ---
+
+
+def bodies(deliveries) -> list:
+    return [json.loads(d.message.body)[0] for d in deliveries]
+
+
+async def fetch_while_pushing(transport, raw, payloads, early, max_count=10):
+    """Fetch with ``early`` while the queue is empty, so BRPOP waits; push ``payloads`` in one
+    LPUSH: BRPOP wakes with the first of them."""
+    thread = threading.Thread(target=lambda: (time.sleep(0.3), raw.lpush("celery", *payloads)))
+    thread.start()
+    try:
+        return await transport.fetch(["celery"], max_count, 5, early=early)
+    finally:
+        thread.join()
+
+
+def refuse_hand_over(delivery):
+    raise AssertionError(f"handed over early: {delivery.delivery_tag}")
+
+
+async def test_a_message_settled_when_handed_over_is_never_recorded(transport, raw):
+    assert base.CAP_EARLY in transport.capabilities
+    payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
+    handed = []
+    got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or True)
+    assert got == [] and bodies(handed) == [[0]]
+    assert handed[0].delivery_tag == json.loads(payloads[0])["properties"]["delivery_tag"]
+    assert raw.exists("unacked", "unacked_index") == 0  # acked on the spot: no record
+    # The other two still wait; the next fetch reserves them as one batch, without BRPOP.
+    rest = await transport.fetch(["celery"], 10, 1, early=refuse_hand_over)
+    assert bodies(rest) == [[1], [2]]
+    assert unacked_tags(raw) == {d.delivery_tag for d in rest}
+
+
+async def test_a_message_not_settled_when_handed_over_is_recorded_with_the_batch(transport, raw):
+    payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
+    handed = []
+    got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or False)
+    assert bodies(handed) == [[0]] and bodies(got) == [[1], [2]]  # not handed out twice
+    assert unacked_tags(raw) == {d.delivery_tag for d in handed + got}
+    await transport.ack(handed + got)
+    assert raw.exists("unacked", "unacked_index") == 0
+
+
+@pytest.mark.parametrize("settle", ["ack", "requeue"])
+async def test_settling_a_handed_over_message_waits_for_its_record(transport, raw, monkeypatch,
+                                                                    settle):
+    reserve = transport._reserve
+
+    async def slow_reserve(*args):
+        await asyncio.sleep(0.2)  # without the wait, the settle below would overtake the record
+        return await reserve(*args)
+
+    monkeypatch.setattr(transport, "_reserve", slow_reserve)
+    settling = []
+
+    def early(delivery):
+        settling.append(asyncio.ensure_future(getattr(transport, settle)([delivery])))
+        return False
+
+    payload = transport._envelope(task("t", 7))[1]
+    assert await fetch_while_pushing(transport, raw, [payload], early) == []
+    await asyncio.gather(*settling)
+    assert raw.exists("unacked", "unacked_index") == 0  # settled after it was recorded
+    assert raw.llen("celery") == (1 if settle == "requeue" else 0)
+
+
+async def test_a_failing_early_handler_leaves_the_message_reserved(transport, raw):
+    def early(delivery):
+        raise RuntimeError("bug in the handler")
+
+    payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
+    with pytest.raises(RuntimeError, match="bug in the handler"):
+        await fetch_while_pushing(transport, raw, payloads, early)
+    assert unacked_tags(raw) == {json.loads(payloads[0])["properties"]["delivery_tag"]}
+    assert raw.llen("celery") == 2  # only the popped one was reserved
+
+
+async def test_a_malformed_popped_message_is_not_handed_over(transport, raw, caplog):
+    bad = json.dumps({"body": "%%%", "properties": {"body_encoding": "base64", "delivery_tag": "b"}})
+    with caplog.at_level(logging.WARNING, logger="celery.transport.redis"):
+        assert await fetch_while_pushing(transport, raw, [bad], refuse_hand_over) == []
+    assert raw.lrange(DEAD_LETTER_KEY, 0, -1) == [bad.encode()]
+    assert "Malformed message in Redis queue 'celery'" in caplog.text
+    assert raw.exists("unacked", "unacked_index") == 0

@@ -211,6 +211,40 @@ def test_acks_late_keeps_message_unacked_until_done(app, rclient):
         assert rclient.hlen("unacked") == 0
 
 
+def test_an_idle_worker_starts_a_task_before_recording_its_message(app, rclient, monkeypatch):
+    """An idle worker hands the message BRPOP popped to its task at once. Acked early, it is
+    never recorded in ``unacked`` and needs no ack; an acks_late one is recorded, and acked
+    when done."""
+    from celery.transport.redis import RedisTransport
+
+    acked: list[str] = []
+    real_ack = RedisTransport.ack
+
+    async def ack(self, deliveries):
+        acked.extend(d.message.headers["id"] for d in deliveries)
+        await real_ack(self, deliveries)
+
+    monkeypatch.setattr(RedisTransport, "ack", ack)
+    sleeper = app.tasks["tests.integration.test_worker.sync_sleeper"]
+    late = app.tasks["tests.integration.test_worker.late"]
+    with running_worker(app):
+        time.sleep(0.3)  # the worker now waits in BRPOP
+        early = sleeper.delay(0.3)
+        recorded = 0
+        while not early.ready():
+            recorded = max(recorded, rclient.hlen("unacked"))
+            time.sleep(0.01)
+        assert early.get(timeout=10) == 0.3 and recorded == 0
+        time.sleep(0.3)
+        kept = late.delay(0.3)
+        while rclient.hlen("unacked") == 0 and not kept.ready():
+            time.sleep(0.01)
+        assert rclient.hlen("unacked") == 1  # running, and recorded
+        assert kept.get(timeout=10) == "late"
+    assert early.id not in acked and kept.id in acked
+    assert rclient.exists("unacked", "unacked_index") == 0
+
+
 def test_ignore_result_stores_nothing(app, rclient):
     with running_worker(app):
         r = app.tasks["tests.integration.test_worker.quiet"].delay()

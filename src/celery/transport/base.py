@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from ..messaging.protocol import Message
 
 __all__ = [
-    "CAP_BROADCAST", "CAP_DELAYED", "CAP_PRIORITY", "CAP_VISIBILITY_TIMEOUT", "Delivery",
-    "FanoutSubscription", "Mailbox", "Transport",
+    "CAP_BROADCAST", "CAP_DELAYED", "CAP_EARLY", "CAP_PRIORITY", "CAP_VISIBILITY_TIMEOUT",
+    "Delivery", "EarlyHandler", "FanoutSubscription", "Mailbox", "Transport",
 ]
 
 #: The transport orders messages by priority.
@@ -21,6 +21,9 @@ CAP_VISIBILITY_TIMEOUT = "visibility_timeout"
 CAP_DELAYED = "delayed"
 #: The transport implements ``Mailbox`` (fanout and direct exchanges): remote control.
 CAP_BROADCAST = "broadcast"
+#: ``fetch`` takes ``early``: a message that a blocking wait popped is handed over before it
+#: is recorded as reserved, and is never recorded if the handler settled it on the spot.
+CAP_EARLY = "early"
 
 
 @dataclass(slots=True, eq=False)
@@ -41,6 +44,11 @@ class Delivery:
     redelivered: bool = False
     #: AMQP-style delivery info as Celery's ``request.delivery_info`` shows it.
     delivery_info: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``fetch(..., early=handler)`` (CAP_EARLY): called on the fetching loop with a delivery not
+#: yet recorded as reserved; returns True if it acked that delivery already (no ack follows).
+EarlyHandler: TypeAlias = Callable[[Delivery], bool]
 
 
 @runtime_checkable

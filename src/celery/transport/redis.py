@@ -40,7 +40,8 @@ error is retried, and the server may have executed it before the connection brok
 ``publish`` is pipelined: it returns once the command is written, and the reply is read
 later (redis_publish.py says what that guarantees). A message
 popped by BRPOP is registered in ``unacked`` by a second command, as in kombu: if the
-connection breaks between the two, that message is lost.
+connection breaks between the two, that message is not restored if the worker then dies.
+With ``fetch(early=...)`` it runs meanwhile, and one acked on the spot is never registered.
 """
 
 from __future__ import annotations
@@ -64,7 +65,14 @@ from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope as envelope_codec
 from . import redis_scripts as _scripts
-from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
+from .base import (
+    CAP_BROADCAST,
+    CAP_EARLY,
+    CAP_PRIORITY,
+    CAP_VISIBILITY_TIMEOUT,
+    Delivery,
+    EarlyHandler,
+)
 from .redis_mailbox import RedisMailbox
 from .redis_publish import DRIVER_ERRORS as _DRIVER_ERRORS
 from .redis_publish import RETRYABLE as _RETRYABLE
@@ -157,6 +165,20 @@ _delivery = envelope_codec.decode
 _redelivered = envelope_codec.mark_redelivered
 
 
+def _well_formed(item: bytes, queue: str) -> Delivery | None:
+    """``item`` as a Delivery if the fetch script would accept it too (a string
+    ``properties.delivery_tag`` and ``body``), else None."""
+    try:
+        delivery = _delivery("", item, queue)
+        tag = delivery.message.properties["delivery_tag"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(tag, str):
+        return None
+    delivery.delivery_tag = tag
+    return delivery
+
+
 class RedisTransport(RedisMailbox):
     """Transport for Redis and Valkey (``redis://``, ``rediss://``, ``valkey://``, ``valkeys://``).
 
@@ -165,7 +187,7 @@ class RedisTransport(RedisMailbox):
     per loop). See the module docstring for the key layout.
     """
 
-    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST})
+    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST, CAP_EARLY})
 
     def __init__(
         self,
@@ -231,6 +253,9 @@ class RedisTransport(RedisMailbox):
         self._batches: dict[asyncio.AbstractEventLoop, list[tuple[str, str, asyncio.Future[None]]]] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self._drained: set[tuple[str, ...]] = set()  # queue keys the last fetch emptied
+        #: Deliveries handed over early whose record in ``unacked`` is in flight: tag ->
+        #: future set (on the fetching loop) once it is done. Under _clients_lock.
+        self._recording: dict[str, asyncio.Future[None]] = {}
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self._safe_url}>"
@@ -448,8 +473,13 @@ class RedisTransport(RedisMailbox):
 
     # -- consuming -----------------------------------------------------------------------
 
-    async def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
-        """Reserve up to ``max_count`` messages; block up to ``timeout`` s. Running loop."""
+    async def fetch(self, queues: Sequence[str], max_count: int, timeout: float,
+                    early: EarlyHandler | None = None) -> list[Delivery]:
+        """Reserve up to ``max_count`` messages; block up to ``timeout`` s. Running loop.
+
+        With ``early`` (CAP_EARLY), a message BRPOP popped is handed to it before the script
+        records it in ``unacked`` (see ``_popped``) and is not in the returned list.
+        """
         if not queues or max_count <= 0:
             return []
         layout = self._layout(self._ordered(queues))
@@ -463,18 +493,74 @@ class RedisTransport(RedisMailbox):
             deliveries, dead = await self._reserve(layout, max_count)
             if deliveries or not dead:
                 break
+        full = len(deliveries) >= max_count  # False: the queues are empty now
         if not deliveries and timeout > 0:
             keys, block = list(layout.queue_keys), self._block_for(timeout)
             popped = await self._run("fetch", lambda c: c.execute_command("BRPOP", *keys, block))
             if popped is not None:
                 number = layout.by_key[popped[0]]
-                deliveries, _ = await self._reserve(layout, max_count, popped[1], number)
+                deliveries, full = await self._popped(layout, max_count, popped[1], number, early)
         with self._clients_lock:
-            if len(deliveries) < max_count:
-                self._drained.add(layout.queue_keys)
-            else:
+            if full:
                 self._drained.discard(layout.queue_keys)
+            else:
+                self._drained.add(layout.queue_keys)
         return deliveries
+
+    async def _popped(self, layout: _Layout, max_count: int, item: bytes, number: int,
+                      early: EarlyHandler | None) -> tuple[list[Delivery], bool]:
+        """Record what BRPOP popped in ``unacked`` with up to ``max_count - 1`` more; the
+        deliveries to return, and whether more may wait (``fetch``'s ``full``).
+
+        With ``early``, a well-formed popped message is handed over first: the task starts
+        one round trip sooner. If ``early`` acked it on the spot (an idle worker, a task that
+        acks early), it is never recorded (an early ack forgets it anyway), and no script
+        runs: the next fetch reserves what else waits, as a batch. Otherwise it is recorded
+        with the batch, and until then ``_settle_after_record`` holds back settling it, so
+        that no ack or requeue overtakes its record.
+        """
+        queue = layout.names[number - 1]
+        delivery = _well_formed(item, queue) if early is not None else None
+        if delivery is None or early is None:
+            deliveries = (await self._reserve(layout, max_count, item, number))[0]
+            return deliveries, len(deliveries) >= max_count
+        try:
+            if early(delivery):
+                return [], True
+        except BaseException:  # a bug in the handler: keep the message reserved, not lost
+            await self._reserve(layout, 1, item, number)
+            raise
+        tag = delivery.delivery_tag
+        recorded = asyncio.get_running_loop().create_future()
+        with self._clients_lock:
+            self._recording[tag] = recorded
+        try:
+            deliveries = (await self._reserve(layout, max_count, item, number))[0]
+        except ConnectionLost as exc:
+            logger.error("Task message %s from queue %r runs, but could not be recorded as "
+                         "reserved: if this worker dies, it is lost (%s)", tag, queue, exc)
+            raise
+        finally:
+            with self._clients_lock:
+                del self._recording[tag]
+            if not recorded.done():
+                recorded.set_result(None)
+        full = len(deliveries) >= max_count
+        if deliveries and deliveries[0].delivery_tag == tag:
+            del deliveries[0]  # the script records the popped item first
+        else:
+            logger.error("Task message %s from queue %r runs, but Redis dead-lettered it as "
+                         "malformed", tag, queue)
+        return deliveries, full
+
+    async def _settle_after_record(self, deliveries: Iterable[Delivery]) -> None:
+        """Wait until the deliveries handed over early are recorded (usually none are)."""
+        with self._clients_lock:
+            if not self._recording:
+                return
+            waits = [f for d in deliveries if (f := self._recording.get(d.delivery_tag))]
+        for recorded in waits:
+            await asyncio.shield(recorded)  # a cancelled settle must not cancel the record
 
     def _block_for(self, timeout: float) -> float:
         # A blocking read must end before the socket timeout would break the connection.
@@ -522,6 +608,7 @@ class RedisTransport(RedisMailbox):
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Forget deliveries for good: one pipeline round trip. Running loop."""
         if deliveries:
+            await self._settle_after_record(deliveries)
             tags = [d.delivery_tag for d in deliveries]
             await self._pipeline(
                 "ack", [("HDEL", self.unacked_key, *tags), ("ZREM", self.unacked_index_key, *tags)]
@@ -552,6 +639,8 @@ class RedisTransport(RedisMailbox):
             await self.ack(deliveries)
 
     async def _move(self, deliveries: Iterable[Delivery], end: str) -> None:
+        deliveries = list(deliveries)
+        await self._settle_after_record(deliveries)
         args: list[Any] = [end]
         for d in deliveries:
             envelope = json.loads(d.raw)
@@ -568,6 +657,7 @@ class RedisTransport(RedisMailbox):
         ``promote_due`` (any of our workers) puts them back first in line when due: a far
         ETA then pins no worker's memory, and no visibility timeout redelivers it early.
         """
+        await self._settle_after_record(d for d, _ in deliveries)
         args: list[Any] = []
         for d, due in deliveries:
             priority = envelope_codec.priority_of(json.loads(d.raw))

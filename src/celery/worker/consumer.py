@@ -24,7 +24,7 @@ from ..exceptions import (
     WorkerLostError,
 )
 from ..messaging.protocol import check_headers
-from ..transport.base import CAP_DELAYED
+from ..transport.base import CAP_DELAYED, CAP_EARLY
 from .executor.base import Executor
 from .outbox import Outbox
 from .ratelimit import RateLimits
@@ -170,6 +170,7 @@ class Consumer:
 
     async def _fetch_loop(self) -> None:
         backoff = 0.1
+        early = {"early": self._take_early} if CAP_EARLY in self.transport.capabilities else {}
         while not self.stopping:
             want = min(self.window - max(self.inflight, self.reserved), FETCH_BATCH_MAX)
             if self.max_tasks is not None:  # never take more than this process will run
@@ -182,7 +183,8 @@ class Consumer:
                 await asyncio.sleep(FETCH_TIMEOUT)
                 continue
             try:
-                deliveries = await self.transport.fetch(self.queues, want, FETCH_TIMEOUT)
+                deliveries = await self.transport.fetch(self.queues, want, FETCH_TIMEOUT,
+                                                        **early)
             except ConnectionLost as exc:
                 logger.warning("Broker connection lost: %s. Retrying in %.1fs...", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -193,6 +195,22 @@ class Consumer:
             for delivery in deliveries:
                 self._accept(delivery)
             self._dispatch()
+
+    def _take_early(self, delivery: Delivery) -> bool:
+        """A message the transport hands over before recording it as reserved (CAP_EARLY:
+        Redis, right after a blocking pop): accept and dispatch it now. True if that acked it
+        on the spot (it started at once and acks early, or was revoked or expired): the
+        transport then never records it, so no ack is sent for it either."""
+        self.reserved += 1
+        self._accept(delivery)
+        self._dispatch()
+        acks = self._to_ack
+        for i in range(len(acks) - 1, -1, -1):
+            if acks[i] is delivery:
+                del acks[i]
+                self.reserved -= 1
+                return True
+        return False
 
     @property
     def stopping(self) -> bool:
