@@ -160,8 +160,8 @@ class AsyncResult(ResultBase):
         """
         if disable_sync_subtasks:
             self._check_not_in_task()
-        if self._cache is None:
-            self.app._confirm_published()  # a message Redis refused raises here, not a timeout
+        # (wait_for confirms this process's publishes before it blocks: a message Redis
+        # refused raises there, not a timeout)
         meta = self._cache or self._keep(self.backend.wait_for(self.id, timeout))
         return self._outcome(meta, propagate, callback)
 

@@ -131,3 +131,32 @@ def test_idle_pubsub_connections_are_reused_but_not_across_a_fork(make_backend):
     side._pid = -1  # as seen from a forked child
     assert side._checkout() is not pubsub
     assert backend.wait_for(done, timeout=5)["result"] == 1
+
+
+def test_a_ready_result_costs_one_read_and_a_pending_one_reads_again_after_subscribing(
+    make_backend, monkeypatch
+):
+    """The first read overlaps the subscription; a result stored right after it, perhaps
+    before the subscription took effect, is still found (the read after the subscription)."""
+    backend = make_backend()
+    side = backend._sync_side()
+    calls, confirms = [], []
+    real_read, real_get = side.read, side.client.get
+    monkeypatch.setattr(backend.app, "_confirm_published", lambda: confirms.append(1),
+                        raising=False)
+    monkeypatch.setattr(side.client, "get", lambda key: calls.append("GET") or real_get(key))
+    ready = str(uuid.uuid4())
+    backend.store_result(ready, 1, states.SUCCESS)
+    assert backend.wait_for(ready, timeout=5)["result"] == 1
+    assert calls == ["GET"] and confirms == []  # ready: one read, no confirm
+    calls.clear()
+    late = str(uuid.uuid4())
+
+    def read_then_store(ids):
+        raws = real_read(ids)
+        backend.store_result(late, 2, states.SUCCESS)  # right after our read: a race
+        return raws
+
+    monkeypatch.setattr(side, "read", read_then_store)
+    assert backend.wait_for(late, timeout=5)["result"] == 2
+    assert calls == ["GET", "GET"] and confirms == [1]  # pending: confirm, read again

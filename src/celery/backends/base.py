@@ -257,6 +257,9 @@ class ResultBackend:
         return self.app.portal.call(self.aget_task_meta(task_id))
 
     def wait_for(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """``await_ready`` for sync callers. This process's pipelined publishes are
+        confirmed first, so a message the broker refused raises instead of a timeout."""
+        self.app._confirm_published()
         return self.app.portal.call(self.await_ready(task_id, timeout))
 
     def forget(self, task_id: str) -> None:

@@ -304,28 +304,34 @@ class RedisBackend(ResultBackend):
 
         The read-ahead MGET and the wait itself use blocking connections, without a hop to
         the portal loop; if the wait loses its connection, it goes on there (that consumer
-        reconnects and re-reads) for the rest of ``timeout``.
+        reconnects and re-reads) for the rest of ``timeout``. This process's pipelined
+        publishes are confirmed before it blocks, so a refused message raises at once.
         """
         meta = self.sent.take(task_id)
         if meta is not None:
             return meta
         sync = self._sync_side()
         started = time.monotonic()
-        with self._driver_errors():
-            ids = self.sent.batch(task_id)
-            meta = self.sent.absorb(ids, sync.read(ids), self.meta_from_payload)
-        if meta["status"] in states.READY_STATES:
-            return meta
-        if timeout is not None and timeout <= 0:
-            raise TimeoutError("The operation timed out.")
+        ids = self.sent.batch(task_id)
+
+        def first_read() -> Meta:
+            return self.sent.absorb(ids, sync.read(ids), self.meta_from_payload)
+
         def left() -> float | None:
             return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
 
-        try:
-            return sync.wait(task_id, left())
-        except DRIVER_CONNECTION_ERRORS as exc:
-            logger.warning("Waiting for %s on %s failed (%s); retrying on the portal loop",
-                           task_id, self.safe_url, exc)
+        with self._driver_errors():
+            if timeout is not None and timeout <= 0:
+                meta = first_read()
+                if meta["status"] in states.READY_STATES:
+                    return meta
+                self.app._confirm_published()
+                raise TimeoutError("The operation timed out.")
+            try:
+                return sync.wait(task_id, left(), first_read, self.app._confirm_published)
+            except DRIVER_CONNECTION_ERRORS as exc:
+                logger.warning("Waiting for %s on %s failed (%s); retrying on the portal loop",
+                               task_id, self.safe_url, exc)
         return super().wait_for(task_id, left())
 
     async def await_ready(self, task_id: str, timeout: float | None) -> Meta:

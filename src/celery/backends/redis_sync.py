@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import valkey
@@ -63,9 +64,15 @@ class SyncSide:
             return [cast("bytes | None", self.client.get(keys[0]))]
         return cast("list[bytes | None]", self.client.mget(keys))
 
-    def wait(self, task_id: str, timeout: float | None) -> Meta:
-        """Block until the task is ready: SUBSCRIBE to its channel, then read the key once
-        (it may have been stored before the subscription), then wait for the PUBLISH.
+    def wait(self, task_id: str, timeout: float | None, first_read: Callable[[], Meta],
+             before_blocking: Callable[[], Any]) -> Meta:
+        """Block until the task is ready.
+
+        SUBSCRIBE to its channel is written first, and ``first_read()`` (the read-ahead
+        MGET) runs while Redis answers it: a result already there costs one round trip.
+        Otherwise ``before_blocking()`` runs, then once the subscription is confirmed the
+        key is read again (the first read may have come before the subscription, and the
+        result between the two), then the wait is for the PUBLISH.
 
         Raises:
             celery.exceptions.TimeoutError: not ready within ``timeout`` seconds.
@@ -77,6 +84,11 @@ class SyncSide:
         clean = False
         try:
             pubsub.subscribe(channel)
+            meta = first_read()
+            if meta["status"] in states.READY_STATES:
+                clean = True
+                return meta
+            before_blocking()
             while True:
                 slice_ = READ_SLICE if deadline is None else min(READ_SLICE, deadline - time.monotonic())
                 if slice_ <= 0:
