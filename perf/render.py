@@ -335,6 +335,11 @@ def peer_tables(records: list[dict]) -> str:
         if ping
         else ""
     )
+    if ping.get("queue_p50_ms") is not None:
+        floor += (
+            f"; bare queue round trip (LPUSH, BRPOP in a second process, and back): "
+            f"p50 {_num(ping.get('queue_p50_ms'), 3)} ms"
+        )
     return (
         f"<h2>Latest peer comparison (bench/peers.py)</h2><p class='sub'>{escape(when)}: {sizes}{floor}. "
         f"Command: <code>{escape(str(command))}</code></p>{ratios}{figures}"

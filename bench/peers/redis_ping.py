@@ -1,4 +1,9 @@
-"""Bare Redis round trip, the floor under every task round trip: sequential PINGs with redis-py.
+"""Bare Redis round trips, the floors under every task round trip, with redis-py:
+
+* PING: sequential PINGs (one client, one server);
+* queue: a message through Redis to a second process and back, as a task queue moves a task
+  and its result without doing anything else: LPUSH, BRPOP in an echo process, LPUSH of
+  the reply, BRPOP of it.
 
     python redis_ping.py --url redis://127.0.0.1:6379/11 --samples 2000
 
@@ -9,9 +14,65 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
+import uuid
 
 import redis
+
+WARM_UP = 200
+
+
+def percentiles(samples: list[float], prefix: str) -> dict:
+    samples = sorted(samples)
+    n = len(samples)
+    return {
+        f"{prefix}p50_ms": samples[n // 2] * 1e3,
+        f"{prefix}p99_ms": samples[min(n - 1, int(0.99 * n))] * 1e3,
+    }
+
+
+def pings(client: redis.Redis, n: int) -> list[float]:
+    for _ in range(WARM_UP):  # connect and warm up
+        client.ping()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        client.ping()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def queue_round_trips(url: str, client: redis.Redis, n: int) -> list[float]:
+    """n sequential round trips through the echo process (started here, stopped after)."""
+    key = f"bench.echo.{uuid.uuid4().hex}"
+    echo = subprocess.Popen([sys.executable, __file__, "--url", url, "--echo", key])
+    try:
+        samples = []
+        for i in range(WARM_UP + n):
+            start = time.perf_counter()
+            client.lpush(f"{key}.in", b"x")
+            if client.brpop([f"{key}.out"], timeout=10) is None:
+                raise RuntimeError("the echo process did not answer within 10 s")
+            if i >= WARM_UP:
+                samples.append(time.perf_counter() - start)
+        client.lpush(f"{key}.in", b"stop")
+        echo.wait(10)
+        return samples
+    finally:
+        if echo.poll() is None:
+            echo.kill()
+        client.delete(f"{key}.in", f"{key}.out")
+
+
+def run_echo(url: str, key: str) -> None:
+    client = redis.Redis.from_url(url)
+    while True:
+        popped = client.brpop([f"{key}.in"], timeout=30)
+        if popped is None or popped[1] == b"stop":
+            return
+        client.lpush(f"{key}.out", popped[1])
 
 
 def main() -> None:
@@ -20,30 +81,18 @@ def main() -> None:
     )
     parser.add_argument("--url", default="redis://127.0.0.1:6379/11")
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--echo", metavar="KEY", help=argparse.SUPPRESS)  # the echo process
     args = parser.parse_args()
+    if args.echo:
+        run_echo(args.url, args.echo)
+        return
     client = redis.Redis.from_url(args.url)
     try:
-        for _ in range(200):  # connect and warm up
-            client.ping()
-        samples = []
-        for _ in range(args.samples):
-            start = time.perf_counter()
-            client.ping()
-            samples.append(time.perf_counter() - start)
+        figures = percentiles(pings(client, args.samples), "")
+        figures |= percentiles(queue_round_trips(args.url, client, args.samples), "queue_")
     finally:
         client.close()
-    samples.sort()
-    n = len(samples)
-    print(
-        json.dumps(
-            {
-                "client": f"redis-py {redis.__version__}",
-                "samples": n,
-                "p50_ms": samples[n // 2] * 1e3,
-                "p99_ms": samples[min(n - 1, int(0.99 * n))] * 1e3,
-            }
-        )
-    )
+    print(json.dumps({"client": f"redis-py {redis.__version__}", "samples": args.samples} | figures))
 
 
 if __name__ == "__main__":

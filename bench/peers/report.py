@@ -71,7 +71,9 @@ def markdown(report: dict) -> str:
         f"({meta['url']}); best of {meta['rounds']} interleaved rounds on {meta['cpus']} cores "
         f"(shared machine, figures are noisy). Bare Redis round trip ({ping.get('client', 'redis-py')} "
         f"PING x {meta['ping_samples']}): p50 {fmt(ping.get('p50_ms'), 3)} ms, "
-        f"p99 {fmt(ping.get('p99_ms'), 3)} ms.",
+        f"p99 {fmt(ping.get('p99_ms'), 3)} ms. Bare queue round trip (LPUSH, BRPOP in a second "
+        f"process, LPUSH of the reply, BRPOP of it): p50 {fmt(ping.get('queue_p50_ms'), 3)} ms, "
+        f"p99 {fmt(ping.get('queue_p99_ms'), 3)} ms.",
         "",
         "| implementation | version | configuration | no-op tasks/s | worker CPU µs/task | RTT p50 ms "
         "| RTT p99 ms | I/O tasks/s | I/O worker CPU µs/task |",
