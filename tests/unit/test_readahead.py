@@ -22,11 +22,17 @@ def ready(value):
     return json.dumps({"status": "SUCCESS", "result": value}).encode()
 
 
-def test_batch_is_the_target_then_the_oldest_unread():
-    sent = SentResults()
-    handles = [Handle() for _ in range(40)]
+def sent_handles(count: int, **options) -> tuple[SentResults, list[Handle]]:
+    """A SentResults that was told of ``count`` tasks sent, and their handles, oldest first."""
+    sent = SentResults(**options)
+    handles = [Handle() for _ in range(count)]
     for h in handles:
         sent.sent(h)
+    return sent, handles
+
+
+def test_batch_is_the_target_then_the_oldest_unread():
+    sent, handles = sent_handles(40)
     ids = sent.batch(handles[3].id)
     assert ids[0] == handles[3].id
     assert ids[1:] == [h.id for h in handles if h is not handles[3]][: len(ids) - 1]
@@ -34,10 +40,7 @@ def test_batch_is_the_target_then_the_oldest_unread():
 
 
 def test_read_ahead_grows_while_everything_is_ready_and_shrinks_when_not():
-    sent = SentResults()
-    handles = [Handle() for _ in range(2000)]
-    for h in handles:
-        sent.sent(h)
+    sent, handles = sent_handles(2000)
     ids = sent.batch(handles[0].id)
     sent.absorb(ids, [ready(1)] * len(ids), decode)
     grown = sent.batch(handles[len(ids)].id)
@@ -76,10 +79,7 @@ def test_undecodable_read_ahead_is_left_for_its_own_get():
 
 
 def test_dead_handles_are_dropped_and_the_maps_are_bounded():
-    sent = SentResults(limit=50)
-    keep = [Handle() for _ in range(40)]
-    for h in keep:
-        sent.sent(h)
+    sent, keep = sent_handles(40, limit=50)
     for _ in range(2000):  # sent and dropped at once: fire and forget
         sent.sent(Handle())
     gc.collect()
