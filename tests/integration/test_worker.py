@@ -245,6 +245,30 @@ def test_an_idle_worker_starts_a_task_before_recording_its_message(app, rclient,
     assert rclient.exists("unacked", "unacked_index") == 0
 
 
+def test_after_a_hand_off_the_next_fetch_waits_for_an_outcome_or_the_pause(app, monkeypatch):
+    """After an early hand-off, the next fetch waits until an outcome comes back, or at
+    most HANDOFF_PAUSE (lengthened here so that both ends can be seen)."""
+    from celery.worker import handoff
+
+    monkeypatch.setattr(handoff, "HANDOFF_PAUSE", 0.8)
+    sleeper = app.tasks["tests.integration.test_worker.sync_sleeper"]
+    add = app.tasks["tests.integration.test_worker.add"]
+    with running_worker(app):
+        time.sleep(0.3)  # the worker now waits in BRPOP
+        short = sleeper.delay(0.3)
+        time.sleep(0.1)
+        second = add.delay(1, 2)
+        assert second.get(timeout=10) == 3
+        assert short.ready()  # fetched once the short task's outcome ended the pause
+        time.sleep(0.3)
+        long = sleeper.delay(3)
+        time.sleep(0.1)
+        quick = add.delay(2, 3)
+        assert quick.get(timeout=10) == 5
+        assert not long.ready()  # fetched once the pause ran out, the long task still running
+        assert long.get(timeout=10) == 3
+
+
 def test_ignore_result_stores_nothing(app, rclient):
     with running_worker(app):
         r = app.tasks["tests.integration.test_worker.quiet"].delay()

@@ -26,6 +26,7 @@ from ..exceptions import (
 from ..messaging.protocol import check_headers
 from ..transport.base import CAP_DELAYED, CAP_EARLY
 from .executor.base import Executor
+from .handoff import HandoffPause
 from .outbox import Outbox
 from .ratelimit import RateLimits
 from .request import Outcome, Request
@@ -144,6 +145,8 @@ class Consumer:
         #: Tasks finished, by name (``inspect stats``).
         self.total: dict[str, int] = {}
         self.started_at = time.time()
+        #: The pause of the next fetch after an early hand-off (see handoff.py).
+        self._handoff = HandoffPause()
 
     # -- main coroutine ------------------------------------------------------------------
 
@@ -191,6 +194,8 @@ class Consumer:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
+            if self._handoff.pending:  # let the task just handed over start first
+                await self._handoff.wait()
             self.reserved += len(deliveries)
             for delivery in deliveries:
                 self._accept(delivery)
@@ -209,6 +214,8 @@ class Consumer:
             if acks[i] is delivery:
                 del acks[i]
                 self.reserved -= 1
+                # An otherwise idle worker lets the task start before fetching again.
+                self._handoff.pending = self.inflight == 1
                 return True
         return False
 
@@ -419,6 +426,7 @@ class Consumer:
     def _on_outcomes(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             self._finish(outcome)
+        self._handoff.release()
         if self.max_tasks is not None and self.processed >= self.max_tasks:
             self._recycle(f"it ran {self.processed} tasks (max tasks per child)")
         if self.max_memory_kb is not None and time.monotonic() >= self._next_memory_check:
