@@ -56,5 +56,7 @@ class HandoffPause:
             self._waiter = None
 
     def release(self) -> None:
+        """Outcomes came back: end the pause, or skip it if it has not begun yet."""
+        self.pending = False
         if self._waiter is not None:
             _resolve(self._waiter)

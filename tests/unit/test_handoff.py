@@ -1,0 +1,51 @@
+"""The consumer's pause after an early hand-off (worker/handoff.py), on its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+from celery.worker.handoff import HandoffPause
+
+
+def pause(seconds: float) -> HandoffPause:
+    p = HandoffPause()
+    p.pause = seconds
+    return p
+
+
+async def test_no_hand_off_no_pause():
+    p = pause(30)
+    await asyncio.wait_for(p.wait(), 5)  # would take 30 s if it paused
+
+
+async def test_an_outcome_ends_the_pause():
+    p = pause(30)
+    p.pending = True
+    asyncio.get_running_loop().call_later(0.05, p.release)
+    await asyncio.wait_for(p.wait(), 5)
+    assert not p.pending
+
+
+async def test_an_outcome_before_the_wait_skips_the_pause():
+    p = pause(30)
+    p.pending = True
+    p.release()  # the task was done before the fetch loop came to wait
+    await asyncio.wait_for(p.wait(), 5)
+
+
+async def test_without_an_outcome_the_pause_runs_out():
+    p = pause(0.05)
+    p.pending = True
+    waiting = asyncio.ensure_future(p.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done()  # paused, not returned at once
+    await asyncio.wait_for(waiting, 5)
+    assert not p.pending
+    p.release()  # a late outcome with nobody waiting is harmless
+
+
+async def test_a_zero_pause_never_waits():
+    p = pause(0)
+    p.pending = True
+    await asyncio.wait_for(p.wait(), 5)
+    assert not p.pending
