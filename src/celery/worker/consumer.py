@@ -426,14 +426,16 @@ class Consumer:
     def _on_outcomes(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             self._finish(outcome)
-        self._handoff.release()
         if self.max_tasks is not None and self.processed >= self.max_tasks:
             self._recycle(f"it ran {self.processed} tasks (max tasks per child)")
         if self.max_memory_kb is not None and time.monotonic() >= self._next_memory_check:
             self._next_memory_check = time.monotonic() + 0.1  # at most 10 reads a second
             self._check_memory()
         self._dispatch()
+        # The flusher wakes before the fetch loop: results are written before the next
+        # fetch's script runs (both are woken for the loop's next turn, in this order).
         self._flush_needed.set()
+        self._handoff.release()
         if self.inflight < self.window:
             self._room.set()
         if self.inflight == 0:
