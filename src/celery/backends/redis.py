@@ -23,6 +23,7 @@ from valkey.backoff import ExponentialBackoff
 
 from .. import states
 from ..exceptions import ConnectionLost, ImproperlyConfigured, OperationalError, TimeoutError
+from ..transport.redis_aio import ConnectionPool, direct_write
 from .base import ResultBackend
 from .readahead import SentResults
 from .redis_consumer import DRIVER_CONNECTION_ERRORS, ResultConsumer
@@ -201,8 +202,9 @@ class RedisBackend(ResultBackend):
         # (GET, MGET, DEL; the store script rewrites the same value and publishes it again).
         kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.02), 2))
         kwargs.setdefault("retry_on_error", [verr.ConnectionError, verr.TimeoutError])
-        pool = avalkey.ConnectionPool(**kwargs)
-        return avalkey.Valkey(connection_pool=pool)
+        # Without valkey-py's loop turns per command (see transport/redis_aio.py).
+        kwargs["connection_class"] = direct_write(kwargs["connection_class"])
+        return avalkey.Valkey(connection_pool=ConnectionPool(**kwargs))
 
     def new_pubsub_connection(self) -> Connection:
         """A fresh, unconnected connection for a result consumer (no read timeout: the

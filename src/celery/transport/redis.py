@@ -64,6 +64,7 @@ from valkey.exceptions import NoScriptError
 from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope as envelope_codec
+from . import redis_aio as _aio
 from . import redis_scripts as _scripts
 from .base import (
     CAP_BROADCAST,
@@ -266,10 +267,14 @@ class RedisTransport(RedisMailbox):
         """A new connection pool of ``lib`` (``valkey`` or ``valkey.asyncio``)."""
         kwargs: dict[str, Any] = dict(self._kwargs)
         kwargs["connection_class"] = lib.SSLConnection if self._tls else lib.Connection
+        pools: Any = lib
+        if lib is avalkey:  # without valkey-py's loop turns per command (see redis_aio)
+            kwargs["connection_class"] = _aio.direct_write(kwargs["connection_class"])
+            pools = _aio
         if not self._max_connections:
-            return lib.ConnectionPool(**kwargs)
+            return pools.ConnectionPool(**kwargs)
         # Blocking: a caller waits for a free connection instead of failing at the limit.
-        return lib.BlockingConnectionPool(max_connections=self._max_connections, **kwargs)
+        return pools.BlockingConnectionPool(max_connections=self._max_connections, **kwargs)
 
     def _client(self) -> avalkey.Valkey:
         """The running loop's async client, made on first use. Call from a running loop."""
