@@ -118,6 +118,30 @@ def test_sync_wait_survives_its_connection_being_killed(make_backend, raw):
     assert got.get("result") == "found"
 
 
+def store_later(backend, task_id, value, delay=0.1) -> threading.Thread:
+    thread = threading.Thread(
+        target=lambda: (time.sleep(delay), backend.store_result(task_id, value, states.SUCCESS)))
+    thread.start()
+    return thread
+
+
+def test_a_wait_leaves_its_channel_subscribed_until_the_next_wait_starts(make_backend, raw):
+    backend = make_backend()
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    channel = backend.get_key_for_task(first)
+    store_later(backend, first, "a").join(0)
+    assert backend.wait_for(first, timeout=5)["result"] == "a"  # came by PUBLISH
+    assert raw.pubsub_numsub(channel)[0][1] == 1  # still subscribed: no UNSUBSCRIBE written
+    # A message on that channel while the connection is idle waits in its socket; the next
+    # wait, on the same connection, skips it and unsubscribes the channel.
+    raw.publish(channel, backend.encode(backend.prepare_meta(first, states.SUCCESS, "stale")))
+    thread = store_later(backend, second, "b")
+    assert backend.wait_for(second, timeout=5)["result"] == "b"
+    thread.join(5)
+    assert raw.pubsub_numsub(channel)[0][1] == 0
+    assert raw.pubsub_numsub(backend.get_key_for_task(second))[0][1] == 1
+
+
 def test_idle_pubsub_connections_are_reused_but_not_across_a_fork(make_backend):
     backend = make_backend()
     with pytest.raises(TimeoutError):
@@ -126,10 +150,10 @@ def test_idle_pubsub_connections_are_reused_but_not_across_a_fork(make_backend):
     side = backend._sync_side()
     pubsub = side.client.pubsub()
     side._checkin(pubsub, b"nothing", clean=True)
-    assert side._checkout() is pubsub  # reused
+    assert side._checkout() == (pubsub, b"nothing")  # reused, with its channel
     side._checkin(pubsub, b"nothing", clean=True)
     side._pid = -1  # as seen from a forked child
-    assert side._checkout() is not pubsub
+    assert side._checkout()[0] is not pubsub
     assert backend.wait_for(done, timeout=5)["result"] == 1
 
 

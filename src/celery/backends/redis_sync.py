@@ -21,7 +21,6 @@ from valkey.retry import Retry
 
 from .. import states
 from ..exceptions import TimeoutError
-from .redis_consumer import DRIVER_CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from valkey.client import PubSub
@@ -54,7 +53,7 @@ class SyncSide:
         kwargs.setdefault("retry_on_error", [verr.ConnectionError, verr.TimeoutError])
         self.client = valkey.Valkey(connection_pool=valkey.ConnectionPool(**kwargs))
         self._lock = threading.Lock()
-        self._idle: list[PubSub] = []
+        self._idle: list[tuple[PubSub, bytes]] = []  # with the channel still subscribed
         self._pid = os.getpid()  # idle pub/sub sockets must not be shared with a forked child
 
     def read(self, task_ids: list[str]) -> list[bytes | None]:
@@ -72,7 +71,9 @@ class SyncSide:
         MGET) runs while Redis answers it: a result already there costs one round trip.
         Otherwise ``before_blocking()`` runs, then once the subscription is confirmed the
         key is read again (the first read may have come before the subscription, and the
-        result between the two), then the wait is for the PUBLISH.
+        result between the two), then the wait is for the PUBLISH. The channel stays
+        subscribed after the wait: a later wait on the same connection unsubscribes it as it
+        starts, so that the caller gets its result one write sooner.
 
         Raises:
             celery.exceptions.TimeoutError: not ready within ``timeout`` seconds.
@@ -80,9 +81,11 @@ class SyncSide:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         channel = self._backend.get_key_for_task(task_id).encode()
-        pubsub = self._checkout()
+        pubsub, stale = self._checkout()
         clean = False
         try:
+            if stale is not None and stale != channel:
+                pubsub.unsubscribe(stale)  # its reply is skipped below
             pubsub.subscribe(channel)
             meta = first_read()
             if meta["status"] in states.READY_STATES:
@@ -109,32 +112,31 @@ class SyncSide:
         finally:
             self._checkin(pubsub, channel, clean)
 
-    def _checkout(self) -> PubSub:
+    def _checkout(self) -> tuple[PubSub, bytes | None]:
+        """An idle pub/sub connection with the channel it is still subscribed to, or a new
+        one (None)."""
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's sockets stay the parent's
                 self._idle, self._pid = [], os.getpid()
             if self._idle:
                 return self._idle.pop()
-        return self.client.pubsub()
+        return self.client.pubsub(), None
 
     def _checkin(self, pubsub: PubSub, channel: bytes, clean: bool) -> None:
-        """Unsubscribe and keep the connection for the next wait, or close it."""
-        if clean:
-            try:
-                pubsub.unsubscribe(channel)  # its reply is skipped by the next wait
-            except DRIVER_CONNECTION_ERRORS:
-                clean = False
+        """Keep the connection, still subscribed to ``channel``, for the next wait (which
+        unsubscribes it), or close it. A message that comes on ``channel`` meanwhile waits
+        in the socket and is skipped by that wait."""
         if clean:
             with self._lock:
                 if len(self._idle) < KEEP_PUBSUBS:
-                    self._idle.append(pubsub)
+                    self._idle.append((pubsub, channel))
                     return
         pubsub.close()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for pubsub in idle:
+        for pubsub, _ in idle:
             pubsub.close()
         self.client.close()
         self.client.connection_pool.disconnect()
