@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+import valkey.exceptions
 
 from celery import states
 from celery.exceptions import TimeoutError
@@ -125,8 +126,11 @@ def store_later(backend, task_id, value, delay=0.1) -> threading.Thread:
     return thread
 
 
-def test_a_wait_leaves_its_channel_subscribed_until_the_next_wait_starts(make_backend, raw):
+@pytest.mark.parametrize("resp3", [True, False], ids=["resp3", "resp2"])
+def test_a_wait_leaves_its_channel_subscribed_until_the_next_wait_starts(make_backend, raw,
+                                                                          resp3):
     backend = make_backend()
+    backend._sync_side()._resp3 = resp3
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
     channel = backend.get_key_for_task(first)
     store_later(backend, first, "a").join(0)
@@ -142,28 +146,44 @@ def test_a_wait_leaves_its_channel_subscribed_until_the_next_wait_starts(make_ba
     assert raw.pubsub_numsub(backend.get_key_for_task(second))[0][1] == 1
 
 
+def test_an_idle_connection_the_server_closed_is_replaced(make_backend, raw, caplog):
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    backend = make_backend(result_backend_transport_options={"client_name": name})
+    first = str(uuid.uuid4())
+    store_later(backend, first, 1).join(0)
+    assert backend.wait_for(first, timeout=5)["result"] == 1  # its connection is kept idle
+    assert kill_clients_named(raw, name) >= 1
+    thread = store_later(backend, second := str(uuid.uuid4()), 2)
+    assert backend.wait_for(second, timeout=5)["result"] == 2
+    thread.join(5)
+    assert "portal loop" not in caplog.text  # replaced at once, no fallback
+
+
 def test_idle_pubsub_connections_are_reused_but_not_across_a_fork(make_backend):
     backend = make_backend()
     with pytest.raises(TimeoutError):
         backend.wait_for(str(uuid.uuid4()), timeout=0.05)  # a timed-out wait closes its own
     backend.store_result(done := str(uuid.uuid4()), 1, states.SUCCESS)
     side = backend._sync_side()
-    pubsub = side.client.pubsub()
-    side._checkin(pubsub, b"nothing", clean=True)
-    assert side._checkout() == (pubsub, b"nothing")  # reused, with its channel
-    side._checkin(pubsub, b"nothing", clean=True)
+    conn = side._connect()
+    side._checkin(conn, b"nothing", clean=True)
+    assert side._checkout() == (conn, b"nothing")  # reused, with its channel
+    side._checkin(conn, b"nothing", clean=True)
     side._pid = -1  # as seen from a forked child
-    assert side._checkout()[0] is not pubsub
+    assert side._checkout()[0] is not conn
     assert backend.wait_for(done, timeout=5)["result"] == 1
 
 
+@pytest.mark.parametrize("resp3", [True, False], ids=["resp3", "resp2"])
 def test_a_ready_result_costs_one_read_and_a_pending_one_reads_again_after_subscribing(
-    make_backend, monkeypatch
+    make_backend, monkeypatch, resp3
 ):
     """The first read overlaps the subscription; a result stored right after it, perhaps
-    before the subscription took effect, is still found (the read after the subscription)."""
+    before the subscription took effect, is still found: by the GET written with the
+    SUBSCRIBE (RESP3), or by a read once the subscription is confirmed (RESP2)."""
     backend = make_backend()
     side = backend._sync_side()
+    side._resp3 = resp3
     calls, confirms = [], []
     real_read, real_get = side.read, side.client.get
     monkeypatch.setattr(backend.app, "_confirm_published", lambda: confirms.append(1),
@@ -183,4 +203,24 @@ def test_a_ready_result_costs_one_read_and_a_pending_one_reads_again_after_subsc
 
     monkeypatch.setattr(side, "read", read_then_store)
     assert backend.wait_for(late, timeout=5)["result"] == 2
-    assert calls == ["GET", "GET"] and confirms == [1]  # pending: confirm, read again
+    # Pending: confirm the publishes, then read again (RESP3: on the waiting connection).
+    assert calls == (["GET"] if resp3 else ["GET", "GET"]) and confirms == [1]
+    assert side._resp3 is resp3
+
+
+def test_a_server_without_resp3_is_waited_on_the_resp2_way(make_backend, monkeypatch):
+    backend = make_backend()
+    side = backend._sync_side()
+    base = side.client.connection_pool.connection_class
+
+    class OldServer(base):  # answers HELLO as Redis 5 does
+        def on_connect(self):
+            if self.protocol in (3, "3"):
+                raise valkey.exceptions.ResponseError("unknown command 'HELLO'")
+            super().on_connect()
+
+    monkeypatch.setattr(side.client.connection_pool, "connection_class", OldServer)
+    thread = store_later(backend, task_id := str(uuid.uuid4()), "old")
+    assert backend.wait_for(task_id, timeout=5)["result"] == "old"
+    thread.join(5)
+    assert side._resp3 is False

@@ -3,6 +3,14 @@
 ``AsyncResult.get()`` from plain code used to hop to the app's portal loop and back for
 every read; here the calling thread talks to Redis itself over blocking connections, so a
 result that is already there costs one round trip and no thread switch.
+
+A wait subscribes to the task's channel on a connection of its own. With RESP3 (Redis 6 and
+later, Valkey), a subscribed connection may still send any command, so the wait writes
+SUBSCRIBE and GET of the key together: Redis runs them in order, so either the GET finds the
+result or the PUBLISH that stores it comes after the subscription and reaches us. One round
+trip, where RESP2 needs two (SUBSCRIBE, then once it is confirmed, GET on another
+connection, because the first read may have come before the subscription took effect).
+A server without RESP3 (HELLO unknown) gets the RESP2 way.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ from valkey.retry import Retry
 
 from .. import states
 from ..exceptions import TimeoutError
+from .redis_consumer import DRIVER_CONNECTION_ERRORS
 
 if TYPE_CHECKING:
-    from valkey.client import PubSub
+    from valkey.connection import AbstractConnection
 
     from .redis import RedisBackend
 
@@ -37,11 +46,13 @@ READ_SLICE = 1.0
 #: Idle pub/sub connections kept for later waits.
 KEEP_PUBSUBS = 4
 
+_READY = states.READY_STATES
+
 
 class SyncSide:
     """Blocking valkey-py clients for sync callers. Thread-safe: the connection pool is
     (valkey-py's pool locks itself), and ``_lock`` guards the list of idle pub/sub
-    connections; a pub/sub connection is used by one waiting thread at a time.
+    connections and ``_resp3``; a pub/sub connection is used by one waiting thread at a time.
     """
 
     def __init__(self, backend: RedisBackend, conn_kwargs: dict[str, Any]) -> None:
@@ -53,8 +64,11 @@ class SyncSide:
         kwargs.setdefault("retry_on_error", [verr.ConnectionError, verr.TimeoutError])
         self.client = valkey.Valkey(connection_pool=valkey.ConnectionPool(**kwargs))
         self._lock = threading.Lock()
-        self._idle: list[tuple[PubSub, bytes]] = []  # with the channel still subscribed
+        #: Idle pub/sub connections, each with the channel it is still subscribed to.
+        self._idle: list[tuple[AbstractConnection, bytes]] = []
         self._pid = os.getpid()  # idle pub/sub sockets must not be shared with a forked child
+        #: Whether waits use RESP3 (None: not known until the first connection).
+        self._resp3: bool | None = None
 
     def read(self, task_ids: list[str]) -> list[bytes | None]:
         """The stored payloads of ``task_ids``, in one round trip."""
@@ -67,13 +81,14 @@ class SyncSide:
              before_blocking: Callable[[], Any]) -> Meta:
         """Block until the task is ready.
 
-        SUBSCRIBE to its channel is written first, and ``first_read()`` (the read-ahead
-        MGET) runs while Redis answers it: a result already there costs one round trip.
-        Otherwise ``before_blocking()`` runs, then once the subscription is confirmed the
-        key is read again (the first read may have come before the subscription, and the
-        result between the two), then the wait is for the PUBLISH. The channel stays
-        subscribed after the wait: a later wait on the same connection unsubscribes it as it
-        starts, so that the caller gets its result one write sooner.
+        SUBSCRIBE to its channel (with RESP3, and GET of its key) is written first, and
+        ``first_read()`` (the read-ahead MGET) runs while Redis answers: a result already
+        there costs one round trip. Otherwise ``before_blocking()`` runs, then the wait
+        reads the connection: the GET's reply, or with RESP2 a GET once the subscription is
+        confirmed, then the PUBLISH. The channel stays subscribed after the wait: the next
+        wait on that connection unsubscribes it first, so that the caller gets its result
+        one write sooner. A connection kept idle that the server closed meanwhile is
+        replaced once.
 
         Raises:
             celery.exceptions.TimeoutError: not ready within ``timeout`` seconds.
@@ -81,38 +96,77 @@ class SyncSide:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         channel = self._backend.get_key_for_task(task_id).encode()
-        pubsub, stale = self._checkout()
-        clean = False
-        try:
-            if stale is not None and stale != channel:
-                pubsub.unsubscribe(stale)  # its reply is skipped below
-            pubsub.subscribe(channel)
-            meta = first_read()
-            if meta["status"] in states.READY_STATES:
+        while True:
+            conn, stale = self._checkout()
+            clean = False
+            try:
+                meta = self._wait_on(conn, stale, task_id, channel, deadline, first_read,
+                                     before_blocking)
                 clean = True
                 return meta
-            before_blocking()
-            while True:
-                slice_ = READ_SLICE if deadline is None else min(READ_SLICE, deadline - time.monotonic())
-                if slice_ <= 0:
-                    raise TimeoutError("The operation timed out.")
-                message = pubsub.get_message(timeout=slice_)
-                if message is None or message["channel"] != channel:
-                    continue  # a quiet slice, or a stale reply of an earlier wait
-                if message["type"] == "subscribe":
-                    payload = cast("bytes | None", self.client.get(channel))
-                elif message["type"] == "message":
-                    payload = message["data"]
+            except DRIVER_CONNECTION_ERRORS:
+                if stale is None:  # a new connection failed: nothing to replace
+                    raise
+            finally:
+                self._checkin(conn, channel, clean)
+
+    def _wait_on(self, conn: AbstractConnection, stale: bytes | None, task_id: str,
+                 channel: bytes, deadline: float | None, first_read: Callable[[], Meta],
+                 before_blocking: Callable[[], Any]) -> Meta:
+        resp3 = self._resp3
+        commands: list[tuple[Any, ...]] = []
+        if stale is not None and stale != channel:
+            commands.append(("UNSUBSCRIBE", stale))
+        commands.append(("SUBSCRIBE", channel))
+        if resp3:
+            commands.append(("GET", channel))
+        conn.send_packed_command(conn.pack_commands(commands), False)
+        meta = first_read()
+        if meta["status"] in _READY:
+            return meta
+        before_blocking()
+        subscribed = False
+        while True:
+            reply = _read(conn, deadline)
+            if isinstance(reply, list):  # a pub/sub push: [kind, channel, count or payload]
+                if len(reply) != 3 or reply[1] != channel:
+                    continue  # a confirmation or message of an earlier wait's channel
+                if reply[0] == b"message":
+                    payload = reply[2]
+                elif reply[0] == b"subscribe":
+                    subscribed = True
+                    if resp3:
+                        continue  # our GET's reply comes next
+                    payload = self.client.get(channel)
                 else:
                     continue
-                meta = self._backend.meta_from_payload(task_id, payload)
-                if meta["status"] in states.READY_STATES:
-                    clean = True
-                    return meta
-        finally:
-            self._checkin(pubsub, channel, clean)
+            elif subscribed:  # RESP3: the reply of our GET (ours: after our SUBSCRIBE's)
+                payload = reply
+            else:
+                continue  # the reply of a GET of an earlier wait that ended before it
+            meta = self._backend.meta_from_payload(task_id, payload)
+            if meta["status"] in _READY:
+                return meta
 
-    def _checkout(self) -> tuple[PubSub, bytes | None]:
+    def _connect(self) -> AbstractConnection:
+        """A new pub/sub connection, RESP3 when the server speaks it."""
+        pool = self.client.connection_pool
+        with self._lock:
+            resp3 = self._resp3
+        conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2 if resp3 is False else 3})
+        try:
+            conn.connect()
+        except verr.ResponseError:  # HELLO unknown: a server older than Redis 6
+            if resp3:
+                raise
+            conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+            conn.connect()
+            resp3 = False
+        with self._lock:
+            self._resp3 = resp3 is not False
+        return conn
+
+    def _checkout(self) -> tuple[AbstractConnection, bytes | None]:
         """An idle pub/sub connection with the channel it is still subscribed to, or a new
         one (None)."""
         with self._lock:
@@ -120,23 +174,33 @@ class SyncSide:
                 self._idle, self._pid = [], os.getpid()
             if self._idle:
                 return self._idle.pop()
-        return self.client.pubsub(), None
+        return self._connect(), None
 
-    def _checkin(self, pubsub: PubSub, channel: bytes, clean: bool) -> None:
+    def _checkin(self, conn: AbstractConnection, channel: bytes, clean: bool) -> None:
         """Keep the connection, still subscribed to ``channel``, for the next wait (which
-        unsubscribes it), or close it. A message that comes on ``channel`` meanwhile waits
-        in the socket and is skipped by that wait."""
+        unsubscribes it), or close it. What comes on ``channel`` meanwhile waits in the
+        socket and is skipped by that wait."""
         if clean:
             with self._lock:
                 if len(self._idle) < KEEP_PUBSUBS:
-                    self._idle.append((pubsub, channel))
+                    self._idle.append((conn, channel))
                     return
-        pubsub.close()
+        conn.disconnect()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for pubsub, _ in idle:
-            pubsub.close()
+        for conn, _ in idle:
+            conn.disconnect()
         self.client.close()
         self.client.connection_pool.disconnect()
+
+
+def _read(conn: AbstractConnection, deadline: float | None) -> Any:
+    """The next reply or push on ``conn``; TimeoutError at ``deadline``."""
+    while True:
+        slice_ = READ_SLICE if deadline is None else min(READ_SLICE, deadline - time.monotonic())
+        if slice_ <= 0:
+            raise TimeoutError("The operation timed out.")
+        if conn.can_read(timeout=slice_):
+            return conn.read_response(push_request=True)
