@@ -174,16 +174,15 @@ def test_idle_pubsub_connections_are_reused_but_not_across_a_fork(make_backend):
     assert backend.wait_for(done, timeout=5)["result"] == 1
 
 
-@pytest.mark.parametrize("resp3", [True, False], ids=["resp3", "resp2"])
-def test_a_ready_result_costs_one_read_and_a_pending_one_reads_again_after_subscribing(
-    make_backend, monkeypatch, resp3
+def test_resp2_a_ready_result_costs_one_read_and_a_pending_one_reads_again_after_subscribing(
+    make_backend, monkeypatch
 ):
-    """The first read overlaps the subscription; a result stored right after it, perhaps
-    before the subscription took effect, is still found: by the GET written with the
-    SUBSCRIBE (RESP3), or by a read once the subscription is confirmed (RESP2)."""
+    """RESP2: the first read overlaps the subscription; a result stored right after it,
+    perhaps before the subscription took effect, is still found by a read once the
+    subscription is confirmed."""
     backend = make_backend()
     side = backend._sync_side()
-    side._resp3 = resp3
+    side._resp3 = False
     calls, confirms = [], []
     real_read, real_get = side.read, side.client.get
     monkeypatch.setattr(backend.app, "_confirm_published", lambda: confirms.append(1),
@@ -203,9 +202,38 @@ def test_a_ready_result_costs_one_read_and_a_pending_one_reads_again_after_subsc
 
     monkeypatch.setattr(side, "read", read_then_store)
     assert backend.wait_for(late, timeout=5)["result"] == 2
-    # Pending: confirm the publishes, then read again (RESP3: on the waiting connection).
-    assert calls == (["GET"] if resp3 else ["GET", "GET"]) and confirms == [1]
-    assert side._resp3 is resp3
+    assert calls == ["GET", "GET"] and confirms == [1]  # pending: confirm, read again
+    assert side._resp3 is False
+
+
+def test_resp3_reads_the_key_on_the_waiting_connection_only(make_backend, monkeypatch):
+    """RESP3: the GET written with the SUBSCRIBE answers for the task itself; the pool's
+    connection is read only to read other results ahead."""
+    backend = make_backend()
+    side = backend._sync_side()
+    reads, confirms = [], []
+    real_read = side.read
+    monkeypatch.setattr(backend.app, "_confirm_published", lambda: confirms.append(1),
+                        raising=False)
+    monkeypatch.setattr(side, "read", lambda ids: reads.append(len(ids)) or real_read(ids))
+    ready = str(uuid.uuid4())
+    backend.store_result(ready, 1, states.SUCCESS)
+    assert backend.wait_for(ready, timeout=5)["result"] == 1
+    assert reads == [] and confirms == []  # ready: one round trip, no confirm
+    thread = store_later(backend, late := str(uuid.uuid4()), 2)
+    assert backend.wait_for(late, timeout=5)["result"] == 2
+    thread.join(5)
+    assert reads == [] and confirms == [1]  # pending: confirmed before it blocked
+    first, second = sent(backend, 2)  # now there is something to read ahead
+    backend.store_result(second.id, "b", states.SUCCESS)
+    thread = store_later(backend, first.id, "a")
+    assert backend.wait_for(first.id, timeout=5)["result"] == "a"
+    thread.join(5)
+    assert reads == [2]  # one MGET, with the result sent after it
+    raw_b = backend.get_key_for_task(second.id)
+    side.client.set(raw_b, b'{"status": "SUCCESS", "result": -1}')
+    assert backend.wait_for(second.id, timeout=5)["result"] == "b"  # read ahead, kept
+    assert side._resp3 is True
 
 
 def test_a_server_without_resp3_is_waited_on_the_resp2_way(make_backend, monkeypatch):

@@ -330,7 +330,8 @@ class RedisBackend(ResultBackend):
                 self.app._confirm_published()
                 raise TimeoutError("The operation timed out.")
             try:
-                return sync.wait(task_id, left(), first_read, self.app._confirm_published)
+                return sync.wait(task_id, left(), first_read, self.app._confirm_published,
+                                 read_ahead=len(ids) > 1)
             except DRIVER_CONNECTION_ERRORS as exc:
                 logger.warning("Waiting for %s on %s failed (%s); retrying on the portal loop",
                                task_id, self.safe_url, exc)

@@ -78,14 +78,17 @@ class SyncSide:
         return cast("list[bytes | None]", self.client.mget(keys))
 
     def wait(self, task_id: str, timeout: float | None, first_read: Callable[[], Meta],
-             before_blocking: Callable[[], Any]) -> Meta:
+             before_blocking: Callable[[], Any], read_ahead: bool = True) -> Meta:
         """Block until the task is ready.
 
         SUBSCRIBE to its channel (with RESP3, and GET of its key) is written first, and
         ``first_read()`` (the read-ahead MGET) runs while Redis answers: a result already
-        there costs one round trip. Otherwise ``before_blocking()`` runs, then the wait
-        reads the connection: the GET's reply, or with RESP2 a GET once the subscription is
-        confirmed, then the PUBLISH. The channel stays subscribed after the wait: the next
+        there costs one round trip. With RESP3 and nothing to read ahead (``read_ahead``
+        False: ``first_read`` would read this task's key alone) the GET alone does that
+        job, and ``first_read`` is not called. Otherwise ``before_blocking()`` runs, then
+        the wait reads the connection: the GET's reply, or with RESP2 a GET once the
+        subscription is confirmed, then the PUBLISH. The channel stays subscribed after the
+        wait: the next
         wait on that connection unsubscribes it first, so that the caller gets its result
         one write sooner. A connection kept idle that the server closed meanwhile is
         replaced once.
@@ -101,7 +104,7 @@ class SyncSide:
             clean = False
             try:
                 meta = self._wait_on(conn, stale, task_id, channel, deadline, first_read,
-                                     before_blocking)
+                                     before_blocking, read_ahead)
                 clean = True
                 return meta
             except DRIVER_CONNECTION_ERRORS:
@@ -112,8 +115,8 @@ class SyncSide:
 
     def _wait_on(self, conn: AbstractConnection, stale: bytes | None, task_id: str,
                  channel: bytes, deadline: float | None, first_read: Callable[[], Meta],
-                 before_blocking: Callable[[], Any]) -> Meta:
-        resp3 = self._resp3
+                 before_blocking: Callable[[], Any], read_ahead: bool) -> Meta:
+        resp3 = conn.protocol in (3, "3")
         commands: list[tuple[Any, ...]] = []
         if stale is not None and stale != channel:
             commands.append(("UNSUBSCRIBE", stale))
@@ -121,10 +124,13 @@ class SyncSide:
         if resp3:
             commands.append(("GET", channel))
         conn.send_packed_command(conn.pack_commands(commands), False)
-        meta = first_read()
-        if meta["status"] in _READY:
-            return meta
-        before_blocking()
+        confirmed = False
+        if read_ahead or not resp3:
+            meta = first_read()
+            if meta["status"] in _READY:
+                return meta
+            before_blocking()
+            confirmed = True
         subscribed = False
         while True:
             reply = _read(conn, deadline)
@@ -147,6 +153,9 @@ class SyncSide:
             meta = self._backend.meta_from_payload(task_id, payload)
             if meta["status"] in _READY:
                 return meta
+            if not confirmed:  # not ready after the GET: confirm, then block
+                before_blocking()
+                confirmed = True
 
     def _connect(self) -> AbstractConnection:
         """A new pub/sub connection, RESP3 when the server speaks it."""
