@@ -8,9 +8,12 @@ Builds the base commit (``git archive`` into a temporary folder, ``pip install``
 throwaway venv ``.cache/perf-gate/venv``, kept for the next run with the same dependency
 pins), then runs the gate's benchmarks for both trees interleaved in one run (run.py's
 ``run_rounds``), compares each benchmark with pyperf's t-test, and fails only when the
-working tree is significantly slower by more than the benchmark's threshold. Exit status:
-0 passed or skipped (also when the base cannot be built), 1 regression, 2 a wrong --base.
-docs/performance.md explains the thresholds.
+working tree is significantly slower by more than the benchmark's threshold, twice: a
+benchmark that fails is measured again (both trees, interleaved, the same rounds) and fails
+the gate only if it fails that second time too. When nothing the benchmarks run differs
+from the base (``CODE_PATHS``: a change to docs only), there is nothing to measure and the
+gate is skipped. Exit status: 0 passed or skipped (also when the base cannot be built), 1
+regression, 2 a wrong --base. docs/performance.md explains the thresholds.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -57,6 +60,8 @@ THRESHOLDS: tuple[tuple[str, float | None], ...] = (
 )
 #: Fewer runs than this on either side: no verdict (a t-test on 2 runs says little).
 MIN_RUNS = 4
+#: What the benchmarks run: a tree that differs from the base elsewhere only is not measured.
+CODE_PATHS = ("src", "bench/suite", "pyproject.toml")
 CACHE = ROOT / ".cache" / "perf-gate"
 
 
@@ -96,6 +101,17 @@ def select_base(repo: Path, override: str | None = None) -> tuple[str | None, st
     if parent:
         return parent, "HEAD~1"
     return None, "HEAD has no parent commit (first commit or shallow clone)"
+
+
+def same_code(repo: Path, sha: str, paths: Sequence[str] = CODE_PATHS) -> bool:
+    """True when the working tree of ``repo`` has ``paths`` as in commit ``sha``: no change
+    to a tracked file there, and no untracked one."""
+    diff = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", sha, "--", *paths],
+                          capture_output=True)
+    if diff.returncode != 0:
+        return False
+    untracked = _git(repo, "ls-files", "--others", "--exclude-standard", "--", *paths)
+    return untracked == ""
 
 
 # -- the base tree's venv ----------------------------------------------------------------------
@@ -260,6 +276,12 @@ def decide(base: dict[str, pyperf.Benchmark], current: dict[str, pyperf.Benchmar
             for n in sorted(set(base) | set(current))]
 
 
+def confirmed(failed: list[str], measure_again: Callable[[list[str]], list[Row]]) -> list[str]:
+    """The benchmarks of ``failed`` that fail again when ``measure_again`` measures them: a
+    regression shows twice, a disturbance of the shared machine seldom does."""
+    return [r.name for r in measure_again(failed) if r.fails and r.name in failed]
+
+
 def report(rows: Sequence[Row], base: Collector, current: Collector) -> list[str]:
     def fmt(bench: pyperf.Benchmark | None, value: float | None) -> str:
         return bench.format_value(value) if bench is not None and value is not None else "-"
@@ -307,6 +329,9 @@ def base_tree(args: argparse.Namespace, python: Path) -> tuple[Tree, str]:
     if sha is None:
         raise Skip(0, f"perf gate: skipped: {why}; nothing to compare with")
     what = f"{sha[:12]} ({why})"
+    if same_code(args.repo, sha):
+        raise Skip(0, f"perf gate: skipped: {', '.join(CODE_PATHS)} as in {what}; "
+                   f"nothing to measure")
     log(f"perf gate: building {what} into {CACHE / 'venv'}")
     try:
         return Tree("base", build_base(args.repo, sha, python)), what
@@ -322,6 +347,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "with origin/main, else HEAD~1]")
     parser.add_argument("--aa", action="store_true",
                         help="compare the working tree with itself (measures the noise)")
+    parser.add_argument("--no-confirm", dest="confirm", action="store_false",
+                        help="fail at once, without measuring a failed benchmark again")
     parser.add_argument("--rounds", type=int, default=PROFILES["gate"].rounds)
     parser.add_argument("--only", default=",".join(GATE_BENCHMARKS),
                         help="benchmarks to run [%(default)s]")
@@ -356,6 +383,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"perf gate: {time.monotonic() - started:.0f} s; pyperf files in {args.out} "
           f"(.venv/bin/python -m pyperf compare_to {args.out}/base.json {args.out}/current.json)")
     failed = [r.name for r in rows if r.fails]
+    if failed and args.confirm:
+        log(f"perf gate: {', '.join(failed)} failed; measuring again to confirm")
+
+        def again(names: list[str]) -> list[Row]:
+            patterns = split_patterns(",".join(names))
+            trees = [base_side, Tree("current", python)]
+            second = run_rounds(trees, usable_units(patterns, args.url), PROFILES["gate"],
+                                patterns, args.url, args.rounds)
+            rows = decide(second["base"].benchmarks, second["current"].benchmarks)
+            print("perf gate: measured again:")
+            print("\n".join(report(rows, second["base"], second["current"])))
+            return rows
+
+        failed = confirmed(failed, again)
     if failed:
         print(f"perf gate: FAILED: {', '.join(failed)}")
         return 1

@@ -101,6 +101,43 @@ def test_the_gate_skips_cleanly_when_there_is_no_previous_commit(
     assert "skipped" in capsys.readouterr().err
 
 
+def test_a_tree_whose_code_is_as_in_the_base_is_not_measured(
+        repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / "src").mkdir()
+    (repo / "src" / "m.py").write_text("x = 1\n")
+    git(repo, "add", "src")
+    base = commit(repo, "code")
+    (repo / "README.md").write_text("docs\n")
+    git(repo, "add", "README.md")
+    commit(repo, "docs only")
+    assert gate.same_code(repo, base)
+    monkeypatch.delenv("PERF_GATE_BASE", raising=False)
+    assert gate.main(["--repo", str(repo)]) == 0
+    assert "nothing to measure" in capsys.readouterr().err
+    (repo / "src" / "m.py").write_text("x = 2\n")  # a change to the code, not committed
+    assert not gate.same_code(repo, base)
+    git(repo, "checkout", "-q", "--", "src")
+    (repo / "src" / "new.py").write_text("y = 1\n")  # an untracked file counts too
+    assert not gate.same_code(repo, base)
+
+
+def test_only_a_failure_that_shows_again_fails_the_gate() -> None:
+    slow = verdict(runs_around(1.0), runs_around(1.5))
+    same = verdict(runs_around(1.0), runs_around(1.0))
+    assert slow.fails and not same.fails
+    asked: list[list[str]] = []
+
+    def again(rows: list[gate.Row]):
+        def measure(names: list[str]) -> list[gate.Row]:
+            asked.append(names)
+            return rows
+        return measure
+
+    assert gate.confirmed(["micro.x"], again([slow])) == ["micro.x"]  # a regression
+    assert gate.confirmed(["micro.x"], again([same])) == []  # a disturbance
+    assert asked == [["micro.x"], ["micro.x"]]  # only the failed ones are measured again
+
+
 # -- verdicts ---------------------------------------------------------------------------------
 
 
