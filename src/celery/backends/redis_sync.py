@@ -85,13 +85,12 @@ class SyncSide:
         ``first_read()`` (the read-ahead MGET) runs while Redis answers: a result already
         there costs one round trip. With RESP3 and nothing to read ahead (``read_ahead``
         False: ``first_read`` would read this task's key alone) the GET alone does that
-        job, and ``first_read`` is not called. Otherwise ``before_blocking()`` runs, then
-        the wait reads the connection: the GET's reply, or with RESP2 a GET once the
-        subscription is confirmed, then the PUBLISH. The channel stays subscribed after the
-        wait: the next
-        wait on that connection unsubscribes it first, so that the caller gets its result
-        one write sooner. A connection kept idle that the server closed meanwhile is
-        replaced once.
+        job, and ``first_read`` is not called. If the task is not ready,
+        ``before_blocking()`` runs, then the wait reads the connection: the GET's reply, or
+        with RESP2 a GET once the subscription is confirmed, then the PUBLISH. The channel
+        stays subscribed after the wait: the next wait on that connection unsubscribes it
+        first, so that the caller gets its result one write sooner. A connection kept idle
+        that the server closed meanwhile is replaced once.
 
         Raises:
             celery.exceptions.TimeoutError: not ready within ``timeout`` seconds.
