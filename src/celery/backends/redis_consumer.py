@@ -15,6 +15,7 @@ from valkey.asyncio.connection import Connection
 
 from .. import states
 from ..exceptions import ConnectionLost
+from ..transport.redis_publish import RETRYABLE
 
 if TYPE_CHECKING:
     from .redis import RedisBackend
@@ -25,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 Meta = dict[str, Any]
 
-#: The driver errors that mean a broken or unreachable connection (sync and async alike).
-DRIVER_CONNECTION_ERRORS = (verr.ConnectionError, verr.TimeoutError, OSError)
+#: The driver errors that mean a broken or unreachable connection (sync and async alike):
+#: the ones the Redis transport retries.
+DRIVER_CONNECTION_ERRORS = RETRYABLE
 
 
 class _Channel:
