@@ -28,6 +28,9 @@ from pathlib import Path
 import valkey
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench" / "peers"))
+import harness  # noqa: E402 - bench/peers/harness.py: its /proc reader
+
 URL = "redis://127.0.0.1:6379/13"
 WORKER = ["-m", "celery", "-A", "benchapp", "worker", "--loop-workers", "1",
           "--loop-concurrency", "100", "--sync-workers", "4", "-l", "warning"]
@@ -56,8 +59,9 @@ print(json.dumps({"p50_us": samples[n // 2] * 1e6, "p99_us": samples[int(n * 0.9
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of ``pid`` and its descendants, read as bench/peers.py reads it."""
+    tree = harness.process_tree(pid).values()
+    return sum(int(f[harness.UTIME]) + int(f[harness.STIME]) for f in tree) / harness.CLOCK_TICKS
 
 
 def one_run(python: str, samples: int, use_async: bool) -> dict:
@@ -123,7 +127,8 @@ def main() -> None:
     for n in range(args.pairs):
         for side in (("base", "current") if n % 2 == 0 else ("current", "base")):
             started = time.monotonic()
-            runs[side].append(one_run(getattr(args, side), args.samples, args.use_async))
+            python = str(Path(getattr(args, side)).absolute())  # the worker runs in bench/
+            runs[side].append(one_run(python, args.samples, args.use_async))
             print(f"pair {n + 1}/{args.pairs} {side:8} p50 {runs[side][-1]['p50_us']:6.0f} us "
                   f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
     report(runs)
