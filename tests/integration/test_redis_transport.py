@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import valkey
+from valkey.exceptions import ResponseError
 
 from celery.exceptions import ConnectionLost, ImproperlyConfigured
 from celery.messaging.protocol import Message, build_task_message
@@ -439,7 +440,8 @@ async def test_a_failed_coalesced_publish_fails_every_caller():
     await dead.aclose()
 
 
-# -- early hand-off (CAP_EARLY): a message BRPOP popped goes to ``early`` before its record ---
+# -- early hand-off (CAP_EARLY): a message the blocking pop took goes to ``early`` before its
+# record. The pop is BLMPOP COUNT 2: a second message popped with it means a backlog.
 
 
 def bodies(deliveries) -> list:
@@ -447,8 +449,8 @@ def bodies(deliveries) -> list:
 
 
 async def fetch_while_pushing(transport, raw, payloads, early, max_count=10):
-    """Fetch with ``early`` while the queue is empty, so BRPOP waits; push ``payloads`` in one
-    LPUSH: BRPOP wakes with the first of them."""
+    """Fetch with ``early`` while the queue is empty, so the pop waits; push ``payloads`` in
+    one LPUSH: the pop wakes with the first of them (and the second, if any)."""
     thread = threading.Thread(target=lambda: (time.sleep(0.3), raw.lpush("celery", *payloads)))
     thread.start()
     try:
@@ -466,13 +468,74 @@ async def test_a_message_settled_when_handed_over_is_never_recorded(transport, r
     payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
     handed = []
     got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or True)
-    assert got == [] and bodies(handed) == [[0]]
+    assert bodies(handed) == [[0]]
     assert handed[0].delivery_tag == json.loads(payloads[0])["properties"]["delivery_tag"]
-    assert raw.exists("unacked", "unacked_index") == 0  # acked on the spot: no record
-    # The other two still wait; the next fetch reserves them as one batch, without BRPOP.
+    # Acked on the spot, the first is never recorded; the second, popped with it, and the
+    # third are reserved as one batch in the same fetch.
+    assert bodies(got) == [[1], [2]]
+    assert unacked_tags(raw) == {d.delivery_tag for d in got}
+
+
+async def test_a_lone_message_settled_when_handed_over_costs_one_command(transport, raw,
+                                                                        monkeypatch):
+    """Popped alone for an otherwise idle consumer (EARLY_ALONE), the queue is empty: no
+    script runs after the pop, nor in the next fetch before its blocking pop (only the first
+    fetch reserves first, knowing nothing yet). A busy consumer (EARLY_ACKED) has the next
+    fetch reserve first, to batch what came meanwhile."""
+    reserves = []
+    reserve = transport._reserve
+
+    async def counted(*args):
+        reserves.append(args)
+        return await reserve(*args)
+
+    monkeypatch.setattr(transport, "_reserve", counted)
+    handed = []
+
+    def alone(delivery):
+        handed.append(delivery)
+        return base.EARLY_ALONE
+
+    def busy(delivery):
+        handed.append(delivery)
+        return base.EARLY_ACKED
+
+    payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
+    got = await fetch_while_pushing(transport, raw, payloads[:1], alone)
+    assert got == [] and bodies(handed) == [[0]] and len(reserves) == 1
+    reserves.clear()
+    got = await fetch_while_pushing(transport, raw, payloads[1:2], busy)
+    assert got == [] and bodies(handed) == [[0], [1]] and reserves == []
+    got = await fetch_while_pushing(transport, raw, payloads[2:], alone)
+    assert got == [] and bodies(handed) == [[0], [1], [2]] and len(reserves) == 1
+    assert reserves[0][2:] == ()  # the script ran first, with no popped message, and found none
+    assert raw.exists("unacked", "unacked_index") == 0
+
+
+async def test_a_server_without_blmpop_gets_brpop(transport, raw, monkeypatch):
+    """Redis older than 7.0 answers BLMPOP with "unknown command": the transport says so
+    once and pops with BRPOP from then on (one message at a time)."""
+    client = transport._client()
+    real = type(client).execute_command
+    sent = []
+
+    async def old_server(self, *args, **options):
+        sent.append(args[0])
+        if args[0] == "BLMPOP":
+            raise ResponseError("unknown command 'BLMPOP', with args beginning with: ")
+        return await real(self, *args, **options)
+
+    monkeypatch.setattr(type(client), "execute_command", old_server)
+    payloads = [transport._envelope(task("t", i))[1] for i in range(2)]
+    handed = []
+    got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or True)
+    assert bodies(handed) == [[0]] and got == []  # the second still waits in the queue
+    assert sent.count("BLMPOP") == 1 and sent.count("BRPOP") == 1
     rest = await transport.fetch(["celery"], 10, 1, early=refuse_hand_over)
-    assert bodies(rest) == [[1], [2]]
-    assert unacked_tags(raw) == {d.delivery_tag for d in rest}
+    assert bodies(rest) == [[1]]
+    await transport.ack(rest)
+    got = await fetch_while_pushing(transport, raw, [payloads[0]], lambda d: handed.append(d) or True)
+    assert sent.count("BLMPOP") == 1 and sent.count("BRPOP") == 2
 
 
 async def test_a_message_not_settled_when_handed_over_is_recorded_with_the_batch(transport, raw):
@@ -515,8 +578,9 @@ async def test_a_failing_early_handler_leaves_the_message_reserved(transport, ra
     payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
     with pytest.raises(RuntimeError, match="bug in the handler"):
         await fetch_while_pushing(transport, raw, payloads, early)
-    assert unacked_tags(raw) == {json.loads(payloads[0])["properties"]["delivery_tag"]}
-    assert raw.llen("celery") == 2  # only the popped one was reserved
+    popped = payloads[:2]  # BLMPOP COUNT 2 took two
+    assert unacked_tags(raw) == {json.loads(p)["properties"]["delivery_tag"] for p in popped}
+    assert raw.llen("celery") == 1  # only the popped ones were reserved
 
 
 async def test_a_malformed_popped_message_is_not_handed_over(transport, raw, caplog):

@@ -10,7 +10,7 @@ from ..messaging.protocol import Message
 
 __all__ = [
     "CAP_BROADCAST", "CAP_DELAYED", "CAP_EARLY", "CAP_PRIORITY", "CAP_VISIBILITY_TIMEOUT",
-    "Delivery", "EarlyHandler", "FanoutSubscription", "Mailbox", "Transport",
+    "EARLY_ACKED", "EARLY_ALONE", "EARLY_KEPT", "Delivery", "EarlyHandler", "FanoutSubscription", "Mailbox", "Transport",
 ]
 
 #: The transport orders messages by priority.
@@ -47,8 +47,11 @@ class Delivery:
 
 
 #: ``fetch(..., early=handler)`` (CAP_EARLY): called on the fetching loop with a delivery not
-#: yet recorded as reserved; returns True if it acked that delivery already (no ack follows).
-EarlyHandler: TypeAlias = Callable[[Delivery], bool]
+#: yet recorded as reserved; returns a true value if it acked that delivery already (no ack
+#: follows): ``EARLY_ALONE`` if that task is then the consumer's only one, else
+#: ``EARLY_ACKED``; ``EARLY_KEPT`` (false) if the delivery must be recorded.
+EarlyHandler: TypeAlias = Callable[[Delivery], int]
+EARLY_KEPT, EARLY_ACKED, EARLY_ALONE = 0, 1, 2
 
 
 @runtime_checkable

@@ -59,7 +59,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import valkey
 import valkey.asyncio as avalkey
-from valkey.exceptions import NoScriptError
+from valkey.exceptions import NoScriptError, ResponseError
 
 from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.protocol import Message
@@ -71,6 +71,7 @@ from .base import (
     CAP_EARLY,
     CAP_PRIORITY,
     CAP_VISIBILITY_TIMEOUT,
+    EARLY_ALONE,
     Delivery,
     EarlyHandler,
 )
@@ -254,6 +255,7 @@ class RedisTransport(RedisMailbox):
         self._batches: dict[asyncio.AbstractEventLoop, list[tuple[str, str, asyncio.Future[None]]]] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self._drained: set[tuple[str, ...]] = set()  # queue keys the last fetch emptied
+        self._blmpop = True  # False once the server said it has no BLMPOP (under the lock)
         #: Deliveries handed over early whose record in ``unacked`` is in flight: tag ->
         #: future set (on the fetching loop) once it is done. Under _clients_lock.
         self._recording: dict[str, asyncio.Future[None]] = {}
@@ -482,8 +484,8 @@ class RedisTransport(RedisMailbox):
                     early: EarlyHandler | None = None) -> list[Delivery]:
         """Reserve up to ``max_count`` messages; block up to ``timeout`` s. Running loop.
 
-        With ``early`` (CAP_EARLY), a message BRPOP popped is handed to it before the script
-        records it in ``unacked`` (see ``_popped``) and is not in the returned list.
+        With ``early`` (CAP_EARLY), a message the blocking pop took is handed to it before
+        the script records it in ``unacked`` (see ``_popped``) and is not in the returned list.
         """
         if not queues or max_count <= 0:
             return []
@@ -500,11 +502,11 @@ class RedisTransport(RedisMailbox):
                 break
         full = len(deliveries) >= max_count  # False: the queues are empty now
         if not deliveries and timeout > 0:
-            keys, block = list(layout.queue_keys), self._block_for(timeout)
-            popped = await self._run("fetch", lambda c: c.execute_command("BRPOP", *keys, block))
+            popped = await self._blocking_pop(layout, self._block_for(timeout), early is not None)
             if popped is not None:
-                number = layout.by_key[popped[0]]
-                deliveries, full = await self._popped(layout, max_count, popped[1], number, early)
+                key, items, counted = popped
+                deliveries, full = await self._popped(layout, max_count, items,
+                                                      layout.by_key[key], early, counted)
         with self._clients_lock:
             if full:
                 self._drained.discard(layout.queue_keys)
@@ -512,35 +514,83 @@ class RedisTransport(RedisMailbox):
                 self._drained.add(layout.queue_keys)
         return deliveries
 
-    async def _popped(self, layout: _Layout, max_count: int, item: bytes, number: int,
-                      early: EarlyHandler | None) -> tuple[list[Delivery], bool]:
-        """Record what BRPOP popped in ``unacked`` with up to ``max_count - 1`` more; the
-        deliveries to return, and whether more may wait (``fetch``'s ``full``).
+    async def _blocking_pop(self, layout: _Layout, block: float,
+                            two: bool) -> tuple[bytes, list[bytes], bool] | None:
+        """Block until a queue key has messages: (that key, what was popped, whether it was
+        BLMPOP), or None.
 
-        With ``early``, a well-formed popped message is handed over first: the task starts
-        one round trip sooner. If ``early`` acked it on the spot (an idle worker, a task that
-        acks early), it is never recorded (an early ack forgets it anyway), and no script
-        runs: the next fetch reserves what else waits, as a batch. Otherwise it is recorded
-        with the batch, and until then ``_settle_after_record`` holds back settling it, so
-        that no ack or requeue overtakes its record.
+        ``two`` (for ``early``): BLMPOP with COUNT 2 (Redis 7, Valkey), so that one message
+        popped alone tells that its queue is empty now, and a second one that a backlog
+        waits. Else, and on a server without BLMPOP (found once, then remembered), BRPOP.
+        """
+        keys = list(layout.queue_keys)
+        with self._clients_lock:
+            two = two and self._blmpop
+        if two:
+            try:
+                popped = await self._run("fetch", lambda c: c.execute_command(
+                    "BLMPOP", block, len(keys), *keys, "RIGHT", "COUNT", 2))
+                return None if popped is None else (popped[0], list(popped[1]), True)
+            except ConnectionLost as exc:
+                cause = exc.__cause__
+                if not (isinstance(cause, ResponseError) and "unknown command" in str(cause).lower()):
+                    raise
+                logger.info("%s has no BLMPOP (Redis older than 7.0): using BRPOP", self)
+                with self._clients_lock:
+                    self._blmpop = False
+        popped = await self._run("fetch", lambda c: c.execute_command("BRPOP", *keys, block))
+        return None if popped is None else (popped[0], [popped[1]], False)
+
+    async def _record(self, layout: _Layout, count: int, items: list[bytes],
+                      number: int) -> list[Delivery]:
+        """Reserve popped ``items`` in their order, the last with up to ``count`` in all."""
+        deliveries: list[Delivery] = []
+        for i, item in enumerate(items):
+            want = max(count - len(deliveries), 1) if i == len(items) - 1 else 1
+            deliveries += (await self._reserve(layout, want, item, number))[0]
+        return deliveries
+
+    async def _popped(self, layout: _Layout, max_count: int, items: list[bytes], number: int,
+                      early: EarlyHandler | None, counted: bool) -> tuple[list[Delivery], bool]:
+        """Record what the blocking pop took (one message, or two from BLMPOP) in
+        ``unacked`` with up to ``max_count`` in all; the deliveries to return, and whether
+        more may wait (``fetch``'s ``full``).
+
+        With ``early``, the first message, if well-formed, is handed over first: the task
+        starts one round trip sooner. If ``early`` acked it on the spot (an idle worker, a
+        task that acks early), it is never recorded (an early ack forgets it anyway). Then,
+        popped alone by BLMPOP (``counted``) for a consumer with no other task
+        (``EARLY_ALONE``), its queue is empty and nothing else is going on: no script runs,
+        and the next fetch goes straight back to the blocking pop (a lone task costs that
+        one command). Otherwise the next fetch reserves what else waits with the script
+        first: after BRPOP, which cannot tell, and for a busy consumer, whose next messages
+        are likely to come while it works, to be reserved as a batch instead of popped one
+        by one. A second message
+        popped with it means a backlog: it is recorded with a batch, the next fetch
+        reserves more. If the first was not acked, it is recorded with the batch, and until
+        then ``_settle_after_record`` holds back settling it, so that no ack or requeue
+        overtakes its record.
         """
         queue = layout.names[number - 1]
-        delivery = _well_formed(item, queue) if early is not None else None
+        delivery = _well_formed(items[0], queue) if early is not None else None
         if delivery is None or early is None:
-            deliveries = (await self._reserve(layout, max_count, item, number))[0]
+            deliveries = await self._record(layout, max_count, items, number)
             return deliveries, len(deliveries) >= max_count
         try:
-            if early(delivery):
-                return [], True
-        except BaseException:  # a bug in the handler: keep the message reserved, not lost
-            await self._reserve(layout, 1, item, number)
+            acked = early(delivery)
+            if acked:
+                if len(items) == 1:  # the queue is empty now, if BLMPOP says so
+                    return [], not (counted and acked == EARLY_ALONE)
+                return await self._record(layout, max_count - 1, items[1:], number), True
+        except BaseException:  # a bug in the handler: keep the messages reserved, not lost
+            await self._record(layout, len(items), items, number)
             raise
         tag = delivery.delivery_tag
         recorded = asyncio.get_running_loop().create_future()
         with self._clients_lock:
             self._recording[tag] = recorded
         try:
-            deliveries = (await self._reserve(layout, max_count, item, number))[0]
+            deliveries = await self._record(layout, max_count, items, number)
         except ConnectionLost as exc:
             logger.error("Task message %s from queue %r runs, but could not be recorded as "
                          "reserved: if this worker dies, it is lost (%s)", tag, queue, exc)

@@ -24,7 +24,7 @@ from ..exceptions import (
     WorkerLostError,
 )
 from ..messaging.protocol import check_headers
-from ..transport.base import CAP_DELAYED, CAP_EARLY
+from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
 from .executor.base import Executor
 from .handoff import HandoffPause
 from .outbox import Outbox
@@ -201,11 +201,12 @@ class Consumer:
                 self._accept(delivery)
             self._dispatch()
 
-    def _take_early(self, delivery: Delivery) -> bool:
+    def _take_early(self, delivery: Delivery) -> int:
         """A message the transport hands over before recording it as reserved (CAP_EARLY:
         Redis, right after a blocking pop): accept and dispatch it now. True if that acked it
         on the spot (it started at once and acks early, or was revoked or expired): the
-        transport then never records it, so no ack is sent for it either."""
+        transport then never records it, so no ack is sent for it either. EARLY_ALONE when
+        it is then the only task here: the transport need not look for a backlog."""
         self.reserved += 1
         self._accept(delivery)
         self._dispatch()
@@ -215,9 +216,10 @@ class Consumer:
                 del acks[i]
                 self.reserved -= 1
                 # An otherwise idle worker lets the task start before fetching again.
-                self._handoff.pending = self.inflight == 1
-                return True
-        return False
+                alone = self.inflight == 1
+                self._handoff.pending = alone
+                return EARLY_ALONE if alone else EARLY_ACKED
+        return EARLY_KEPT
 
     @property
     def stopping(self) -> bool:
