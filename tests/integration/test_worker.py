@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 import uuid
 
@@ -327,3 +328,28 @@ def test_worker_recovers_when_broker_connections_are_dropped(redis_url, rclient)
         assert [r.get(timeout=30) for r in second] == [i + 2 for i in range(100)]
     app.close()
     assert rclient.llen("celery") == 0 and rclient.hlen("unacked") == 0
+
+
+def test_a_lone_result_is_written_by_the_thread_that_ran_the_task(app, monkeypatch):
+    """An executor with nothing else to do stores the result itself (worker/results.py);
+    in a burst, results go to the consumer's flusher, in batches."""
+    from celery.backends.redis import RedisBackend
+
+    writers: list[str] = []
+    real = RedisBackend.store_now
+
+    def spy(self, task_id, payload, state):
+        writers.append(threading.current_thread().name)
+        return real(self, task_id, payload, state)
+
+    monkeypatch.setattr(RedisBackend, "store_now", spy)
+    add = app.tasks["tests.integration.test_worker.add"]
+    aadd = app.tasks["tests.integration.test_worker.aadd"]
+    with running_worker(app, loop_workers=1, sync_workers=2):
+        assert add.delay(2, 3).get(timeout=10) == 5
+        assert aadd.delay(4, 5).get(timeout=10) == 9
+        assert writers[0].startswith("sync-worker-") and writers[1] == "loop-worker-0"
+        writers.clear()
+        burst = [add.delay(i, i) for i in range(300)]
+        assert [r.get(timeout=20) for r in burst] == [2 * i for i in range(300)]
+        assert len(writers) < 300  # some, at least, were batched by the flusher

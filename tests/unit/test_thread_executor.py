@@ -17,6 +17,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.done: list[tuple[str, str]] = []
+        self.alone: dict[str, bool] = {}
         self._lock = threading.Lock()
         self.all_done = threading.Event()
         self.expected = 0
@@ -25,9 +26,10 @@ class Recorder:
         req.body()
         return (req.id, threading.current_thread().name)
 
-    def on_done(self, outcome) -> None:
+    def on_done(self, outcome, alone=False) -> None:
         with self._lock:
             self.done.append(outcome)
+            self.alone[outcome[0]] = alone
             if len(self.done) >= self.expected:
                 self.all_done.set()
 
@@ -91,3 +93,34 @@ def test_requests_submitted_one_by_one_to_idle_threads_all_run(run):
             time.sleep(0.01)  # let every thread go idle now and then
     assert rec.all_done.wait(10)
     assert len(rec.done) == 300
+
+
+def test_a_request_finishing_with_none_waiting_is_reported_alone(run):
+    ex, rec = run(1, 1)
+    ex.submit(-1, [request(0)])
+    assert rec.all_done.wait(5)
+    assert rec.alone == {"r0": True}
+
+
+def test_a_request_finishing_while_others_wait_is_not_alone(run):
+    release = threading.Event()
+    ex, rec = run(1, 2)
+    ex.submit(-1, [request(0, lambda: release.wait(10)), request(1)])
+    time.sleep(0.05)  # r0 runs on the only thread; r1 waits for it
+    release.set()
+    assert rec.all_done.wait(5)
+    assert rec.alone == {"r0": False, "r1": True}
+
+
+def test_a_request_finishing_while_another_runs_is_not_alone(run):
+    release = threading.Event()
+    ex, rec = run(2, 2)
+    ex.submit(-1, [request(0, lambda: release.wait(10))])
+    time.sleep(0.05)  # r0 runs on one thread
+    ex.submit(-1, [request(1)])
+    deadline = time.monotonic() + 5
+    while not rec.done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    assert rec.all_done.wait(5)
+    assert rec.alone == {"r1": False, "r0": True}

@@ -171,6 +171,12 @@ class ResultBackend:
         """Store ``(task_id, encoded meta, state)`` items and wake their waiters."""
         raise NotImplementedError
 
+    def store_now(self, task_id: str, payload: bytes, state: str) -> bool:
+        """Store one result on the calling thread, blocking (a worker's executor thread, see
+        worker/results.py); False if this backend cannot, and the caller queues it for
+        ``_aset_many`` instead. Raises what the write raised."""
+        return False
+
     async def aget_raw(self, task_id: str) -> bytes | None:
         raise NotImplementedError
 

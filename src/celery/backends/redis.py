@@ -242,13 +242,32 @@ class RedisBackend(ResultBackend):
                 items = await self._without_stored_success(client, items)
                 guard = b""
             for start in range(0, len(items), _STORE_BATCH):
-                batch = items[start:start + _STORE_BATCH]
-                args = [len(batch), *(self.get_key_for_task(tid) for tid, _, _ in batch),
-                        self._ttl_ms, guard, *(payload for _, payload, _ in batch)]
+                args = self._store_args(items[start:start + _STORE_BATCH], guard)
                 try:
                     await client.execute_command("EVALSHA", _STORE_SHA, *args)
                 except verr.NoScriptError:
                     await client.execute_command("EVAL", _STORE_SCRIPT, *args)
+
+    def _store_args(self, batch: Sequence[tuple[str, bytes, str]], guard: bytes) -> list[Any]:
+        """The store script's arguments (after the script) for ``batch``."""
+        return [len(batch), *(self.get_key_for_task(tid) for tid, _, _ in batch),
+                self._ttl_ms, guard, *(payload for _, payload, _ in batch)]
+
+    def store_now(self, task_id: str, payload: bytes, state: str) -> bool:
+        """``_aset_many`` of one result on the calling thread's blocking client (any thread),
+        with the same script. Only for JSON metas: other serializers need the read first
+        (``_without_stored_success``), and are left to ``_aset_many``.
+
+        Raises:
+            celery.exceptions.ConnectionLost, OperationalError: the write failed.
+        """
+        guard = self._success_prefix
+        if guard is None:
+            return False
+        with self._driver_errors():
+            self._sync_side().run_script(_STORE_SHA, _STORE_SCRIPT,
+                                         self._store_args([(task_id, payload, state)], guard))
+        return True
 
     async def _without_stored_success(
         self, client: avalkey.Valkey, items: Sequence[tuple[str, bytes, str]]

@@ -46,6 +46,10 @@ READ_SLICE = 1.0
 #: Idle pub/sub connections kept for later waits.
 KEEP_PUBSUBS = 4
 
+#: Longest connect or reply wait of ``run_script`` (seconds, unless configured shorter): a
+#: worker thread writing a result itself gives up soon and leaves it to the flusher.
+SCRIPT_TIMEOUT = 1.0
+
 _READY = states.READY_STATES
 
 
@@ -63,6 +67,12 @@ class SyncSide:
         kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.02), 2))
         kwargs.setdefault("retry_on_error", [verr.ConnectionError, verr.TimeoutError])
         self.client = valkey.Valkey(connection_pool=valkey.ConnectionPool(**kwargs))
+        # run_script's own client: short timeouts, no retry (its callers have a fallback).
+        bounded = {k: min(kwargs.get(k) or SCRIPT_TIMEOUT, SCRIPT_TIMEOUT)
+                   for k in ("socket_timeout", "socket_connect_timeout")}
+        self._script_client = valkey.Valkey(connection_pool=valkey.ConnectionPool(
+            **{**kwargs, **bounded, "retry": None, "retry_on_error": None,
+               "retry_on_timeout": False}))
         self._lock = threading.Lock()
         #: Idle pub/sub connections, each with the channel it is still subscribed to.
         self._idle: list[tuple[AbstractConnection, bytes]] = []
@@ -76,6 +86,15 @@ class SyncSide:
         if len(keys) == 1:
             return [cast("bytes | None", self.client.get(keys[0]))]
         return cast("list[bytes | None]", self.client.mget(keys))
+
+    def run_script(self, sha: str, script: str, args: list[Any]) -> Any:
+        """EVALSHA, or EVAL if Redis does not have the script yet; at most about
+        ``SCRIPT_TIMEOUT`` per connect or reply, not retried."""
+        client = self._script_client
+        try:
+            return client.execute_command("EVALSHA", sha, *args)
+        except verr.NoScriptError:
+            return client.execute_command("EVAL", script, *args)
 
     def wait(self, task_id: str, timeout: float | None, first_read: Callable[[], Meta],
              before_blocking: Callable[[], Any], read_ahead: bool = True) -> Meta:
@@ -200,8 +219,9 @@ class SyncSide:
             idle, self._idle = self._idle, []
         for conn, _ in idle:
             conn.disconnect()
-        self.client.close()
-        self.client.connection_pool.disconnect()
+        for client in (self.client, self._script_client):
+            client.close()
+            client.connection_pool.disconnect()
 
 
 def _read(conn: AbstractConnection, deadline: float | None) -> Any:

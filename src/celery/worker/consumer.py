@@ -30,6 +30,7 @@ from .handoff import HandoffPause
 from .outbox import Outbox
 from .ratelimit import RateLimits
 from .request import Outcome, Request
+from .results import ResultGate
 from .state import RevokedIds, resident_kb
 
 if TYPE_CHECKING:
@@ -131,6 +132,8 @@ class Consumer:
                                   self._limit_due)
         self._rate_limits = not app.conf.worker_disable_rate_limits
         self.outbox: Outbox[Outcome] = Outbox(asyncio.get_running_loop(), self._on_outcomes)
+        #: Results on their way to the flusher; executors post through ``results.hand_over``.
+        self.results = ResultGate(self.backend)
         self._log_info = logger.isEnabledFor(logging.INFO)
         self.processed = 0
         #: Recycling (``--max-tasks-per-child``, ``--max-memory-per-child``): past either
@@ -207,6 +210,10 @@ class Consumer:
         on the spot (it started at once and acks early, or was revoked or expired): the
         transport then never records it, so no ack is sent for it either. EARLY_ALONE when
         it is then the only task here: the transport need not look for a backlog."""
+        # Outcomes posted but not yet received count as running: the previous task's result
+        # may have been written by its thread (worker/results.py) just before this message
+        # came, with its wake-up of this loop still pending.
+        self.outbox.drain()
         self.reserved += 1
         self._accept(delivery)
         self._dispatch()
@@ -374,6 +381,7 @@ class Consumer:
         payload = self._revoked_payload(req, reason)
         if payload is not None:
             self._to_store.append((req.id, payload, states.REVOKED))
+            self.results.add(1)
         self._to_ack.append(req.delivery)
         self._flush_needed.set()
         if signals.task_revoked.receivers:
@@ -451,12 +459,17 @@ class Consumer:
             return
         lane = self.lanes[req.task.is_async]
         if lane.running.pop(req, False) is False:
-            return  # already settled (cold shutdown requeued it, or its hard limit struck)
+            # Already settled (cold shutdown requeued it, or its hard limit struck).
+            if outcome.payload is not None:
+                self.results.done(1)
+            return
         if req.watchdog is not None:
             req.watchdog.cancel()
         lane.used[req.slot] -= 1
         self.inflight -= 1
         if outcome.requeue:  # cancelled by a cold shutdown: the worker is lost to it
+            if outcome.payload is not None:
+                self.results.done(1)
             if req.acks_late and self._task_option(req, "reject_on_worker_lost") is False:
                 self._lost_and_acked(req)
             else:
@@ -497,7 +510,8 @@ class Consumer:
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=req.task, task_id=req.id, exception=exc, args=None,
                                       kwargs=None, traceback=None, einfo=None)
-        self._on_outcomes([Outcome(req, states.FAILURE, payload, float(hard or 0), settle=settle)])
+        outcome = Outcome(req, states.FAILURE, payload, float(hard or 0), settle=settle)
+        self._on_outcomes([self.results.hand_over(outcome, False)])
 
     # -- remote control (worker/control.py calls these on this loop) -------------------------
 
@@ -553,7 +567,8 @@ class Consumer:
         if signals.task_revoked.receivers:
             signals.task_revoked.send(sender=req.task, request=req, terminated=True, signum=signum,
                                       expired=False)
-        self._on_outcomes([Outcome(req, states.REVOKED, payload, 0.0, settle="ack")])
+        self._on_outcomes([self.results.hand_over(Outcome(req, states.REVOKED, payload, 0.0,
+                                                          settle="ack"), False)])
 
     def reset_rate_limit(self, name: str) -> None:
         """The task's ``rate_limit`` changed: rebuild its limiter, keeping who waits."""
@@ -608,6 +623,7 @@ class Consumer:
         if req.store_result or req.task.store_errors_even_if_ignored:
             meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
             self._to_store.append((req.id, self.backend.encode(meta), states.FAILURE))
+            self.results.add(1)
         self._to_ack.append(req.delivery)
 
     def _acks_on_failure(self, req: Request) -> bool:
@@ -665,6 +681,7 @@ class Consumer:
             except BaseException:
                 self._to_store[:0] = stores
                 raise
+            self.results.done(len(stores))
         for attr, op, settles in (("_to_ack", self.transport.ack, True),
                                   ("_to_requeue", self.transport.requeue, True),
                                   ("_to_reject", self.transport.reject, True),

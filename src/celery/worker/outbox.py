@@ -36,11 +36,13 @@ class Outbox(Generic[T]):
                 return
             self._scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._drain)
+            self._loop.call_soon_threadsafe(self.drain)
         except RuntimeError:  # the loop is closed: the worker is gone, nothing left to do
             pass
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Hand what was posted so far to the handler (the loop's thread only): run by the
+        scheduled wake-up, or earlier by the consumer when it needs an up-to-date count."""
         with self._lock:
             self._scheduled = False
         items = []

@@ -128,8 +128,9 @@ class Worker:
         # forwarding callable so they can be built first.
         consumer_box: list[Consumer] = []
 
-        def on_done(outcome: Any) -> None:
-            consumer_box[0].outbox.post(outcome)
+        def on_done(outcome: Any, alone: bool = False) -> None:
+            consumer = consumer_box[0]
+            consumer.outbox.post(consumer.results.hand_over(outcome, alone))
 
         tracer.interim = on_done
 

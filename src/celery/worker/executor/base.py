@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from ..request import Outcome, Request
 
 __all__ = ["DoneCallback", "Executor"]
 
-#: Called with each finished request's Outcome, from the executor's thread.
-DoneCallback = Callable[[Outcome], None]
+
+class DoneCallback(Protocol):
+    """Called with each finished request's Outcome, from the executor's thread. ``alone``:
+    the executor had nothing else to do when it finished (no request waiting for a thread,
+    no other task on the loop), so the result may be stored right there (worker/results.py).
+    """
+
+    def __call__(self, outcome: Outcome, alone: bool = False) -> None: ...
 
 
 class Executor(Protocol):

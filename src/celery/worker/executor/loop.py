@@ -31,6 +31,8 @@ class _LoopWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         #: The asyncio.Task running each request (this loop's thread only).
         self._by_request: dict[_request.Request, asyncio.Task[None]] = {}
+        #: Requests the consumer settled and cancelled (this loop's thread only).
+        self._abandoned: set[_request.Request] = set()
         self._thread = threading.Thread(target=self._run, name=f"loop-worker-{index}", daemon=True)
 
     def start(self) -> None:
@@ -64,12 +66,14 @@ class _LoopWorker:
 
     def _forget(self, req: _request.Request, _task: asyncio.Task[None]) -> None:
         self._by_request.pop(req, None)
+        self._abandoned.discard(req)
 
     def abandon(self, req: _request.Request, why: str) -> None:
         """Cancel the request's task (hard time limit, or terminated); from any thread."""
         def cancel() -> None:
             task = self._by_request.get(req)
             if task is not None:
+                self._abandoned.add(req)
                 task.cancel(why)
 
         self.loop.call_soon_threadsafe(cancel)
@@ -90,7 +94,9 @@ class _LoopWorker:
         except BaseException as exc:  # never let a request vanish without an outcome
             logger.exception("Internal error running %s[%s]", req.name, req.id)
             outcome = self.tracer._failed(req, exc, start, None)
-        self.on_done(outcome)
+        # Alone: no other task on this loop would wait while the result is stored here, and
+        # the consumer has not settled this one already (a task may ignore its cancel).
+        self.on_done(outcome, len(self._tasks) == 1 and req not in self._abandoned)
 
     def cancel_all(self) -> None:
         def cancel() -> None:

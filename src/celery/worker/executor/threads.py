@@ -128,7 +128,10 @@ class ThreadExecutor:
                     del self._running[me]
                     retire = me in self._retiring
                     self._retiring.discard(me)
-                done(outcome)
+                    # Abandoned (settled by the consumer already), others wait or others
+                    # run (their results may come right after): not alone.
+                    alone = not (retire or self._pending or self._running)
+                done(outcome, alone)
                 if retire:  # replaced while stuck: a fresh thread does our share now
                     return
 
