@@ -353,3 +353,31 @@ def test_a_lone_result_is_written_by_the_thread_that_ran_the_task(app, monkeypat
         burst = [add.delay(i, i) for i in range(300)]
         assert [r.get(timeout=20) for r in burst] == [2 * i for i in range(300)]
         assert len(writers) < 300  # some, at least, were batched by the flusher
+
+
+def test_a_lone_result_whose_direct_write_fails_is_written_by_the_flusher(app, monkeypatch):
+    """A sync thread's write of a lone result fails (injected here, as a connection error
+    would surface): the result goes to the flusher, which stores it, and further lone
+    results go to the flusher too for a while."""
+    from celery.backends.redis import RedisBackend
+    from celery.exceptions import ConnectionLost
+
+    calls: list[str] = []
+    real = RedisBackend.store_now
+
+    def flaky(self, task_id, payload, state):
+        calls.append(task_id)
+        if len(calls) == 2:
+            raise ConnectionLost("injected: Redis went away")
+        return real(self, task_id, payload, state)
+
+    monkeypatch.setattr(RedisBackend, "store_now", flaky)
+    add = app.tasks["tests.integration.test_worker.add"]
+    with running_worker(app, loop_workers=1, sync_workers=1):
+        first = add.delay(1, 1)
+        assert first.get(timeout=10) == 2
+        failed = add.delay(2, 2)
+        assert failed.get(timeout=10) == 4  # written by the flusher
+        after = add.delay(3, 3)
+        assert after.get(timeout=10) == 6  # by the flusher too: direct writes paused
+        assert calls == [first.id, failed.id]

@@ -10,7 +10,8 @@ from ..messaging.protocol import Message
 
 __all__ = [
     "CAP_BROADCAST", "CAP_DELAYED", "CAP_EARLY", "CAP_PRIORITY", "CAP_VISIBILITY_TIMEOUT",
-    "EARLY_ACKED", "EARLY_ALONE", "EARLY_KEPT", "Delivery", "EarlyHandler", "FanoutSubscription", "Mailbox", "Transport",
+    "EARLY_ACKED", "EARLY_ALONE", "EARLY_KEPT", "Delivery", "EarlyHandler", "FanoutSubscription",
+    "Mailbox", "Transport",
 ]
 
 #: The transport orders messages by priority.

@@ -558,17 +558,20 @@ class RedisTransport(RedisMailbox):
 
         With ``early``, the first message, if well-formed, is handed over first: the task
         starts one round trip sooner. If ``early`` acked it on the spot (an idle worker, a
-        task that acks early), it is never recorded (an early ack forgets it anyway). Then,
-        popped alone by BLMPOP (``counted``) for a consumer with no other task
-        (``EARLY_ALONE``), its queue is empty and nothing else is going on: no script runs,
-        and the next fetch goes straight back to the blocking pop (a lone task costs that
-        one command). Otherwise the next fetch reserves what else waits with the script
-        first: after BRPOP, which cannot tell, and for a busy consumer, whose next messages
-        are likely to come while it works, to be reserved as a batch instead of popped one
-        by one. A second message
-        popped with it means a backlog: it is recorded with a batch, the next fetch
-        reserves more. If the first was not acked, it is recorded with the batch, and until
-        then ``_settle_after_record`` holds back settling it, so that no ack or requeue
+        task that acks early), it is never recorded (an early ack forgets it anyway). Then:
+
+        * popped alone by BLMPOP (``counted``) for a consumer with no other task
+          (``EARLY_ALONE``), its queue is empty and nothing else is going on: no script
+          runs, and the next fetch goes straight back to the blocking pop (a lone task
+          costs that one command);
+        * popped alone otherwise, the next fetch runs the script first: after BRPOP, which
+          cannot tell, and for a busy consumer, whose next messages are likely to come
+          while it works, to be reserved as a batch instead of popped one by one;
+        * a second message popped with it means a backlog: it is recorded with a batch, and
+          the next fetch reserves more.
+
+        If the first was not acked, it is recorded with the batch, and until then
+        ``_settle_after_record`` holds back settling it, so that no ack or requeue
         overtakes its record.
         """
         queue = layout.names[number - 1]

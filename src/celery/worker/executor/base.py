@@ -12,8 +12,10 @@ __all__ = ["DoneCallback", "Executor"]
 
 class DoneCallback(Protocol):
     """Called with each finished request's Outcome, from the executor's thread. ``alone``:
-    the executor had nothing else to do when it finished (no request waiting for a thread,
-    no other task on the loop), so the result may be stored right there (worker/results.py).
+    the executor had nothing else to do when it finished (no request waiting for a thread
+    and no other thread running one; no other task on the loop), and the consumer has not
+    settled that request already, so the result may be stored right there
+    (worker/results.py).
     """
 
     def __call__(self, outcome: Outcome, alone: bool = False) -> None: ...
