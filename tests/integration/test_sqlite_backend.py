@@ -319,3 +319,27 @@ async def test_locked_database_is_connection_lost(make_backend, db_path):
         locker.close()
     await backend.astore_result("u", 2, states.SUCCESS)
     assert (await backend.aget_task_meta("u"))["result"] == 2
+
+
+async def test_a_new_thread_reads_while_another_connection_writes(make_backend, db_path):
+    """A thread's first connection to an existing file does not wait for the write lock
+    (creating the schema only when it is missing): under WAL, it reads while another
+    connection holds a write transaction. It used to time out there, now and then, when
+    the read went to an I/O thread that had not connected yet."""
+    backend = make_backend(result_backend_transport_options={"busy_timeout": 0.1})
+    await backend.astore_result("t", 1, states.SUCCESS)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    got: list[object] = []
+    try:
+        def read() -> None:  # on this new thread's own connection
+            got.append(backend.db.read("test", lambda c: c.execute(
+                "SELECT COUNT(*) FROM celery_taskmeta").fetchone()[0]))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(10)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert got == [1]

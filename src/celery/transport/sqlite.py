@@ -67,6 +67,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -246,11 +247,20 @@ class SQLiteDatabase:
         try:
             self._use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")  # durable across crashes in WAL mode
-            self._transaction(conn, lambda c: [c.execute(sql) for sql in self._schema])
+            # The write lock only if needed: a new thread's connection must not wait to read.
+            if self._schema_missing(conn):
+                self._transaction(conn, lambda c: [c.execute(sql) for sql in self._schema])
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _schema_missing(self, conn: sqlite3.Connection) -> bool:
+        """Whether a table or index of the schema is not in the file yet (True if unsure)."""
+        creates = re.compile(r"\s*CREATE\s+(?:TABLE|INDEX)\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.I)
+        names = [m.group(1) if (m := creates.match(sql)) else None for sql in self._schema]
+        found = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        return None in names or not found.issuperset(names)
 
     def _use_wal(self, conn: sqlite3.Connection) -> None:
         # Switching a new file to WAL while other processes do the same can fail with
