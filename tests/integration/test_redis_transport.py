@@ -116,6 +116,7 @@ async def test_upstream_messages_round_trip_byte_for_byte(transport, raw):
         [got] = await transport.fetch([queue], 1, 0)
         await transport.ack([got])
         transport.publish(got.message)
+        transport.confirm_published()  # pipelined: in Redis before the non-blocking fetch
         [again] = await transport.fetch([queue], 1, 0)
         original_tag = json.loads(captured)["properties"]["delivery_tag"]
         republished = again.raw.decode().replace(again.delivery_tag, original_tag)
@@ -392,6 +393,7 @@ async def test_recovers_after_server_kills_all_connections(redis_url, raw):
     name = f"ttest-{uuid.uuid4().hex[:8]}"  # only this transport's connections are killed
     transport = RedisTransport(redis_url, transport_options={"client_name": name})
     transport.publish(task("t", 1))
+    transport.confirm_published()
     await transport.ping()
     assert await transport.fetch(["celery"], 1, 0)
     assert kill_clients_named(raw, name) >= 2  # the sync and the async client
