@@ -210,9 +210,7 @@ class Consumer:
         on the spot (it started at once and acks early, or was revoked or expired): the
         transport then never records it, so no ack is sent for it either. EARLY_ALONE when
         it is then the only task here: the transport need not look for a backlog."""
-        # Outcomes posted but not yet received count as running: the previous task's result
-        # may have been written by its thread (worker/results.py) just before this message
-        # came, with its wake-up of this loop still pending.
+        # Posted outcomes first: a result its thread wrote (results.py) may not have woken us.
         self.outbox.drain()
         self.reserved += 1
         self._accept(delivery)
@@ -380,8 +378,7 @@ class Consumer:
     def _announce_revoked(self, req: Request, reason: str, expired: bool) -> None:
         payload = self._revoked_payload(req, reason)
         if payload is not None:
-            self._to_store.append((req.id, payload, states.REVOKED))
-            self.results.add(1)
+            self._store_later(req.id, payload, states.REVOKED)
         self._to_ack.append(req.delivery)
         self._flush_needed.set()
         if signals.task_revoked.receivers:
@@ -436,6 +433,9 @@ class Consumer:
     def _on_outcomes(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             self._finish(outcome)
+        # Each payload came counted (results.hand_over) and is queued, counted again, or
+        # dropped by now: uncounted only after, so that the gate never reads 0 meanwhile.
+        self.results.done(sum(o.payload is not None for o in outcomes))
         if self.max_tasks is not None and self.processed >= self.max_tasks:
             self._recycle(f"it ran {self.processed} tasks (max tasks per child)")
         if self.max_memory_kb is not None and time.monotonic() >= self._next_memory_check:
@@ -451,25 +451,24 @@ class Consumer:
         if self.inflight == 0:
             self._idle.set()
 
+    def _store_later(self, task_id: str, payload: bytes, state: str) -> None:
+        self._to_store.append((task_id, payload, state))
+        self.results.add(1)
+
     def _finish(self, outcome: Outcome) -> None:
         req = outcome.request
         if outcome.interim:  # a state to store while the task goes on (STARTED)
             if outcome.payload is not None:
-                self._to_store.append((req.id, outcome.payload, outcome.state))
+                self._store_later(req.id, outcome.payload, outcome.state)
             return
         lane = self.lanes[req.task.is_async]
         if lane.running.pop(req, False) is False:
-            # Already settled (cold shutdown requeued it, or its hard limit struck).
-            if outcome.payload is not None:
-                self.results.done(1)
-            return
+            return  # already settled (cold shutdown requeued it, or its hard limit struck)
         if req.watchdog is not None:
             req.watchdog.cancel()
         lane.used[req.slot] -= 1
         self.inflight -= 1
         if outcome.requeue:  # cancelled by a cold shutdown: the worker is lost to it
-            if outcome.payload is not None:
-                self.results.done(1)
             if req.acks_late and self._task_option(req, "reject_on_worker_lost") is False:
                 self._lost_and_acked(req)
             else:
@@ -478,7 +477,7 @@ class Consumer:
         self.processed += 1
         self.total[req.name] = self.total.get(req.name, 0) + 1
         if outcome.payload is not None:
-            self._to_store.append((req.id, outcome.payload, outcome.state))
+            self._store_later(req.id, outcome.payload, outcome.state)
         if outcome.settle == "requeue":  # raise Reject(requeue=True)
             self._give_back(req)
         elif outcome.settle == "reject":  # raise Reject(): dropped (acked already if early)
@@ -622,8 +621,7 @@ class Consumer:
         exc = WorkerLostError(f"Worker exited prematurely: cold shutdown ({req.name}[{req.id}])")
         if req.store_result or req.task.store_errors_even_if_ignored:
             meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
-            self._to_store.append((req.id, self.backend.encode(meta), states.FAILURE))
-            self.results.add(1)
+            self._store_later(req.id, self.backend.encode(meta), states.FAILURE)
         self._to_ack.append(req.delivery)
 
     def _acks_on_failure(self, req: Request) -> bool:

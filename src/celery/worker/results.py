@@ -21,9 +21,10 @@ A write that fails (Redis down or slow: the backend gives up after about a secon
 the result to the flusher, which retries with backoff, and stops direct writes for
 ``PAUSE_AFTER_FAILURE`` seconds, so that an outage does not hold every lone task's thread.
 
-Thread-safety: ``_lock`` guards ``_queued`` (results handed to the flusher's way and not
-yet written: counted by executor threads when they post, by the consumer's loop when it
-queues or writes), ``_writing`` (a direct write is under way) and ``_paused_until``.
+Thread-safety: ``_lock`` guards ``_queued`` (results on the flusher's way and not yet
+written: counted when posted, and by the consumer's loop when it queues one for the
+flusher; uncounted by that loop once it has taken the posted ones in, and once written),
+``_writing`` (a direct write is under way) and ``_paused_until``.
 """
 
 from __future__ import annotations
@@ -98,11 +99,11 @@ class ResultGate:
         return dataclasses.replace(outcome, payload=None) if stored else outcome
 
     def add(self, count: int) -> None:
-        """``count`` results queued for the flusher by the consumer itself (its loop)."""
+        """``count`` results queued for the flusher by the consumer (its loop)."""
         with self._lock:
             self._queued += count
 
     def done(self, count: int) -> None:
-        """``count`` results written by the flusher, or dropped unwritten (its loop)."""
+        """``count`` results written by the flusher, or posted ones taken in (its loop)."""
         with self._lock:
             self._queued -= count
