@@ -54,8 +54,7 @@ import time
 import uuid
 from bisect import bisect
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
 
 import valkey
 import valkey.asyncio as avalkey
@@ -75,13 +74,15 @@ from .base import (
     Delivery,
     EarlyHandler,
 )
+from .redis_keys import Layout as _Layout
+from .redis_keys import parse_url, priority_steps
 from .redis_mailbox import RedisMailbox
 from .redis_publish import DRIVER_ERRORS as _DRIVER_ERRORS
 from .redis_publish import RETRYABLE as _RETRYABLE
 from .redis_publish import SyncPublisher
 from .redis_publish import backoff as _backoff
 
-__all__ = ["DEAD_LETTER_KEY", "RedisTransport"]
+__all__ = ["DEAD_LETTER_KEY", "RedisTransport", "parse_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,69 +91,11 @@ DEAD_LETTER_KEY = "celery-asyncio.dead-letter"
 #: Where messages with a far ETA wait (a sorted set scored by due time; see ``defer``).
 DELAYED_KEY = "celery-asyncio.delayed"
 
-_SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
 #: Connection options taken from transport_options as they are.
 _CONNECTION_OPTIONS = (
     *("socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options"),
     *("retry_on_timeout", "health_check_interval", "client_name"),
 )
-
-
-class _Layout(NamedTuple):
-    """The keys one ``fetch`` reads, cached per tuple of queue names."""
-
-    script_keys: tuple[str, ...]  # unacked, index, dead-letter, then queue keys
-    queue_keys: tuple[str, ...]  # priority-major, in reading order
-    names: tuple[str, ...]  # logical queue name of each queue key
-    by_key: dict[bytes, int]  # BRPOP's answer -> 1-based key number
-
-
-def parse_url(url: str) -> tuple[dict[str, Any], bool, str]:
-    """Connection kwargs, TLS flag and a password-free URL for messages.
-
-    Raises:
-        ImproperlyConfigured: the URL is not a valid redis/valkey URL.
-    """
-    try:
-        parts = urlsplit(url)
-        scheme, port = parts.scheme.lower(), parts.port or 6379
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ImproperlyConfigured(f"Invalid Redis URL {url!r}: {exc}") from None
-    if scheme not in _SCHEMES:
-        raise ImproperlyConfigured(
-            f"Invalid Redis URL {url!r}: scheme must be one of {', '.join(sorted(_SCHEMES))}"
-        )
-    query = parse_qs(parts.query)
-    db_text = parts.path.strip("/") or query.get("db", ["0"])[0]
-    if not db_text.isdigit():
-        raise ImproperlyConfigured(
-            f"Invalid Redis URL {url!r}: database {db_text!r} is not a number"
-        )
-    kwargs: dict[str, Any] = {
-        "host": parts.hostname or "localhost",
-        "port": port,
-        "db": int(db_text),
-    }
-    if parts.username:
-        kwargs["username"] = unquote(parts.username)
-    if parts.password:
-        kwargs["password"] = unquote(parts.password)
-    kwargs.update((k, v[0]) for k, v in query.items() if k.startswith("ssl_"))
-    auth = f"{parts.username or ''}:***@" if parts.password else ""
-    safe = f"{scheme}://{auth}{kwargs['host']}:{port}/{kwargs['db']}"
-    return kwargs, _SCHEMES[scheme], safe
-
-
-def _priority_steps(value: Any) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(s) for s in value)
-    except (TypeError, ValueError):
-        steps = ()
-    if not steps or steps[0] != 0 or list(steps) != sorted(set(steps)):
-        raise ImproperlyConfigured(
-            f"priority_steps must be increasing integers starting at 0, got {value!r}"
-        )
-    return steps
 
 
 def _bad_element(queue: str, item: bytes, why: str) -> None:
@@ -215,7 +158,7 @@ class RedisTransport(RedisMailbox):
         self.visibility_timeout = float(opts.get("visibility_timeout", 3600))
         self.max_retries = int(opts.get("max_retries", 4))
         self.sep = str(opts.get("sep", "\x06\x16"))
-        self.priority_steps = _priority_steps(opts.get("priority_steps", (0, 3, 6, 9)))
+        self.priority_steps = priority_steps(opts.get("priority_steps", (0, 3, 6, 9)))
         self.queue_order_strategy = str(opts.get("queue_order_strategy", "priority"))
         if self.queue_order_strategy not in ("priority", "round_robin", "sorted"):
             raise ImproperlyConfigured(
