@@ -18,7 +18,7 @@ from valkey.exceptions import ResponseError
 
 from celery.exceptions import ConnectionLost, ImproperlyConfigured
 from celery.messaging.protocol import Message, build_task_message
-from celery.transport import base
+from celery.transport import base, redis_aio
 from celery.transport.redis import DEAD_LETTER_KEY, RedisTransport
 from celery.transport.registry import transport_for_url
 
@@ -514,20 +514,56 @@ async def test_a_lone_message_settled_when_handed_over_costs_one_command(transpo
     assert raw.exists("unacked", "unacked_index") == 0
 
 
+async def test_blocking_pops_keep_a_connection_of_their_own_and_replace_a_killed_one(
+        redis_url, raw):
+    """The blocking pop runs on one connection kept between fetches (redis_aio.Popper); one
+    the server closed is replaced by the next pop, which still gets its message; aclose
+    closes it."""
+    name = f"ttest-{uuid.uuid4().hex[:8]}"  # only this transport's connections are counted
+    transport = RedisTransport(redis_url, transport_options={"client_name": name})
+
+    def poppers() -> list[int]:
+        return [int(c["id"]) for c in raw.client_list()
+                if c.get("name") == name and c.get("cmd") in ("blmpop", "brpop")]
+
+    try:
+        for _ in range(3):  # the queue is empty: each fetch ends with a pop that times out
+            assert await transport.fetch(["celery"], 10, 0.05, early=refuse_hand_over) == []
+        first = poppers()
+        assert len(first) == 1
+        await transport.ping()  # on a pooled connection: the pop's last command is still its
+        assert poppers() == first
+        assert await transport.fetch(["celery"], 10, 0.05, early=refuse_hand_over) == []
+        assert poppers() == first
+        assert kill_clients_named(raw, name) >= 1
+        handed = []
+        got = await fetch_while_pushing(transport, raw, [transport._envelope(task("t", 7))[1]],
+                                        lambda d: handed.append(d) or True)
+        assert bodies(handed) == [[7]] and got == []
+        again = poppers()
+        assert len(again) == 1 and again != first
+    finally:
+        await transport.aclose()
+        transport.close()
+    deadline = time.monotonic() + 5
+    while poppers() and time.monotonic() < deadline:  # the server sees the close shortly
+        await asyncio.sleep(0.01)
+    assert poppers() == []
+
+
 async def test_a_server_without_blmpop_gets_brpop(transport, raw, monkeypatch):
     """Redis older than 7.0 answers BLMPOP with "unknown command": the transport says so
     once and pops with BRPOP from then on (one message at a time)."""
-    client = transport._client()
-    real = type(client).execute_command
+    real = redis_aio.Popper.call  # what sends the blocking pops
     sent = []
 
-    async def old_server(self, *args, **options):
+    async def old_server(self, args):
         sent.append(args[0])
         if args[0] == "BLMPOP":
             raise ResponseError("unknown command 'BLMPOP', with args beginning with: ")
-        return await real(self, *args, **options)
+        return await real(self, args)
 
-    monkeypatch.setattr(type(client), "execute_command", old_server)
+    monkeypatch.setattr(redis_aio.Popper, "call", old_server)
     payloads = [transport._envelope(task("t", i))[1] for i in range(2)]
     handed = []
     got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or True)

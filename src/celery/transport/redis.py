@@ -189,6 +189,9 @@ class RedisTransport(RedisMailbox):
         # read and replaced by callers on any thread and any loop.
         self._clients_lock = threading.Lock()
         self._async_clients: dict[asyncio.AbstractEventLoop, avalkey.Valkey] = {}
+        #: Each loop's blocking-pop connection (redis_aio.Popper), beside its client; also
+        #: under _clients_lock.
+        self._poppers: dict[asyncio.AbstractEventLoop, _aio.Popper] = {}
         self._publisher = SyncPublisher(lambda: self._pool(valkey), self._safe_url,
                                         self.max_retries, bool(opts.get("publish_pipeline", True)))
         self._rr_turn = 0
@@ -229,9 +232,31 @@ class RedisTransport(RedisMailbox):
             if client is None:
                 for old in [lp for lp in self._async_clients if lp.is_closed()]:
                     del self._async_clients[old]
+                    self._poppers.pop(old, None)
                 client = avalkey.Valkey(connection_pool=self._pool(avalkey))
                 self._async_clients[loop] = client
             return client
+
+    async def _pop(self, *args: Any) -> Any:
+        """The raw reply of the blocking pop ``args``, on the loop's Popper (the pool's
+        client if that one is busy); a connection error is retried once, as ``_run`` does.
+        Running loop."""
+        loop = asyncio.get_running_loop()
+        client = self._client()
+        with self._clients_lock:
+            popper = self._poppers.get(loop)
+            if popper is None:
+                popper = self._poppers[loop] = _aio.Popper(client.connection_pool)
+        if popper.busy:
+            return await self._run("fetch", lambda c: c.execute_command(*args))
+        for delay in _backoff(1, 0):
+            try:
+                return await popper.call(args)
+            except _DRIVER_ERRORS as exc:
+                if delay is None or not isinstance(exc, _RETRYABLE):
+                    raise self._lost("fetch", exc) from exc
+                logger.debug("fetch on %s failed (%s), retrying", self, exc)
+        raise AssertionError("unreachable")  # pragma: no cover: backoff ends with None
 
     def _lost(self, what: str, exc: BaseException) -> ConnectionLost:
         return ConnectionLost(f"Redis {what} failed on {self._safe_url}: {exc}")
@@ -471,8 +496,7 @@ class RedisTransport(RedisMailbox):
             two = two and self._blmpop
         if two:
             try:
-                popped = await self._run("fetch", lambda c: c.execute_command(
-                    "BLMPOP", block, len(keys), *keys, "RIGHT", "COUNT", 2))
+                popped = await self._pop("BLMPOP", block, len(keys), *keys, "RIGHT", "COUNT", 2)
                 return None if popped is None else (popped[0], list(popped[1]), True)
             except ConnectionLost as exc:
                 cause = exc.__cause__
@@ -481,7 +505,7 @@ class RedisTransport(RedisMailbox):
                 logger.info("%s has no BLMPOP (Redis older than 7.0): using BRPOP", self)
                 with self._clients_lock:
                     self._blmpop = False
-        popped = await self._run("fetch", lambda c: c.execute_command("BRPOP", *keys, block))
+        popped = await self._pop("BRPOP", *keys, block)
         return None if popped is None else (popped[0], [popped[1]], False)
 
     async def _record(self, layout: _Layout, count: int, items: list[bytes],
@@ -764,11 +788,15 @@ class RedisTransport(RedisMailbox):
         with self._clients_lock:
             for loop in [lp for lp in self._async_clients if lp.is_closed()]:
                 del self._async_clients[loop]
+                self._poppers.pop(loop, None)
 
     async def aclose(self) -> None:
         """Disconnect the running loop's pool. Call on that loop; idempotent."""
         with self._clients_lock:
             client = self._async_clients.pop(asyncio.get_running_loop(), None)
+            popper = self._poppers.pop(asyncio.get_running_loop(), None)
+        if popper is not None:
+            await popper.close()
         if client is not None:
             await client.aclose(close_connection_pool=True)
 
