@@ -534,3 +534,53 @@ async def test_commands_survive_their_pooled_connection_being_killed(make_backen
     await backend.astore_result(other, 2, states.SUCCESS)
     assert (await backend.await_ready(other, timeout=5))["result"] == 2
     await backend.aclose()
+
+
+def script_connections(raw, name: str) -> list[int]:
+    return [int(c["id"]) for c in raw.client_list(_type="normal")
+            if c["name"] == name and c["cmd"] in ("evalsha", "eval")]
+
+
+def test_results_stored_now_share_one_kept_connection(make_backend, raw):
+    """``store_now`` (a worker thread writing its task's result itself) runs its script on
+    one connection kept between writes, not on a pooled one."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    backend = make_backend(result_backend_transport_options={"client_name": name})
+    ids = [new_id() for _ in range(3)]
+    for n, task_id in enumerate(ids):
+        assert backend.store_now(task_id, backend.encode(
+            backend.prepare_meta(task_id, states.SUCCESS, n, None, None)), states.SUCCESS)
+    kept = script_connections(raw, name)
+    assert len(kept) == 1
+    assert backend.get_task_meta(ids[0])["result"] == 0  # a read, on a pooled connection
+    assert script_connections(raw, name) == kept  # its last command is still the script
+    assert [backend.get_task_meta(t)["result"] for t in ids] == [0, 1, 2]
+
+
+def test_store_now_reconnects_once_when_its_idle_connection_was_closed(make_backend, raw):
+    """A kept connection the server closed meanwhile is replaced, and the write goes
+    through: the caller sees no failure (which would pause direct writes for 5 s)."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    backend = make_backend(result_backend_transport_options={"client_name": name})
+
+    def store(task_id, value):
+        meta = backend.prepare_meta(task_id, states.SUCCESS, value, None, None)
+        return backend.store_now(task_id, backend.encode(meta), states.SUCCESS)
+
+    first, second = new_id(), new_id()
+    assert store(first, 1)
+    killed = script_connections(raw, name)
+    assert len(killed) == 1 and raw.client_kill_filter(_id=killed[0]) == 1
+    assert store(second, 2)
+    assert backend.get_task_meta(second)["result"] == 2
+    assert script_connections(raw, name) not in ([], killed)
+
+
+def test_store_now_on_an_unreachable_server_fails_without_retrying(redis_url):
+    """A connection that never worked is not retried: the caller falls back at once."""
+    backend = RedisBackend(App(), "redis://127.0.0.1:1/0")
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        backend.store_now(new_id(), b'{"status": "SUCCESS"}', states.SUCCESS)
+    assert time.monotonic() - started < 1
+    backend.close()
