@@ -170,10 +170,10 @@ def from_peers(data: dict) -> tuple[dict[str, dict], dict]:
             "max_loadavg_1m": max(loads) if loads else None,
         }
     meta = {k: v for k, v in (data.get("meta") or {}).items() if not isinstance(v, dict | list)}
-    ping = {
-        k: v for k, v in (data.get("redis_ping") or {}).items() if not isinstance(v, dict | list)
-    }
-    return benchmarks, {"meta": meta, "redis_ping": ping, "implementations": table}
+    pings = {key: {k: v for k, v in (data.get(key) or {}).items()
+                   if not isinstance(v, dict | list)}
+             for key in ("redis_ping", "redis_ping_ours")}  # redis-py's floors, and ours
+    return benchmarks, {"meta": meta, **pings, "implementations": table}
 
 
 def convert(data: object) -> tuple[str, dict[str, dict], dict | None]:

@@ -340,6 +340,13 @@ def peer_tables(records: list[dict]) -> str:
             f"; bare queue round trip (LPUSH, BRPOP in a second process, and back): "
             f"p50 {_num(ping.get('queue_p50_ms'), 3)} ms"
         )
+    ours = peers.get("redis_ping_ours") or {}
+    if ours.get("queue_p50_ms") is not None:
+        floor += (
+            f" ({escape(str(ping.get('client', '')))}); with our client library "
+            f"({escape(str(ours.get('client', '')))}): PING p50 {_num(ours.get('p50_ms'), 3)} ms, "
+            f"queue p50 {_num(ours.get('queue_p50_ms'), 3)} ms"
+        )
     return (
         f"<h2>Latest peer comparison (bench/peers.py)</h2><p class='sub'>{escape(when)}: {sizes}{floor}. "
         f"Command: <code>{escape(str(command))}</code></p>{ratios}{figures}"

@@ -1,4 +1,5 @@
-"""Bare Redis round trips, the floors under every task round trip, with redis-py:
+"""Bare Redis round trips, the floors under every task round trip, with redis-py (or with
+valkey-py, its fork, where redis-py is not installed: ours uses valkey-py):
 
 * PING: sequential PINGs (one client, one server);
 * queue: a message through Redis to a second process and back, as a task queue moves a task
@@ -7,7 +8,10 @@
 
     python redis_ping.py --url redis://127.0.0.1:6379/11 --samples 2000
 
-Prints one JSON object (p50/p99 in ms). Run by bench/peers.py from a peer's venv (redis-py).
+Prints one JSON object (p50/p99 in ms). Run by bench/peers.py from a peer's venv (redis-py)
+and from ours (valkey-py): the issue's floor is "a bare Redis round trip from the same client
+library", and the two differ (valkey-py parses replies with libvalkey, redis-py 8 without
+hiredis in Python).
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ import sys
 import time
 import uuid
 
-import redis
+try:
+    import redis
+
+    CLIENT = f"redis-py {redis.__version__}"
+except ImportError:  # ours: valkey-py, the same API
+    import valkey as redis  # type: ignore[no-redef]
+
+    CLIENT = f"valkey-py {redis.__version__}"
 
 WARM_UP = 200
 
@@ -92,7 +103,7 @@ def main() -> None:
         figures |= percentiles(queue_round_trips(args.url, client, args.samples), "queue_")
     finally:
         client.close()
-    print(json.dumps({"client": f"redis-py {redis.__version__}", "samples": args.samples} | figures))
+    print(json.dumps({"client": CLIENT, "samples": args.samples} | figures))
 
 
 if __name__ == "__main__":

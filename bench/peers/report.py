@@ -63,6 +63,14 @@ def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
+def _ours_floor(ping: dict | None) -> str:
+    if not ping:
+        return ""
+    return (f" With our client library ({ping.get('client')}): PING p50 "
+            f"{fmt(ping.get('p50_ms'), 3)} ms, queue round trip p50 "
+            f"{fmt(ping.get('queue_p50_ms'), 3)} ms.")
+
+
 def markdown(report: dict) -> str:
     meta, ping = report["meta"], report["redis_ping"]
     lines = [
@@ -73,7 +81,7 @@ def markdown(report: dict) -> str:
         f"PING x {meta['ping_samples']}): p50 {fmt(ping.get('p50_ms'), 3)} ms, "
         f"p99 {fmt(ping.get('p99_ms'), 3)} ms. Bare queue round trip (LPUSH, BRPOP in a second "
         f"process, LPUSH of the reply, BRPOP of it): p50 {fmt(ping.get('queue_p50_ms'), 3)} ms, "
-        f"p99 {fmt(ping.get('queue_p99_ms'), 3)} ms.",
+        f"p99 {fmt(ping.get('queue_p99_ms'), 3)} ms.{_ours_floor(report.get('redis_ping_ours'))}",
         "",
         "| implementation | version | configuration | no-op tasks/s | worker CPU µs/task | RTT p50 ms "
         "| RTT p99 ms | I/O tasks/s | I/O worker CPU µs/task |",

@@ -108,6 +108,8 @@ PEERS_OUTPUT = {  # bench/peers.py --json PATH
         "command": "bench/peers.py --quick --rounds 1 --json p.json",
     },
     "redis_ping": {"client": "redis-py", "p50_ms": 0.05, "p99_ms": 0.2, "rounds": []},
+    "redis_ping_ours": {"client": "valkey-py", "p50_ms": 0.04, "p99_ms": 0.1,
+                        "queue_p50_ms": 0.125, "queue_p99_ms": 0.3, "rounds": []},
     "results": {
         "ours": _peer("0.1.0", 2000.0, 100.0, 1.0, 900.0),
         "ours-async": _peer("0.1.0", 1800.0, 110.0, 1.5, None),
@@ -182,6 +184,8 @@ def test_peers_output_becomes_benchmarks_per_workload_and_a_peer_table():
     assert table["newcomer"]["error"] == "venv set-up failed"
     assert peers["meta"]["command"].startswith("bench/peers.py")
     assert peers["redis_ping"] == {"client": "redis-py", "p50_ms": 0.05, "p99_ms": 0.2}
+    assert peers["redis_ping_ours"] == {"client": "valkey-py", "p50_ms": 0.04, "p99_ms": 0.1,
+                                        "queue_p50_ms": 0.125, "queue_p99_ms": 0.3}
 
 
 def test_peers_flat_figures_are_read_when_best_is_missing():
@@ -342,6 +346,8 @@ def test_dashboard_has_the_peer_table_with_ratios_legend_and_measurement_note(hi
     assert "2 cores" in page and "Ratios from one run matter" in page
     assert "× best upstream" in page
     assert page.count("<tr>") > 10
+    # the floors with our own client library too (the "same client library")
+    assert "with our client library (valkey-py): PING p50 0.040 ms, queue p50 0.125 ms" in page
 
 
 def test_empty_history_renders_a_page_saying_so(tmp_path):
