@@ -148,8 +148,7 @@ class Consumer:
         #: Tasks finished, by name (``inspect stats``).
         self.total: dict[str, int] = {}
         self.started_at = time.time()
-        #: The pause of the next fetch after an early hand-off (see handoff.py).
-        self._handoff = HandoffPause()
+        self._handoff = HandoffPause()  # the next fetch's pause after an early hand-off
 
     # -- main coroutine ------------------------------------------------------------------
 
@@ -652,6 +651,7 @@ class Consumer:
         backoff = 0.1
         while True:
             await self._flush_needed.wait()
+            await asyncio.sleep(0)  # a loop turn: outcomes posted meanwhile join this batch
             self._flush_needed.clear()
             self._flushing = True
             try:
