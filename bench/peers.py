@@ -12,7 +12,8 @@ Redis (``--url``, database 11 by default; flushed before and after every run):
    from the first send to the last result, and the worker's CPU time per task (user+system of
    the worker process tree, from /proc);
 2. round-trip latency: ``--latency-samples`` sequential send-and-wait no-op tasks, p50/p99;
-   next to it the bare Redis round trip (sequential redis-py PINGs) as the floor;
+   next to it the floors (bench/peers/redis_ping.py: sequential PINGs, and a bare queue round
+   trip through a second process), with redis-py and with our client library, valkey-py;
 3. I/O drain: ``--io-tasks`` tasks that each sleep 10 ms (``await asyncio.sleep`` where the
    framework runs coroutines, ``time.sleep`` on threads otherwise), tasks/s until all results
    are in.

@@ -551,6 +551,39 @@ async def test_blocking_pops_keep_a_connection_of_their_own_and_replace_a_killed
     assert poppers() == []
 
 
+async def test_a_cancelled_blocking_pop_leaves_no_blocked_client_to_take_the_next_message(
+        redis_url, raw):
+    """Cancelling a fetch while its blocking pop waits (a shutdown) drops that pop's
+    connection: a pop left blocked in Redis would take the next message and lose it."""
+    name = f"ttest-{uuid.uuid4().hex[:8]}"  # only this transport's connections are looked at
+    transport = RedisTransport(redis_url, transport_options={"client_name": name})
+
+    def blocked() -> int:
+        return sum(1 for c in raw.client_list() if c.get("name") == name and "b" in c["flags"])
+
+    try:
+        fetching = asyncio.create_task(  # blocks far longer than this test waits
+            transport.fetch(["celery"], 10, 30, early=refuse_hand_over))
+        deadline = time.monotonic() + 5
+        while not blocked() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert blocked() == 1  # the pop waits in Redis
+        fetching.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fetching
+        deadline = time.monotonic() + 3
+        while blocked() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the server sees the close shortly
+        assert blocked() == 0
+        raw.lpush("celery", transport._envelope(task("t", 5))[1])
+        got = await transport.fetch(["celery"], 10, 1, early=refuse_hand_over)
+        assert bodies(got) == [[5]]
+        await transport.ack(got)
+    finally:
+        await transport.aclose()
+        transport.close()
+
+
 async def test_a_server_without_blmpop_gets_brpop(transport, raw, monkeypatch):
     """Redis older than 7.0 answers BLMPOP with "unknown command": the transport says so
     once and pops with BRPOP from then on (one message at a time)."""
