@@ -188,8 +188,7 @@ class Consumer:
                 await asyncio.sleep(FETCH_TIMEOUT)
                 continue
             try:
-                deliveries = await self.transport.fetch(self.queues, want, FETCH_TIMEOUT,
-                                                        **early)
+                deliveries = await self.transport.fetch(self.queues, want, FETCH_TIMEOUT, **early)
             except ConnectionLost as exc:
                 logger.warning("Broker connection lost: %s. Retrying in %.1fs...", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -442,7 +441,7 @@ class Consumer:
             self._check_memory()
         self._dispatch()
         # The flusher wakes before the fetch loop: results are written before the next
-        # fetch's script runs (both are woken for the loop's next turn, in this order).
+        # fetch's script runs (woken for the loop's next turn in this order; see _flush_loop).
         self._flush_needed.set()
         self._handoff.release()
         if self.inflight < self.window:
@@ -651,7 +650,8 @@ class Consumer:
         backoff = 0.1
         while True:
             await self._flush_needed.wait()
-            await asyncio.sleep(0)  # a loop turn: outcomes posted meanwhile join this batch
+            if self.inflight:  # tasks still run: a loop turn, so that the outcomes they
+                await asyncio.sleep(0)  # post meanwhile join this batch (performance.md)
             self._flush_needed.clear()
             self._flushing = True
             try:
