@@ -238,25 +238,21 @@ class RedisTransport(RedisMailbox):
             return client
 
     async def _pop(self, *args: Any) -> Any:
-        """The raw reply of the blocking pop ``args``, on the loop's Popper (the pool's
-        client if that one is busy); a connection error is retried once, as ``_run`` does.
-        Running loop."""
+        """The raw reply of the blocking pop ``args``, on the loop's Popper, through ``_run``
+        (a connection error is retried once). Running loop."""
         loop = asyncio.get_running_loop()
         client = self._client()
         with self._clients_lock:
             popper = self._poppers.get(loop)
             if popper is None:
                 popper = self._poppers[loop] = _aio.Popper(client.connection_pool)
-        if popper.busy:
-            return await self._run("fetch", lambda c: c.execute_command(*args))
-        for delay in _backoff(1, 0):
-            try:
-                return await popper.call(args)
-            except _DRIVER_ERRORS as exc:
-                if delay is None or not isinstance(exc, _RETRYABLE):
-                    raise self._lost("fetch", exc) from exc
-                logger.debug("fetch on %s failed (%s), retrying", self, exc)
-        raise AssertionError("unreachable")  # pragma: no cover: backoff ends with None
+
+        def pop(c: avalkey.Valkey) -> Any:
+            # Checked at each attempt, and ``call`` marks it busy before it first yields:
+            # while another pop on this loop holds the Popper, the pool's connection serves.
+            return c.execute_command(*args) if popper.busy else popper.call(args)
+
+        return await self._run("fetch", pop)
 
     def _lost(self, what: str, exc: BaseException) -> ConnectionLost:
         return ConnectionLost(f"Redis {what} failed on {self._safe_url}: {exc}")
@@ -500,7 +496,8 @@ class RedisTransport(RedisMailbox):
                 return None if popped is None else (popped[0], list(popped[1]), True)
             except ConnectionLost as exc:
                 cause = exc.__cause__
-                if not (isinstance(cause, ResponseError) and "unknown command" in str(cause).lower()):
+                if not isinstance(cause, ResponseError) or \
+                        "unknown command" not in str(cause).lower():
                     raise
                 logger.info("%s has no BLMPOP (Redis older than 7.0): using BRPOP", self)
                 with self._clients_lock:

@@ -6,10 +6,11 @@ meanwhile: in a burst, one script call stores hundreds. A task that finishes alo
 nothing from that: its batch is itself, and the hop costs a thread wake-up and a turn of
 the loop before the write, on the round trip its caller waits for. So an executor with
 nothing else to do (no request waiting for its threads and no other thread running one, or
-no other task on its loop) hands its result here, and ``hand_over`` writes it at once, blocking, on the executor's
-thread (``ResultBackend.store_now``: Redis with JSON), when no other result is on its way
-to the flusher and no other executor thread is writing one. At most one result is written
-this way at a time; while it is, results go to the flusher, which batches them.
+no other task on its loop) hands its result here, and ``hand_over`` writes it at once,
+blocking, on the executor's thread (``ResultBackend.store_now``: Redis with JSON), when no
+other result is on its way to the flusher and no other executor thread is writing one. At
+most one result is written this way at a time; while it is, results go to the flusher,
+which batches them.
 
 The same task's results keep their order: a STARTED state posted earlier is counted until
 the flusher wrote it, so the final result of that task goes the usual way behind it. A
