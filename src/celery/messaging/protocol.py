@@ -18,7 +18,18 @@ from typing import Any
 from ..exceptions import InvalidMessage
 from . import serialization
 
-__all__ = ["Message", "TaskBody", "build_task_message", "decode_body", "task_headers"]
+__all__ = ["Message", "TaskBody", "build_task_message", "decode_body", "task_headers",
+           "uuid4_str"]
+
+def uuid4_str() -> str:
+    """``str(uuid.uuid4())``, the same random version-4 UUID text, in about half the time
+    (task ids and delivery tags: two per message sent)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
 
 _NODENAME = f"gen{os.getpid()}@{socket.gethostname()}"
 #: Upstream fills reply_to with a per-process id (its RPC reply queue); we do the same.
@@ -178,7 +189,7 @@ def build_task_message(
     **header_options: Any,
 ) -> Message:
     """Build a complete protocol v2 task message."""
-    task_id = task_id or str(uuid.uuid4())
+    task_id = task_id or uuid4_str()
     kwargs = dict(kwargs or {})
     headers = task_headers(name, task_id, args=args, kwargs=kwargs, **header_options)
     args = list(args)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import uuid
 from typing import Any
 
-from ..messaging.protocol import Message
+from ..messaging.protocol import Message, uuid4_str
 from .base import Delivery
 
 __all__ = ["decode", "encode", "mark_redelivered", "priority_of"]
@@ -41,7 +40,7 @@ def encode(message: Message, delivery_tag: str | None = None) -> tuple[str, str,
     props["delivery_info"] = {"exchange": message.exchange, "routing_key": message.routing_key}
     priority = props["priority"] = given.get("priority") or 0
     props["body_encoding"] = "base64"
-    tag = props["delivery_tag"] = delivery_tag or str(uuid.uuid4())
+    tag = props["delivery_tag"] = delivery_tag or uuid4_str()
     payload = json.dumps(
         {
             "body": base64.b64encode(message.body).decode("ascii"),
