@@ -30,7 +30,6 @@ flusher; uncounted by that loop once it has taken the posted ones in, and once w
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -97,7 +96,9 @@ class ResultGate:
                 self._queued += 1
             if failed:
                 self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
-        return dataclasses.replace(outcome, payload=None) if stored else outcome
+        if stored:  # the outcome is this thread's alone until it is posted: no copy needed
+            outcome.payload = None
+        return outcome
 
     def add(self, count: int) -> None:
         """``count`` results queued for the flusher by the consumer (its loop)."""
