@@ -24,6 +24,7 @@ from ..exceptions import (
     WorkerLostError,
 )
 from ..messaging.protocol import check_headers
+from ..messaging.serialization import accept_set
 from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
 from .executor.base import Executor
 from .handoff import HandoffPause
@@ -83,8 +84,6 @@ class Consumer:
         self.on_ready = on_ready
         self.tasks = app.tasks
         self.lanes = {True: _Lane(loop_executor), False: _Lane(sync_executor)}
-        from ..messaging.serialization import accept_set
-
         self.accept = accept_set(app.conf.accept_content)
         self._store_results = not isinstance(self.backend, DisabledBackend)
         #: Requests accepted and not finished (held or running).
@@ -441,8 +440,11 @@ class Consumer:
             self._check_memory()
         self._dispatch()
         # The flusher wakes before the fetch loop: results are written before the next
-        # fetch's script runs (woken for the loop's next turn in this order; see _flush_loop).
-        self._flush_needed.set()
+        # fetch's script runs (woken for the loop's next turn in this order; see _flush_loop);
+        # not for nothing (a lone task's result was written on its thread).
+        if (self._to_store or self._to_ack or self._to_requeue or self._to_reject
+                or self._to_defer or self._to_republish):
+            self._flush_needed.set()
         self._handoff.release()
         if self.inflight < self.window:
             self._room.set()
@@ -600,10 +602,9 @@ class Consumer:
 
     def cancel_queue(self, queue: str) -> bool:
         """Stop consuming ``queue`` (the current fetch ends within FETCH_TIMEOUT)."""
-        if queue not in self.queues:
-            return False
+        found = queue in self.queues
         self.queues = [q for q in self.queues if q != queue]
-        return True
+        return found
 
     def _task_option(self, req: Request, name: str) -> Any:
         """The task's option ``name``, else the ``task_<name>`` setting when it is None."""
@@ -680,10 +681,9 @@ class Consumer:
                 self._to_store[:0] = stores
                 raise
             self.results.done(len(stores))
-        for attr, op, settles in (("_to_ack", self.transport.ack, True),
-                                  ("_to_requeue", self.transport.requeue, True),
-                                  ("_to_reject", self.transport.reject, True),
-                                  ("_to_defer", self._defer, True),
+        t = self.transport
+        for attr, op, settles in (("_to_ack", t.ack, True), ("_to_requeue", t.requeue, True),
+                                  ("_to_reject", t.reject, True), ("_to_defer", self._defer, True),
                                   ("_to_republish", self._republish, False)):
             items = getattr(self, attr)
             if not items or op is None:  # (only transports that can defer get deferrals)
