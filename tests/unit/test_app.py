@@ -15,7 +15,7 @@ import celery
 from celery import Celery, shared_task, signature
 from celery.exceptions import ContentDisallowed, ImproperlyConfigured, NotRegistered
 from celery.messaging import serialization
-from celery.messaging.protocol import decode_body
+from celery.messaging.protocol import decode_body, uuid4_str
 
 
 @pytest.fixture
@@ -154,6 +154,38 @@ def test_routes_choose_queues(app):
     assert app._prepare("proj.re5", (), {}, None, {})[0].routing_key == "regex"
     assert app._prepare("proj.other", (), {}, None, {})[0].routing_key == "celery"
     assert app._prepare("proj.exact", (), {}, None, {"queue": "given"})[0].routing_key == "given"
+
+
+def test_send_options_come_from_options_then_route_then_task_then_settings(app):
+    app.conf.task_routes = {"prec.routed": {"queue": "routeq", "priority": 4}}
+    app.conf.task_default_queue, app.conf.task_time_limit = "defaultq", 30
+
+    @app.task(name="prec.routed", queue="taskq", priority=2, time_limit=20)
+    def routed():
+        pass
+
+    @app.task(name="prec.plain", soft_time_limit=7)
+    def plain():
+        pass
+
+    def sent(task, **options):
+        msg = app._prepare(task.name, (), {}, task, options)[0]
+        return msg.routing_key, msg.properties["priority"], msg.headers["timelimit"]
+
+    assert sent(routed) == ("routeq", 4, [20, None])  # the route beats the task
+    assert sent(routed, queue="optq", priority=9, time_limit=5) == ("optq", 9, [5, None])
+    assert sent(plain) == ("defaultq", 0, [30, 7])  # no route: task, then settings
+    routed.queue = None  # a task attribute changed after definition is read at send time
+    app.conf.task_routes = None
+    assert sent(routed) == ("defaultq", 2, [20, None])
+
+
+def test_uuid4_str_is_a_random_version_4_uuid():
+    ids = {uuid4_str() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:100]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
 
 
 def test_signatures(app):
