@@ -162,6 +162,35 @@ def test_revoke_before_the_run_discards_queued_and_eta_held_tasks(app, worker, t
     assert set(next(iter(app.control.inspect().revoked().values()))) == {held.id, not_sent_yet}
 
 
+def test_tasks_waiting_for_a_busy_sync_thread_are_reserved_unacked_and_revocable(
+        app, worker, tmp_path, url):
+    """Both sync threads busy: the next sync tasks wait in the executor. They are not
+    active, their messages are not acked, their time limits have not started, and a revoke
+    takes one back before it runs."""
+    import valkey
+
+    name, _ = worker
+    inspect = app.control.inspect([name], timeout=1.0)
+    busy = [app.tasks["ctl.spin"].delay(f"busy{i}", 1.5) for i in range(2)]
+    wait_for(lambda: {"start busy0", "start busy1"} <= set(marks(tmp_path)), 10, "both to run")
+    # time_limit 1 s, 1.5 s of waiting for a thread: it holds only once the task started
+    timed = app.tasks["ctl.spin"].apply_async(("timed", 0.1), time_limit=1)
+    doomed = app.tasks["ctl.spin"].delay("doomed", 0.1)
+    waiting = {timed.id, doomed.id}
+    wait_for(lambda: {t["id"] for t in (inspect.reserved() or {}).get(name, [])} == waiting,
+             10, "both to wait")
+    assert {t["id"] for t in inspect.active()[name]} == {r.id for r in busy}
+    unacked = valkey.Valkey.from_url(url).hgetall("unacked")
+    assert {json.loads(v)[0]["headers"]["id"] for v in unacked.values()} == waiting
+    assert app.control.revoke(doomed.id, reply=True, timeout=1.0)
+    with pytest.raises(TaskRevokedError):
+        doomed.get(timeout=5)
+    assert timed.get(timeout=10) == "timed"
+    assert [r.get(timeout=10) for r in busy] == ["busy0", "busy1"]
+    assert "start doomed" not in marks(tmp_path)
+    wait_for(lambda: not valkey.Valkey.from_url(url).hlen("unacked"), 5, "all acked")
+
+
 def test_statedb_keeps_revokes_across_a_restart(url, tmp_path, app):
     state = tmp_path / "worker.state"
     first = start_worker(url, tmp_path, "state1@test", "--statedb", str(state))

@@ -124,3 +124,22 @@ def test_a_request_finishing_while_another_runs_is_not_alone(run):
     release.set()
     assert rec.all_done.wait(5)
     assert rec.alone == {"r1": False, "r0": True}
+
+
+def test_requests_waiting_for_a_thread_can_be_withdrawn_and_dropped(run):
+    ex, rec = run(1, 2)
+    assert ex.groups == [4] and ex.starts == [1]  # 3 may wait behind the one running
+    release = threading.Event()
+    blocker = request(0, release.wait)
+    waiting = [request(n) for n in (1, 2, 3)]
+    ex.submit(0, [blocker, *waiting])
+    deadline = time.monotonic() + 5
+    while not ex._running and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert ex.withdraw(waiting[0]) and not ex.withdraw(waiting[0])
+    ex.abandon(waiting[1], "terminated")  # not started: taken back, no thread replaced
+    assert ex.cancel_all() == [waiting[2]]
+    assert not ex.withdraw(blocker)  # running: too late
+    release.set()
+    assert not rec.all_done.wait(0.3)  # only the blocker ran
+    assert [o[0] for o in rec.done] == ["r0"] and len(ex._threads) == 1

@@ -28,6 +28,7 @@ from ..messaging.serialization import accept_set
 from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
 from .executor.base import Executor
 from .handoff import HandoffPause
+from .lanes import Lane
 from .outbox import Outbox
 from .ratelimit import RateLimits
 from .request import Outcome, Request
@@ -54,16 +55,6 @@ PROMOTE_INTERVAL = 1.0
 ETA_HOLD_MAX = 10_000
 
 
-class _Lane:
-    """Requests waiting for one executor, and how many slots of each group are in use."""
-
-    def __init__(self, executor: Executor) -> None:
-        self.executor = executor
-        self.held: deque[Request] = deque()
-        self.used = [0] * len(executor.groups)
-        self.running: dict[Request, None] = {}
-
-
 class Consumer:
     """Owns the broker side of a worker.
 
@@ -83,7 +74,7 @@ class Consumer:
         self.hostname = hostname
         self.on_ready = on_ready
         self.tasks = app.tasks
-        self.lanes = {True: _Lane(loop_executor), False: _Lane(sync_executor)}
+        self.lanes = {True: Lane(loop_executor), False: Lane(sync_executor)}
         self.accept = accept_set(app.conf.accept_content)
         self._store_results = not isinstance(self.backend, DisabledBackend)
         #: Requests accepted and not finished (held or running).
@@ -237,8 +228,14 @@ class Consumer:
         """Second signal: cancel running async tasks, requeue what cannot be cancelled."""
         self.stop_fetching()
         lane = self.lanes[False]
+        dropped = lane.executor.cancel_all()  # taken by no thread: none starts now
+        for req in [r for r in dropped if r in lane.unstarted]:  # nor acked: requeued
+            del lane.running[req]
+            lane.used[req.slot] -= 1
+            self.inflight -= 1
+            self._to_requeue.append(req.delivery)
+        lane.unstarted.clear()  # the rest are settled below as running (no thread is freed)
         sync_running = list(lane.running)
-        lane.executor.cancel_all()
         self.lanes[True].executor.cancel_all()
         for req in sync_running:
             logger.warning("Cold shutdown: requeueing %s[%s], still running in a sync thread",
@@ -409,21 +406,20 @@ class Consumer:
                     batch.append(req)
                 if not batch:
                     continue
-                lane.used[group] += len(batch)
-                for req in batch:
-                    req.slot = group
-                    req.started_at = time.time()
-                    lane.running[req] = None
-                    if not req.acks_late:
-                        self._to_ack.append(req.delivery)
-                    if req.limits[0] is not None:
-                        req.watchdog = asyncio.get_running_loop().call_later(
-                            req.limits[0], self._time_limit_hit, req)
-                lane.executor.submit(group, batch)
+                lane.hand_over(group, batch, self._start)
         if self._to_ack:
             self._flush_needed.set()
         if self.inflight == 0:
             self._idle.set()
+
+    def _start(self, req: Request) -> None:
+        """A request starts (for us; its executor may have started it a moment before)."""
+        req.started_at = time.time()
+        if not req.acks_late:
+            self._to_ack.append(req.delivery)
+        if req.limits[0] is not None:
+            req.watchdog = asyncio.get_running_loop().call_later(
+                req.limits[0], self._time_limit_hit, req)
 
     # -- completions (loop thread, via the outbox) -----------------------------------------
 
@@ -466,7 +462,8 @@ class Consumer:
             return  # already settled (cold shutdown requeued it, or its hard limit struck)
         if req.watchdog is not None:
             req.watchdog.cancel()
-        lane.used[req.slot] -= 1
+        if not lane.settle(req, self._start) and not req.acks_late:
+            self._to_ack.append(req.delivery)  # settled before it started: never acked
         self.inflight -= 1
         if outcome.requeue:  # cancelled by a cold shutdown: the worker is lost to it
             if req.acks_late and self._task_option(req, "reject_on_worker_lost") is False:
@@ -522,6 +519,9 @@ class Consumer:
         wanted = set(task_ids)
         for lane in self.lanes.values():
             lane.held = self._without_revoked(lane.held, wanted)
+            for req in lane.withdraw(wanted):  # waiting in the executor, not started
+                self.inflight -= 1
+                self._discarded(req)
         for limiter in self._limits.by_name.values():
             if limiter is not None:
                 limiter.waiting = self._without_revoked(limiter.waiting, wanted)
@@ -585,9 +585,9 @@ class Consumer:
 
     def requests(self) -> dict[str, list[Request]]:
         """Requests by where they are: ``active`` (running), ``reserved`` (waiting for a
-        slot or a rate-limit token) and ``scheduled`` (held for their ETA)."""
-        active = [r for lane in self.lanes.values() for r in lane.running]
-        reserved = [r for lane in self.lanes.values() for r in lane.held]
+        slot, a thread or a rate-limit token) and ``scheduled`` (held for their ETA)."""
+        active = [r for lane in self.lanes.values() for r in lane.active()]
+        reserved = [r for lane in self.lanes.values() for r in (*lane.unstarted, *lane.held)]
         reserved += self._limits.waiting()
         return {"active": active, "reserved": reserved,
                 "scheduled": [req for _, _, req in sorted(self._eta, key=lambda e: e[:2])]}
@@ -635,7 +635,7 @@ class Consumer:
         so that an acknowledged message is never lost.
         """
         delivery = req.delivery
-        if req.acks_late:
+        if req.acks_late or not req.started_at:  # not started: its early ack never queued
             self._to_requeue.append(delivery)
             return
         try:
@@ -720,11 +720,11 @@ class Consumer:
                          pending)
 
     def _requeue_held(self) -> None:
-        for lane in self.lanes.values():
-            while lane.held:
-                req = lane.held.popleft()
+        for lane in self.lanes.values():  # in their order: waiting in the executor, then held
+            for req in [*lane.withdraw({r.id for r in lane.unstarted}), *lane.held]:
                 self.inflight -= 1
                 self._to_requeue.append(req.delivery)
+            lane.held.clear()
         self._limits.cancel()
         for limiter in self._limits.by_name.values():
             while limiter is not None and limiter.waiting:

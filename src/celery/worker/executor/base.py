@@ -27,10 +27,13 @@ class Executor(Protocol):
     ``submit`` and ``cancel_all`` are called from the consumer's loop thread; the executor
     never blocks that thread. ``groups`` lists the capacity of each slot group (one group per
     loop worker; a single group for the sync threads); the consumer never submits more
-    requests to a group than its capacity.
+    requests to a group than its capacity. ``starts`` says how many of a group's requests
+    run at once; the others wait in the executor, taken in the order they were submitted
+    (worker/lanes.py).
     """
 
     groups: list[int]
+    starts: list[int]
 
     def start(self) -> None: ...
 
@@ -42,8 +45,12 @@ class Executor(Protocol):
 
         Its slot is already free; a late outcome it may still report is ignored."""
 
-    def cancel_all(self) -> None:
-        """Cold shutdown: stop running requests where possible (they report requeue)."""
+    def withdraw(self, request: Request) -> bool:
+        """Take back a request waiting in the executor (True); False once it started."""
+
+    def cancel_all(self) -> list[Request]:
+        """Cold shutdown: stop running requests where possible (they report requeue); the
+        requests waiting are dropped, and returned."""
 
     def stop(self, timeout: float) -> None:
         """Stop the threads once they are idle; waits up to ``timeout`` seconds."""

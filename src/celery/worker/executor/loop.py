@@ -121,6 +121,7 @@ class LoopExecutor:
     def __init__(self, tracer: Tracer, on_done: DoneCallback, count: int, concurrency: int) -> None:
         self._workers = [_LoopWorker(i, tracer, on_done) for i in range(count)]
         self.groups = [concurrency] * count
+        self.starts = self.groups  # every request handed over starts at once
 
     def start(self) -> None:
         for w in self._workers:
@@ -132,9 +133,13 @@ class LoopExecutor:
     def abandon(self, request: _request.Request, why: str) -> None:
         self._workers[request.slot].abandon(request, why)
 
-    def cancel_all(self) -> None:
+    def withdraw(self, request: _request.Request) -> bool:
+        return False  # never waiting: started as soon as handed over
+
+    def cancel_all(self) -> list[_request.Request]:
         for w in self._workers:
             w.cancel_all()
+        return []
 
     def stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

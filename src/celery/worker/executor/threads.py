@@ -19,6 +19,12 @@ logger = logging.getLogger("celery.worker.threads")
 
 _STOP = None
 
+#: Requests each thread may have waiting behind the one it runs. A thread that finishes a
+#: task takes the next at once, instead of going idle until the consumer's loop has taken
+#: its outcome in and handed over more: a round trip through that loop per task, and with
+#: no-op tasks the whole cost of one (consumer/lanes.py, docs/performance.md).
+QUEUE_PER_THREAD = 3
+
 
 class ThreadExecutor:
     """``count`` threads running requests taken from one pending deque.
@@ -42,7 +48,9 @@ class ThreadExecutor:
     def __init__(self, tracer: Tracer, on_done: DoneCallback, count: int) -> None:
         self.tracer = tracer
         self.on_done = on_done
-        self.groups = [count] if count > 0 else []
+        #: Requests handed over at most (running or waiting), and run at once.
+        self.groups = [count * (1 + QUEUE_PER_THREAD)] if count > 0 else []
+        self.starts = [count] if count > 0 else []
         self._wake: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
         self._pending: collections.deque[_request.Request] = collections.deque()
         self._lock = threading.Lock()
@@ -62,6 +70,8 @@ class ThreadExecutor:
     def abandon(self, req: _request.Request, why: str) -> None:
         """Replace the thread running ``req`` (its hard time limit struck, or it was
         terminated): the old thread exits when the task returns."""
+        if self.withdraw(req):  # it had not started: it never will
+            return
         with self._lock:
             stuck = next((ident for ident, r in self._running.items() if r is req), None)
             if stuck is None or stuck in self._retiring:
@@ -78,6 +88,15 @@ class ThreadExecutor:
         thread.start()
         if wake:
             self._wake.put(True)
+
+    def withdraw(self, req: _request.Request) -> bool:
+        """Take back a request no thread has taken yet (True); False if one has."""
+        with self._lock:
+            try:
+                self._pending.remove(req)  # by identity: Request compares by identity
+            except ValueError:
+                return False
+        return True
 
     def submit(self, group: int, requests: Sequence[_request.Request]) -> None:
         with self._lock:
@@ -135,8 +154,13 @@ class ThreadExecutor:
                 if retire:  # replaced while stuck: a fresh thread does our share now
                     return
 
-    def cancel_all(self) -> None:
-        """Threads cannot be interrupted; the consumer requeues what they were running."""
+    def cancel_all(self) -> list[_request.Request]:
+        """Threads cannot be interrupted (the consumer requeues what they run); the requests
+        no thread has taken are dropped and returned, so that none starts now."""
+        with self._lock:
+            dropped = list(self._pending)
+            self._pending.clear()
+        return dropped
 
     def stop(self, timeout: float) -> None:
         with self._lock:
