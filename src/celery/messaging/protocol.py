@@ -21,6 +21,7 @@ from . import serialization
 __all__ = ["Message", "TaskBody", "build_task_message", "decode_body", "task_headers",
            "uuid4_str"]
 
+
 def uuid4_str() -> str:
     """``str(uuid.uuid4())``, the same random version-4 UUID text, in about half the time
     (task ids and delivery tags: two per message sent)."""

@@ -22,7 +22,7 @@ _STOP = None
 #: Requests each thread may have waiting behind the one it runs. A thread that finishes a
 #: task takes the next at once, instead of going idle until the consumer's loop has taken
 #: its outcome in and handed over more: a round trip through that loop per task, and with
-#: no-op tasks the whole cost of one (consumer/lanes.py, docs/performance.md).
+#: no-op tasks the whole cost of one (worker/lanes.py, docs/performance.md).
 QUEUE_PER_THREAD = 3
 
 
