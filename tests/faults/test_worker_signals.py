@@ -3,6 +3,7 @@ cancels them and requeues their messages, so nothing acknowledged is lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -94,3 +95,25 @@ def test_second_signal_cancels_running_tasks_and_requeues_them(url, app):
         proc2.send_signal(signal.SIGTERM)
         assert proc2.wait(15) == 0, "".join(lines2)
     assert client.llen("celery") == 1  # the cancelled 30 s task is back again
+
+
+def test_cold_shutdown_requeues_sync_tasks_waiting_for_a_thread_unacked(url, app):
+    """One sync thread, three sync tasks: one runs, two wait in the thread executor (not
+    started, not acked). A cold shutdown before the warm one has requeued them returns all
+    three to the queue, once each; nothing is stored, nothing stays in ``unacked``."""
+    client = valkey.Valkey.from_url(url)
+    proc, _, lines = start_worker(url, "--loop-workers=1", "--sync-workers=1")
+    results = [app.send_task("sig.slow_sync", (5,)) for _ in range(3)]
+    deadline = time.monotonic() + 10
+    while client.llen("celery") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert client.llen("celery") == 0
+    assert client.hlen("unacked") == 2  # the two waiting ones: acked only when they start
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 0, "".join(lines)
+    queued = [json.loads(m)["headers"]["id"] for m in client.lrange("celery", 0, -1)]
+    assert sorted(queued) == sorted(r.id for r in results)
+    assert client.hlen("unacked") == 0
+    assert [r.state for r in results] == ["PENDING"] * 3
