@@ -109,8 +109,12 @@ def report(runs: dict[str, list[dict]]) -> None:
             medians[(side, key)] = statistics.median(values)
             cells.append(f"{medians[(side, key)]:7.0f} [{min(values):6.0f}-{max(values):6.0f}]")
         print(f"{side:8} {len(results):>4}  " + "  ".join(f"{c:>24}" for c in cells))
-    print("current / base: " + ", ".join(
-        f"{key} {medians[('current', key)] / medians[('base', key)] - 1:+.1%}" for key in keys))
+    def change(key: str) -> str:
+        # CPU is read from /proc in clock ticks (10 ms): a short run may read 0 on a side.
+        base = medians[("base", key)]
+        return f"{medians[('current', key)] / base - 1:+.1%}" if base else "n/a (base 0)"
+
+    print("current / base: " + ", ".join(f"{key} {change(key)}" for key in keys))
 
 
 def main() -> None:
