@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import valkey
 
 from celery import states
 from celery.exceptions import TaskRevokedError
@@ -167,8 +168,6 @@ def test_tasks_waiting_for_a_busy_sync_thread_are_reserved_unacked_and_revocable
     """Both sync threads busy: the next sync tasks wait in the executor. They are not
     active, their messages are not acked, their time limits have not started, and a revoke
     takes one back before it runs."""
-    import valkey
-
     name, _ = worker
     inspect = app.control.inspect([name], timeout=1.0)
     busy = [app.tasks["ctl.spin"].delay(f"busy{i}", 1.5) for i in range(2)]
