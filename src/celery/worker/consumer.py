@@ -228,13 +228,9 @@ class Consumer:
         """Second signal: cancel running async tasks, requeue what cannot be cancelled."""
         self.stop_fetching()
         lane = self.lanes[False]
-        dropped = lane.executor.cancel_all()  # taken by no thread: none starts now
-        for req in [r for r in dropped if r in lane.unstarted]:  # nor acked: requeued
-            del lane.running[req]
-            lane.used[req.slot] -= 1
+        for req in lane.cancel():  # waiting for a thread: never started nor acked
             self.inflight -= 1
             self._to_requeue.append(req.delivery)
-        lane.unstarted.clear()  # the rest are settled below as running (no thread is freed)
         sync_running = list(lane.running)
         self.lanes[True].executor.cancel_all()
         for req in sync_running:
@@ -438,8 +434,7 @@ class Consumer:
         # The flusher wakes before the fetch loop: results are written before the next
         # fetch's script runs (woken for the loop's next turn in this order; see _flush_loop);
         # not for nothing (a lone task's result was written on its thread).
-        if (self._to_store or self._to_ack or self._to_requeue or self._to_reject
-                or self._to_defer or self._to_republish):
+        if self._writes_waiting():
             self._flush_needed.set()
         self._handoff.release()
         if self.inflight < self.window:
@@ -669,6 +664,10 @@ class Consumer:
             finally:
                 self._flushing = False
 
+    def _writes_waiting(self) -> bool:
+        return bool(self._to_store or self._to_ack or self._to_requeue or self._to_reject
+                    or self._to_defer or self._to_republish)
+
     async def _flush_once(self) -> None:
         # Results are written before acks, so an acks_late message is only settled once its
         # result is stored. A batch that fails stays queued and is retried.
@@ -704,8 +703,7 @@ class Consumer:
     async def _drain_flush(self, flusher: asyncio.Task[None]) -> None:
         """Write out everything still pending (bounded), then stop the flusher."""
         for _ in range(250):
-            if not (self._flushing or self._to_store or self._to_ack or self._to_requeue
-                    or self._to_reject or self._to_defer or self._to_republish):
+            if not (self._flushing or self._writes_waiting()):
                 break
             self._flush_needed.set()
             await asyncio.sleep(0.02)
@@ -721,7 +719,7 @@ class Consumer:
 
     def _requeue_held(self) -> None:
         for lane in self.lanes.values():  # in their order: waiting in the executor, then held
-            for req in [*lane.withdraw({r.id for r in lane.unstarted}), *lane.held]:
+            for req in [*lane.withdraw(), *lane.held]:
                 self.inflight -= 1
                 self._to_requeue.append(req.delivery)
             lane.held.clear()

@@ -74,17 +74,31 @@ class Lane:
             start(nxt)
         return True
 
-    def withdraw(self, wanted: set[str]) -> list[Request]:
-        """Take back from the executor the unstarted requests whose id is in ``wanted`` and
-        that no thread took meanwhile; they are no longer in the lane."""
+    def withdraw(self, wanted: set[str] | None = None) -> list[Request]:
+        """Take back from the executor the unstarted requests whose id is in ``wanted``
+        (all with None) and that no thread took meanwhile; they leave the lane."""
         taken = []
-        for req in [r for r in self.unstarted if r.id in wanted]:
+        for req in [r for r in self.unstarted if wanted is None or r.id in wanted]:
             if self.executor.withdraw(req):
-                self.unstarted.remove(req)
-                del self.running[req]
-                self.used[req.slot] -= 1
+                self._forget(req)
                 taken.append(req)
         return taken
+
+    def cancel(self) -> list[Request]:
+        """Cold shutdown: the executor drops what no thread took (``cancel_all``); the
+        unstarted among those leave the lane and are returned (never started, never acked).
+        The others still ``running`` are settled as running: no thread takes more now."""
+        dropped = self.executor.cancel_all()
+        taken = [r for r in dropped if r in self.unstarted]
+        for req in taken:
+            self._forget(req)
+        self.unstarted.clear()
+        return taken
+
+    def _forget(self, req: Request) -> None:
+        self.unstarted.remove(req)
+        del self.running[req]
+        self.used[req.slot] -= 1
 
     def active(self) -> list[Request]:
         """Requests started (for ``inspect active``)."""
