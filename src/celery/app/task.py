@@ -81,6 +81,14 @@ class Context:
         self.__dict__.update(fields)
         self.children: list[Any] = []
 
+    @classmethod
+    def of(cls, fields: dict[str, Any]) -> Context:
+        """A Context whose attributes are ``fields`` (taken, not copied): the worker's way."""
+        ctx = cls.__new__(cls)
+        fields["children"] = []
+        ctx.__dict__ = fields
+        return ctx
+
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
 

@@ -59,7 +59,8 @@ def decode(tag: str, item: bytes | str, queue: str) -> Delivery:
     Raises:
         ValueError, KeyError, TypeError, AttributeError: ``item`` is not a valid envelope.
     """
-    env = json.loads(item)
+    # Decoded to text first: json.loads would sniff the bytes for UTF-16/32 in Python code.
+    env = json.loads(item.decode() if isinstance(item, bytes) else item)
     props = env["properties"]
     body = env["body"]
     if props.get("body_encoding") == "base64":

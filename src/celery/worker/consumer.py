@@ -77,6 +77,8 @@ class Consumer:
         self.lanes = {True: Lane(loop_executor), False: Lane(sync_executor)}
         self.accept = accept_set(app.conf.accept_content)
         self._store_results = not isinstance(self.backend, DisabledBackend)
+        self._task_defaults = tuple(app.conf[f"task_{name}"] for name in (
+            "acks_late", "ignore_result", "time_limit", "soft_time_limit"))
         #: Requests accepted and not finished (held or running).
         self.inflight = 0
         #: Deliveries fetched whose ack/requeue/reject the broker has not confirmed yet. The
@@ -272,12 +274,12 @@ class Consumer:
             logger.error("Rejecting task %s[%s]: this worker runs no %s", name, task_id, kind)
             self._reject(delivery)
             return
-        conf = self.app.conf
-        acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
+        acks_late, ignore, hard, soft = self._task_defaults  # read once, as Celery does
+        acks_late = acks_late if task.acks_late is None else task.acks_late
         ignore = msg.headers.get("ignore_result") or (
-            conf.task_ignore_result if task.ignore_result is None else task.ignore_result)
+            ignore if task.ignore_result is None else task.ignore_result)
         req = Request(delivery, task, name, task_id, bool(acks_late), self._store_results and not ignore)
-        req.limits = req.time_limits(conf.task_time_limit, conf.task_soft_time_limit)
+        req.limits = req.time_limits(hard, soft)
         if self._log_info:
             logger.info("Task %s[%s] received", name, task_id)
         if signals.task_received.receivers:

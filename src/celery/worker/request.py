@@ -116,20 +116,23 @@ class Request:
                 hostname: str) -> Context:
         """The ``task.request`` Context for this execution, as Celery fills it."""
         h = self.headers
+        g = h.get
         props = self.delivery.message.properties
-        return Context(
-            id=self.id, task=self.name, args=args, kwargs=kwargs, retries=h.get("retries", 0) or 0,
-            eta=h.get("eta"), expires=h.get("expires"), group=h.get("group"),
-            group_index=h.get("group_index"), root_id=h.get("root_id"), parent_id=h.get("parent_id"),
-            origin=h.get("origin"), shadow=h.get("shadow"), timelimit=h.get("timelimit"),
-            argsrepr=h.get("argsrepr"), kwargsrepr=h.get("kwargsrepr"),
-            ignore_result=bool(h.get("ignore_result", False)),
-            callbacks=embed.get("callbacks"), errbacks=embed.get("errbacks"),
-            chain=embed.get("chain"), chord=embed.get("chord"),
-            correlation_id=props.get("correlation_id"), reply_to=props.get("reply_to"),
-            delivery_info=self.delivery.delivery_info, hostname=hostname, headers=h,
-            properties=props, is_eager=False, called_directly=False, acks_late=self.acks_late,
-        )
+        return Context.of({  # a dict display: cheaper than 30 keyword arguments
+            "id": self.id, "task": self.name, "args": args, "kwargs": kwargs,
+            "retries": g("retries", 0) or 0, "eta": g("eta"), "expires": g("expires"),
+            "group": g("group"), "group_index": g("group_index"),
+            "root_id": g("root_id"), "parent_id": g("parent_id"),
+            "origin": g("origin"), "shadow": g("shadow"), "timelimit": g("timelimit"),
+            "argsrepr": g("argsrepr"), "kwargsrepr": g("kwargsrepr"),
+            "ignore_result": bool(g("ignore_result", False)),
+            "callbacks": embed.get("callbacks"), "errbacks": embed.get("errbacks"),
+            "chain": embed.get("chain"), "chord": embed.get("chord"),
+            "correlation_id": props.get("correlation_id"), "reply_to": props.get("reply_to"),
+            "delivery_info": self.delivery.delivery_info, "hostname": hostname, "headers": h,
+            "properties": props, "is_eager": False, "called_directly": False,
+            "acks_late": self.acks_late,
+        })
 
 
 @dataclass(slots=True)
@@ -150,6 +153,8 @@ class Outcome:
 
 
 def _seconds(value: Any) -> float | None:
+    if value is None:  # the usual case: no limit (and no exception to raise and catch)
+        return None
     try:
         seconds = float(value)
     except (TypeError, ValueError):

@@ -21,15 +21,15 @@ logger = logging.getLogger("celery.worker.loop")
 
 class _LoopWorker:
     """One thread with one event loop. Requests arrive by ``call_soon_threadsafe`` (the only
-    way other threads touch this loop); ``_tasks`` is touched on this loop's thread only."""
+    way other threads touch this loop); its fields are touched on this loop's thread only."""
 
     def __init__(self, index: int, tracer: Tracer, on_done: DoneCallback) -> None:
         self.index = index
         self.tracer = tracer
         self.on_done = on_done
         self.loop = new_event_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: The asyncio.Task running each request (this loop's thread only).
+        #: The asyncio.Task running each request, until it ends (this loop's thread only);
+        #: also the strong reference that keeps the task alive.
         self._by_request: dict[_request.Request, asyncio.Task[None]] = {}
         #: Requests the consumer settled and cancelled (this loop's thread only).
         self._abandoned: set[_request.Request] = set()
@@ -43,7 +43,7 @@ class _LoopWorker:
         try:
             self.loop.run_forever()
         finally:
-            leftover = [t for t in self._tasks if not t.done()]
+            leftover = [t for t in self._by_request.values() if not t.done()]
             if leftover:  # tasks abandoned at their hard limit that never ended
                 logger.warning("Loop worker %d: closing with %d abandoned task(s) still running",
                                self.index, len(leftover))
@@ -57,16 +57,10 @@ class _LoopWorker:
         self.loop.call_soon_threadsafe(self._start_many, requests)
 
     def _start_many(self, requests: Sequence[_request.Request]) -> None:
+        # No done callbacks: _execute forgets its request itself (each callback would cost a
+        # turn of the loop per task).
         for req in requests:
-            task = self.loop.create_task(self._execute(req))
-            self._tasks.add(task)
-            self._by_request[req] = task
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(functools.partial(self._forget, req))
-
-    def _forget(self, req: _request.Request, _task: asyncio.Task[None]) -> None:
-        self._by_request.pop(req, None)
-        self._abandoned.discard(req)
+            self._by_request[req] = self.loop.create_task(self._execute(req))
 
     def abandon(self, req: _request.Request, why: str) -> None:
         """Cancel the request's task (hard time limit, or terminated); from any thread."""
@@ -74,34 +68,47 @@ class _LoopWorker:
             task = self._by_request.get(req)
             if task is not None:
                 self._abandoned.add(req)
-                task.cancel(why)
+                self._cancel(req, task, why)
 
         self.loop.call_soon_threadsafe(cancel)
 
     async def _execute(self, req: _request.Request) -> None:
         start = time.monotonic()
         try:
-            outcome = await self.tracer.run_async(req)
-        except asyncio.CancelledError:
-            # Cold shutdown cancelled us: report the message for requeue, then let the
-            # cancellation finish this task as it should.
-            self.on_done(_request.Outcome(req, "REVOKED", None, time.monotonic() - start, requeue=True))
-            raise
-        except GeneratorExit:
-            # The loop is being closed under a task that refused every cancellation (one
-            # abandoned at its hard time limit): its outcome was settled long ago.
-            raise
-        except BaseException as exc:  # never let a request vanish without an outcome
-            logger.exception("Internal error running %s[%s]", req.name, req.id)
-            outcome = self.tracer._failed(req, exc, start, None)
-        # Alone: no other task on this loop would wait while the result is stored here, and
-        # the consumer has not settled this one already (a task may ignore its cancel).
-        self.on_done(outcome, len(self._tasks) == 1 and req not in self._abandoned)
+            try:
+                outcome = await self.tracer.run_async(req)
+            except asyncio.CancelledError:
+                # Cold shutdown cancelled us: report the message for requeue, then let the
+                # cancellation finish this task as it should.
+                self.on_done(_request.Outcome(req, "REVOKED", None, time.monotonic() - start,
+                                              requeue=True))
+                raise
+            except GeneratorExit:
+                # The loop is being closed under a task that refused every cancellation (one
+                # abandoned at its hard time limit): its outcome was settled long ago.
+                raise
+            except BaseException as exc:  # never let a request vanish without an outcome
+                logger.exception("Internal error running %s[%s]", req.name, req.id)
+                outcome = self.tracer._failed(req, exc, start, None)
+            # Alone: no other task on this loop would wait while the result is stored here,
+            # and the consumer has not settled this one already (a task may ignore its cancel).
+            self.on_done(outcome, len(self._by_request) == 1 and req not in self._abandoned)
+        finally:
+            self._forget(req)
+
+    def _forget(self, req: _request.Request, _task: object = None) -> None:
+        self._by_request.pop(req, None)
+        self._abandoned.discard(req)
+
+    def _cancel(self, req: _request.Request, task: asyncio.Task[None], why: str | None) -> None:
+        task.cancel(why)
+        # A task cancelled before its first step never runs _execute's finally.
+        task.add_done_callback(functools.partial(self._forget, req))
 
     def cancel_all(self) -> None:
         def cancel() -> None:
-            for task in list(self._tasks):
-                task.cancel()
+            for req, task in list(self._by_request.items()):
+                self._cancel(req, task, None)
 
         self.loop.call_soon_threadsafe(cancel)
 
