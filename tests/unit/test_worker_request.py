@@ -1,14 +1,16 @@
-"""A request's ``task.request`` context and time limits, and a loop worker's bookkeeping of
-its asyncio tasks."""
+"""A request's ``task.request`` context and time limits, a loop worker's bookkeeping of its
+asyncio tasks, and the CLI worker's garbage collector settings."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import pytest
 
 from celery import Celery
+from celery.bin.worker import tune_gc
 from celery.messaging.protocol import Message
 from celery.transport.base import Delivery
 from celery.worker.executor.loop import _LoopWorker
@@ -133,3 +135,28 @@ def test_loop_worker_forgets_finished_and_cancelled_before_start_requests() -> N
         assert [(o.request, o.state, alone) for o, alone in outcomes] == [(second, "SUCCESS", True)]
     finally:
         worker.stop(5)
+
+
+@pytest.fixture
+def gc_state():
+    saved = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*saved)
+
+
+def test_tune_gc_freezes_boot_objects_and_raises_the_young_threshold(gc_state) -> None:
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    tune_gc(10_000)
+    assert gc.get_threshold() == (10_000, 10, 10)
+    assert gc.get_freeze_count() > 0
+
+
+@pytest.mark.parametrize("threshold", [None, 0, 500])
+def test_tune_gc_leaves_the_collector_alone_when_off_or_lower(gc_state, threshold) -> None:
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    tune_gc(threshold)
+    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_freeze_count() == 0

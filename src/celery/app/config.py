@@ -75,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_cancel_long_running_tasks_on_connection_loss": False,
     "worker_proc_alive_timeout": 4.0,
     "worker_state_db": None,
+    "worker_gc_threshold": 10_000,
     # remote control
     "control_exchange": "celery",
     "control_queue_ttl": 300.0,
