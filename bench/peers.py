@@ -94,6 +94,16 @@ CONFIGS = [
         env={"BENCH_CELERY_NOOP": "async"},
     ),
     Config(
+        name="ours-inline",
+        venv=None,
+        module="celery_peer",
+        worker_noop=f"{OURS} 1 --loop-inline",
+        worker_io=f"{OURS} 1 --loop-inline",
+        about="`async def` no-op and I/O: 1 loop worker x 100 on the consumer's own loop "
+        "(--loop-inline)",
+        env={"BENCH_CELERY_NOOP": "async"},
+    ),
+    Config(
         name="celery-threads",
         venv="celery",
         module="celery_peer",
@@ -434,7 +444,9 @@ def main() -> None:
         "redis_ping_ours": _best_ping(ours_pings),  # the same floors with our client library
         "results": results,
         "ratios": {
-            base: report.ratios(results, base) for base in ("ours", "ours-async") if base in results
+            base: report.ratios(results, base)
+            for base in ("ours", "ours-async", "ours-inline")
+            if base in results
         },
     }
     print(report.markdown(full))

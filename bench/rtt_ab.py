@@ -12,6 +12,11 @@ system, from the process itself and from /proc). The machines are shared and noi
 medians of many short runs, never single runs. Uses Redis database 13, flushed before each
 run. Make the base venv with e.g. ``git worktree add /tmp/base <rev>``, ``python3 -m venv
 /tmp/basevenv``, ``/tmp/basevenv/bin/pip install "/tmp/base[redis,uvloop,msgpack]"``.
+
+``--base-args``/``--current-args`` add worker options to one side, so one install can be
+compared with itself under two settings:
+
+    .venv/bin/python bench/rtt_ab.py --base .venv/bin/python --current-args=--loop-inline --async
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -64,11 +70,11 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f[harness.UTIME]) + int(f[harness.STIME]) for f in tree) / harness.CLOCK_TICKS
 
 
-def one_run(python: str, samples: int, use_async: bool) -> dict:
+def one_run(python: str, samples: int, use_async: bool, extra: list[str]) -> dict:
     valkey.Valkey.from_url(URL).flushdb()
     env = {**os.environ, "BENCH_URL": URL, "RTT_ASYNC": "1" if use_async else "0",
            "PYTHONPATH": str(ROOT / "bench")}
-    worker = subprocess.Popen([python, *WORKER], cwd=ROOT / "bench", env=env,
+    worker = subprocess.Popen([python, *WORKER, *extra], cwd=ROOT / "bench", env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     code = CLIENT % {"warm": WARM_UP, "samples": samples}
     client = subprocess.Popen([python, "-c", code], env=env, stdin=subprocess.PIPE,
@@ -126,13 +132,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=600)
     parser.add_argument("--async", dest="use_async", action="store_true",
                         help="an async def no-op instead of a def one")
+    for side in ("base", "current"):
+        parser.add_argument(f"--{side}-args", default="", metavar="OPTIONS",
+                            help=f"more worker options for the {side} side (one string)")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"base": [], "current": []}
     for n in range(args.pairs):
         for side in (("base", "current") if n % 2 == 0 else ("current", "base")):
             started = time.monotonic()
             python = str(Path(getattr(args, side)).absolute())  # the worker runs in bench/
-            runs[side].append(one_run(python, args.samples, args.use_async))
+            extra = shlex.split(getattr(args, f"{side}_args"))
+            runs[side].append(one_run(python, args.samples, args.use_async, extra))
             print(f"pair {n + 1}/{args.pairs} {side:8} p50 {runs[side][-1]['p50_us']:6.0f} us "
                   f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
     report(runs)

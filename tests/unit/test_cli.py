@@ -314,6 +314,9 @@ def test_worker_banner_lists_concurrency_queues_and_user_tasks() -> None:
     assert "w1@example" in text
     assert "redis://:**@h:6379/0" in text and ":pw@" not in text
     assert "2 loop workers × 50 + 1 sync worker" in text
+    assert "(inline)" not in text
+    inline = banner(app, FakeWorker(), {**options, "loop_workers": 1, "loop_inline": True}, 20)
+    assert "1 loop worker (inline) × 50 + 1 sync worker" in inline
     assert "high, low" in text
     assert "bannerapp.work" in text
     assert "results:     disabled" in text

@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_concurrency": None,
     "worker_loop_workers": 1,
     "worker_loop_concurrency": 100,
+    "worker_loop_inline": False,
     "worker_sync_workers": None,
     "worker_hijack_root_logger": True,
     "worker_log_format": "[%(asctime)s: %(levelname)s/%(threadName)s] %(message)s",

@@ -70,6 +70,13 @@ def _count(ctx: click.Context, param: click.Parameter, value: int | None) -> int
     help="Async tasks run at once on each loop [worker_loop_concurrency].",
 )
 @click.option(
+    "--loop-inline/--no-loop-inline",
+    default=None,
+    help="Run async def tasks on the consumer's own event loop, not a loop worker thread "
+    "(one loop worker; faster on GIL builds, but a task that blocks its loop holds up the "
+    "consumer) [worker_loop_inline].",
+)
+@click.option(
     "--sync-workers",
     type=int,
     callback=_count,
@@ -147,6 +154,7 @@ def worker(
     obj: CLIContext,
     loop_workers: int | None,
     loop_concurrency: int | None,
+    loop_inline: bool | None,
     sync_workers: int | None,
     concurrency: int | None,
     queues: list[str] | None,
@@ -188,6 +196,7 @@ def worker(
         "loop_concurrency": (
             conf.worker_loop_concurrency if loop_concurrency is None else loop_concurrency
         ),
+        "loop_inline": conf.worker_loop_inline if loop_inline is None else loop_inline,
         "sync_workers": sync,
         "prefetch_multiplier": prefetch_multiplier,
     }
@@ -310,7 +319,8 @@ def banner(app: Celery, instance: Any, options: dict[str, Any], loglevel: int) -
     queues = getattr(instance, "queues", None) or options["queues"] or [conf.task_default_queue]
     loops, syncs = options["loop_workers"], options["sync_workers"]
     concurrency = (
-        f"{loops} loop {pluralize(loops, 'worker')} × {options['loop_concurrency']}"
+        f"{loops} loop {pluralize(loops, 'worker')}"
+        f"{' (inline)' if options.get('loop_inline') else ''} × {options['loop_concurrency']}"
         f" + {syncs} sync {pluralize(syncs, 'worker')}"
     )
     from .. import VERSION_BANNER

@@ -62,6 +62,7 @@ class Worker:
 
     def __init__(self, app: Celery, *, hostname: str | None = None, queues: Sequence[str] | None = None,
                  loop_workers: int | None = None, loop_concurrency: int | None = None,
+                 loop_inline: bool | None = None,
                  sync_workers: int | None = None, prefetch_multiplier: int | None = None,
                  ready_callback: Callable[[], Any] | None = None,
                  max_tasks_per_child: int | None = None,
@@ -74,6 +75,12 @@ class Worker:
         self.loop_workers = _count(loop_workers, conf.worker_loop_workers, 1, "loop_workers")
         self.loop_concurrency = _count(loop_concurrency, conf.worker_loop_concurrency, 100,
                                        "loop_concurrency", minimum=1)
+        #: Async tasks on the consumer's own loop (executor/loop.py): one loop worker only.
+        self.loop_inline = bool(conf.worker_loop_inline if loop_inline is None else loop_inline)
+        if self.loop_inline and self.loop_workers != 1:
+            raise ImproperlyConfigured(
+                f"loop_inline runs async tasks on the consumer's own event loop: it needs "
+                f"exactly one loop worker, not {self.loop_workers}")
         default_sync = conf.worker_sync_workers or conf.worker_concurrency or os.cpu_count() or 1
         self.sync_workers = _count(sync_workers, default_sync, 1, "sync_workers")
         if self.loop_workers + self.sync_workers == 0:
@@ -98,7 +105,9 @@ class Worker:
 
     @property
     def concurrency_text(self) -> str:
-        return f"{self.loop_workers} loop workers × {self.loop_concurrency} + {self.sync_workers} sync workers"
+        inline = " (inline)" if self.loop_inline else ""
+        return (f"{self.loop_workers} loop workers{inline} × {self.loop_concurrency} + "
+                f"{self.sync_workers} sync workers")
 
     # -- running -------------------------------------------------------------------------
 
@@ -134,7 +143,8 @@ class Worker:
 
         tracer.interim = on_done
 
-        loop_exec = LoopExecutor(tracer, on_done, self.loop_workers, self.loop_concurrency)
+        loop_exec = LoopExecutor(tracer, on_done, self.loop_workers, self.loop_concurrency,
+                                 inline=self.loop_inline)
         sync_exec = ThreadExecutor(tracer, on_done, self.sync_workers)
         consumer = Consumer(app, transport, self.queues, self.window, loop_exec, sync_exec,
                             self.hostname, on_ready=self._on_ready,

@@ -1,4 +1,12 @@
-"""Loop workers: N OS threads, each running its own event loop with async def tasks."""
+"""Loop workers: N OS threads, each running its own event loop with async def tasks.
+
+Or, with ``inline`` (``--loop-inline``), one loop worker that is the consumer's own event
+loop, in the worker's main thread: no thread hand-off per task either way, and no GIL
+passed back and forth between two busy threads. The price: an async task that blocks its
+loop (CPU work or a blocking call between awaits) also holds up fetching, acks, result
+writes and remote control until it yields, where a loop worker thread would leave the
+consumer its share of the GIL. Inline suits GIL builds and well-behaved async tasks.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ...app.portal import new_event_loop
 from .. import request as _request
@@ -21,13 +29,19 @@ logger = logging.getLogger("celery.worker.loop")
 
 class _LoopWorker:
     """One thread with one event loop. Requests arrive by ``call_soon_threadsafe`` (the only
-    way other threads touch this loop); its fields are touched on this loop's thread only."""
+    way other threads touch this loop); its fields are touched on this loop's thread only.
 
-    def __init__(self, index: int, tracer: Tracer, on_done: DoneCallback) -> None:
+    Inline, the loop is the running one (the consumer's, which makes it) and there is no
+    thread: the consumer calls in directly, on that same thread.
+    """
+
+    def __init__(self, index: int, tracer: Tracer, on_done: DoneCallback,
+                 inline: bool = False) -> None:
         self.index = index
         self.tracer = tracer
         self.on_done = on_done
-        self.loop = new_event_loop()
+        self.inline = inline
+        self.loop = asyncio.get_running_loop() if inline else new_event_loop()
         #: The asyncio.Task running each request, until it ends (this loop's thread only);
         #: also the strong reference that keeps the task alive.
         self._by_request: dict[_request.Request, asyncio.Task[None]] = {}
@@ -36,7 +50,15 @@ class _LoopWorker:
         self._thread = threading.Thread(target=self._run, name=f"loop-worker-{index}", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        if not self.inline:
+            self._thread.start()
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on this loop's thread: now when that is the caller's (inline)."""
+        if self.inline:
+            fn()
+        else:
+            self.loop.call_soon_threadsafe(fn)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -54,7 +76,10 @@ class _LoopWorker:
             self.loop.close()
 
     def submit(self, requests: Sequence[_request.Request]) -> None:
-        self.loop.call_soon_threadsafe(self._start_many, requests)
+        if self.inline:  # the tasks start once the consumer yields to its loop
+            self._start_many(requests)
+        else:
+            self.loop.call_soon_threadsafe(self._start_many, requests)
 
     def _start_many(self, requests: Sequence[_request.Request]) -> None:
         # No done callbacks: _execute forgets its request itself (each callback would cost a
@@ -70,7 +95,7 @@ class _LoopWorker:
                 self._abandoned.add(req)
                 self._cancel(req, task, why)
 
-        self.loop.call_soon_threadsafe(cancel)
+        self._call(cancel)
 
     async def _execute(self, req: _request.Request) -> None:
         start = time.monotonic()
@@ -110,9 +135,17 @@ class _LoopWorker:
             for req, task in list(self._by_request.items()):
                 self._cancel(req, task, None)
 
-        self.loop.call_soon_threadsafe(cancel)
+        self._call(cancel)
 
     def stop(self, timeout: float) -> None:
+        if self.inline:  # the consumer's loop goes on to close the worker's connections
+            leftover = [t for t in self._by_request.values() if not t.done()]
+            if leftover:
+                logger.warning("Loop worker %d: stopping with %d abandoned task(s) still "
+                               "running; cancelling them", self.index, len(leftover))
+                for task in leftover:
+                    task.cancel()
+            return
         if self.loop.is_closed():
             return
         try:
@@ -123,10 +156,14 @@ class _LoopWorker:
 
 
 class LoopExecutor:
-    """``count`` loop worker threads, each running up to ``concurrency`` async tasks."""
+    """``count`` loop worker threads, each running up to ``concurrency`` async tasks; or,
+    ``inline``, one loop worker on the calling (consumer's) event loop."""
 
-    def __init__(self, tracer: Tracer, on_done: DoneCallback, count: int, concurrency: int) -> None:
-        self._workers = [_LoopWorker(i, tracer, on_done) for i in range(count)]
+    def __init__(self, tracer: Tracer, on_done: DoneCallback, count: int, concurrency: int,
+                 inline: bool = False) -> None:
+        if inline and count != 1:
+            raise ValueError(f"an inline loop executor has one loop worker, not {count}")
+        self._workers = [_LoopWorker(i, tracer, on_done, inline) for i in range(count)]
         self.groups = [concurrency] * count
         self.starts = self.groups  # every request handed over starts at once
 
