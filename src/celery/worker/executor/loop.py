@@ -88,7 +88,8 @@ class _LoopWorker:
             self._by_request[req] = self.loop.create_task(self._execute(req))
 
     def abandon(self, req: _request.Request, why: str) -> None:
-        """Cancel the request's task (hard time limit, or terminated); from any thread."""
+        """Cancel the request's task (hard time limit, or terminated); from any thread (inline:
+        from the consumer's, the loop's own)."""
         def cancel() -> None:
             task = self._by_request.get(req)
             if task is not None:
