@@ -60,8 +60,8 @@ def make_app(url: str) -> Celery:
         time.sleep(seconds)  # blocks its loop: here, the consumer's
         return time.time()
 
-    @app.task(name="inline.finished_at")
-    async def finished_at():
+    @app.task(name="inline.sync_finished_at")
+    def sync_finished_at():
         return time.time()
 
     return app
@@ -107,11 +107,13 @@ def test_sync_delay_inside_an_inline_task(app):
     assert parent_id
 
 
-def test_a_task_that_blocks_the_loop_holds_up_the_others(app):
-    # The documented price of inline: nothing else on the consumer's loop runs meanwhile.
+def test_a_task_that_blocks_the_loop_holds_up_the_consumer(app):
+    # The documented price of inline: the consumer's loop is blocked too, so even a def task
+    # sent meanwhile is not fetched until the blocking one yields (with a loop worker thread
+    # it would run on a sync thread at once).
     blocked = app.tasks["inline.blocks"].delay(0.5)
     time.sleep(0.1)  # it has started
-    other = app.tasks["inline.finished_at"].delay()
+    other = app.tasks["inline.sync_finished_at"].delay()
     blocked_until = blocked.get(timeout=10)
     assert other.get(timeout=10) >= blocked_until
 
