@@ -65,12 +65,8 @@ class _LoopWorker:
         try:
             self.loop.run_forever()
         finally:
-            leftover = [t for t in self._by_request.values() if not t.done()]
-            if leftover:  # tasks abandoned at their hard limit that never ended
-                logger.warning("Loop worker %d: closing with %d abandoned task(s) still running",
-                               self.index, len(leftover))
-                for task in leftover:
-                    task.cancel()
+            leftover = self._cancel_leftover("closing")
+            if leftover:
                 self.loop.run_until_complete(asyncio.wait(leftover, timeout=1.0))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
@@ -122,6 +118,17 @@ class _LoopWorker:
         finally:
             self._forget(req)
 
+    def _cancel_leftover(self, when: str) -> list[asyncio.Task[None]]:
+        """Cancel the tasks still running at the end (abandoned at their hard time limit,
+        they never ended) and return them; this loop's thread only."""
+        leftover = [t for t in self._by_request.values() if not t.done()]
+        if leftover:
+            logger.warning("Loop worker %d: %s with %d abandoned task(s) still running",
+                           self.index, when, len(leftover))
+            for task in leftover:
+                task.cancel()
+        return leftover
+
     def _forget(self, req: _request.Request, _task: object = None) -> None:
         self._by_request.pop(req, None)
         self._abandoned.discard(req)
@@ -140,12 +147,7 @@ class _LoopWorker:
 
     def stop(self, timeout: float) -> None:
         if self.inline:  # the consumer's loop goes on to close the worker's connections
-            leftover = [t for t in self._by_request.values() if not t.done()]
-            if leftover:
-                logger.warning("Loop worker %d: stopping with %d abandoned task(s) still "
-                               "running; cancelling them", self.index, len(leftover))
-                for task in leftover:
-                    task.cancel()
+            self._cancel_leftover("stopping")
             return
         if self.loop.is_closed():
             return
