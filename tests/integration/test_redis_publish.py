@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 import uuid
 
@@ -170,4 +172,74 @@ def test_a_forked_child_publishes_on_its_own_connection(redis_url, raw):
     transport.confirm_published()
     bodies = [json.loads(e)["headers"]["argsrepr"] for e in raw.lrange("celery", 0, -1)]
     assert sorted(bodies) == ["('child',)", "('parent',)"]
+    transport.close()
+
+
+def test_a_refusal_is_raised_to_the_thread_that_sent_it(redis_url, raw):
+    transport, _ = named_transport(redis_url)
+    raw.set("celery", "not a list")  # LPUSH onto it gets WRONGTYPE
+    refused, errors = task("t", "refused"), []
+    published, go_on = threading.Event(), threading.Event()
+
+    def sender() -> None:
+        transport.publish(refused)
+        published.set()
+        go_on.wait(10)
+        try:
+            transport.confirm_own_published()
+        except OperationalError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    assert published.wait(10)
+    pipeline = pipeline_of(transport)
+    assert pipeline._conn.can_read(timeout=5)  # the refusal's reply has arrived
+    raw.delete("celery")
+    answered = pipeline._answered
+    transport.confirm_own_published()  # this thread sent nothing: no wait, nothing read
+    assert pipeline._answered == answered
+    time.sleep(2 * redis_publish.IDLE_DRAIN)
+    mine = task("t", "mine")
+    transport.publish(mine)  # reads the refused one's reply first: not this thread's to raise
+    transport.confirm_published()  # nor here
+    go_on.set()
+    thread.join(10)
+    assert len(errors) == 1 and refused.headers["id"] in str(errors[0])
+    assert "WRONGTYPE" in str(errors[0])
+    assert queued_ids(raw) == [mine.headers["id"]]
+    transport.close()
+
+
+def test_a_refusal_whose_thread_ended_goes_to_the_next_caller(redis_url, raw):
+    transport, _ = named_transport(redis_url)
+    raw.set("celery", "not a list")
+    refused = task("t", "refused")
+    thread = threading.Thread(target=transport.publish, args=(refused,))
+    thread.start()
+    thread.join(10)
+    with pytest.raises(OperationalError, match=refused.headers["id"]):
+        transport.confirm_published()
+    transport.close()
+
+
+async def test_each_asyncio_task_confirms_its_own_messages(redis_url, raw):
+    transport, _ = named_transport(redis_url)
+    raw.set("celery", "not a list")
+
+    async def send(message) -> None:
+        transport.publish(message)  # a sync publish inside a coroutine, as a task may make
+        await asyncio.sleep(0.05)
+        transport.confirm_own_published()
+
+    refused, fine = task("t", "refused"), task("t", "fine")
+    first = asyncio.create_task(send(refused))
+    await asyncio.sleep(0.01)  # its message is written, and refused
+    raw.delete("celery")
+    second = asyncio.create_task(send(fine))
+    outcomes = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(outcomes[0], OperationalError)
+    assert refused.headers["id"] in str(outcomes[0])
+    assert outcomes[1] is None  # same thread, other task: not its refusal
+    assert queued_ids(raw) == [fine.headers["id"]]
     transport.close()

@@ -68,6 +68,20 @@ def make_app(url: str, **conf) -> Celery:
         child = sync_whoami.delay()
         return [child.id, self.request.id]
 
+    @app.task
+    def sends_to(queue):
+        # Redis refuses the LPUSH when ``queue`` is a key holding a string (WRONGTYPE).
+        return add.apply_async((1, 1), queue=queue).id
+
+    @app.task
+    async def asends_to(queue):
+        return add.apply_async((1, 1), queue=queue).id  # a sync delay() in an async task
+
+    @app.task
+    def sends_then_fails(queue):
+        add.apply_async((1, 1), queue=queue)
+        raise ValueError("failed after sending")
+
     @app.task(ignore_result=True)
     def quiet():
         return 1
@@ -176,6 +190,31 @@ def test_refused_content_type_is_rejected_with_a_clear_log(app, rclient, caplog)
         assert refused.state == "PENDING"
     assert "content type 'application/x-python-serialize' is not in accept_content" in caplog.text
     assert rclient.hlen("unacked") == 0
+
+
+def test_a_message_redis_refuses_fails_the_task_that_sent_it(app, rclient):
+    # Sync publishes are pipelined: the worker waits for the replies to a task's own
+    # messages before it settles the task, so the refusal fails that task, not a later one.
+    rclient.set("not-a-queue", "a string")
+    try:
+        with running_worker(app, loop_workers=1, sync_workers=1):
+            # A task that fails anyway keeps its own error; its thread's next task is not blamed.
+            failed = app.tasks["tests.integration.test_worker.sends_then_fails"].delay("not-a-queue")
+            with pytest.raises(ValueError, match="failed after sending"):
+                failed.get(timeout=10)
+            after = app.tasks["tests.integration.test_worker.sends_to"].delay("celery")
+            assert app.AsyncResult(after.get(timeout=10)).get(timeout=10) == 2
+            for name in ("sends_to", "asends_to"):
+                task = app.tasks[f"tests.integration.test_worker.{name}"]
+                refused = task.delay("not-a-queue")
+                with pytest.raises(Exception, match="WRONGTYPE") as info:
+                    refused.get(timeout=10)
+                assert type(info.value).__name__ == "OperationalError"
+                assert refused.state == "FAILURE"
+                sent = task.delay("celery")  # the worker's queue: the child runs
+                assert app.AsyncResult(sent.get(timeout=10)).get(timeout=10) == 2
+    finally:
+        rclient.delete("not-a-queue")
 
 
 def test_prefetch_window_bounds_unacked_messages(redis_url, rclient):

@@ -99,10 +99,8 @@ _CONNECTION_OPTIONS = (
 
 
 def _bad_element(queue: str, item: bytes, why: str) -> None:
-    logger.warning(
-        "Malformed message in Redis queue %r (%s) moved to %r: %r",
-        queue, why, DEAD_LETTER_KEY, bytes(item[:120]),
-    )  # fmt: skip
+    logger.warning("Malformed message in Redis queue %r (%s) moved to %r: %r",
+                   queue, why, DEAD_LETTER_KEY, bytes(item[:120]))
 
 
 #: kombu's envelope helpers, under the names this module and its tests use.
@@ -324,6 +322,10 @@ class RedisTransport(RedisMailbox):
         """Wait until Redis answered every ``publish`` of this process so far; raise
         OperationalError for a message it refused. Blocks at most about a round trip."""
         self._publisher.confirm()
+
+    def confirm_own_published(self) -> None:
+        """``confirm_published`` for the calling context's messages (worker/tracer.py)."""
+        self._publisher.confirm_own()
 
     async def _run(
         self, what: str, op: Callable[[avalkey.Valkey], Any], retries: int = 1, first: float = 0
@@ -796,4 +798,3 @@ class RedisTransport(RedisMailbox):
             await popper.close()
         if client is not None:
             await client.aclose(close_connection_pool=True)
-

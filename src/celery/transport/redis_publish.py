@@ -15,8 +15,13 @@ What a returned ``publish`` guarantees, pipelined:
   calls it before waiting) and by ``close`` (also run at interpreter exit). At most ``WINDOW`` messages wait for replies;
   a publish beyond that waits for some.
 * A message Redis refused (an error reply: OOM, READONLY, WRONGTYPE, ...) is logged with
-  its task id when its reply is read, and raised as ``OperationalError`` from the next
-  ``publish`` (which then sends nothing) or ``confirm``.
+  its task id when its reply is read, and raised as ``OperationalError`` to its sender:
+  the thread, or the asyncio task, whose context published it (a ``_Sender`` kept in a
+  context variable), from its next ``publish`` (which then sends nothing), ``confirm`` or
+  ``confirm_own``. A refusal whose sender is gone is raised to the next caller.
+* ``confirm_own`` waits for the replies to the calling context's messages only: a worker
+  calls it after each task that published (worker/tracer.py), so that a refused message
+  fails the task that sent it, as a confirmed publish raising inside the task would.
 * A broken connection: replies that did arrive are read first, then the messages still
   unconfirmed are sent again on a new connection, retried with backoff. A write to a
   connection the server already closed succeeds locally, so after a pause (``IDLE_DRAIN``)
@@ -28,13 +33,16 @@ What a returned ``publish`` guarantees, pipelined:
   with the next call.
 
 Thread-safety: one connection per process, shared by every thread. ``_lock`` guards the
-connection, ``_unconfirmed``, ``_refused``, ``_broken``, ``_pid`` and ``_last_send``; a
-publish holds it for its write and any reads (microseconds, or a round trip when it waits).
+connection, ``_unconfirmed``, ``_refused``, ``_broken``, ``_pid``, ``_last_send`` and the
+counters ``_sent``/``_answered``; a publish holds it for its write and any reads
+(microseconds, or a round trip when it waits). A ``_Sender`` belongs to one context (a
+thread's, or an asyncio task's copy), which alone reads and writes its ``last``.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextvars
 import logging
 import os
 import threading
@@ -125,6 +133,12 @@ class SyncPublisher:
         if pipeline is not None:
             pipeline.confirm()
 
+    def confirm_own(self) -> None:
+        """``Pipeline.confirm_own`` when pipelined (see ``confirm``)."""
+        pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.confirm_own()
+
     def close(self) -> None:
         """Confirm and disconnect; the next publish connects again. Idempotent."""
         with self._lock:
@@ -147,6 +161,16 @@ def pack_lpush(key: str, payload: str) -> bytes:
     return b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(k), k, len(p), p)
 
 
+class _Sender:
+    """Who published (one per context): the number of its last message ``confirm_own`` has
+    not waited for yet. A refusal holds it weakly: once its context is gone, nobody is."""
+
+    __slots__ = ("last", "__weakref__")
+
+    def __init__(self) -> None:
+        self.last = 0
+
+
 class Pipeline:
     """Pipelined LPUSHes on one connection, replies read later (see the module docstring)."""
 
@@ -157,9 +181,15 @@ class Pipeline:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._conn = make_connection()
-        #: Sent, reply not read yet, in send order: (packed command, task id).
-        self._unconfirmed: deque[tuple[bytes, str | None]] = deque()
-        self._refused: list[tuple[str | None, str]] = []
+        #: Sent, reply not read yet, in send order: (packed command, task id, sender).
+        self._unconfirmed: deque[tuple[bytes, str | None, weakref.ref[_Sender]]] = deque()
+        #: Refused messages not raised yet: (sender, task id, error).
+        self._refused: list[tuple[weakref.ref[_Sender], str | None, str]] = []
+        #: Messages sent, and replies read, since the connection was made (or the fork).
+        self._sent = self._answered = 0
+        #: This pipeline's sender in the current context (per pipeline: counts are its own).
+        self._senders: contextvars.ContextVar[_Sender] = contextvars.ContextVar(
+            f"publish-sender-{id(self):x}")
         self._broken = False  # the connection failed; reconnect and resend before using it
         self._last_send = 0.0
 
@@ -181,13 +211,16 @@ class Pipeline:
             if len(self._unconfirmed) >= WINDOW:
                 self._read(until=WINDOW // 2)
             self._raise_refused()
-            self._unconfirmed.append((command, task_id))
+            sender = self._sender()
+            self._unconfirmed.append((command, task_id, weakref.ref(sender)))
             try:
                 self._guarded(lambda: self._conn.send_packed_command([command], False), True)
             except ConnectionLost:
                 self._unconfirmed.pop()  # ours: the caller is told it was not sent
                 raise
             self._last_send = time.monotonic()
+            self._sent += 1
+            sender.last = self._sent
 
     def confirm(self) -> None:
         """Wait for the replies to every message sent so far; raise any refusal. Any thread.
@@ -200,6 +233,24 @@ class Pipeline:
         with self._lock:
             self._after_fork()
             self._read(until=0)
+            sender = self._senders.get(None)
+            if sender is not None:
+                sender.last = 0
+            self._raise_refused()
+
+    def confirm_own(self) -> None:
+        """Wait for the replies to the messages the calling context (thread, or asyncio
+        task) sent since its last ``confirm_own``; raise their refusals. Returns at once if
+        it sent none; else blocks at most about one round trip."""
+        sender = self._senders.get(None)
+        if sender is None or not sender.last:
+            return
+        last = sender.last
+        with self._lock:
+            self._after_fork()
+            sender.last = 0
+            if self._answered < last:  # still unanswered: the replies sent after ours wait
+                self._read(until=self._sent - last)
             self._raise_refused()
 
     def close(self) -> None:
@@ -225,6 +276,7 @@ class Pipeline:
             self._unconfirmed.clear()
             self._refused.clear()
             self._broken = False
+            self._answered = self._sent
 
     def _read(self, until: int | None) -> None:
         """Read the replies that have arrived, then block until at most ``until`` wait."""
@@ -236,11 +288,12 @@ class Pipeline:
             try:
                 self._guarded(self._conn.read_response, False)
             except ResponseError as exc:
-                task_id = pending[0][1]
-                self._refused.append((task_id, str(exc)))
+                _, task_id, sender = pending[0]
+                self._refused.append((sender, task_id, str(exc)))
                 logger.error("Redis at %s refused the message of task %s: %s",
                              self._safe_url, task_id, exc)
             pending.popleft()
+            self._answered += 1
 
     def _check_closed(self) -> None:
         """With no reply due, anything readable is the server closing the connection (a
@@ -249,10 +302,22 @@ class Pipeline:
             reply = self._conn.read_response()
             raise valkey.exceptions.ConnectionError(f"unexpected reply {reply!r}")
 
+    def _sender(self) -> _Sender:
+        sender = self._senders.get(None)
+        if sender is None:
+            sender = _Sender()
+            self._senders.set(sender)
+        return sender
+
     def _raise_refused(self) -> None:
-        if self._refused:
-            refused, self._refused = self._refused, []
-            listed = "; ".join(f"task {task_id}: {error}" for task_id, error in refused[:5])
+        """Raise the refusals of the calling context's messages, and of senders gone."""
+        if not self._refused:
+            return
+        me = self._senders.get(None)
+        refused = [r for r in self._refused if r[0]() in (me, None)]
+        if refused:
+            self._refused = [r for r in self._refused if r[0]() not in (me, None)]
+            listed = "; ".join(f"task {task_id}: {error}" for _, task_id, error in refused[:5])
             more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
             raise OperationalError(
                 f"Redis at {self._safe_url} refused {len(refused)} message(s) published "
@@ -284,7 +349,7 @@ class Pipeline:
             try:
                 self._conn.connect()
                 if self._unconfirmed:
-                    self._conn.send_packed_command([c for c, _ in self._unconfirmed], False)
+                    self._conn.send_packed_command([c for c, _, _ in self._unconfirmed], False)
                 self._broken = False
                 return None if resend_covers_op else op()
             except RETRYABLE as exc:

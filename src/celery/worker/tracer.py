@@ -95,11 +95,13 @@ class Tracer:
         try:
             try:
                 value = task.run(*body.args, **body.kwargs)
+                self._confirm_own()
             except Retry as exc:
                 error = None
                 if exc.message_to_send is not None and self.transport is not None:
                     try:
                         self.transport.publish(exc.message_to_send)
+                        self._confirm_own()
                     except Exception as publish_error:
                         error = publish_error
                 return self._end(req, body, self._retried(req, exc, error, start, ctx))
@@ -111,6 +113,7 @@ class Tracer:
                 return self._end(req, body, self._errored(req, exc, start, ctx))
             return self._end(req, body, self._succeeded(req, value, start, ctx), value)
         finally:
+            self._confirm_own(quietly=True)  # a task that raised: its refusals are not the next's
             current_request.reset(t_req)
             current_task_var.reset(t_task)
 
@@ -127,6 +130,7 @@ class Tracer:
         soft = _SoftLimit(req.limits[1])
         try:
             value = await req.task.run(*body.args, **body.kwargs)
+            self._confirm_own()  # sync delay() calls inside: blocks this loop while it waits
         except asyncio.CancelledError:
             if not soft.fired:
                 raise  # a cold shutdown (or the hard limit): not ours to handle
@@ -144,7 +148,23 @@ class Tracer:
             return self._end(req, body, self._errored(req, exc, start, ctx))
         finally:
             soft.disarm()
+            self._confirm_own(quietly=True)
         return self._end(req, body, self._succeeded(req, value, start, ctx), value)
+
+    def _confirm_own(self, quietly: bool = False) -> None:
+        """Wait for Redis's replies to the sync publishes this task made (pipelined, see
+        transport/redis_publish.py), so that a message Redis refused fails the task that sent
+        it, as a confirmed publish would have raised inside it. At once if it made none.
+        ``quietly`` (a task that failed or retried anyway): the refusal, logged when its
+        reply was read, is dropped rather than left for the next task of this thread."""
+        confirm = getattr(self.transport, "confirm_own_published", None)
+        if confirm is None:
+            return
+        try:
+            confirm()
+        except Exception:
+            if not quietly:
+                raise
 
     def _end(self, req: Request, body: TaskBody, outcome: Outcome, value: Any = None) -> Outcome:
         if signals.task_postrun.receivers:
