@@ -1,6 +1,7 @@
 """Micro benchmarks: serializers, protocol v2 messages, kombu envelopes, result metas, sends.
 
-No server: the app here uses ``memory://`` and ``cache+memory://``. Values are seconds per
+No server: the apps here use ``memory://`` and ``cache+memory://`` (and one a Redis URL that
+is never connected to, for the Redis send template). Values are seconds per
 operation. Run by hand under pyperf (``python bench/suite/micro.py -o micro.json --fast``)
 or through the suite (``bench/suite/run.py --only micro``); see timing.py.
 """
@@ -109,6 +110,22 @@ def app_prepare() -> contextlib.AbstractContextManager[TimeFunc]:
     return simple(lambda: app._prepare(TASK, ARGS, KWARGS, task, {}))
 
 
+def template_fill() -> contextlib.AbstractContextManager[TimeFunc]:
+    """A plain ``delay()``'s envelope filled into its task's template (app/template.py),
+    what replaces ``app_prepare`` and ``envelope_encode`` for such a send on Redis."""
+    from celery import Celery
+    from celery.app.template import Template
+
+    app = Celery("micro", broker="redis://127.0.0.1:1/0", set_as_current=False)  # no I/O
+
+    @app.task(name=TASK)
+    def process_order(*args: Any, **kwargs: Any) -> None: ...
+
+    template = Template.make(app, process_order)
+    assert template is not None
+    return simple(lambda: template.fill(TASK_ID, ARGS, KWARGS))
+
+
 @contextlib.contextmanager
 def send_memory() -> Iterator[TimeFunc]:
     """``await task.aapply_async(...)`` on the in-process broker: the whole client path."""
@@ -158,6 +175,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "micro.result_encode": result_encode,
     "micro.result_decode": result_decode,
     "micro.app_prepare": app_prepare,
+    "micro.template_fill": template_fill,
     "micro.send_memory": send_memory,
 }
 

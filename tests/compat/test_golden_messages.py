@@ -96,7 +96,7 @@ def _ours(app, name: str, task: str, args, kwargs=None, **options) -> tuple[str,
     message.headers["origin"] = h["origin"]
     message.properties["reply_to"] = up["properties"]["reply_to"]
     transport = RedisTransport("redis://127.0.0.1:6379/15")
-    key, payload = transport._envelope(message)
+    key, payload = transport.envelope_of(message)
     env = json.loads(payload)
     env["properties"]["delivery_tag"] = up["properties"]["delivery_tag"]
     return key, env

@@ -140,7 +140,7 @@ async def test_fetch_blocks_up_to_timeout_then_returns_empty(transport):
 
 
 async def test_fetch_wakes_when_messages_arrive_and_tops_up_the_batch(transport, raw):
-    payloads = [transport._envelope(task("t", i))[1] for i in range(5)]
+    payloads = [transport.envelope_of(task("t", i))[1] for i in range(5)]
 
     def push_later():
         time.sleep(0.3)
@@ -232,7 +232,7 @@ async def test_restore_visible_skips_while_another_holds_the_mutex(redis_url, ra
 async def test_restore_visible_routes_through_a_bound_exchange(redis_url, raw):
     """An entry reserved by a kombu consumer with a named exchange goes to the bound queue."""
     transport = RedisTransport(redis_url, transport_options={"visibility_timeout": 0})
-    envelope = json.loads(transport._envelope(task("t", priority=6))[1])
+    envelope = json.loads(transport.envelope_of(task("t", priority=6))[1])
     tag = envelope["properties"]["delivery_tag"]
     raw.sadd("_kombu.binding.jobs", f"urgent{SEP}{SEP}target")
     raw.hset("unacked", tag, json.dumps([envelope, "jobs", "urgent"]))
@@ -467,7 +467,7 @@ def refuse_hand_over(delivery):
 
 async def test_a_message_settled_when_handed_over_is_never_recorded(transport, raw):
     assert base.CAP_EARLY in transport.capabilities
-    payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
+    payloads = [transport.envelope_of(task("t", i))[1] for i in range(3)]
     handed = []
     got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or True)
     assert bodies(handed) == [[0]]
@@ -502,7 +502,7 @@ async def test_a_lone_message_settled_when_handed_over_costs_one_command(transpo
         handed.append(delivery)
         return base.EARLY_ACKED
 
-    payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
+    payloads = [transport.envelope_of(task("t", i))[1] for i in range(3)]
     got = await fetch_while_pushing(transport, raw, payloads[:1], alone)
     assert got == [] and bodies(handed) == [[0]] and len(reserves) == 1
     reserves.clear()
@@ -537,7 +537,7 @@ async def test_blocking_pops_keep_a_connection_of_their_own_and_replace_a_killed
         assert poppers() == first
         assert kill_clients_named(raw, name) >= 1
         handed = []
-        got = await fetch_while_pushing(transport, raw, [transport._envelope(task("t", 7))[1]],
+        got = await fetch_while_pushing(transport, raw, [transport.envelope_of(task("t", 7))[1]],
                                         lambda d: handed.append(d) or True)
         assert bodies(handed) == [[7]] and got == []
         again = poppers()
@@ -575,7 +575,7 @@ async def test_a_cancelled_blocking_pop_leaves_no_blocked_client_to_take_the_nex
         while blocked() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # the server sees the close shortly
         assert blocked() == 0
-        raw.lpush("celery", transport._envelope(task("t", 5))[1])
+        raw.lpush("celery", transport.envelope_of(task("t", 5))[1])
         got = await transport.fetch(["celery"], 10, 1, early=refuse_hand_over)
         assert bodies(got) == [[5]]
         await transport.ack(got)
@@ -597,7 +597,7 @@ async def test_a_server_without_blmpop_gets_brpop(transport, raw, monkeypatch):
         return await real(self, args)
 
     monkeypatch.setattr(redis_aio.Popper, "call", old_server)
-    payloads = [transport._envelope(task("t", i))[1] for i in range(2)]
+    payloads = [transport.envelope_of(task("t", i))[1] for i in range(2)]
     handed = []
     got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or True)
     assert bodies(handed) == [[0]] and got == []  # the second still waits in the queue
@@ -610,7 +610,7 @@ async def test_a_server_without_blmpop_gets_brpop(transport, raw, monkeypatch):
 
 
 async def test_a_message_not_settled_when_handed_over_is_recorded_with_the_batch(transport, raw):
-    payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
+    payloads = [transport.envelope_of(task("t", i))[1] for i in range(3)]
     handed = []
     got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or False)
     assert bodies(handed) == [[0]] and bodies(got) == [[1], [2]]  # not handed out twice
@@ -635,7 +635,7 @@ async def test_settling_a_handed_over_message_waits_for_its_record(transport, ra
         settling.append(asyncio.ensure_future(getattr(transport, settle)([delivery])))
         return False
 
-    payload = transport._envelope(task("t", 7))[1]
+    payload = transport.envelope_of(task("t", 7))[1]
     assert await fetch_while_pushing(transport, raw, [payload], early) == []
     await asyncio.gather(*settling)
     assert raw.exists("unacked", "unacked_index") == 0  # settled after it was recorded
@@ -646,7 +646,7 @@ async def test_a_failing_early_handler_leaves_the_message_reserved(transport, ra
     def early(delivery):
         raise RuntimeError("bug in the handler")
 
-    payloads = [transport._envelope(task("t", i))[1] for i in range(3)]
+    payloads = [transport.envelope_of(task("t", i))[1] for i in range(3)]
     with pytest.raises(RuntimeError, match="bug in the handler"):
         await fetch_while_pushing(transport, raw, payloads, early)
     popped = payloads[:2]  # BLMPOP COUNT 2 took two

@@ -18,6 +18,7 @@ from .portal import Portal
 from .registry import TaskRegistry
 from .routes import Router
 from .task import Task, add_autoretry
+from .template import Template, plain_send
 
 if TYPE_CHECKING:
     from ..backends.base import ResultBackend
@@ -93,6 +94,8 @@ class Celery:
         self._portal: Portal | None = None
         self._control: Control | None = None
         self._router: Router | None = None
+        #: Each task's plain-send template and what it was made from (app/template.py).
+        self._templates: dict[str, tuple[tuple[Any, ...], Template | None]] = {}
         if set_as_current:
             _state.set_default_app(self)
         _state.register_app(self)
@@ -118,6 +121,7 @@ class Celery:
     def _reset_lazy(self) -> None:
         with self._setup_lock:
             self._router = None
+            self._templates = {}
 
     def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
                            related_name: str = "tasks", force: bool = False) -> None:
@@ -352,14 +356,14 @@ class Celery:
             confirm()
 
     def _sent(self, task_id: str, name: str, options: Mapping[str, Any],
-              message: Message) -> AsyncResult:
+              ignore_result: Any) -> AsyncResult:
         from ..result import AsyncResult
 
         result = AsyncResult(task_id, app=self, task_name=name)
         if current_task_var.get() is None:
             # Not from inside a task (a worker would pay for subscriptions nobody uses,
             # and must not wait on subtasks anyway; upstream skips these too).
-            if not message.headers.get("ignore_result") and self.conf.result_backend:
+            if not ignore_result and self.conf.result_backend:
                 self.backend.on_sent(result)
         else:
             parent = current_request.get()
@@ -372,12 +376,16 @@ class Celery:
         """Send a task by name. Blocking (on Redis only until the message is written: see
         transport/redis_publish.py; one broker round trip elsewhere); usable from any thread,
         including one running an event loop."""
+        if task is not None and not options:  # a plain delay(): from its template, if it may
+            sent = plain_send(self, task, args, kwargs)
+            if sent is not None:
+                return self._sent(sent[0], name, options, sent[1])
         message, task_id = self._prepare(name, args, kwargs, task, options)
         publishing = _publish_signals(name, message)
         self.transport.publish(message)
         if publishing:
             _after_publish(name, message)
-        return self._sent(task_id, name, options, message)
+        return self._sent(task_id, name, options, message.headers.get("ignore_result"))
 
     async def asend_task(self, name: str, args: Sequence[Any] | None = None,
                          kwargs: Mapping[str, Any] | None = None, *, task: Task | None = None,
@@ -388,7 +396,7 @@ class Celery:
         await self.transport.apublish(message)
         if publishing:
             _after_publish(name, message)
-        return self._sent(task_id, name, options, message)
+        return self._sent(task_id, name, options, message.headers.get("ignore_result"))
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 - Celery's name
         from ..result import AsyncResult

@@ -305,22 +305,24 @@ class RedisTransport(RedisMailbox):
             return tuple(queues[turn:]) + tuple(queues[:turn])
         return tuple(queues)
 
-    def _envelope(self, message: Message) -> tuple[str, str]:
-        """``(list key, kombu JSON envelope)`` for a message, properties in kombu's order."""
-        _, payload, priority = envelope_codec.encode(message)
+    def envelope_of(self, message: Message, tag: str | None = None) -> tuple[str, str]:
+        """``(list key, kombu JSON envelope)`` of a message (transport/envelope.py)."""
+        _, payload, priority = envelope_codec.encode(message, tag)
         return self._key_for(message.routing_key, priority), payload
+
+    def publish_encoded(self, key: str, payload: str, task_id: str | None) -> None:
+        """``publish`` of an envelope already made for ``key`` (app/template.py)."""
+        self._publisher.publish(key, payload, task_id)
 
     # -- publishing ----------------------------------------------------------------------
 
     def publish(self, message: Message) -> None:
         """LPUSH one message, pipelined unless ``publish_pipeline`` is false (see
         redis_publish.py); connection errors are retried with backoff. Any thread."""
-        key, payload = self._envelope(message)
-        self._publisher.publish(key, payload, message.headers.get("id"))
+        self.publish_encoded(*self.envelope_of(message), message.headers.get("id"))
 
     def confirm_published(self) -> None:
-        """Wait until Redis answered every ``publish`` of this process so far; raise
-        OperationalError for a message it refused. Blocks at most about a round trip."""
+        """Wait for Redis's replies to this process's publishes; raise for a refused one."""
         self._publisher.confirm()
 
     def confirm_own_published(self) -> None:
@@ -367,7 +369,7 @@ class RedisTransport(RedisMailbox):
         their order). Each caller still awaits its own message's outcome. Transport option
         ``publish_coalesce=False`` sends one LPUSH per message instead.
         """
-        key, payload = self._envelope(message)
+        key, payload = self.envelope_of(message)
         if not self._coalesce:
             await self._run("publish", lambda c: c.lpush(key, payload), self.max_retries, 0.1)
             return
@@ -418,7 +420,7 @@ class RedisTransport(RedisMailbox):
     async def apublish_many(self, messages: Sequence[Message]) -> None:
         """LPUSH several messages in one pipeline round trip, from the running loop."""
         if messages:
-            pushes = [("LPUSH", *self._envelope(m)) for m in messages]
+            pushes = [("LPUSH", *self.envelope_of(m)) for m in messages]
             await self._pipeline("publish", pushes, retries=self.max_retries, first=0.1)
 
     def _binding_table(self, exchange: str) -> str:
@@ -770,9 +772,8 @@ class RedisTransport(RedisMailbox):
     async def queue_length(self, queue: str) -> int:
         """Messages waiting in ``queue``, all priority sub-queues included. Running loop."""
         self.confirm_published()
-        return sum(
-            await self._pipeline("queue_length", [("LLEN", k) for k in self._queue_keys(queue)])
-        )
+        commands = [("LLEN", k) for k in self._queue_keys(queue)]
+        return sum(await self._pipeline("queue_length", commands))
 
     async def ping(self) -> None:
         """Raise ConnectionLost unless the server answers PING. Running loop."""
@@ -780,9 +781,7 @@ class RedisTransport(RedisMailbox):
 
     def close(self) -> None:
         """Disconnect the sync pool and forget clients of closed loops. Any thread; idempotent.
-
-        Clients of loops still open are closed by ``aclose`` on their own loop.
-        """
+        Clients of loops still open are closed by ``aclose`` on their own loop."""
         self._publisher.close()
         with self._clients_lock:
             for loop in [lp for lp in self._async_clients if lp.is_closed()]:
