@@ -1,5 +1,9 @@
 """Enqueue rate on Redis: ``delay()`` one at a time, and ``adelay()`` 100 at a time.
 
+``delay()`` is a plain one (no options: the queue is the task's attribute here), which on
+Redis fills the task's envelope template (src/celery/app/template.py); ``adelay()`` passes
+the queue as an option.
+
 Messages go to a queue of their own (``perf-suite-enqueue-<pid>``), purged after every value
 and at the end; no worker runs, no result is stored. Values are seconds per message. The app
 is suiteapp's, on ``$BENCH_URL`` (default: database 9 of the local Redis).
@@ -26,6 +30,7 @@ def _sender(concurrent: bool) -> Iterator[TimeFunc]:
     from suiteapp import app, noop
 
     loop = asyncio.new_event_loop()
+    noop.queue = QUEUE  # for the plain delay(); this child process sends nothing else
 
     async def send_concurrently(loops: int) -> None:
         for start in range(0, loops, CONCURRENCY):
@@ -38,7 +43,7 @@ def _sender(concurrent: bool) -> Iterator[TimeFunc]:
             loop.run_until_complete(send_concurrently(loops))
         else:
             for _ in range(loops):
-                noop.apply_async(queue=QUEUE)
+                noop.delay()
         elapsed = loop.time() - t0
         loop.run_until_complete(app.transport.purge(QUEUE))
         return elapsed
