@@ -112,7 +112,8 @@ def test_delay_goes_through_the_template_and_makes_it_once(app, sent, monkeypatc
     envelope = json.loads(payload)
     assert key == "celery" and envelope["headers"] == message.headers
     body = loads(base64.b64decode(envelope["body"]), "application/json", "utf-8", None)
-    assert body == [[1], {"k": 1}, tpl._EMBED]
+    assert body == [[1], {"k": 1},
+                    {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     assert envelope["properties"]["delivery_tag"] != json.loads(sent.calls[0][1])[
         "properties"]["delivery_tag"]  # a new tag per message
     app.conf.task_default_queue = "moved"  # a setting it was made from: made again

@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals
 from .._state import current_task_var
-from ..messaging import serialization
-from ..messaging.protocol import saferepr, uuid4_str
+from ..messaging.protocol import encode_body, saferepr, uuid4_str
 
 if TYPE_CHECKING:
     from .base import Celery
@@ -52,7 +51,6 @@ _BODY = b"@@celery-template-body@@"
 #: Each marker's text in the envelope, and the index of what fills it (``Template.fill``).
 _HOLES = {_ID: 0, _ARGSREPR: 1, _KWARGSREPR: 2, base64.b64encode(_BODY).decode(): 3, _TAG: 4}
 _FIND = re.compile("|".join(map(re.escape, _HOLES)))
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 #: What ``_prepare`` reads of a task, and of the settings, for a send without options.
 _TASK_ATTRS = attrgetter("queue", "routing_key", "exchange", "priority", "serializer",
@@ -86,7 +84,7 @@ class Template:
     def fill(self, task_id: str, args: Any, kwargs: dict[str, Any]) -> str:
         """The envelope of one send: what ``envelope.encode`` of ``_prepare``'s message
         would give, with a new delivery tag."""
-        body, _, _ = serialization.dumps((list(args), kwargs, _EMBED), "json")
+        body, _, _ = encode_body(args, kwargs, "json")
         values = (task_id, json.dumps(saferepr(args))[1:-1],
                   json.dumps(saferepr(kwargs))[1:-1], base64.b64encode(body).decode(),
                   uuid4_str())

@@ -18,8 +18,8 @@ from typing import Any
 from ..exceptions import InvalidMessage
 from . import serialization
 
-__all__ = ["Message", "TaskBody", "build_task_message", "decode_body", "task_headers",
-           "uuid4_str"]
+__all__ = ["Message", "TaskBody", "build_task_message", "decode_body", "encode_body",
+           "task_headers", "uuid4_str"]
 
 
 def uuid4_str() -> str:
@@ -193,9 +193,8 @@ def build_task_message(
     task_id = task_id or uuid4_str()
     kwargs = dict(kwargs or {})
     headers = task_headers(name, task_id, args=args, kwargs=kwargs, **header_options)
-    args = list(args)
-    embed = {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord}
-    body, content_type, content_encoding = serialization.dumps((args, kwargs, embed), serializer)
+    body, content_type, content_encoding = encode_body(args, kwargs, serializer, callbacks,
+                                                      errbacks, chain, chord)
     properties: dict[str, Any] = {"correlation_id": task_id, "reply_to": reply_to or _REPLY_TO}
     properties["priority"] = priority or 0
     return Message(
@@ -207,6 +206,14 @@ def build_task_message(
         exchange=exchange,
         routing_key=queue,
     )
+
+
+def encode_body(args: Sequence[Any], kwargs: dict[str, Any], serializer: str,
+                callbacks: list | None = None, errbacks: list | None = None,
+                chain: list | None = None, chord: Any = None) -> tuple[bytes, str, str]:
+    """The v2 body ``[args, kwargs, embed]``, serialized: ``(body, content type, encoding)``."""
+    embed = {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord}
+    return serialization.dumps((list(args), kwargs, embed), serializer)
 
 
 def decode_body(
