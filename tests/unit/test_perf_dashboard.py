@@ -348,6 +348,8 @@ def test_dashboard_has_the_peer_table_with_ratios_legend_and_measurement_note(hi
     assert page.count("<tr>") > 10
     # the floors with our own client library too (the "same client library")
     assert "with our client library (valkey-py): PING p50 0.040 ms, queue p50 0.125 ms" in page
+    # and our round trips over it (1.0 and 1.5 ms over 0.125 ms), ours only
+    assert "our round-trip p50 over that queue floor: ours 8.00×, ours-async 12.00×." in page
 
 
 def test_empty_history_renders_a_page_saying_so(tmp_path):
