@@ -95,6 +95,27 @@ def test_requests_submitted_one_by_one_to_idle_threads_all_run(run):
     assert len(rec.done) == 300
 
 
+def test_requests_coming_one_at_a_time_run_on_the_thread_that_went_idle_last(run):
+    # Each waits for the one before: one shared wake-up queue would hand them to each
+    # thread in turn; the idle stack keeps them on one thread, its caches warm.
+    ex, rec = run(4, 40)
+    for n in range(40):
+        ex.submit(-1, [request(n)])
+        deadline = time.monotonic() + 5
+        while len(rec.done) <= n and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.002)  # its thread is idle again (back on the stack) before the next
+    assert rec.all_done.wait(5)
+    assert len({thread for _, thread in rec.done}) == 1
+    # a burst still spreads over the threads
+    barrier = threading.Barrier(4, timeout=5)
+    rec.all_done.clear()
+    rec.expected = 44
+    ex.submit(-1, [request(n, barrier.wait) for n in range(40, 44)])
+    assert rec.all_done.wait(10)
+    assert len({thread for _, thread in rec.done[40:]}) == 4
+
+
 def test_a_request_finishing_with_none_waiting_is_reported_alone(run):
     ex, rec = run(1, 1)
     ex.submit(-1, [request(0)])
