@@ -102,9 +102,9 @@ def test_requests_coming_one_at_a_time_run_on_the_thread_that_went_idle_last(run
     for n in range(40):
         ex.submit(-1, [request(n)])
         deadline = time.monotonic() + 5
-        while len(rec.done) <= n and time.monotonic() < deadline:
+        # done, and its thread idle again (back on the stack) before the next comes
+        while (len(rec.done) <= n or len(ex._idle) < 4) and time.monotonic() < deadline:
             time.sleep(0.001)
-        time.sleep(0.002)  # its thread is idle again (back on the stack) before the next
     assert rec.all_done.wait(5)
     assert len({thread for _, thread in rec.done}) == 1
     # a burst still spreads over the threads
