@@ -347,21 +347,18 @@ def peer_tables(records: list[dict]) -> str:
             f"({escape(str(ours.get('client', '')))}): PING p50 {_num(ours.get('p50_ms'), 3)} ms, "
             f"queue p50 {_num(ours.get('queue_p50_ms'), 3)} ms"
         )
-        floor += _over_floor(impls, ours["queue_p50_ms"])
+        floor += _over_floor({n: fig(n, "latency", "p50_ms") for n in bases}, ours["queue_p50_ms"])
     return (
         f"<h2>Latest peer comparison (bench/peers.py)</h2><p class='sub'>{escape(when)}: {sizes}{floor}. "
         f"Command: <code>{escape(str(command))}</code></p>{ratios}{figures}"
     )
 
 
-def _over_floor(impls: dict, queue_p50_ms: float) -> str:
-    """Our round-trip p50s over the queue floor of our client library (issue 5's target: at
-    most 2x), as a sentence for the peer table's heading; empty without a floor or figures."""
-    parts = []
-    for name, impl in impls.items():
-        p50 = impl.get("figures", {}).get("latency", {}).get("p50_ms")
-        if impl.get("ours") and p50 is not None and queue_p50_ms:
-            parts.append(f"{escape(name)} {p50 / queue_p50_ms:.2f}×")
+def _over_floor(p50s: dict[str, float | None], queue_p50_ms: float) -> str:
+    """Our round-trip p50s (by configuration) over the queue floor of our client library
+    (issue 5's target: at most 2x), as a sentence for the peer table's heading."""
+    parts = [f"{escape(name)} {p50 / queue_p50_ms:.2f}×"
+             for name, p50 in p50s.items() if p50 is not None and queue_p50_ms]
     return f"; our round-trip p50 over that queue floor: {', '.join(parts)}" if parts else ""
 
 
