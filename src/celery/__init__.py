@@ -33,6 +33,11 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 
 if TYPE_CHECKING:
     from . import states
+    from .app.base import Celery as _App
+    from .app.task import Task as _Task
+
+    current_app: _App
+    current_task: _Task | None
     from .app.base import Celery
     from .app.shared import shared_task
     from .app.task import Task
@@ -40,15 +45,27 @@ if TYPE_CHECKING:
     from .result import AsyncResult
 
 
+def _resolve_current_app() -> Any:
+    from ._state import get_current_app
+    from .app import base  # noqa: F401 - the default app's maker, when no app exists yet
+
+    return get_current_app()
+
+
+def _resolve_current_task() -> Any:
+    from ._state import current_task_var
+
+    return current_task_var.get()
+
+
 def __getattr__(name: str) -> Any:
-    if name == "current_app":
-        from ._state import get_current_app
+    if name in ("current_app", "current_task"):
+        from .local import Proxy
 
-        return get_current_app()
-    if name == "current_task":
-        from ._state import current_task_var
-
-        return current_task_var.get()
+        resolve = _resolve_current_app if name == "current_app" else _resolve_current_task
+        value: Any = Proxy(resolve)
+        globals()[name] = value
+        return value
     try:
         module_name, attr = _LAZY[name]
     except KeyError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,9 @@ _default_app: Celery | None = None
 _all_apps: weakref.WeakSet[Celery] = weakref.WeakSet()
 #: Callbacks run for every app created (used by @shared_task).
 _on_app_finalizers: list[Any] = []
+#: Makes the default app when a caller needs one and none was created. ``celery.app.base``
+#: sets it when imported: this module is below the app in the layering and never imports it.
+make_default_app: Callable[[], Celery] | None = None
 
 
 def register_app(app: Celery) -> None:
@@ -51,9 +55,9 @@ def get_current_app() -> Celery:
     with _apps_lock:
         app = _default_app
     if app is None:
-        from .app.base import Celery
-
-        app = Celery("default")
+        if make_default_app is None:
+            raise RuntimeError("No Celery app exists yet: create one with Celery(...) first")
+        app = make_default_app()
     return app
 
 

@@ -25,14 +25,14 @@ def stored(name: str, index: int = 0) -> bytes:
 @pytest.fixture(scope="module")
 def backend():
     app = Celery("proj", set_as_current=False)
-    yield ResultBackend(app)
+    yield ResultBackend(app.conf)
     app.close()
 
 
 @pytest.fixture(scope="module")
 def extended_backend():
     app = Celery("proj", set_as_current=False, result_extended=True)
-    yield ResultBackend(app)
+    yield ResultBackend(app.conf)
     app.close()
 
 

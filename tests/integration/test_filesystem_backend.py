@@ -100,10 +100,10 @@ async def test_reads_a_result_file_upstream_wrote(backend, results):
 
 def test_url_forms_and_registry(tmp_path, make_app):
     app = make_app()
-    assert isinstance(backend_for_url(app, f"file://localhost{tmp_path}/a"), FilesystemBackend)
+    assert isinstance(backend_for_url(f"file://localhost{tmp_path}/a", app.conf), FilesystemBackend)
     assert (tmp_path / "a").is_dir()
     with pytest.raises(ImproperlyConfigured, match="file:///path/to/dir"):
-        backend_for_url(app, "file://")
+        backend_for_url("file://", app.conf)
 
 
 async def test_a_stored_success_is_never_overwritten(backend):
@@ -158,7 +158,7 @@ def test_a_directory_that_cannot_be_made_is_one_clear_error(tmp_path, make_app):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(ImproperlyConfigured, match=re.escape(str(blocker))):
-        backend_for_url(make_app(), f"file://{blocker}")
+        backend_for_url(f"file://{blocker}", make_app().conf)
 
 
 async def test_a_directory_gone_at_runtime_is_connection_lost(backend, results):

@@ -16,7 +16,6 @@ import valkey
 
 from celery import states
 from celery.app.config import Settings
-from celery.app.portal import Portal
 from celery.backends.base import backend_for_url
 from celery.backends.redis import RedisBackend, safe_url
 from celery.exceptions import ConnectionLost, ImproperlyConfigured, TimeoutError
@@ -30,17 +29,12 @@ class CustomError(Exception):
     """Defined here so the round trip finds it by module and name."""
 
 
-class App:
-    """What a backend uses from the real Celery app."""
-
-    def __init__(self, **conf):
-        self.conf = Settings()
-        for key, value in conf.items():
-            self.conf[key] = value
-        self.portal = Portal()
-
-    def _confirm_published(self):
-        """No broker here: nothing was published."""
+def Conf(**conf) -> Settings:  # noqa: N802 - stands for the settings class
+    """Settings with these values (a backend gets an app's ``conf``)."""
+    settings = Settings()
+    for key, value in conf.items():
+        settings[key] = value
+    return settings
 
 
 def new_id() -> str:
@@ -59,14 +53,13 @@ def make_backend(redis_url):
     made = []
 
     def make(**conf):
-        backend = RedisBackend(App(**conf), redis_url)
+        backend = RedisBackend(Conf(**conf), redis_url)
         made.append(backend)
         return backend
 
     yield make
     for backend in made:
-        backend.app.portal.stop(backend.aclose())
-        backend.close()
+        backend.close()  # also stops the portal it started for sync calls
 
 
 @pytest.fixture
@@ -105,14 +98,14 @@ async def wait_numsub(raw, backend, task_id, want, timeout=2.0) -> int:
 def test_registered_for_every_redis_scheme(redis_url):
     for scheme in ("redis", "rediss", "valkey", "valkeys"):
         url = redis_url.replace("redis", scheme, 1)
-        assert isinstance(backend_for_url(App(), url), RedisBackend)
+        assert isinstance(backend_for_url(url, Conf()), RedisBackend)
 
 
 def test_bad_url_is_improperly_configured():
     with pytest.raises(ImproperlyConfigured):
-        RedisBackend(App(), "redis://localhost:notaport/0")
+        RedisBackend(Conf(), "redis://localhost:notaport/0")
     with pytest.raises(ImproperlyConfigured) as info:
-        RedisBackend(App(), "redis://:s3cret@localhost:notaport/0")
+        RedisBackend(Conf(), "redis://:s3cret@localhost:notaport/0")
     assert "s3cret" not in str(info.value)
 
 
@@ -122,7 +115,7 @@ def test_safe_url_hides_password():
 
 
 async def test_unreachable_server_raises_connection_lost_without_password():
-    backend = RedisBackend(App(), "redis://:s3cret@127.0.0.1:1/0")
+    backend = RedisBackend(Conf(), "redis://:s3cret@127.0.0.1:1/0")
     with pytest.raises(ConnectionLost) as info:
         await backend.aget_task_meta("x")
     assert "s3cret" not in str(info.value) and "127.0.0.1:1" in str(info.value)
@@ -340,7 +333,7 @@ async def test_many_concurrent_waiters_on_distinct_ids(backend):
     ids = [new_id() for _ in range(200)]
     waiters = [asyncio.create_task(backend.await_ready(tid, timeout=10)) for tid in ids]
     await asyncio.sleep(0.2)
-    other = RedisBackend(App(), backend.url)
+    other = RedisBackend(Conf(), backend.url)
     await other.astore_many([(tid, other.prepare_meta(tid, states.SUCCESS, i))
                              for i, tid in enumerate(ids)])
     metas = await asyncio.gather(*waiters)
@@ -461,7 +454,7 @@ async def test_waiter_wakes_quickly(backend):
     task_id = new_id()
     waiter = asyncio.create_task(backend.await_ready(task_id, timeout=5))
     await asyncio.sleep(0.1)
-    other = RedisBackend(App(), backend.url)
+    other = RedisBackend(Conf(), backend.url)
     started = time.perf_counter()
     await other.astore_result(task_id, 1, states.SUCCESS)
     await waiter
@@ -578,7 +571,7 @@ def test_store_now_reconnects_once_when_its_idle_connection_was_closed(make_back
 
 def test_store_now_on_an_unreachable_server_fails_without_retrying(redis_url):
     """A connection that never worked is not retried: the caller falls back at once."""
-    backend = RedisBackend(App(), "redis://127.0.0.1:1/0")
+    backend = RedisBackend(Conf(), "redis://127.0.0.1:1/0")
     started = time.monotonic()
     with pytest.raises(ConnectionLost):
         backend.store_now(new_id(), b'{"status": "SUCCESS"}', states.SUCCESS)

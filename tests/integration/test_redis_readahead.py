@@ -87,7 +87,7 @@ def test_sync_wait_runs_on_the_calling_thread(make_backend):
     thread.start()
     assert backend.wait_for(handle.id, timeout=5)["result"] == "late"
     thread.join()
-    assert backend.app.portal._loop is None  # the waiting thread never needed the portal
+    assert backend._portal is None  # the waiting thread never needed a portal
 
 
 def test_sync_wait_times_out_and_unsubscribes(make_backend, raw):
@@ -185,8 +185,7 @@ def test_resp2_a_ready_result_costs_one_read_and_a_pending_one_reads_again_after
     side._resp3 = False
     calls, confirms = [], []
     real_read, real_get = side.read, side.client.get
-    monkeypatch.setattr(backend.app, "_confirm_published", lambda: confirms.append(1),
-                        raising=False)
+    monkeypatch.setattr(backend, "confirm_published", lambda: confirms.append(1))
     monkeypatch.setattr(side.client, "get", lambda key: calls.append("GET") or real_get(key))
     ready = str(uuid.uuid4())
     backend.store_result(ready, 1, states.SUCCESS)
@@ -213,8 +212,7 @@ def test_resp3_reads_the_key_on_the_waiting_connection_only(make_backend, monkey
     side = backend._sync_side()
     reads, confirms = [], []
     real_read = side.read
-    monkeypatch.setattr(backend.app, "_confirm_published", lambda: confirms.append(1),
-                        raising=False)
+    monkeypatch.setattr(backend, "confirm_published", lambda: confirms.append(1))
     monkeypatch.setattr(side, "read", lambda ids: reads.append(len(ids)) or real_read(ids))
     ready = str(uuid.uuid4())
     backend.store_result(ready, 1, states.SUCCESS)

@@ -33,7 +33,8 @@ def body_of(message):
 def test_public_names_are_exported():
     for name in celery.__all__:
         assert hasattr(celery, name), name
-    assert celery.current_task is None  # no task is running here
+    assert not celery.current_task  # no task is running here: the proxy stands for None
+    assert celery.current_task._get_current_object() is None
     assert celery.__all__ == sorted(celery.__all__)
 
 

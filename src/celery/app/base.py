@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import inspect
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -13,8 +14,8 @@ from .. import _state
 from .._state import current_request, current_task_var
 from ..exceptions import ImproperlyConfigured
 from ..messaging.protocol import Message, build_task_message, uuid4_str
+from ..utils.portal import Portal
 from .config import Settings, import_object
-from .portal import Portal
 from .registry import TaskRegistry
 from .routes import Router
 from .task import Task, add_autoretry
@@ -270,7 +271,9 @@ class Celery:
                     from ..backends.base import backend_for_url
 
                     self.conf.apply_env()
-                    self._backend = backend_for_url(self, self.conf.result_backend)
+                    self._backend = backend_for_url(
+                        self.conf.result_backend, self.conf, portal=self.portal,
+                        confirm_published=self._confirm_published)
         return self._backend
 
     @property
@@ -438,10 +441,18 @@ class Celery:
         self.close()
 
     def worker_main(self, argv: Sequence[str] | None = None) -> None:
-        """Run the ``celery worker`` command for this app (``app.worker_main(["worker"])``)."""
-        from ..bin.celery import main
+        """Run the ``celery worker`` command for this app (``app.worker_main(["worker"])``).
 
-        main(list(argv or ["worker"]), app=self)
+        The command line is a program built on the app: it is loaded by name when this is
+        called, so that the app (a library layer) never imports it (see STYLE's layering).
+        """
+        cli = importlib.import_module("celery.bin.celery")
+        cli.main(list(argv or ["worker"]), app=self)
+
+    def start(self, argv: Sequence[str] | None = None) -> None:
+        """Run the ``celery`` command line for this app (``app.start(["worker", "-l", "INFO"])``)."""
+        cli = importlib.import_module("celery.bin.celery")
+        cli.main(list(sys.argv[1:] if argv is None else argv), app=self)
 
 
 def _publish_signals(name: str, message: Message) -> bool:
@@ -495,3 +506,11 @@ def _sig_list(value: Any) -> list[Any] | None:
     if isinstance(value, list | tuple) and not (value and isinstance(value[0], str)):
         return [dict(v) for v in value]
     return [dict(value)]
+
+
+def _default_app() -> Celery:
+    return Celery("default")
+
+
+# The default app, for code that asks for the current app before any was made (_state).
+_state.make_default_app = _default_app

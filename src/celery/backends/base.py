@@ -7,19 +7,20 @@ import builtins
 import datetime as dt
 import importlib
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
 
 from .. import states
 from ..exceptions import ImproperlyConfigured, TimeoutError
 from ..messaging import serialization
 from ..transport.embedded import Wakeup
 from ..transport.registry import load_class, scheme_of
+from ..utils.portal import Portal
 
-if TYPE_CHECKING:
-    from ..app.base import Celery
+__all__ = ["BACKENDS", "Conf", "ResultBackend", "backend_for_url"]
 
-__all__ = ["BACKENDS", "ResultBackend", "backend_for_url"]
+T = TypeVar("T")
 
 #: scheme -> "module:Class" (relative to this package).
 BACKENDS: dict[str, str] = {
@@ -33,6 +34,18 @@ BACKENDS: dict[str, str] = {
 }
 
 _SAFE_MODULES = {"builtins", "exceptions", "celery.exceptions"}
+
+
+class Conf(Protocol):
+    """What a backend reads of the settings (an app's ``conf``): reads by name."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+
+def _nothing_published() -> None:
+    """The default ``confirm_published``: a backend made on its own sent no messages."""
 
 
 class ResultBackend:
@@ -50,17 +63,55 @@ class ResultBackend:
     #: Key prefix for task results, as upstream Celery names them.
     task_keyprefix = "celery-task-meta-"
 
-    def __init__(self, app: Celery, url: str | None = None, **options: Any) -> None:
-        self.app = app
+    def __init__(self, conf: Conf, url: str | None = None, *, portal: Portal | None = None,
+                 confirm_published: Callable[[], None] | None = None, **options: Any) -> None:
+        """Args:
+            conf: the settings (``app.conf``).
+            url: the backend's URL.
+            portal: the event loop that runs this backend's coroutines for sync callers
+                (the app's); a backend made without one starts its own when first needed.
+            confirm_published: called before a sync wait, so that a message the broker
+                refused raises instead of a timeout (the app's ``_confirm_published``).
+        """
+        self.conf = conf
         self.url = url
-        conf = app.conf
-        self.serializer = conf.result_serializer
-        self.accept = serialization.accept_set(conf.result_accept_content or conf.accept_content)
-        expires = conf.result_expires
+        #: Backend-specific options given to the constructor (beside the settings).
+        self.options = options
+        self._portal = portal
+        self._owns_portal = portal is None
+        # _portal_lock guards making our own portal (first sync call, from any thread).
+        self._portal_lock = threading.Lock()
+        self.confirm_published = confirm_published or _nothing_published
+        self.serializer = conf["result_serializer"]
+        self.accept = serialization.accept_set(conf["result_accept_content"] or conf["accept_content"])
+        expires = conf["result_expires"]
         if isinstance(expires, dt.timedelta):
             expires = expires.total_seconds()
         self.expires: float | None = float(expires) if expires else None
-        self.extended = bool(conf.result_extended)
+        self.extended = bool(conf["result_extended"])
+
+    @property
+    def portal(self) -> Portal:
+        """The loop that runs coroutines for sync callers (see ``__init__``)."""
+        portal = self._portal
+        if portal is None:
+            with self._portal_lock:
+                if self._portal is None:
+                    self._portal = Portal(f"celery-portal-{type(self).__name__}")
+                portal = self._portal
+        return portal
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the portal loop, blocking the calling thread."""
+        return self.portal.call(coro)
+
+    def _stop_own_portal(self) -> None:
+        """Stop the portal this backend started itself, if any (``close``)."""
+        if self._owns_portal:
+            with self._portal_lock:
+                portal, self._portal = self._portal, None
+            if portal is not None:
+                portal.stop(self.aclose())
 
     # -- keys -----------------------------------------------------------------------------
 
@@ -232,7 +283,9 @@ class ResultBackend:
         """Release the running loop's connections."""
 
     def close(self) -> None:
-        """Release everything; idempotent."""
+        """Release everything; idempotent. Subclasses release their own resources, then
+        call this (it stops the portal the backend started itself, if any)."""
+        self._stop_own_portal()
 
     # -- async front ----------------------------------------------------------------------
 
@@ -257,19 +310,19 @@ class ResultBackend:
     def store_result(
         self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None
     ) -> None:
-        self.app.portal.call(self.astore_result(task_id, result, state, traceback, request))
+        self._call(self.astore_result(task_id, result, state, traceback, request))
 
     def get_task_meta(self, task_id: str) -> dict[str, Any]:
-        return self.app.portal.call(self.aget_task_meta(task_id))
+        return self._call(self.aget_task_meta(task_id))
 
     def wait_for(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """``await_ready`` for sync callers. This process's pipelined publishes are
         confirmed first, so a message the broker refused raises instead of a timeout."""
-        self.app._confirm_published()
-        return self.app.portal.call(self.await_ready(task_id, timeout))
+        self.confirm_published()
+        return self._call(self.await_ready(task_id, timeout))
 
     def forget(self, task_id: str) -> None:
-        self.app.portal.call(self.adelete(task_id))
+        self._call(self.adelete(task_id))
 
 
 def _serializable_args(args: tuple) -> list[Any]:
@@ -327,10 +380,11 @@ class DisabledBackend(ResultBackend):
         return self._refuse()
 
 
-def backend_for_url(app: Celery, url: str | None, **options: Any) -> ResultBackend:
-    """A backend instance for ``url`` (``None`` or ``"disabled"`` gives DisabledBackend)."""
+def backend_for_url(url: str | None, conf: Conf, **options: Any) -> ResultBackend:
+    """A backend instance for ``url`` (``None`` or ``"disabled"`` gives DisabledBackend);
+    ``conf`` and ``options`` (``portal``, ``confirm_published``, ...) go to its constructor."""
     if not url or url == "disabled":
-        return DisabledBackend(app, None)
+        return DisabledBackend(conf, None, **options)
     if url in BACKENDS or "://" not in url:
         raise ImproperlyConfigured(
             f"Invalid result backend URL {url!r}; known schemes: {', '.join(sorted(BACKENDS))}"
@@ -344,4 +398,4 @@ def backend_for_url(app: Celery, url: str | None, **options: Any) -> ResultBacke
         )
     scheme = scheme_of(url, "result backend", BACKENDS)
     cls = load_class(BACKENDS[scheme], __package__)
-    return cls(app, url, **options)
+    return cls(conf, url, **options)

@@ -31,17 +31,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import states
 from ..exceptions import ImproperlyConfigured
 from ..transport.embedded import wakeup_for
 from ..transport.sqlite import SQLiteDatabase, seconds_option
-from .base import ResultBackend
+from .base import Conf, ResultBackend
 from .polling import forget_pollers
-
-if TYPE_CHECKING:
-    from ..app.base import Celery
 
 __all__ = ["CLEANUP_INTERVAL", "DatabaseBackend"]
 
@@ -82,14 +79,14 @@ class DatabaseBackend(ResultBackend):
     ``_next_cleanup``.
     """
 
-    def __init__(self, app: Celery, url: str | None = None, **options: Any) -> None:
-        super().__init__(app, url, **options)
+    def __init__(self, conf: Conf, url: str | None = None, **options: Any) -> None:
+        super().__init__(conf, url, **options)
         if not url or not url.lower().startswith("db+sqlite:"):
             raise ImproperlyConfigured(
                 f"Unsupported database result backend URL {url!r}: only db+sqlite:///path.db "
                 "is built in"
             )
-        opts = {**(app.conf.get("result_backend_transport_options") or {}), **options}
+        opts = {**(conf.get("result_backend_transport_options") or {}), **self.options}
         self.db = SQLiteDatabase(url, label="SQLite result backend", schemes=("db+sqlite",),
                                  schema=_SCHEMA, busy_timeout=seconds_option(opts, "busy_timeout", 5.0))
         self._wakeup = wakeup_for(f"{self.db.path}#celery_taskmeta")
@@ -147,7 +144,7 @@ class DatabaseBackend(ResultBackend):
 
     def cleanup(self) -> int:
         """Delete every expired result (Celery's ``backend_cleanup``); blocking."""
-        return self.app.portal.call(self.acleanup())
+        return self._call(self.acleanup())
 
     async def ping(self) -> None:
         """Open and check the database (``SQLiteDatabase.aping``); any loop."""
@@ -161,6 +158,7 @@ class DatabaseBackend(ResultBackend):
         """Close every connection and the I/O threads. Idempotent; any thread."""
         forget_pollers(self)
         self.db.close()
+        super().close()
 
 
 def _read_many(conn: sqlite3.Connection, task_ids: list[str]) -> dict[str, bytes | None]:

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import states
 from ..exceptions import ImproperlyConfigured
@@ -46,11 +46,8 @@ from ..transport.filesystem import (
     sweep_stale_temp,
     write_atomic,
 )
-from .base import ResultBackend
+from .base import Conf, ResultBackend
 from .polling import forget_pollers
-
-if TYPE_CHECKING:
-    from ..app.base import Celery
 
 __all__ = ["FilesystemBackend"]
 
@@ -82,10 +79,10 @@ class FilesystemBackend(ResultBackend):
     may be called from any thread.
     """
 
-    def __init__(self, app: Celery, url: str | None = None, **options: Any) -> None:
-        super().__init__(app, url, **options)
+    def __init__(self, conf: Conf, url: str | None = None, **options: Any) -> None:
+        super().__init__(conf, url, **options)
         self.path = prepare_folder(path_from_url(url), "Result backend directory")
-        transport_options = app.conf.get("result_backend_transport_options") or {}
+        transport_options = conf.get("result_backend_transport_options") or {}
         self.fsync = bool(transport_options.get("fsync", False))
         self._io = BlockingIO("celery-file-results", 4)
         self._wakeup = wakeup_for(f"{self.path}#{self.task_keyprefix}")
@@ -221,6 +218,7 @@ class FilesystemBackend(ResultBackend):
         """Stop the I/O pool (a later call starts a new one). Idempotent; any non-pool thread."""
         forget_pollers(self)
         self._io.close()
+        super().close()
 
 
 def _unlink_same(path: str, st: os.stat_result) -> bool:

@@ -14,14 +14,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import states
 from ..transport.embedded import Shared, Wakeup, url_name
-from .base import ResultBackend
-
-if TYPE_CHECKING:
-    from ..app.base import Celery
+from .base import Conf, ResultBackend
 
 __all__ = ["MemoryBackend"]
 
@@ -41,8 +38,8 @@ _stores: Shared[str, _Store] = Shared(_Store)
 class MemoryBackend(ResultBackend):
     """Results in a dict shared by the process; see the module docstring."""
 
-    def __init__(self, app: Celery, url: str | None = None, **options: Any) -> None:
-        super().__init__(app, url, **options)
+    def __init__(self, conf: Conf, url: str | None = None, **options: Any) -> None:
+        super().__init__(conf, url, **options)
         self._store = _stores.get(url_name(url or "cache+memory://"))
 
     async def _aset_many(self, items: Sequence[tuple[str, bytes, str]]) -> None:

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import valkey.asyncio as avalkey
@@ -24,13 +24,10 @@ from valkey.backoff import ExponentialBackoff
 from .. import states
 from ..exceptions import ConnectionLost, ImproperlyConfigured, OperationalError, TimeoutError
 from ..transport.redis_aio import ConnectionPool, direct_write
-from .base import ResultBackend
+from .base import Conf, ResultBackend
 from .readahead import SentResults
 from .redis_consumer import DRIVER_CONNECTION_ERRORS, ResultConsumer
 from .redis_sync import SyncSide
-
-if TYPE_CHECKING:
-    from ..app.base import Celery
 
 __all__ = ["RedisBackend"]
 
@@ -154,13 +151,13 @@ class RedisBackend(ResultBackend):
     may be called from any thread.
     """
 
-    def __init__(self, app: Celery, url: str | None = None, **options: Any) -> None:
-        super().__init__(app, url)
+    def __init__(self, conf: Conf, url: str | None = None, **options: Any) -> None:
+        super().__init__(conf, url, **options)
         if not url:
             raise ImproperlyConfigured("The Redis result backend needs a URL")
         self.safe_url = safe_url(url)
-        transport = app.conf.get("result_backend_transport_options") or {}
-        self._conn_kwargs = connection_kwargs(url, app.conf, options)
+        transport = conf.get("result_backend_transport_options") or {}
+        self._conn_kwargs = connection_kwargs(url, conf, self.options)
         prefix = transport.get("global_keyprefix")
         if prefix:  # like upstream: a separator is added unless the prefix ends with one
             self.task_keyprefix = f"{prefix if prefix[-1] in ':_-.' else prefix + '_'}celery-task-meta-"
@@ -346,10 +343,10 @@ class RedisBackend(ResultBackend):
                 meta = first_read()
                 if meta["status"] in states.READY_STATES:
                     return meta
-                self.app._confirm_published()
+                self.confirm_published()
                 raise TimeoutError("The operation timed out.")
             try:
-                return sync.wait(task_id, left(), first_read, self.app._confirm_published,
+                return sync.wait(task_id, left(), first_read, self.confirm_published,
                                  read_ahead=len(ids) > 1)
             except DRIVER_CONNECTION_ERRORS as exc:
                 logger.warning("Waiting for %s on %s failed (%s); retrying on the portal loop",
@@ -421,6 +418,7 @@ class RedisBackend(ResultBackend):
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     pending.append(asyncio.run_coroutine_threadsafe(clients.aclose(), loop))
         concurrent.futures.wait(pending, timeout=CLOSE_TIMEOUT)
+        super().close()
 
     def _close_soon(self, clients: _LoopClients) -> None:
         """Start closing ``clients`` as a task on the running loop (their own loop)."""

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from ...app.portal import new_event_loop
+from ...utils.portal import new_event_loop
 from .. import request as _request
 from ..tracer import Tracer
 from .base import DoneCallback
