@@ -11,24 +11,44 @@ VERSION_BANNER = f"{__version__} (celery-asyncio)"
 __all__ = [
     "AsyncResult",
     "Celery",
+    "GroupResult",
     "Signature",
     "Task",
+    "chain",
+    "chord",
+    "chunks",
     "current_app",
     "current_task",
+    "group",
+    "maybe_signature",
     "shared_task",
     "signature",
     "states",
+    "subtask",
+    "uuid",
+    "xmap",
+    "xstarmap",
 ]
 
 # name -> (module, attribute); imported on first use so "import celery" stays cheap.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "AsyncResult": (".result", "AsyncResult"),
     "Celery": (".app.base", "Celery"),
+    "GroupResult": (".result", "GroupResult"),
     "Signature": (".canvas", "Signature"),
     "Task": (".app.task", "Task"),
+    "chain": (".canvas", "chain"),
+    "chord": (".canvas", "chord"),
+    "chunks": (".canvas", "chunks"),
+    "group": (".canvas", "group"),
+    "maybe_signature": (".canvas", "maybe_signature"),
     "shared_task": (".app.shared", "shared_task"),
     "signature": (".canvas", "signature"),
     "states": (".states", None),
+    "subtask": (".canvas", "subtask"),
+    "uuid": (".messaging.protocol", "uuid4_str"),
+    "xmap": (".canvas", "xmap"),
+    "xstarmap": (".canvas", "xstarmap"),
 }
 
 if TYPE_CHECKING:
@@ -41,8 +61,20 @@ if TYPE_CHECKING:
     from .app.base import Celery
     from .app.shared import shared_task
     from .app.task import Task
-    from .canvas import Signature, signature
-    from .result import AsyncResult
+    from .canvas import (
+        Signature,
+        chain,
+        chord,
+        chunks,
+        group,
+        maybe_signature,
+        signature,
+        xmap,
+        xstarmap,
+    )
+    from .canvas import subtask as subtask
+    from .messaging.protocol import uuid4_str as uuid
+    from .result import AsyncResult, GroupResult
 
 
 def _resolve_current_app() -> Any:

@@ -9,8 +9,11 @@
     │   ├── Retry                     raised by Task.retry to request a retry
     │   ├── Ignore / Reject           task asks the worker to ignore / reject its message
     │   ├── MaxRetriesExceededError
-    │   └── TaskRevokedError
+    │   ├── TaskRevokedError
+    │   └── ChordError                a chord member failed, or its body could not be sent
+    ├── InvalidSignature (ValueError) a signature (canvas) dict that cannot be used
     ├── TimeoutError                  AsyncResult.get timed out
+    ├── IncompleteStream              AsyncResult.iterdeps met a result not ready yet
     ├── TimeLimitExceeded / SoftTimeLimitExceeded
     ├── MessageError
     │   ├── ContentDisallowed         content type not in accept_content
@@ -27,12 +30,15 @@ from __future__ import annotations
 
 __all__ = [
     "CeleryError",
+    "ChordError",
     "ConnectionLost",
     "ContentDisallowed",
     "DecodeError",
     "Ignore",
     "ImproperlyConfigured",
+    "IncompleteStream",
     "InvalidMessage",
+    "InvalidSignature",
     "MaxRetriesExceededError",
     "MessageError",
     "NotRegistered",
@@ -117,6 +123,15 @@ class TaskRevokedError(TaskError):
     """The task was revoked, so it has no result."""
 
 
+class ChordError(TaskError):
+    """A member of a chord's header failed (the body is not run), or the join failed."""
+
+
+class InvalidSignature(CeleryError, ValueError):
+    """A signature (a task call as a dict, e.g. a callback in a message) is malformed:
+    an unknown ``subtask_type``, a missing task name, members that are not signatures."""
+
+
 class WorkerLostError(CeleryError):
     """The worker stopped (a cold shutdown) while the task ran; see reject_on_worker_lost."""
 
@@ -127,6 +142,10 @@ class Terminated(CeleryError):
 
 class TimeoutError(CeleryError):  # noqa: A001 - Celery's name
     """The operation timed out (for example ``AsyncResult.get(timeout=...)``)."""
+
+
+class IncompleteStream(CeleryError):
+    """A result's dependencies were walked before they were all ready."""
 
 
 class TimeLimitExceeded(CeleryError):

@@ -31,6 +31,7 @@ from typing import Any
 __all__ = [
     "Signal",
     "after_setup_logger",
+    "after_setup_task_logger",
     "after_task_publish",
     "before_task_publish",
     "setup_logging",
@@ -206,3 +207,6 @@ worker_shutdown = Signal("worker_shutdown")
 setup_logging = Signal("setup_logging")
 #: After the root logger was set up. logger, loglevel, logfile, format, colorize.
 after_setup_logger = Signal("after_setup_logger")
+#: After the task logger (``celery.task``, parent of ``get_task_logger`` loggers) was set
+#: up. logger, loglevel, logfile, format, colorize.
+after_setup_task_logger = Signal("after_setup_task_logger")

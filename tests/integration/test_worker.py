@@ -159,7 +159,7 @@ def test_sync_delay_inside_async_task_sets_parent_and_root(app):
         child = app.AsyncResult(child_id)
         got_id, root_id, got_parent = child.get(timeout=10)
         assert got_id == child_id and root_id == parent.id and got_parent == parent.id
-        assert parent.children and parent.children[0][0][0] == child_id
+        assert parent.children and parent.children[0].id == child_id
 
 
 def test_unknown_task_and_malformed_messages_are_rejected_and_worker_continues(app, rclient, caplog):

@@ -15,6 +15,7 @@ from .._state import current_request, current_task_var
 from ..exceptions import ImproperlyConfigured
 from ..messaging.protocol import Message, build_task_message, uuid4_str
 from ..utils.portal import Portal
+from . import builtins as _builtins  # noqa: F401 - every app gets the built-in tasks
 from .config import Settings, import_object
 from .registry import TaskRegistry
 from .routes import Router
@@ -303,7 +304,8 @@ class Celery:
             raise TypeError("task keyword arguments must be a mapping")
         get = options.get
         task_id = options.pop("task_id", None) or uuid4_str()
-        route = (self.router.route(name, args or (), kwargs or {}, options, task=task)
+        route = (self.router.route(options.get("route_name") or name, args or (), kwargs or {},
+                                   options, task=task)
                  if conf["task_routes"] else None)
         layers = (options, route, task) if route else (options, task)
         queue = _pick(layers, "queue", conf["task_default_queue"])
@@ -346,6 +348,7 @@ class Celery:
                            else bool(_pick(layers, "ignore_result", conf["task_ignore_result"]))),
             argsrepr=get("argsrepr"),
             kwargsrepr=get("kwargsrepr"),
+            replaced_task_nesting=get("replaced_task_nesting") or 0,
             extra=get("headers"),
         )
         return message, task_id
@@ -358,11 +361,21 @@ class Celery:
         if confirm is not None:
             confirm()
 
-    def _sent(self, task_id: str, name: str, options: Mapping[str, Any],
-              ignore_result: Any) -> AsyncResult:
-        from ..result import AsyncResult
+    def _confirm_own_published(self) -> None:
+        """``_confirm_published`` for the calling context's own publishes only (a worker
+        thread's, not every thread's). Any thread."""
+        confirm = getattr(self._transport, "confirm_own_published", None)
+        if confirm is not None:
+            confirm()
 
-        result = AsyncResult(task_id, app=self, task_name=name)
+    def _sent(self, task_id: str, name: str, options: Mapping[str, Any],
+              ignore_result: Any, result: AsyncResult | None = None) -> AsyncResult:
+        """The result of a task just sent (``result`` when the caller made it already):
+        noted for read-ahead, or in the sending task's children."""
+        if result is None:
+            from ..result import AsyncResult
+
+            result = AsyncResult(task_id, app=self, task_name=name)
         if current_task_var.get() is None:
             # Not from inside a task (a worker would pay for subscriptions nobody uses,
             # and must not wait on subtasks anyway; upstream skips these too).
@@ -400,6 +413,28 @@ class Celery:
         if publishing:
             _after_publish(name, message)
         return self._sent(task_id, name, options, message.headers.get("ignore_result"))
+
+    def _publish_many(self, items: Sequence[tuple[str, Message]]) -> None:
+        """Publish prepared ``(task name, message)`` items (a canvas's), with the publish
+        signals. Blocking, any thread: one message goes as ``send_task``'s does; several
+        in one pipelined batch, on the portal loop."""
+        signalled = [item for item in items if _publish_signals(*item)]
+        if len(items) == 1:
+            self.transport.publish(items[0][1])
+        elif items:
+            self.portal.call(self.transport.apublish_many([m for _, m in items]))
+        for name, message in signalled:
+            _after_publish(name, message)
+
+    async def _apublish_many(self, items: Sequence[tuple[str, Message]]) -> None:
+        """``_publish_many`` on the running event loop (never blocks it)."""
+        signalled = [item for item in items if _publish_signals(*item)]
+        if len(items) == 1:
+            await self.transport.apublish(items[0][1])
+        elif items:
+            await self.transport.apublish_many([m for _, m in items])
+        for name, message in signalled:
+            _after_publish(name, message)
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 - Celery's name
         from ..result import AsyncResult

@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "result_expires": dt.timedelta(days=1),
     "result_extended": False,
     "result_persistent": None,
+    "result_chord_join_timeout": 3.0,
+    "result_chord_retry_interval": 1.0,
+    "result_chord_expires": None,
     # tasks
     "task_serializer": "json",
     "accept_content": ["json"],
@@ -58,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "task_protocol": 2,
     "task_publish_retry": True,
     "task_annotations": None,
+    "task_allow_error_cb_on_chord_header": False,
+    "task_inherit_parent_priority": False,
     # worker
     "worker_prefetch_multiplier": 4,
     "worker_concurrency": None,

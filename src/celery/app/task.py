@@ -5,14 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import inspect
+import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from .. import states
-from .._state import current_request, current_task_var
+from .._state import Context, current_request, current_task_var
 from ..exceptions import (
     Ignore,
     ImproperlyConfigured,
@@ -29,75 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "Task"]
 
+logger = logging.getLogger("celery.worker.tracer")
+
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_EMPTY_DELIVERY: dict[str, Any] = {}
-
-
-class Context:
-    """``task.request``: what the worker knows about the current execution.
-
-    One instance per execution, made by the worker and reached through a contextvar, so
-    concurrent async tasks on one loop each see their own.
-    """
-
-    id: str | None = None
-    task: str | None = None
-    args: Sequence[Any] = ()
-    kwargs: Mapping[str, Any] = {}
-    retries: int = 0
-    is_eager: bool = False
-    eta: str | None = None
-    expires: str | None = None
-    group: str | None = None
-    group_index: int | None = None
-    chord: Any = None
-    chain: Any = None
-    callbacks: Any = None
-    errbacks: Any = None
-    root_id: str | None = None
-    parent_id: str | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    origin: str | None = None
-    hostname: str | None = None
-    delivery_info: dict[str, Any] = _EMPTY_DELIVERY
-    timelimit: Any = None
-    shadow: str | None = None
-    ignore_result: bool = False
-    argsrepr: str | None = None
-    kwargsrepr: str | None = None
-    properties: dict[str, Any] | None = None
-    headers: dict[str, Any] | None = None
-    called_directly: bool = True
-    acks_late: bool = False
-    #: time.monotonic() past which ``Task.checkpoint()`` raises SoftTimeLimitExceeded.
-    soft_deadline: float | None = None
-    #: Set when the task is terminated (revoke with terminate): ``checkpoint()`` raises.
-    halt: Any = None  # celery.worker.request.Halt: set()/is_set()
-
-    def __init__(self, **fields: Any) -> None:
-        self.__dict__.update(fields)
-        self.children: list[Any] = []
-
-    @classmethod
-    def of(cls, fields: dict[str, Any]) -> Context:
-        """A Context whose attributes are ``fields`` (taken, not copied): the worker's way."""
-        ctx = cls.__new__(cls)
-        fields["children"] = []
-        ctx.__dict__ = fields
-        return ctx
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def __repr__(self) -> str:
-        return f"<Context: {self.__dict__!r}>"
-
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -214,6 +150,8 @@ class Task(Generic[P, R]):
             value = self.run(*req.args, **req.kwargs)
             if inspect.isawaitable(value):
                 value = self.app.portal.call(_await(value, self, req))
+        except _EagerReplaced as replaced:
+            value = replaced.value
         except Retry as exc:
             if exc.sig is None:
                 return self._eager_outcome(req, exc, options)
@@ -235,6 +173,8 @@ class Task(Generic[P, R]):
             value = self.run(*req.args, **req.kwargs)
             if inspect.isawaitable(value):
                 value = await value
+        except _EagerReplaced as replaced:
+            value = replaced.value
         except Retry as exc:
             if exc.sig is None:
                 return self._eager_outcome(req, exc, options)
@@ -253,9 +193,13 @@ class Task(Generic[P, R]):
         return Context(
             id=task_id, task=self.name, args=list(args or ()), kwargs=dict(kwargs or {}),
             is_eager=True, called_directly=False, retries=options.get("retries", 0),
-            root_id=(parent.root_id or parent.id) if parent is not None else task_id,
-            parent_id=parent.id if parent is not None else None,
+            root_id=options.get("root_id") or (
+                (parent.root_id or parent.id) if parent is not None else task_id),
+            parent_id=options.get("parent_id") or (parent.id if parent is not None else None),
             delivery_info={"is_eager": True},
+            callbacks=_as_list(options.get("link")), errbacks=_as_list(options.get("link_error")),
+            chain=options.get("chain"), group=options.get("group_id"),
+            group_index=options.get("group_index"),
         )
 
     def _eager_outcome(self, req: Context, value: Any, options: Mapping[str, Any],
@@ -277,7 +221,45 @@ class Task(Generic[P, R]):
             tb = ExceptionInfo.of(value).traceback
         if conf.task_store_eager_result and not self.ignore_result:
             self.app.backend.store_result(req.id, value, state, tb, request=req)  # type: ignore[arg-type]
+        self._eager_followups(req, state, value, tb)
         return EagerResult(str(req.id), value, state, traceback=tb, name=self.name, app=self.app)
+
+    def _eager_followups(self, req: Context, state: str, value: Any, tb: str | None) -> None:
+        """What the worker does after a run, here and now: callbacks and the chain applied
+        eagerly, errbacks, the task's handlers (a callback's failure propagates, as the
+        task's own would)."""
+        from ..canvas.effects import drive
+        from ..canvas.followups import after_end, after_success
+
+        app = self.app
+        if state == states.SUCCESS and (req.callbacks or req.chain):
+            drive(after_success(app, req, value), app, eager=True)
+        if state == states.FAILURE and (req.chain or req.errbacks):
+            drive(after_end(app, req, state, value, tb), app, eager=True)
+        handlers = overridden_handlers(type(self))
+        if handlers:
+            drive(handler_calls(self, handlers, req, state, value, tb), app, eager=True)
+
+    # -- handlers (a Task subclass overrides those it needs) -------------------------------
+
+    def before_start(self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Called by the worker before the task runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: Sequence[Any],
+                   kwargs: Mapping[str, Any]) -> None:
+        """Called by the worker when the task succeeded."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Sequence[Any],
+                   kwargs: Mapping[str, Any], einfo: Any) -> None:
+        """Called by the worker when the task failed (``einfo``: ExceptionInfo)."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Sequence[Any],
+                 kwargs: Mapping[str, Any], einfo: Any) -> None:
+        """Called by the worker when the task is to be retried."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Sequence[Any],
+                     kwargs: Mapping[str, Any], einfo: Any) -> None:
+        """Called by the worker after the task succeeded or failed."""
 
     # -- signatures and results ----------------------------------------------------------
 
@@ -285,7 +267,8 @@ class Task(Generic[P, R]):
                   **options: Any) -> Signature:
         from ..canvas import Signature
 
-        return Signature(self.name, args, kwargs, options, app=self._app)
+        immutable = bool(options.pop("immutable", False))
+        return Signature(self, args, kwargs, options, immutable=immutable, app=self._app)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         return self.signature(args, kwargs)
@@ -295,12 +278,107 @@ class Task(Generic[P, R]):
 
     subtask = signature
 
+    def chunks(self, it: Iterable[Any], n: int) -> Any:
+        """The items in parts of ``n``, each part one task (``[self(*x) for x in part]``)."""
+        from ..canvas import chunks
+
+        return chunks(self.s(), it, n, app=self.app)
+
+    def map(self, it: Iterable[Any]) -> Any:
+        """One task computing ``[self(x) for x in it]``."""
+        from ..canvas import xmap
+
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Any]) -> Any:
+        """One task computing ``[self(*x) for x in it]``."""
+        from ..canvas import xstarmap
+
+        return xstarmap(self.s(), it, app=self.app)
+
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 - Celery's name
         from ..result import AsyncResult
 
         return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
 
+    @property
+    def backend(self) -> Any:
+        """The app's result backend."""
+        return self.app.backend
+
     # -- inside a running task -----------------------------------------------------------
+
+    def replace(self, sig: Any) -> NoReturn:
+        """Replace this running task with ``sig`` (a task or a whole canvas).
+
+        ``sig`` takes over this task's id, callbacks, errbacks, chord membership and the
+        rest of its chain, and is sent; this task ends here without a result of its own
+        (``raise self.replace(sig)`` or plain ``self.replace(sig)``: it raises Ignore). A
+        group is followed by ``celery.accumulate`` so that the callers get the list of its
+        results. Blocking: an ``async def`` task awaits ``self.areplace(sig)`` instead.
+        """
+        sig = self._replacement(sig)
+        if self.request.is_eager:
+            raise _EagerReplaced(sig.apply().get())
+        sig.delay()
+        raise Ignore("Replaced by new task")
+
+    async def areplace(self, sig: Any) -> NoReturn:
+        """``replace`` for an ``async def`` task: sends without blocking its event loop."""
+        sig = self._replacement(sig)
+        if self.request.is_eager:
+            raise _EagerReplaced((await sig.aapply()).get())
+        await sig.adelay()
+        raise Ignore("Replaced by new task")
+
+    def _replacement(self, sig: Any) -> Any:
+        from ..canvas import group, signature
+        from ..canvas.primitives import _chain
+
+        request = self.request
+        if "chord" in sig.options:
+            raise ImproperlyConfigured("A signature replacing a task must not be part of a chord")
+        if isinstance(sig, _chain) and not sig.tasks:
+            raise ImproperlyConfigured("Cannot replace with an empty chain")
+        accumulate = self.app.tasks["celery.accumulate"]
+        if isinstance(sig, group):
+            sig = sig | accumulate.s(index=0)
+        if isinstance(sig, _chain) and isinstance(sig.tasks[-1], group):
+            sig.tasks = [*sig.tasks[:-1], sig.tasks[-1] | accumulate.s(index=0)]
+        for callback in request.callbacks or ():
+            sig.link(callback)
+        for errback in request.errbacks or ():
+            sig.link_error(errback)
+        if isinstance(sig, _chain) and "link" in sig.options:
+            sig.tasks[-1].extend_list_option("link", sig.options.pop("link"))
+        sig.freeze(request.id)
+        nesting = int((request.headers or {}).get("replaced_task_nesting") or 0) + 1
+        sig.set(chord=request.chord, group_id=request.group, group_index=request.group_index,
+                root_id=request.root_id, replaced_task_nesting=nesting)
+        if isinstance(sig, _chain):
+            for step in sig.tasks:
+                step.set(replaced_task_nesting=nesting)
+        for step in reversed(request.chain or ()):
+            sig |= signature(step, app=self.app).set(replaced_task_nesting=nesting)
+        return sig
+
+    def add_to_chord(self, sig: Any, lazy: bool = False) -> Any:
+        """Add ``sig`` to the chord this task is a header member of: the chord's body then
+        also waits for it (and gets its result). Sends it now unless ``lazy`` (then it is
+        returned, frozen, to be sent later). Needs a backend with its own chord join."""
+        request = self.request
+        if not request.chord:
+            raise ValueError("Current task is not member of any chord")
+        sig.set(group_id=request.group, group_index=request.group_index, chord=request.chord,
+                root_id=request.root_id)
+        sig.freeze()
+        self.app.backend.add_to_chord(str(request.group))
+        return sig if lazy else sig.delay()
+
+    def add_trail(self, result: Any) -> Any:
+        """Note ``result`` as one of the running task's children."""
+        self.request.children.append(result)
+        return result
 
     def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None,
                      **kwargs: Any) -> None:
@@ -420,6 +498,11 @@ def _backoff(task: Task, retries: int) -> float:
     return max(0.0, delay)
 
 
+# Dispatch (canvas/dispatch.py) sends through a task's own apply_async only when a subclass
+# overrides it; this marks the base one.
+Task.apply_async.__celery_base__ = True  # type: ignore[attr-defined]
+
+
 def add_autoretry(task: Task) -> None:
     """Wrap ``task.run`` so that the exceptions in ``autoretry_for`` retry the task (with
     ``retry_kwargs``, and backoff when ``retry_backoff`` is set); ``def`` and ``async def``."""
@@ -458,6 +541,60 @@ def add_autoretry(task: Task) -> None:
                 retry_or_raise(exc)
 
         task._orig_run, task.run = run, srun  # type: ignore[attr-defined,method-assign]
+
+
+#: Task class -> the handler methods it overrides (computed once per class; a dict
+#: assignment is atomic, also on free-threaded builds: a race computes it twice).
+_overridden: dict[type, frozenset[str]] = {}
+_HANDLERS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
+
+
+def overridden_handlers(cls: type) -> frozenset[str]:
+    """The handler methods (``on_success``, ...) a Task class overrides; mostly none."""
+    found = _overridden.get(cls)
+    if found is None:
+        found = _overridden[cls] = frozenset(
+            name for name in _HANDLERS if getattr(cls, name) is not getattr(Task, name))
+    return found
+
+
+def handler_calls(task: Task, handlers: frozenset[str], ctx: Any, state: str, value: Any,
+                  einfo: Any) -> Any:
+    """A duty (canvas/effects.py) calling the task's handlers for an ended run, as Celery
+    does: ``on_success``/``on_failure``, then ``after_return``; a handler that raises is
+    logged, and the others still run."""
+    from ..canvas.effects import Call
+
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    if state == states.SUCCESS and "on_success" in handlers:
+        calls.append(("on_success", (value, ctx.id, ctx.args, ctx.kwargs)))
+    elif state == states.FAILURE and "on_failure" in handlers:
+        calls.append(("on_failure", (value, ctx.id, ctx.args, ctx.kwargs, einfo)))
+    elif state == states.RETRY and "on_retry" in handlers:
+        calls.append(("on_retry", (value, ctx.id, ctx.args, ctx.kwargs, einfo)))
+    if state in (states.SUCCESS, states.FAILURE) and "after_return" in handlers:
+        calls.append(("after_return", (state, value, ctx.id, ctx.args, ctx.kwargs, einfo)))
+    for name, args in calls:
+        fn = getattr(task, name)
+        try:
+            yield Call(fn, args, inspect.iscoroutinefunction(fn))
+        except Exception as exc:
+            logger.exception(
+                "Task %s[%s] %s handler raised: %r", task.name, ctx.id, name, exc)
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+class _EagerReplaced(Ignore):
+    """An eager task replaced itself: its replacement ran, ``value`` is its result."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("Replaced by new task (eager)")
+        self.value = value
 
 
 def _eager_retry(exc: Retry, req: Context, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from ..messaging import serialization
 from ..transport.embedded import Wakeup
 from ..transport.registry import load_class, scheme_of
 from ..utils.portal import Portal
+from .groups import GroupsAndChords
 
 __all__ = ["BACKENDS", "Conf", "ResultBackend", "backend_for_url"]
 
@@ -48,7 +49,7 @@ def _nothing_published() -> None:
     """The default ``confirm_published``: a backend made on its own sent no messages."""
 
 
-class ResultBackend:
+class ResultBackend(GroupsAndChords):
     """Base of every result backend.
 
     Subclasses implement the storage coroutines (``_aset_many``, ``aget_raw``, ``adelete``,
@@ -247,6 +248,15 @@ class ResultBackend:
         raws = await asyncio.gather(*(self.aget_raw(t) for t in task_ids))
         return dict(zip(task_ids, raws, strict=True))
 
+    async def aget_many_meta(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The metas of several tasks (PENDING for those not stored), read together."""
+        raws = await self.aget_many_raw(task_ids)
+        return {tid: self.meta_from_payload(tid, raws.get(tid)) for tid in task_ids}
+
+    def get_many_meta(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``aget_many_meta`` for sync callers (blocking)."""
+        return self._call(self.aget_many_meta(task_ids))
+
     async def _poll_ready(self, task_id: str, timeout: float | None, wakeup: Wakeup,
                           first: float = 0.001, longest: float = 0.05) -> dict[str, Any]:
         """``await_ready`` for backends without server push (embedded ones): see polling.py.
@@ -269,6 +279,9 @@ class ResultBackend:
                 return await poller_for(self, wakeup, first, longest).wait(task_id)
         except builtins.TimeoutError:
             raise TimeoutError("The operation timed out.") from None
+
+    def ensure_chords_allowed(self) -> None:
+        """Raise if this backend cannot run chords (DisabledBackend: no backend at all)."""
 
     def on_sent(self, result: Any) -> None:
         """A task whose result is stored was just sent from this process (any thread).
@@ -377,6 +390,20 @@ class DisabledBackend(ResultBackend):
         return self._refuse()
 
     async def await_ready(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        return self._refuse()
+
+    def ensure_chords_allowed(self) -> None:
+        raise NotImplementedError(
+            "Starting chords requires a result backend to be configured, but none have been "
+            "configured (set result_backend or pass backend= to Celery()).")
+
+    async def _aset_group(self, group_id: str, payload: bytes, expires: float | None) -> None:
+        return self._refuse()
+
+    async def _aget_group(self, group_id: str) -> bytes | None:
+        return self._refuse()
+
+    async def _adelete_group(self, group_id: str) -> None:
         return self._refuse()
 
 

@@ -12,6 +12,25 @@ SQLAlchemy backend, so upstream Celery can't read these results (nor we its)::
       expires_at  REAL  epoch seconds (write + result_expires), NULL = never
     index celery_taskmeta_expires (expires_at) WHERE expires_at IS NOT NULL
 
+    celery_tasksetmeta          saved groups (GroupResult.save)
+      taskset_id  TEXT PRIMARY KEY
+      meta        BLOB  the encoded {"result": <GroupResult.as_tuple()>}
+      expires_at  REAL
+    celery_chord                one row per chord joined here
+      group_id    TEXT PRIMARY KEY
+      size        INTEGER  the header size (NULL until the sender stored it)
+      extra       INTEGER  members added later (Task.add_to_chord)
+      claim       TEXT     the member that completed it, then 'done'
+      claim_until REAL     a claim older than this (its holder died?) may be taken again
+      expires_at  REAL
+    celery_chord_part           finished members
+      group_id, member ("<task id>:<index>", counted once), position (header index), part
+
+A chord member's report is one ``BEGIN IMMEDIATE`` transaction: record it (once), count,
+and claim the chord if that completed the header; the claimer gets every part back in
+header order and sends the body (canvas/join.py). Writers in other processes wait for the
+lock, so exactly one member claims.
+
 A stored SUCCESS is never overwritten (as on Redis: a redelivered task must not clobber
 its result), unless it has expired. Expired rows read as missing (PENDING); writes delete
 them at most every ``CLEANUP_INTERVAL`` seconds, and ``cleanup()`` deletes them all (as
@@ -30,6 +49,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +58,7 @@ from ..exceptions import ImproperlyConfigured
 from ..transport.embedded import wakeup_for
 from ..transport.sqlite import SQLiteDatabase, seconds_option
 from .base import Conf, ResultBackend
+from .groups import ChordPart
 from .polling import forget_pollers
 
 __all__ = ["CLEANUP_INTERVAL", "DatabaseBackend"]
@@ -54,6 +75,23 @@ _SCHEMA = (
         expires_at REAL)""",
     """CREATE INDEX IF NOT EXISTS celery_taskmeta_expires
         ON celery_taskmeta (expires_at) WHERE expires_at IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS celery_tasksetmeta (
+        taskset_id TEXT PRIMARY KEY,
+        meta BLOB NOT NULL,
+        expires_at REAL)""",
+    """CREATE TABLE IF NOT EXISTS celery_chord (
+        group_id TEXT PRIMARY KEY,
+        size INTEGER,
+        extra INTEGER NOT NULL DEFAULT 0,
+        claim TEXT,
+        claim_until REAL,
+        expires_at REAL)""",
+    """CREATE TABLE IF NOT EXISTS celery_chord_part (
+        group_id TEXT NOT NULL,
+        member TEXT NOT NULL,
+        position REAL NOT NULL,
+        part BLOB NOT NULL,
+        PRIMARY KEY (group_id, member))""",
 )
 
 # The WHERE of the upsert keeps a stored SUCCESS unless it has expired (?6 = now).
@@ -67,11 +105,21 @@ WHERE celery_taskmeta.status != '{states.SUCCESS}' OR celery_taskmeta.expires_at
 """
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _EXPIRED = "DELETE FROM celery_taskmeta WHERE expires_at <= ?"
+_EXPIRED_OTHERS = (
+    "DELETE FROM celery_tasksetmeta WHERE expires_at <= ?1",
+    "DELETE FROM celery_chord_part WHERE group_id IN "
+    "(SELECT group_id FROM celery_chord WHERE expires_at <= ?1)",
+    "DELETE FROM celery_chord WHERE expires_at <= ?1",
+)
+#: How long a chord's ``done`` mark is kept after its body was sent (seconds).
+DONE_MARK_SECONDS = 600.0
 #: Task ids per SELECT (SQLite limits the number of parameters of a statement).
 _CHUNK = 500
 
 
 class DatabaseBackend(ResultBackend):
+    supports_chord_join = True
+
     """Results in a SQLite file (``db+sqlite://``); see the module docstring.
 
     Thread-safety: every method may be called from any thread and coroutines awaited on any
@@ -138,6 +186,57 @@ class DatabaseBackend(ResultBackend):
         """
         return await self._poll_ready(task_id, timeout, self._wakeup)
 
+    # -- groups and chords (backends/groups.py) -----------------------------------------------
+
+    def _expires_at(self, seconds: float | None) -> float | None:
+        return time.time() + seconds if seconds else None
+
+    async def _aset_group(self, group_id: str, payload: bytes, expires: float | None) -> None:
+        sql = "INSERT OR REPLACE INTO celery_tasksetmeta VALUES (?, ?, ?)"
+        row = (group_id, payload, self._expires_at(expires))
+        await self.db.awrite("save group", lambda c: c.execute(sql, row))
+
+    async def _aget_group(self, group_id: str) -> bytes | None:
+        sql = f"SELECT meta FROM celery_tasksetmeta WHERE taskset_id = ? AND {_LIVE}"
+
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(sql, (group_id, time.time())).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self.db.aread("restore group", read)
+
+    async def _adelete_group(self, group_id: str) -> None:
+        sql = "DELETE FROM celery_tasksetmeta WHERE taskset_id = ?"
+        await self.db.awrite("delete group", lambda c: c.execute(sql, (group_id,)))
+
+    async def _aset_chord_sizes(self, sizes: Sequence[tuple[str, int]]) -> None:
+        await self.db.awrite("prepare chord", _set_sizes, sizes,
+                             self._expires_at(self.chord_expires))
+
+    def _claim_seconds(self) -> float:
+        """How long a claim holds (as on Redis: twice the join timeout, at least 5 s)."""
+        return max(5.0, float(self.conf.get("result_chord_join_timeout") or 5.0) * 2)
+
+    def chord_part(self, group_id: str, task_id: str, index: int | None,
+                   part: bytes) -> ChordPart:
+        """Report a finished member, on the calling thread (no hop to the portal loop)."""
+        return self.db.write("chord part", _chord_part, group_id, task_id, index, part,
+                             self._claim_seconds())
+
+    async def achord_part(self, group_id: str, task_id: str, index: int | None,
+                          part: bytes) -> ChordPart:
+        return await self.db.awrite("chord part", _chord_part, group_id, task_id, index, part,
+                                    self._claim_seconds())
+
+    async def achord_done(self, group_id: str, token: str) -> None:
+        await self.db.awrite("chord done", _chord_done, group_id, token)
+
+    async def aadd_to_chord(self, group_id: str, count: int = 1) -> None:
+        sql = ("INSERT INTO celery_chord (group_id, extra, expires_at) VALUES (?1, ?2, ?3) "
+               "ON CONFLICT (group_id) DO UPDATE SET extra = extra + ?2")
+        args = (group_id, count, self._expires_at(self.chord_expires))
+        await self.db.awrite("add to chord", lambda c: c.execute(sql, args))
+
     async def acleanup(self) -> int:
         """Delete every expired result; returns how many (any loop)."""
         return await self.db.awrite("cleanup", lambda c: c.execute(_EXPIRED, (time.time(),)).rowcount)
@@ -177,3 +276,49 @@ def _store(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], cleanup_at: fl
     conn.executemany(_STORE, rows)
     if cleanup_at is not None:
         conn.execute(_EXPIRED, (cleanup_at,))
+        for sql in _EXPIRED_OTHERS:
+            conn.execute(sql, (cleanup_at,))
+
+
+def _set_sizes(conn: sqlite3.Connection, sizes: Sequence[tuple[str, int]],
+               expires_at: float | None) -> None:
+    conn.executemany(
+        "INSERT INTO celery_chord (group_id, size, expires_at) VALUES (?1, ?2, ?3) "
+        "ON CONFLICT (group_id) DO UPDATE SET size = ?2, claim = NULL, claim_until = NULL, "
+        "expires_at = ?3",
+        [(group_id, int(size), expires_at) for group_id, size in sizes])
+
+
+def _chord_part(conn: sqlite3.Connection, group_id: str, task_id: str, index: int | None,
+                part: bytes, claim_seconds: float) -> ChordPart:
+    """Record one member and maybe claim the chord (in the caller's transaction)."""
+    row = conn.execute("SELECT size, extra, claim, claim_until FROM celery_chord "
+                       "WHERE group_id = ?", (group_id,)).fetchone()
+    if row is not None and row[2] == "done":
+        return ChordPart(late=True)
+    position = float("inf") if index is None else float(index)
+    conn.execute("INSERT OR IGNORE INTO celery_chord_part VALUES (?, ?, ?, ?)",
+                 (group_id, f"{task_id}:{'+inf' if index is None else index}", position, part))
+    now = time.time()
+    if row is None or row[0] is None or (row[2] is not None and (row[3] or 0) > now):
+        return ChordPart()
+    count = conn.execute("SELECT count(*) FROM celery_chord_part WHERE group_id = ?",
+                         (group_id,)).fetchone()[0]
+    if count < int(row[0]) + int(row[1] or 0):
+        return ChordPart()
+    token = uuid.uuid4().hex
+    conn.execute("UPDATE celery_chord SET claim = ?, claim_until = ? WHERE group_id = ?",
+                 (token, now + claim_seconds, group_id))
+    parts = conn.execute("SELECT part FROM celery_chord_part WHERE group_id = ? "
+                         "ORDER BY position, member", (group_id,)).fetchall()
+    return ChordPart(claimed=True, parts=tuple(bytes(p[0]) for p in parts), token=token)
+
+
+def _chord_done(conn: sqlite3.Connection, group_id: str, token: str) -> None:
+    row = conn.execute("SELECT claim FROM celery_chord WHERE group_id = ?", (group_id,)).fetchone()
+    if row is None or row[0] != token:
+        return
+    conn.execute("DELETE FROM celery_chord_part WHERE group_id = ?", (group_id,))
+    # The mark stays a while, so that a late duplicate of a member is seen as such.
+    conn.execute("UPDATE celery_chord SET claim = 'done', expires_at = ? WHERE group_id = ?",
+                 (time.time() + DONE_MARK_SECONDS, group_id))

@@ -16,6 +16,7 @@ is read as upstream reads it (``file:///abs/dir``, ``file://localhost/abs/dir``,
   (PENDING) and is deleted then; ``cleanup()`` deletes every expired file and the
   temporary files of writers that died. A result rewritten just as a reader deletes it as
   expired can be lost (the reader checks the inode first, which narrows this to a moment).
+* Groups and chords: ``backends/filesystem_chords.py`` (saved groups, the chord join).
 * Waiting: one poller per event loop (``backends/polling.py``) reads every awaited file in
   one trip to the I/O pool; a write in this process wakes it at once
   (``embedded.wakeup_for``), writes by other processes are seen within 1 ms growing to 50 ms.
@@ -47,6 +48,7 @@ from ..transport.filesystem import (
     write_atomic,
 )
 from .base import Conf, ResultBackend
+from .filesystem_chords import FilesystemChords
 from .polling import forget_pollers
 
 __all__ = ["FilesystemBackend"]
@@ -72,7 +74,7 @@ def path_from_url(url: str | None) -> str:
     return path
 
 
-class FilesystemBackend(ResultBackend):
+class FilesystemBackend(FilesystemChords, ResultBackend):
     """Results in files of one directory; see the module docstring.
 
     Thread-safety: coroutines may be awaited on any event loop; ``close`` and ``cleanup``
@@ -186,6 +188,7 @@ class FilesystemBackend(ResultBackend):
         removed = 0
         with storage_errors("Cleaning up", self.path):
             sweep_stale_temp(self.path)
+            self.sweep_chords()
             if self.expires is None:
                 return 0
             with os.scandir(self.path) as entries:

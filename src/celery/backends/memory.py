@@ -72,6 +72,28 @@ class MemoryBackend(ResultBackend):
         # Every write in this process notifies; the 1 s poll is only a safety net.
         return await self._poll_ready(task_id, timeout, self._store.wakeup, 1.0, 1.0)
 
+    # Saved groups live in the same store. Chords have no join of their own here: they get
+    # Celery's celery.chord_unlock task, which polls the header's results.
+
+    async def _aset_group(self, group_id: str, payload: bytes, expires: float | None) -> None:
+        expires_at = None if expires is None else time.monotonic() + expires
+        with self._store.lock:
+            self._store.items[self.get_key_for_group(group_id)] = (payload, states.SUCCESS,
+                                                                   expires_at)
+
+    async def _aget_group(self, group_id: str) -> bytes | None:
+        key = self.get_key_for_group(group_id)
+        with self._store.lock:
+            item = self._store.items.get(key)
+            if item is not None and not _alive(item):
+                del self._store.items[key]
+                item = None
+        return None if item is None else item[0]
+
+    async def _adelete_group(self, group_id: str) -> None:
+        with self._store.lock:
+            self._store.items.pop(self.get_key_for_group(group_id), None)
+
 
 def _alive(item: tuple[bytes, str, float | None]) -> bool:
     return item[2] is None or item[2] > time.monotonic()

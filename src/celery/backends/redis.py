@@ -26,6 +26,7 @@ from ..exceptions import ConnectionLost, ImproperlyConfigured, OperationalError,
 from ..transport.redis_aio import ConnectionPool, direct_write
 from .base import Conf, ResultBackend
 from .readahead import SentResults
+from .redis_chords import RedisChords
 from .redis_consumer import DRIVER_CONNECTION_ERRORS, ResultConsumer
 from .redis_sync import SyncSide
 
@@ -142,7 +143,7 @@ class _LoopClients:
         await self.client.aclose(close_connection_pool=True)
 
 
-class RedisBackend(ResultBackend):
+class RedisBackend(RedisChords, ResultBackend):
     """Results in Redis/Valkey, in upstream Celery's layout: key and pub/sub channel are both
     ``celery-task-meta-<id>``; the value is the encoded meta with a ``result_expires`` TTL.
 
@@ -160,7 +161,9 @@ class RedisBackend(ResultBackend):
         self._conn_kwargs = connection_kwargs(url, conf, self.options)
         prefix = transport.get("global_keyprefix")
         if prefix:  # like upstream: a separator is added unless the prefix ends with one
-            self.task_keyprefix = f"{prefix if prefix[-1] in ':_-.' else prefix + '_'}celery-task-meta-"
+            prefix = prefix if prefix[-1] in ":_-." else prefix + "_"
+            self.task_keyprefix = f"{prefix}celery-task-meta-"
+            self.group_keyprefix = f"{prefix}celery-taskset-meta-"
         self.pubsub_health_interval = float(
             self._conn_kwargs.get("health_check_interval") or DEFAULT_PUBSUB_HEALTH_INTERVAL
         )

@@ -282,6 +282,25 @@ def supervise(obj: CLIContext) -> int:
         generation = "again"
 
 
+def _setup_task_logger(app: Celery, level: int, logfile: str | None) -> None:
+    """Task loggers (``get_task_logger``) write in ``worker_task_log_format``, with the
+    running task's name and id; not also through the root logger's handler."""
+    from .. import signals
+    from ..utils.log import TaskFormatter, task_logger
+
+    handler: logging.Handler = (
+        logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler())
+    handler.setFormatter(TaskFormatter(app.conf.worker_task_log_format))
+    for old in task_logger.handlers[:]:
+        task_logger.removeHandler(old)
+    task_logger.addHandler(handler)
+    task_logger.setLevel(level)
+    task_logger.propagate = False
+    signals.after_setup_task_logger.send(sender=None, logger=task_logger, loglevel=level,
+                                         logfile=logfile, format=app.conf.worker_task_log_format,
+                                         colorize=False)
+
+
 def setup_logging(app: Celery, level: int, logfile: str | None) -> None:
     """Send the root logger to stderr (or ``logfile``) in ``worker_log_format`` at ``level``.
 
@@ -307,6 +326,7 @@ def setup_logging(app: Celery, level: int, logfile: str | None) -> None:
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    _setup_task_logger(app, level, logfile)
     signals.after_setup_logger.send(sender=None, logger=root, loglevel=level, logfile=logfile,
                                     format=fmt, colorize=False)
 

@@ -34,7 +34,7 @@ def uuid4_str() -> str:
 
 _NODENAME = f"gen{os.getpid()}@{socket.gethostname()}"
 #: Upstream fills reply_to with a per-process id (its RPC reply queue); we do the same.
-_REPLY_TO = str(uuid.uuid4())
+REPLY_TO = str(uuid.uuid4())
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +141,7 @@ def task_headers(
     argsrepr: str | None = None,
     kwargsrepr: str | None = None,
     argsrepr_maxsize: int = 1024,
+    replaced_task_nesting: int = 0,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Protocol v2 headers, in the order upstream Celery writes them."""
@@ -163,7 +164,7 @@ def task_headers(
         else saferepr(dict(kwargs or {}), argsrepr_maxsize),
         "origin": origin or _NODENAME,
         "ignore_result": ignore_result,
-        "replaced_task_nesting": 0,
+        "replaced_task_nesting": replaced_task_nesting,
         "stamped_headers": None,
         "stamps": {},
     }
@@ -195,7 +196,7 @@ def build_task_message(
     headers = task_headers(name, task_id, args=args, kwargs=kwargs, **header_options)
     body, content_type, content_encoding = encode_body(args, kwargs, serializer, callbacks,
                                                       errbacks, chain, chord)
-    properties: dict[str, Any] = {"correlation_id": task_id, "reply_to": reply_to or _REPLY_TO}
+    properties: dict[str, Any] = {"correlation_id": task_id, "reply_to": reply_to or REPLY_TO}
     properties["priority"] = priority or 0
     return Message(
         body=body,

@@ -26,6 +26,7 @@ from ..exceptions import (
 from ..messaging.protocol import check_headers
 from ..messaging.serialization import accept_set
 from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
+from .canvas import SettledByConsumer
 from .executor.base import Executor
 from .handoff import HandoffPause
 from .lanes import Lane
@@ -141,6 +142,8 @@ class Consumer:
         self.total: dict[str, int] = {}
         self.started_at = time.time()
         self._handoff = HandoffPause()  # the next fetch's pause after an early hand-off
+        #: Canvas follow-ups (chord, chain, errbacks) of requests settled here, not run.
+        self.settled = SettledByConsumer(app, hostname, self.accept)
 
     # -- main coroutine ------------------------------------------------------------------
 
@@ -162,6 +165,7 @@ class Consumer:
             await asyncio.wait({restorer, promoter, watcher}, timeout=30)  # bounded, never raises
             self._requeue_held()
             await self._wait_idle()
+            await self.settled.drain(timeout=10)
             self._flush_needed.set()
             await self._drain_flush(flusher)
 
@@ -371,6 +375,7 @@ class Consumer:
         payload = self._revoked_payload(req, reason)
         if payload is not None:
             self._store_later(req.id, payload, states.REVOKED)
+        self.settled.ended(req, states.REVOKED, TaskRevokedError(reason))
         self._to_ack.append(req.delivery)
         self._flush_needed.set()
         if signals.task_revoked.receivers:
@@ -500,6 +505,7 @@ class Consumer:
         # As Celery, with acks_late: acked, or requeued if acks_on_failure_or_timeout is off.
         settle = "requeue" if req.acks_late and not self._acks_on_failure(req) else "ack"
         self.lanes[req.task.is_async].executor.abandon(req, "hard time limit exceeded")
+        self.settled.ended(req, states.FAILURE, exc)
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=req.task, task_id=req.id, exception=exc, args=None,
                                       kwargs=None, traceback=None, einfo=None)
@@ -558,6 +564,7 @@ class Consumer:
         (``ThreadExecutor.abandon``); its own late outcome is then ignored by ``_finish``."""
         logger.warning("Terminating task %s[%s] (signal %s)", req.name, req.id, signum)
         payload = self._revoked_payload(req, "terminated")
+        self.settled.ended(req, states.REVOKED, TaskRevokedError("terminated"))
         req.halt.set()
         self.lanes[req.task.is_async].executor.abandon(req, "terminated")
         if signals.task_revoked.receivers:
@@ -615,6 +622,7 @@ class Consumer:
         logger.warning("Task %s[%s]: worker lost (cold shutdown); failed and acked, as "
                        "reject_on_worker_lost is False", req.name, req.id)
         exc = WorkerLostError(f"Worker exited prematurely: cold shutdown ({req.name}[{req.id}])")
+        self.settled.ended(req, states.FAILURE, exc)
         if req.store_result or req.task.store_errors_even_if_ignored:
             meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
             self._store_later(req.id, self.backend.encode(meta), states.FAILURE)

@@ -150,6 +150,8 @@ class Outcome:
     interim: bool = False
     #: How the message is settled: "ack"; "reject" (dropped) or "requeue" (``Reject``).
     settle: str = "ack"
+    #: The failure (ExceptionInfo) of a FAILURE, for the task's handlers; else None.
+    einfo: Any = None
 
 
 def _seconds(value: Any) -> float | None:

@@ -14,11 +14,20 @@ The states a run can end in, as in Celery:
 
 Signals (``celery.signals``) are sent on the thread that runs the task: task_prerun,
 task_postrun, task_success, task_failure, task_retry.
+
+What a task's end sets off besides its result (its callbacks and chain, its chord, its
+errbacks: ``canvas/followups.py``; the task class's ``on_success``/``on_failure``/
+``on_retry``/``after_return`` handlers, and ``before_start``) is one duty per outcome
+(``_success``, ``_failure``, ``_retry``), run by ``drive`` on a sync worker thread and by
+``adrive`` on a loop worker, so that ``def`` and ``async def`` tasks behave the same. On
+success the callbacks are sent before the result is encoded (so its ``children`` list
+them, as in Celery); if sending one fails, the task fails with that error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import time
@@ -27,13 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
 from .._state import current_request, current_task_var
-from ..app.task import Context
+from ..app.task import Context, Task, handler_calls, overridden_handlers
+from ..canvas.effects import Call, Duty, adrive, drive
+from ..canvas.followups import after_end, after_success
 from ..exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from ..messaging.protocol import TaskBody, decode_body
 from ..utils.einfo import ExceptionInfo
 from .request import Outcome, Request
 
 if TYPE_CHECKING:
+    from ..app.base import Celery
     from ..backends.base import ResultBackend
     from ..transport.base import Transport
 
@@ -52,7 +64,9 @@ class Tracer:
     """
 
     def __init__(self, backend: ResultBackend, hostname: str, accept: frozenset[str],
-                 transport: Transport | None = None, track_started: bool = False) -> None:
+                 transport: Transport | None = None, track_started: bool = False,
+                 *, app: Celery) -> None:
+        self.app = app
         self.backend = backend
         self.hostname = hostname
         self.accept = accept
@@ -92,8 +106,11 @@ class Tracer:
         body, ctx = begun
         task = req.task
         t_task, t_req = current_task_var.set(task), current_request.set(ctx)
+        app = self.app
         try:
             try:
+                if "before_start" in overridden_handlers(type(task)):
+                    drive(self._before_start(task, ctx), app)
                 value = task.run(*body.args, **body.kwargs)
                 self._confirm_own()
             except Retry as exc:
@@ -104,14 +121,14 @@ class Tracer:
                         self._confirm_own()
                     except Exception as publish_error:
                         error = publish_error
-                return self._end(req, body, self._retried(req, exc, error, start, ctx))
+                return self._end(req, body, drive(self._retry(req, exc, error, start, ctx), app))
             except Exception as exc:
                 if req.halt.is_set():  # terminated: settled as REVOKED already; quietly done
                     logger.info("Task %s[%s] stopped after it was terminated (%r)", req.name,
                                 req.id, exc)
                     return Outcome(req, states.REVOKED, None, time.monotonic() - start)
-                return self._end(req, body, self._errored(req, exc, start, ctx))
-            return self._end(req, body, self._succeeded(req, value, start, ctx), value)
+                return self._end(req, body, drive(self._error(req, exc, start, ctx), app))
+            return self._end(req, body, drive(self._success(req, value, start, ctx), app), value)
         finally:
             self._confirm_own(quietly=True)  # a task that raised: its refusals are not the next's
             current_request.reset(t_req)
@@ -125,17 +142,21 @@ class Tracer:
         if isinstance(begun, Outcome):
             return begun
         body, ctx = begun
-        current_task_var.set(req.task)
+        task, app = req.task, self.app
+        current_task_var.set(task)
         current_request.set(ctx)
         soft = _SoftLimit(req.limits[1])
         try:
-            value = await req.task.run(*body.args, **body.kwargs)
+            if "before_start" in overridden_handlers(type(task)):
+                await adrive(self._before_start(task, ctx), app)
+            value = await task.run(*body.args, **body.kwargs)
             self._confirm_own()  # sync delay() calls inside: blocks this loop while it waits
         except asyncio.CancelledError:
             if not soft.fired:
                 raise  # a cold shutdown (or the hard limit): not ours to handle
             exc = SoftTimeLimitExceeded(f"soft time limit ({req.limits[1]}s) exceeded")
-            return self._end(req, body, self._failed(req, exc, start, ctx))
+            soft.disarm()
+            return self._end(req, body, await adrive(self._failure(req, exc, start, ctx), app))
         except Retry as exc:
             error = None
             if exc.message_to_send is not None and self.transport is not None:
@@ -143,13 +164,14 @@ class Tracer:
                     await self.transport.apublish(exc.message_to_send)
                 except Exception as publish_error:
                     error = publish_error
-            return self._end(req, body, self._retried(req, exc, error, start, ctx))
+            outcome = await adrive(self._retry(req, exc, error, start, ctx), app)
+            return self._end(req, body, outcome)
         except Exception as exc:
-            return self._end(req, body, self._errored(req, exc, start, ctx))
+            return self._end(req, body, await adrive(self._error(req, exc, start, ctx), app))
         finally:
             soft.disarm()
             self._confirm_own(quietly=True)
-        return self._end(req, body, self._succeeded(req, value, start, ctx), value)
+        return self._end(req, body, await adrive(self._success(req, value, start, ctx), app), value)
 
     def _confirm_own(self, quietly: bool = False) -> None:
         """Wait for Redis's replies to the sync publishes this task made (pipelined, see
@@ -172,6 +194,61 @@ class Tracer:
                                       args=body.args, kwargs=body.kwargs, retval=value,
                                       state=outcome.state)
         return outcome
+
+    # -- duties: what an outcome sets off (run by drive or adrive) ----------------------------
+
+    def _success(self, req: Request, value: Any, start: float, ctx: Context) -> Duty[Outcome]:
+        if ctx.callbacks or ctx.chain:
+            try:
+                yield from after_success(self.app, ctx, value)  # type: ignore[arg-type]
+            except Exception as exc:  # a callback or the chain's next step was not sent
+                logger.error("Task %s[%s]: its callbacks could not be sent: %r", req.name, req.id,
+                             exc)
+                return (yield from self._failure(req, exc, start, ctx))
+        outcome = self._succeeded(req, value, start, ctx)
+        if outcome.state != states.SUCCESS:  # the value could not be encoded
+            return (yield from self._ended(req, ctx, outcome, outcome.einfo.exception))
+        return (yield from self._ended(req, ctx, outcome, value))
+
+    def _error(self, req: Request, exc: Exception, start: float, ctx: Context) -> Duty[Outcome]:
+        """A task that raised: Ignore, Reject (nothing more happens), or a failure."""
+        if isinstance(exc, Ignore | Reject):
+            return self._errored(req, exc, start, ctx)
+        return (yield from self._failure(req, exc, start, ctx))
+
+    def _failure(self, req: Request, exc: BaseException, start: float,
+                 ctx: Context) -> Duty[Outcome]:
+        outcome = self._failed(req, exc, start, ctx)
+        return (yield from self._ended(req, ctx, outcome, exc))
+
+    def _retry(self, req: Request, exc: Retry, publish_error: Exception | None, start: float,
+               ctx: Context) -> Duty[Outcome]:
+        outcome = self._retried(req, exc, publish_error, start, ctx)
+        if outcome.state == states.FAILURE:  # the retry could not be sent
+            return (yield from self._ended(req, ctx, outcome, publish_error))
+        handlers = overridden_handlers(type(req.task))
+        if "on_retry" in handlers:
+            reason = exc.exc if exc.exc is not None else exc
+            yield from handler_calls(req.task, handlers, ctx, states.RETRY, reason,
+                                     ExceptionInfo.of(exc))
+        return outcome
+
+    def _ended(self, req: Request, ctx: Context, outcome: Outcome, value: Any) -> Duty[Outcome]:
+        """SUCCESS or FAILURE: the canvas's follow-ups, then the task's handlers."""
+        state = outcome.state
+        einfo = outcome.einfo
+        if ctx.chord or (state == states.FAILURE and (ctx.chain or ctx.errbacks)):
+            yield from after_end(self.app, ctx, state, value,
+                                 einfo.traceback if einfo is not None else None)
+        handlers = overridden_handlers(type(req.task))
+        if handlers:
+            yield from handler_calls(req.task, handlers, ctx, state, value, einfo)
+        return outcome
+
+    @staticmethod
+    def _before_start(task: Task, ctx: Context) -> Duty[None]:
+        fn = task.before_start
+        yield Call(fn, (ctx.id, ctx.args, ctx.kwargs), inspect.iscoroutinefunction(fn))
 
     # -- outcomes --------------------------------------------------------------------------
 
@@ -236,7 +313,7 @@ class Tracer:
                                       args=getattr(ctx, "args", None),
                                       kwargs=getattr(ctx, "kwargs", None),
                                       traceback=exc.__traceback__, einfo=einfo)
-        return Outcome(req, states.FAILURE, payload, runtime)
+        return Outcome(req, states.FAILURE, payload, runtime, einfo=einfo)
 
     def _encode_error(self, req: Request, state: str, exc: BaseException, tb: str | None,
                       ctx: Any) -> bytes:

@@ -131,7 +131,7 @@ class Worker:
         backend = app.backend
         await self._connect(transport)
         tracer = Tracer(backend, self.hostname, accept_set(app.conf.accept_content), transport,
-                        track_started=bool(app.conf.task_track_started))
+                        track_started=bool(app.conf.task_track_started), app=app)
         loop = asyncio.get_running_loop()
         # The consumer's outbox exists only once the consumer does; executors get a
         # forwarding callable so they can be built first.

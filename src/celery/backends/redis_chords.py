@@ -1,0 +1,170 @@
+"""The Redis result backend's groups and chord join, in Celery 5.7's key layout.
+
+Keys (``G`` = ``celery-taskset-meta-<group id>``, see backends/groups.py): ``G`` a saved
+group, ``G.s`` header size, ``G.t`` members added later, ``G.j`` sorted set of finished
+members' parts scored by header index, ``G.d`` set of ``<task id>:<index>`` already
+counted, ``G.c`` the claim. Upstream Celery's workers run their own script on the same keys,
+so a chord may be joined by either.
+
+A member's report is one script call (``_PART_SCRIPT``): it is recorded once, and the
+member that completes the header claims the chord (``SET G.c <token> NX``) and gets every
+part back in the same round trip. No polling task, no per-member read of the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import valkey.exceptions as verr
+
+from .groups import ChordPart
+
+if TYPE_CHECKING:
+    import contextlib
+
+    import valkey.asyncio as avalkey
+
+__all__ = ["RedisChords"]
+
+# KEYS: G.j G.t G.s G.d G G.c; ARGV: member, part, score, expires (s, 0 = none), group
+# expires (s), claim expires (s), token. Returns {-1} (done already), {0} (not complete, or
+# claimed by another), or {1, parts in score order}.
+_PART_SCRIPT = """
+local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local expires, group_expires = tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('GET', ckey) == 'done' then
+  return {-1}
+end
+if redis.call('SADD', dkey, ARGV[1]) == 1 then
+  redis.call('ZADD', jkey, ARGV[3], ARGV[2])
+end
+if expires > 0 then
+  for _, key in ipairs({jkey, tkey, skey, dkey}) do
+    redis.call('EXPIRE', key, expires)
+  end
+  if group_expires > 0 then
+    redis.call('EXPIRE', gkey, group_expires)
+  end
+end
+local size = redis.call('GET', skey)
+if not size then
+  return {0}
+end
+local total = tonumber(size) + tonumber(redis.call('GET', tkey) or '0')
+if redis.call('ZCARD', jkey) < total then
+  return {0}
+end
+if not redis.call('SET', ckey, ARGV[7], 'NX', 'EX', ARGV[6]) then
+  return {0}
+end
+return {1, redis.call('ZRANGE', jkey, 0, -1)}
+"""
+_PART_SHA = hashlib.sha1(_PART_SCRIPT.encode()).hexdigest()
+
+# KEYS: G.c G.j G.t G.s G.d; ARGV: token, done expires (s). Drops the chord's keys and
+# marks it done, if the claim is still ours.
+_DONE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+  redis.call('SET', KEYS[1], 'done', 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_DONE_SHA = hashlib.sha1(_DONE_SCRIPT.encode()).hexdigest()
+
+
+class RedisChords:
+    """Mixed into RedisBackend (which provides the clients and key helpers)."""
+
+    supports_chord_join = True
+
+    if TYPE_CHECKING:
+        expires: float | None
+        chord_expires: float | None
+        conf: Any
+
+        def _clients(self) -> Any: ...
+
+        def _driver_errors(self) -> contextlib.AbstractContextManager[None]: ...
+
+        def get_key_for_group(self, group_id: str, suffix: str = "") -> str: ...
+
+    def _claim_seconds(self) -> int:
+        """How long a claim holds (upstream's rule: twice the join timeout, at least 5 s)."""
+        return max(5, int(float(self.conf.get("result_chord_join_timeout") or 5.0) * 2))
+
+    async def _eval(self, client: avalkey.Valkey, sha: str, script: str, keys: list[str],
+                    args: list[Any]) -> Any:
+        try:
+            return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        except verr.NoScriptError:
+            return await client.execute_command("EVAL", script, len(keys), *keys, *args)
+
+    # -- groups -------------------------------------------------------------------------------
+
+    async def _aset_group(self, group_id: str, payload: bytes, expires: float | None) -> None:
+        with self._driver_errors():
+            await self._clients().client.set(self.get_key_for_group(group_id), payload,
+                                             ex=int(expires) if expires else None)
+
+    async def _aget_group(self, group_id: str) -> bytes | None:
+        with self._driver_errors():
+            return await self._clients().client.get(self.get_key_for_group(group_id))  # type: ignore[no-any-return]
+
+    async def _adelete_group(self, group_id: str) -> None:
+        with self._driver_errors():
+            await self._clients().client.delete(self.get_key_for_group(group_id))
+
+    # -- chords -------------------------------------------------------------------------------
+
+    async def _aset_chord_sizes(self, sizes: Sequence[tuple[str, int]]) -> None:
+        """``G.s`` of each chord (and no stale claim), in one pipeline."""
+        ttl = int(self.chord_expires) if self.chord_expires else None
+        with self._driver_errors():
+            pipe = self._clients().client.pipeline(transaction=False)
+            for group_id, size in sizes:
+                pipe.delete(self.get_key_for_group(group_id, ".c"))
+                pipe.set(self.get_key_for_group(group_id, ".s"), int(size), ex=ttl)
+            await pipe.execute()
+
+    async def achord_part(self, group_id: str, task_id: str, index: int | None,
+                          part: bytes) -> ChordPart:
+        key = self.get_key_for_group
+        score = "+inf" if index is None else str(index)
+        token = uuid.uuid4().hex
+        group_expires = max(self.chord_expires or 0, self.expires or 0) \
+            if self.chord_expires and self.expires else 0
+        keys = [key(group_id, ".j"), key(group_id, ".t"), key(group_id, ".s"),
+                key(group_id, ".d"), key(group_id), key(group_id, ".c")]
+        args = [f"{task_id}:{score}", part, score, int(self.chord_expires or 0),
+                int(group_expires), self._claim_seconds(), token]
+        with self._driver_errors():
+            reply = await self._eval(self._clients().client, _PART_SHA, _PART_SCRIPT, keys, args)
+        status = int(reply[0])
+        if status == -1:
+            return ChordPart(late=True)
+        if status == 1:
+            return ChordPart(claimed=True, parts=tuple(reply[1]), token=token)
+        return ChordPart()
+
+    async def achord_done(self, group_id: str, token: str) -> None:
+        key = self.get_key_for_group
+        keys = [key(group_id, ".c"), key(group_id, ".j"), key(group_id, ".t"),
+                key(group_id, ".s"), key(group_id, ".d")]
+        done_for = max(self._claim_seconds() * 2, 300)
+        with self._driver_errors():
+            await self._eval(self._clients().client, _DONE_SHA, _DONE_SCRIPT, keys,
+                             [token, done_for])
+
+    async def aadd_to_chord(self, group_id: str, count: int = 1) -> None:
+        key = self.get_key_for_group(group_id, ".t")
+        with self._driver_errors():
+            pipe = self._clients().client.pipeline(transaction=False)
+            pipe.incrby(key, count)
+            if self.chord_expires:
+                pipe.expire(key, int(self.chord_expires))
+            await pipe.execute()
