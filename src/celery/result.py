@@ -645,11 +645,14 @@ class GroupResult(ResultSet):
     ``celery-taskset-meta-<id>``), so another process can join it.
     """
 
+    #: The app of ``app.GroupResult`` (a subclass bound to it); None here.
+    default_app: Celery | None = None
+
     def __init__(self, id: str | None = None, results: Iterable[Any] | None = None,
                  parent: Any = None, app: Celery | None = None, **kwargs: Any) -> None:
         self.id = id
         self.parent = parent
-        super().__init__(results or [], app=app)
+        super().__init__(results or [], app=app or self.default_app)
 
     def save(self, backend: ResultBackend | None = None) -> GroupResult:
         """Store it (blocking) so that ``GroupResult.restore(id)`` finds it."""
@@ -670,14 +673,14 @@ class GroupResult(ResultSet):
     def restore(cls, id: str, backend: ResultBackend | None = None,
                 app: Celery | None = None) -> GroupResult | None:
         """The group saved under ``id``, or None (blocking)."""
-        app = app or get_current_app()
+        app = app or cls.default_app or get_current_app()
         meta = (backend or app.backend).get_group_meta(id)
         return None if meta is None else result_from_tuple(meta["result"], app)
 
     @classmethod
     async def arestore(cls, id: str, backend: ResultBackend | None = None,
                        app: Celery | None = None) -> GroupResult | None:
-        app = app or get_current_app()
+        app = app or cls.default_app or get_current_app()
         meta = await (backend or app.backend).aget_group_meta(id)
         return None if meta is None else result_from_tuple(meta["result"], app)
 

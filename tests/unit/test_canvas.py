@@ -305,3 +305,39 @@ def test_eager_links_run_with_the_return_value(eager, app, add):
     add.apply_async((2, 3), link=record.s())
     result = boom.apply_async(link_error=on_err.s())
     assert seen == [5, (result.id, "KeyError")]
+
+
+def test_app_task_is_the_base_class_and_its_handlers_run_eagerly(tmp_path):
+    calls = []
+
+    class Base(Celery("x", set_as_current=False).Task):
+        def before_start(self, task_id, args, kwargs):
+            calls.append(("before", tuple(args)))
+
+        def on_success(self, retval, task_id, args, kwargs):
+            calls.append(("success", retval))
+
+        def on_failure(self, exc, task_id, args, kwargs, einfo):
+            calls.append(("failure", type(exc).__name__, "KeyError" in einfo.traceback))
+
+        def after_return(self, status, retval, task_id, args, kwargs, einfo):
+            calls.append(("after", status))
+
+    app = Celery("handlers", broker="memory://handlers", task_cls=Base, set_as_current=False,
+                 task_always_eager=True)
+    try:
+        assert app.Task is Base
+
+        @app.task
+        def double(x):
+            if x < 0:
+                raise KeyError(x)
+            return x * 2
+
+        assert isinstance(double, Base)
+        assert double.delay(2).get() == 4
+        assert double.apply((-1,)).state == "FAILURE"
+        assert calls == [("before", (2,)), ("success", 4), ("after", "SUCCESS"), ("before", (-1,)),
+                         ("failure", "KeyError", True), ("after", "FAILURE")]
+    finally:
+        app.close()

@@ -175,3 +175,10 @@ def test_get_task_logger_is_a_child_of_celery_task():
     record = logging.LogRecord("my.tasks", logging.INFO, __file__, 1, "hi", None, None)
     text = TaskFormatter("%(task_name)s[%(task_id)s] %(message)s").format(record)
     assert text == "???[???] hi"  # outside a task
+
+
+def test_app_group_result_is_bound_to_the_app(app):
+    group = app.GroupResult(str(uuid.uuid4()), [stored(app, 3)])
+    assert group.app is app
+    group.save()
+    assert app.GroupResult.restore(group.id).join(timeout=5) == [3]

@@ -96,6 +96,8 @@ class Celery:
         self._portal: Portal | None = None
         self._control: Control | None = None
         self._router: Router | None = None
+        #: ``app.GroupResult``: made on first use (an assignment; a race makes two alike).
+        self._group_result_cls: Any = None
         #: Each task's plain-send template and what it was made from (app/template.py).
         self._templates: dict[str, tuple[tuple[Any, ...], Template | None]] = {}
         if set_as_current:
@@ -435,6 +437,22 @@ class Celery:
             await self.transport.apublish_many([m for _, m in items])
         for name, message in signalled:
             _after_publish(name, message)
+
+    @property
+    def Task(self) -> type[Task]:  # noqa: N802 - Celery's name
+        """The app's task base class (``Celery(task_cls=...)``): ``class T(app.Task): ...``."""
+        return self.task_cls
+
+    @property
+    def GroupResult(self) -> Any:  # noqa: N802 - Celery's name
+        """``GroupResult`` bound to this app: ``app.GroupResult.restore(group_id)``."""
+        bound = self._group_result_cls
+        if bound is None:
+            from ..result import GroupResult
+
+            bound = self._group_result_cls = type("GroupResult", (GroupResult,),
+                                                  {"default_app": self})
+        return bound
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 - Celery's name
         from ..result import AsyncResult

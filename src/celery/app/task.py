@@ -147,6 +147,7 @@ class Task(Generic[P, R]):
         req = self._eager_request(args, kwargs, options)
         token_t, token_r = current_task_var.set(self), current_request.set(req)
         try:
+            self._eager_before_start(req)
             value = self.run(*req.args, **req.kwargs)
             if inspect.isawaitable(value):
                 value = self.app.portal.call(_await(value, self, req))
@@ -170,6 +171,7 @@ class Task(Generic[P, R]):
         req = self._eager_request(args, kwargs, options)
         token_t, token_r = current_task_var.set(self), current_request.set(req)
         try:
+            self._eager_before_start(req)
             value = self.run(*req.args, **req.kwargs)
             if inspect.isawaitable(value):
                 value = await value
@@ -209,7 +211,7 @@ class Task(Generic[P, R]):
         from ..result import EagerResult
 
         conf = self.app.conf
-        tb = None
+        einfo = None
         if ok:
             state = states.SUCCESS
         else:
@@ -218,13 +220,14 @@ class Task(Generic[P, R]):
             from ..utils.einfo import ExceptionInfo
 
             state = states.FAILURE
-            tb = ExceptionInfo.of(value).traceback
+            einfo = ExceptionInfo.of(value)
+        tb = einfo.traceback if einfo is not None else None
         if conf.task_store_eager_result and not self.ignore_result:
             self.app.backend.store_result(req.id, value, state, tb, request=req)  # type: ignore[arg-type]
-        self._eager_followups(req, state, value, tb)
+        self._eager_followups(req, state, value, einfo)
         return EagerResult(str(req.id), value, state, traceback=tb, name=self.name, app=self.app)
 
-    def _eager_followups(self, req: Context, state: str, value: Any, tb: str | None) -> None:
+    def _eager_followups(self, req: Context, state: str, value: Any, einfo: Any) -> None:
         """What the worker does after a run, here and now: callbacks and the chain applied
         eagerly, errbacks, the task's handlers (a callback's failure propagates, as the
         task's own would)."""
@@ -235,10 +238,19 @@ class Task(Generic[P, R]):
         if state == states.SUCCESS and (req.callbacks or req.chain):
             drive(after_success(app, req, value), app, eager=True)
         if state == states.FAILURE and (req.chain or req.errbacks):
-            drive(after_end(app, req, state, value, tb), app, eager=True)
+            drive(after_end(app, req, state, value, einfo.traceback), app, eager=True)
         handlers = overridden_handlers(type(self))
         if handlers:
-            drive(handler_calls(self, handlers, req, state, value, tb), app, eager=True)
+            drive(handler_calls(self, handlers, req, state, value, einfo), app, eager=True)
+
+    def _eager_before_start(self, req: Context) -> None:
+        """``before_start``, if the class overrides it (as the worker calls it)."""
+        if "before_start" in overridden_handlers(type(self)):
+            value: Any = type(self).before_start(self, str(req.id), req.args, req.kwargs)  # type: ignore[func-returns-value]
+            if inspect.isawaitable(value):
+                from ..canvas.effects import run_awaitable
+
+                run_awaitable(value, self.app)
 
     # -- handlers (a Task subclass overrides those it needs) -------------------------------
 

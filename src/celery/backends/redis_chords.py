@@ -30,16 +30,22 @@ if TYPE_CHECKING:
 __all__ = ["RedisChords"]
 
 # KEYS: G.j G.t G.s G.d G G.c; ARGV: member, part, score, expires (s, 0 = none), group
-# expires (s), claim expires (s), token. Returns {-1} (done already), {0} (not complete, or
-# claimed by another), or {1, parts in score order}.
+# expires (s), claim expires (s), token, ordered ('1': G.j a sorted set by header index, as
+# Celery 5 by default; '0': a list in finishing order, its result_chord_ordered=False).
+# Returns {-1} (done already), {0} (not complete, or claimed by another), or {1, parts}.
 _PART_SCRIPT = """
 local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local expires, group_expires = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ordered = ARGV[8] == '1'
 if redis.call('GET', ckey) == 'done' then
   return {-1}
 end
 if redis.call('SADD', dkey, ARGV[1]) == 1 then
-  redis.call('ZADD', jkey, ARGV[3], ARGV[2])
+  if ordered then
+    redis.call('ZADD', jkey, ARGV[3], ARGV[2])
+  else
+    redis.call('RPUSH', jkey, ARGV[2])
+  end
 end
 if expires > 0 then
   for _, key in ipairs({jkey, tkey, skey, dkey}) do
@@ -54,13 +60,22 @@ if not size then
   return {0}
 end
 local total = tonumber(size) + tonumber(redis.call('GET', tkey) or '0')
-if redis.call('ZCARD', jkey) < total then
+local ready
+if ordered then
+  ready = redis.call('ZCARD', jkey)
+else
+  ready = redis.call('LLEN', jkey)
+end
+if ready < total then
   return {0}
 end
 if not redis.call('SET', ckey, ARGV[7], 'NX', 'EX', ARGV[6]) then
   return {0}
 end
-return {1, redis.call('ZRANGE', jkey, 0, -1)}
+if ordered then
+  return {1, redis.call('ZRANGE', jkey, 0, -1)}
+end
+return {1, redis.call('LRANGE', jkey, 0, -1)}
 """
 _PART_SHA = hashlib.sha1(_PART_SCRIPT.encode()).hexdigest()
 
@@ -92,6 +107,13 @@ class RedisChords:
         def _driver_errors(self) -> contextlib.AbstractContextManager[None]: ...
 
         def get_key_for_group(self, group_id: str, suffix: str = "") -> str: ...
+
+    def _chord_ordered(self) -> bool:
+        """Celery's ``result_chord_ordered`` transport option (default True): the join keeps
+        header order (a sorted set); False keeps finishing order (a list). Every worker of a
+        chord must agree, as with upstream."""
+        options = self.conf.get("result_backend_transport_options") or {}
+        return bool(options.get("result_chord_ordered", True))
 
     def _claim_seconds(self) -> int:
         """How long a claim holds (upstream's rule: twice the join timeout, at least 5 s)."""
@@ -141,7 +163,8 @@ class RedisChords:
         keys = [key(group_id, ".j"), key(group_id, ".t"), key(group_id, ".s"),
                 key(group_id, ".d"), key(group_id), key(group_id, ".c")]
         args = [f"{task_id}:{score}", part, score, int(self.chord_expires or 0),
-                int(group_expires), self._claim_seconds(), token]
+                int(group_expires), self._claim_seconds(), token,
+                "1" if self._chord_ordered() else "0"]
         with self._driver_errors():
             reply = await self._eval(self._clients().client, _PART_SHA, _PART_SCRIPT, keys, args)
         status = int(reply[0])

@@ -96,7 +96,9 @@ class _chain(Signature):
     def __init__(self, *tasks: Any, **options: Any) -> None:
         steps = _tasks_of(tasks[0]) if len(tasks) == 1 and not isinstance(tasks[0], Mapping) \
             else list(tasks)
-        options.pop("use_link", None)  # Celery's protocol 1 links: never used by protocol 2
+        if options.pop("use_link", None):
+            raise NotImplementedError("use_link (Celery's task protocol 1 chains) is not "
+                                      "supported: chains travel in the message (protocol 2)")
         super().__init__("celery.chain", (), {"tasks": steps}, **options)
         self.subtask_type = "chain"
 
@@ -155,11 +157,7 @@ class _chain(Signature):
 
     @property
     def app(self) -> Celery:
-        if self._app is None and self.tasks:
-            first = self.tasks[0]
-            if isinstance(first, Signature) and first._app is not None:
-                return first._app
-        return super().app
+        return _app_of(self, self.tasks[:1])
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -306,6 +304,16 @@ class chain(_chain):
                 (len(tasks) != 1 or isinstance(tasks[0], list | tuple)):
             return _fold(list(tasks[0]) if len(tasks) == 1 else list(tasks))
         return super().__new__(cls)
+
+
+def _app_of(sig: Signature, members: Sequence[Any]) -> Celery:
+    """A canvas's app: its own, else the first of ``members`` that has one, else the
+    current app."""
+    if sig._app is None:
+        for member in members:
+            if isinstance(member, Signature) and member._app is not None:
+                return member._app
+    return Signature.app.fget(sig)  # type: ignore[attr-defined,no-any-return]
 
 
 def _listed(value: Any) -> list[Any]:
@@ -476,11 +484,7 @@ class group(Signature):
 
     @property
     def app(self) -> Celery:
-        if self._app is None and self.tasks:
-            first = self.tasks[0]
-            if isinstance(first, Signature) and first._app is not None:
-                return first._app
-        return super().app
+        return _app_of(self, self.tasks[:1])
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -730,11 +734,7 @@ class _chord(Signature):
 
     @property
     def app(self) -> Celery:
-        if self._app is None:
-            for candidate in (*self.tasks[:1], self.body):
-                if isinstance(candidate, Signature) and candidate._app is not None:
-                    return candidate._app
-        return super().app
+        return _app_of(self, [*self.tasks[:1], self.body])
 
     def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
                root_id: str | None = None, parent_id: str | None = None,
