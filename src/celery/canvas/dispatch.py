@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._state import current_request, current_task_var
 from ..messaging.protocol import uuid4_str
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class Dispatch:
         self._messages: list[tuple[str, Message, dict[str, Any]]] = []
         self._direct: list[tuple[Any, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = []
         self._results: dict[str, Any] = {}
+        self._trails: list[Any] = []
 
     # -- gathering (no I/O) ----------------------------------------------------------------------
 
@@ -95,15 +97,15 @@ class Dispatch:
             task_id = message.headers["id"]
             app._sent(task_id, message.headers["task"], options,
                       message.headers.get("ignore_result"), self._results[task_id])
-
-    def add_trail(self, result: Any) -> None:
-        """A group sent from inside a task is one of that task's children (Celery's trail)."""
-        from .._state import current_request, current_task_var
-
-        if current_task_var.get() is not None:
+        if self._trails and current_task_var.get() is not None:
             request = current_request.get()
             if request is not None:
-                request.children.append(result)
+                request.children.extend(self._trails)
+
+    def add_trail(self, result: Any) -> None:
+        """A group sent from inside a task is one of that task's children (Celery's
+        trail), once sent."""
+        self._trails.append(result)
 
 
 def _overrides_apply_async(task: Any) -> bool:

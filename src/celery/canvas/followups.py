@@ -102,8 +102,8 @@ def fail_chain(app: Celery, chain: Any, exc: Any, traceback: str | None) -> Duty
         return
     try:
         pending = deque(signatures(chain, app=app))
-    except InvalidSignature as exc_:
-        logger.error("A chain to fail is malformed (%s): its steps stay as they are", exc_)
+    except Exception as exc_:  # InvalidSignature, or absurd nesting
+        logger.error("A chain to fail is malformed (%r): its steps stay as they are", exc_)
         return
     while pending:
         sig = pending.popleft()
@@ -118,10 +118,8 @@ def fail_chain(app: Celery, chain: Any, exc: Any, traceback: str | None) -> Duty
             failed = True
         if request.chord and not failed:
             yield from report_to_chord(app, request, states.FAILURE, exc)
-        if sig.subtask_type == "chord":
-            body = maybe_signature(sig.kwargs.get("body"), app=app)
-            if body is not None:
-                pending.append(body)
+        if sig.subtask_type == "chord" and sig.kwargs.get("body") is not None:
+            pending.append(maybe_signature(sig.kwargs["body"], app=app))
 
 
 def call_errbacks(app: Celery, request: Any, exc: Any, traceback: str | None) -> Duty[None]:
@@ -152,8 +150,8 @@ def call_errbacks(app: Celery, request: Any, exc: Any, traceback: str | None) ->
 def _errbacks(app: Celery, request: Any) -> Iterable[Any]:
     try:
         return signatures(request.errbacks or (), app=app)
-    except InvalidSignature as exc:
-        logger.error("Task %s[%s]: its errbacks are malformed, none called: %s", request.task,
+    except Exception as exc:  # InvalidSignature, or absurd nesting
+        logger.error("Task %s[%s]: its errbacks are malformed, none called: %r", request.task,
                      request.id, exc)
         return ()
 

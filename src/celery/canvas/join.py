@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import states
 from .._state import Context
-from ..exceptions import ChordError, InvalidSignature
+from ..exceptions import ChordError
 from .effects import ChordDone, ChordReport, Duty, GroupMeta, Send, Store
 from .signatures import maybe_signature
 
@@ -46,8 +46,8 @@ def report_to_chord(app: Celery, request: Any, state: str, result: Any) -> Duty[
         return
     try:
         body = maybe_signature(request.chord, app=app)
-    except InvalidSignature as exc:
-        logger.error("Chord %s completed by %s: its body is malformed, not sent: %s",
+    except Exception as exc:  # InvalidSignature, or absurd nesting
+        logger.error("Chord %s completed by %s: its body is malformed, not sent: %r",
                      group_id, task_id, exc)
         yield from _done(group_id, part.token)
         return

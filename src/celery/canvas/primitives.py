@@ -492,31 +492,13 @@ class group(Signature):
                     add_to_parent: bool = True, link: Any = None, link_error: Any = None,
                     **options: Any) -> Any:
         _refuse_group_links(link, link_error)
-        if self.app.conf.task_always_eager:
-            return self.apply(args, kwargs, **options)
-        from .dispatch import Dispatch
-
-        dispatch = Dispatch(self.app)
-        result = self._collect(dispatch, args, kwargs, _given(options))
-        dispatch.send()
-        if add_to_parent:
-            dispatch.add_trail(result)
-        return result
+        return super().apply_async(args, kwargs, add_to_parent=add_to_parent, **options)
 
     async def aapply_async(self, args: Sequence[Any] | None = None,
                            kwargs: Mapping[str, Any] | None = None, add_to_parent: bool = True,
                            link: Any = None, link_error: Any = None, **options: Any) -> Any:
         _refuse_group_links(link, link_error)
-        if self.app.conf.task_always_eager:
-            return self.apply(args, kwargs, **options)
-        from .dispatch import Dispatch
-
-        dispatch = Dispatch(self.app)
-        result = self._collect(dispatch, args, kwargs, _given(options))
-        await dispatch.asend()
-        if add_to_parent:
-            dispatch.add_trail(result)
-        return result
+        return await super().aapply_async(args, kwargs, add_to_parent=add_to_parent, **options)
 
     def _collect(self, dispatch: Dispatch, args: Sequence[Any] | None,
                  kwargs: Mapping[str, Any] | None, options: Mapping[str, Any]) -> Any:
@@ -526,7 +508,7 @@ class group(Signature):
             return self.freeze()
         opts, group_id, root_id = self._freeze_gid(options)
         chord = opts.pop("chord", None)
-        opts.pop("add_to_parent", None)
+        add_to_parent = opts.pop("add_to_parent", True)
         members = list(self._prepared(self.tasks, group_id, root_id, self.app))
         size = 0
         for index, (sig, _) in enumerate(members):
@@ -539,7 +521,9 @@ class group(Signature):
         dispatch.adopt(results)
         result = GroupResult(group_id, results, app=self.app)
         if len(result) == 1 and isinstance(result[0], GroupResult):
-            return result[0]
+            result = result[0]
+        if add_to_parent:  # sent from a task: one of its children (Celery's trail)
+            dispatch.add_trail(result)
         return result
 
     def _freeze_gid(self, options: Mapping[str, Any]) -> tuple[dict[str, Any], str, str | None]:

@@ -238,8 +238,12 @@ class Tracer:
         state = outcome.state
         einfo = outcome.einfo
         if ctx.chord or (state == states.FAILURE and (ctx.chain or ctx.errbacks)):
-            yield from after_end(self.app, ctx, state, value,
-                                 einfo.traceback if einfo is not None else None)
+            try:
+                yield from after_end(self.app, ctx, state, value,
+                                     einfo.traceback if einfo is not None else None)
+            except Exception as exc:  # after_end logs what it expects; this is the net
+                logger.exception("Task %s[%s]: its canvas follow-ups failed: %r", req.name,
+                                 req.id, exc)
         handlers = overridden_handlers(type(req.task))
         if handlers:
             yield from handler_calls(req.task, handlers, ctx, state, value, einfo)
