@@ -219,7 +219,7 @@ class AsyncResult(ResultBase):
         """
         if disable_sync_subtasks:
             _check_join_allowed()
-        if propagate and follow_parents and self.parent is not None and self._cache is None:
+        if propagate and follow_parents and self.parent is not None:
             self._reraise_parent_error()
         # (wait_for confirms this process's publishes before it blocks: a message Redis
         # refused raises there, not a timeout)
@@ -233,9 +233,9 @@ class AsyncResult(ResultBase):
         """Wait on the running event loop for the task to finish and return its value."""
         if self._cache is None:
             self.app._confirm_published()
-            if propagate and self.parent is not None and kwargs.get("follow_parents", True):
-                for node in reversed(list(self._parents())):
-                    await node.amaybe_throw()
+        if propagate and self.parent is not None and kwargs.get("follow_parents", True):
+            for node in reversed(list(self._parents())):
+                await node.amaybe_throw()
         meta = self._cache or self._keep(await self.backend.await_ready(self.id, timeout))
         return self._outcome(meta, propagate, callback)
 
