@@ -57,3 +57,19 @@ def no_result(x):
 def sleeper(sec=3):
     time.sleep(sec)
     return sec
+
+
+# -- canvas fixtures (gen_fixtures.py canvas) ------------------------------------------------
+@app.task
+def tsum(values):
+    return sum(values)
+
+
+@app.task
+def errback_old(task_id):
+    return task_id
+
+
+@app.task
+def errback_new(request, exc, traceback):
+    return request.id
