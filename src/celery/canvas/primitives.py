@@ -647,6 +647,10 @@ class _chord(Signature):
     def from_dict(cls, d: Mapping[str, Any], app: Celery | None = None) -> Signature:
         kwargs = dict(d["kwargs"])
         header, body = kwargs.pop("header", None), kwargs.pop("body", None)
+        if isinstance(header, Mapping):
+            # Celery sends a frozen chord's header as a celery.group dict (the group's id
+            # is the chord's task_id): its members are the header, as Celery reads it.
+            header = _header_of(header, app)
         return cls(signatures(header or [], app=app), maybe_signature(body, app=app),
                    task=d.get("task", "celery.chord"), args=d.get("args"), kwargs=kwargs,
                    app=app, options=dict(d.get("options") or {}),
