@@ -17,6 +17,7 @@ import decimal
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -353,6 +354,12 @@ CANVAS_CASES = [
      lambda: _Applied(T.add.s(1, 1), link=[T.add.s(10), T.tsum.s()])),
     ("chain_on_error", "chain(add.s(1, 1), add.s(2)).on_error(errback_new.s())",
      lambda: chain(T.add.s(1, 1), T.add.s(2)).on_error(T.errback_new.s())),
+    ("link_error_on_failure", "fail.s().set(link_error=[errback_old.s(), errback_new.s()])",
+     lambda: T.fail.s().set(link_error=[T.errback_old.s(), T.errback_new.s()])),
+    ("chain_failing_step", "chain(fail.s(), add.s(1), add.s(2))",
+     lambda: chain(T.fail.s(), T.add.s(1), T.add.s(2))),
+    ("chord_failing_member", "chord([add.s(1, 1), fail.s()], tsum.s().on_error(errback_old.s()))",
+     lambda: chord([T.add.s(1, 1), T.fail.s()], T.tsum.s().on_error(T.errback_old.s()))),
     ("chunks", "add.chunks([(1, 1), (2, 2), (3, 3)], 2)",
      lambda: T.add.chunks([(1, 1), (2, 2), (3, 3)], 2)),
     ("map", "tsum.map([[1, 2], [3, 4]])", lambda: T.tsum.map([[1, 2], [3, 4]])),
@@ -426,6 +433,68 @@ def capture_canvas():
     return out
 
 
+HOLD = "hold"
+UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: Cases whose messages a worker runs in capture_worker_canvas (the others publish nothing).
+WORKER_CASES = ["chain", "chain_group_middle", "chain_group_last", "chord", "chord_in_chain",
+                "chain_led_by_chord", "chord_nested_group", "chord_header_chain_to_group",
+                "link", "link_two_callbacks", "chain_on_error", "link_error_on_failure",
+                "chain_failing_step", "chord_failing_member"]
+
+
+def restore_client_capture(case):
+    """Put a client capture back in Redis: its keys (chord sizes, saved groups), then its
+    messages, so that the queue reads as it did (LRANGE order)."""
+    for key, item in case["keys"].items():
+        if item["type"] == "string":
+            R.set(key, item["value"]["text"], px=item["pttl"] if item["pttl"] > 0 else None)
+    for entry in reversed(case["messages"]):
+        R.lpush(entry["queue"], base64.b64decode(entry["raw_b64"]))
+
+
+def worker_snapshot(ids):
+    """What the worker left: the messages it published (all routed to HOLD), and the result
+    and group keys of ``ids``."""
+    keys = {k: v for k, v in dump_keys().items()
+            if any(i in k for i in ids) and not k.startswith("_kombu")}
+    return {"published": [{"raw_b64": base64.b64encode(raw).decode(),
+                           "decoded": decode_envelope(raw)}
+                          for raw in R.lrange(HOLD, 0, -1)],
+            "keys": keys}
+
+
+def capture_worker_canvas(client_cases):
+    """What an upstream worker does with each client capture: its ``celery`` messages are
+    replayed to a worker that routes whatever it sends to HOLD (so the canvas stops one
+    step later); the snapshot is taken once nothing has changed for a second."""
+    R.flushdb()
+    worker = start_worker("-c", "2", env={"COMPAT_ROUTE_ALL_TO": HOLD})
+    out = []
+    try:
+        for name in WORKER_CASES:
+            case = client_cases[name]
+            # (not from "commands": MONITOR also saw the previous case's unsubscriptions)
+            own = [case["result"], case["messages"], case["keys"]]
+            ids = sorted({m.decode() for m in UUID_RE.findall(json.dumps(own).encode())})
+            R.delete(HOLD)
+            restore_client_capture(case)
+            last, still_since, deadline = None, time.time(), time.time() + 20
+            while time.time() < deadline and time.time() - still_since < 1.0:
+                time.sleep(0.1)
+                now = worker_snapshot(ids)
+                for item in now["keys"].values():
+                    item["pttl"] = item["pttl"] > 0 or item["pttl"]  # it counts down
+                if now != last:
+                    last, still_since = now, time.time()
+            snapshot = worker_snapshot(ids)
+            assert {k: v["value"] for k, v in snapshot["keys"].items()} == \
+                {k: v["value"] for k, v in last["keys"].items()}
+            out.append({"name": name, "call": case["call"], **snapshot})
+    finally:
+        stop_worker(worker)
+    return out
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("all", "messages"):
@@ -439,7 +508,10 @@ def main():
     if what in ("all", "layout"):
         write("layout.json", capture_layout())
     if what == "canvas":
-        write("canvas_messages.json", capture_canvas())
+        client = capture_canvas()
+        write("canvas_messages.json", client)
+        write("canvas_worker.json",
+              capture_worker_canvas({case["name"]: case for case in client}))
     R.flushdb()
 
 

@@ -160,6 +160,10 @@ def app() -> Iterator[Celery]:
     def echo(*args, **kwargs):
         return [list(args), kwargs]
 
+    @app.task(name="proj.tasks.fail")
+    def fail():
+        raise ValueError("boom")
+
     @app.task(name="proj.tasks.errback_old")
     def errback_old(task_id):
         return task_id
@@ -178,6 +182,7 @@ def _canvases(app: Celery) -> dict[str, Callable[[], Any]]:
     t = app.tasks
     add, tsum, echo = t["proj.tasks.add"], t["proj.tasks.tsum"], t["proj.tasks.echo"]
     old, new = t["proj.tasks.errback_old"], t["proj.tasks.errback_new"]
+    fail = t["proj.tasks.fail"]
 
     def applied(sig: Signature, **options: Any) -> Any:
         return sig, lambda: sig.apply_async(**options)
@@ -206,6 +211,10 @@ def _canvases(app: Celery) -> dict[str, Callable[[], Any]]:
         "link": plain(lambda: add.s(1, 1).set(link=add.s(10), link_error=[old.s(), new.s()])),
         "link_two_callbacks": lambda: applied(add.s(1, 1), link=[add.s(10), tsum.s()]),
         "chain_on_error": plain(lambda: chain(add.s(1, 1), add.s(2)).on_error(new.s())),
+        "link_error_on_failure": plain(lambda: fail.s().set(link_error=[old.s(), new.s()])),
+        "chain_failing_step": plain(lambda: chain(fail.s(), add.s(1), add.s(2))),
+        "chord_failing_member": plain(lambda: chord([add.s(1, 1), fail.s()],
+                                                    tsum.s().on_error(old.s()))),
         "chunks": plain(lambda: add.chunks([(1, 1), (2, 2), (3, 3)], 2)),
         "map": plain(lambda: tsum.map([[1, 2], [3, 4]])),
         "starmap": plain(lambda: add.starmap([(1, 2), (3, 4)])),
