@@ -523,6 +523,9 @@ class group(Signature):
         opts, group_id, root_id = self._freeze_gid(options)
         chord = opts.pop("chord", None)
         opts.pop("add_to_parent", None)
+        # The group's own index (in the chord header it belongs to) is not its members':
+        # each keeps the one it was frozen with, as Celery's group sends them.
+        opts.pop("group_index", None)
         members = list(self._prepared(self.tasks, group_id, root_id, self.app))
         size = 0
         for index, (sig, _) in enumerate(members):
