@@ -38,6 +38,7 @@ class Dispatch:
         self._messages: list[tuple[str, Message, dict[str, Any]]] = []
         self._direct: list[tuple[Any, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = []
         self._results: dict[str, Any] = {}
+        self._trail: list[Any] = []
 
     # -- gathering (no I/O) ----------------------------------------------------------------------
 
@@ -61,6 +62,11 @@ class Dispatch:
 
     def save_group(self, result: Any) -> None:
         self.saved_groups.append(result)
+
+    def trail(self, result: Any) -> None:
+        """Once sent, note ``result`` as a child of the task this is sent from, if any
+        (``add_trail``)."""
+        self._trail.append(result)
 
     def adopt(self, results: Iterable[Any]) -> None:
         """Note ``results`` (the ones handed to the caller, with their parents) as the
@@ -95,6 +101,8 @@ class Dispatch:
             task_id = message.headers["id"]
             app._sent(task_id, message.headers["task"], options,
                       message.headers.get("ignore_result"), self._results[task_id])
+        for result in self._trail:
+            self.add_trail(result)
 
     def add_trail(self, result: Any) -> None:
         """A group sent from inside a task is one of that task's children (Celery's trail)."""

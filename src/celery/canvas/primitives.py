@@ -801,6 +801,10 @@ class _chord(Signature):
                 dispatch.save_group(GroupResult(gid, members, app=self.app))
             header_result = header._collect(dispatch, args, extra_kwargs,
                                             {**opts, **delay, "task_id": group_id})
+            if opts.get("add_to_parent", True):
+                # Sent from a task (a chain step, or its own code): the header is one of
+                # its children, as when Celery applies the header group.
+                dispatch.trail(header_result)
             if not backend.supports_chord_join:
                 _unlock_chord(dispatch, gid, members, body)
         else:  # no member will ever finish: the body runs now, with no results
