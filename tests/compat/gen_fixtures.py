@@ -360,6 +360,12 @@ CANVAS_CASES = [
      lambda: chain(T.fail.s(), T.add.s(1), T.add.s(2))),
     ("chord_failing_member", "chord([add.s(1, 1), fail.s()], tsum.s().on_error(errback_old.s()))",
      lambda: chord([T.add.s(1, 1), T.fail.s()], T.tsum.s().on_error(T.errback_old.s()))),
+    ("replace_in_chain", "chain(replace_with_chain.s(1), add.s(100))",
+     lambda: chain(T.replace_with_chain.s(1), T.add.s(100))),
+    ("replace_in_chord", "chord([replace_with_group.s(1), add.s(2, 2)], echo.s())",
+     lambda: chord([T.replace_with_group.s(1), T.add.s(2, 2)], T.echo.s())),
+    ("chord_sent_by_task", "spawn_chord.s()  # chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()",
+     lambda: T.spawn_chord.s()),
     ("chunks", "add.chunks([(1, 1), (2, 2), (3, 3)], 2)",
      lambda: T.add.chunks([(1, 1), (2, 2), (3, 3)], 2)),
     ("map", "tsum.map([[1, 2], [3, 4]])", lambda: T.tsum.map([[1, 2], [3, 4]])),
@@ -439,7 +445,8 @@ UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 WORKER_CASES = ["chain", "chain_group_middle", "chain_group_last", "chord", "chord_in_chain",
                 "chain_led_by_chord", "chord_nested_group", "chord_header_chain_to_group",
                 "link", "link_two_callbacks", "chain_on_error", "link_error_on_failure",
-                "chain_failing_step", "chord_failing_member"]
+                "chain_failing_step", "chord_failing_member", "replace_in_chain",
+                "replace_in_chord", "chord_sent_by_task"]
 
 
 def restore_client_capture(case):
@@ -454,12 +461,13 @@ def restore_client_capture(case):
 
 def worker_snapshot(ids):
     """What the worker left: the messages it published (all routed to HOLD), and the result
-    and group keys of ``ids``."""
+    and group keys of ``ids`` and of the ids in those messages."""
+    published = R.lrange(HOLD, 0, -1)
+    ids = set(ids) | {m.decode() for raw in published for m in UUID_RE.findall(raw)}
     keys = {k: v for k, v in dump_keys().items()
             if any(i in k for i in ids) and not k.startswith("_kombu")}
     return {"published": [{"raw_b64": base64.b64encode(raw).decode(),
-                           "decoded": decode_envelope(raw)}
-                          for raw in R.lrange(HOLD, 0, -1)],
+                           "decoded": decode_envelope(raw)} for raw in published],
             "keys": keys}
 
 

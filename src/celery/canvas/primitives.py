@@ -526,6 +526,11 @@ class group(Signature):
         # The group's own index (in the chord header it belongs to) is not its members':
         # each keeps the one it was frozen with, as Celery's group sends them.
         opts.pop("group_index", None)
+        # A frozen group holds root_id/parent_id None: as in Celery's send_task, None is not
+        # an id, and members sent from a task get that task's (a chord it sends, say).
+        for key in ("root_id", "parent_id"):
+            if key in opts and opts[key] is None:
+                del opts[key]
         members = list(self._prepared(self.tasks, group_id, root_id, self.app))
         size = 0
         for index, (sig, _) in enumerate(members):
