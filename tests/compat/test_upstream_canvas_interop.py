@@ -86,8 +86,9 @@ def upstream_worker(url: str) -> Iterator[UpstreamWorker]:
 def our_worker(url: str) -> Iterator[Celery]:
     app = make_app(url, "ours", "to-ours")
     try:
-        with running_worker(app, queues=["to-ours", "interop-mixed"], loop_workers=0,
-                            sync_workers=2, prefetch_multiplier=1, hostname="ours-canvas@test"):
+        with running_worker(app, queues=["to-ours", "interop-mixed"], loop_workers=1,
+                            loop_concurrency=2, sync_workers=2, prefetch_multiplier=1,
+                            hostname="ours-canvas@test"):
             yield app
     finally:
         app.close()
@@ -139,6 +140,9 @@ def expected(name: str, client: str, worker: str, outcome: dict[str, Any]) -> di
             "new": {"value": ["ValueError", ["boom"], worker]}},
         "chain_on_error": {"error": ["ValueError", [2]],
                            "new": {"value": ["ValueError", [2], worker]}},
+        "replaced": {"chain": {"value": 12}, "group": {"value": [2, 3]},
+                     "in_chain": {"value": 112}, "in_chord": {"value": [[2, 3], 4]}},
+        "async_steps": {"chain": {"value": 4}, "chord": {"value": 6}},
         # the failing step's error is stored for the steps after it, so get() raises
         "chain_failing_step": {"error": ["ValueError", [2]],
                                "failed_step": {"error": ["ValueError", [2]]},
@@ -155,7 +159,7 @@ def test_upstream_client_canvas_runs_on_our_worker(name, upstream_client_outcome
     assert outcome == expected(name, "upstream", "ours", outcome)
 
 
-@pytest.mark.parametrize("name", ONE_SIDE)
+@pytest.mark.parametrize("name", sorted(set(ONE_SIDE) - {"async_steps"}))
 def test_our_client_canvas_runs_on_upstream_worker(name, our_client, upstream_worker):
     outcome = SCENARIOS[name](our_client, "ours")
     assert outcome == expected(name, "ours", "upstream", outcome), upstream_worker.log()

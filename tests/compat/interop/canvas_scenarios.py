@@ -105,6 +105,26 @@ def chain_failing_step(app, side):
     return {**_get(res), "failed_step": _get(res.parent), "first": _get(res.parent.parent)}
 
 
+def replaced(app, side):
+    """Task.replace by a chain and by a group: alone, as a chain step, as a chord member."""
+    t = app.tasks
+    add, echo = t["interop.add"], t["interop.echo"]
+    by_chain, by_group = t["interop.replace_with_chain"], t["interop.replace_with_group"]
+    return {"chain": _get(by_chain.delay(1)), "group": _get(by_group.delay(1)),
+            "in_chain": _get(chain(by_chain.s(1), add.s(100)).apply_async()),
+            "in_chord": _get(chord([by_group.s(1), add.s(2, 2)], echo.s()).apply_async())}
+
+
+def async_steps(app, side):
+    """``async def`` steps (our worker only): by name, as upstream's client knows no such
+    task."""
+    add_async = app.signature("interop.add_async")
+    add, tsum = app.tasks["interop.add"], app.tasks["interop.tsum"]
+    return {"chain": _get(chain(add_async.clone((1, 1)), add.s(2)).apply_async()),
+            "chord": _get(chord([add_async.clone((i, i)) for i in range(3)], tsum.s())
+                          .apply_async())}
+
+
 def mixed_chord(app, side):
     """Sixteen members on the queue both sides' workers consume; the body goes to a queue
     nobody consumes, so that the test can count how many times it was sent."""
@@ -118,4 +138,4 @@ def mixed_chord(app, side):
 SCENARIOS = {f.__name__: f for f in (
     chain_three, group_four, chord_sum, chord_in_chain, chord_nested_header,
     chord_failing_member, chunks_map_starmap, link_callback, link_error_old_and_new,
-    chain_on_error, chain_failing_step, mixed_chord)}
+    chain_on_error, chain_failing_step, replaced, async_steps, mixed_chord)}

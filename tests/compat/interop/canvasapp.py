@@ -48,4 +48,22 @@ def make_app(url, impl, queue):
         app.backend.store_result(f"errback-new-{request.id}",
                                  [type(exc).__name__, list(exc.args), impl], "SUCCESS")
 
+    @app.task(name="interop.replace_with_chain", bind=True)
+    def replace_with_chain(self, x):
+        from celery import chain
+
+        raise self.replace(chain(add.s(x, 1), add.s(10)))
+
+    @app.task(name="interop.replace_with_group", bind=True)
+    def replace_with_group(self, x):
+        from celery import group
+
+        raise self.replace(group(add.s(x, 1), add.s(x, 2)))
+
+    if impl == "ours":  # upstream Celery has no async def tasks
+
+        @app.task(name="interop.add_async")
+        async def add_async(x, y):
+            return x + y
+
     return app
