@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from celery import Celery, chord
+from celery.exceptions import ChordError
 from tests.conftest import flushed_redis_url, stop_process
 
 from ..integration.worker_harness import running_worker
@@ -221,3 +222,23 @@ def test_chord_split_across_workers_is_joined_by_the_last(our_client, redis, las
     message = _assert_body_sent_once(redis, queue, res.id, values)
     # the body is sent from the completing member's run, as its child
     assert message["headers"]["parent_id"] == res.parent.results[slow].id
+
+
+@pytest.mark.parametrize("last", ["ours", "upstream"])
+def test_failure_reported_by_one_side_fails_the_chord_joined_by_the_other(our_client, redis, last):
+    """A member fails on the other side (its part in ``.j`` is an encoded exception); the
+    ``last`` side's worker completes the header, decodes that part and fails the body with
+    upstream's ChordError message instead of sending it."""
+    other = "upstream" if last == "ours" else "ours"
+    t = our_client.tasks
+    queue = f"interop-hold-failed-{last}"
+    header = [t["interop.fail"].s("x").set(queue=f"to-{other}"),
+              t["interop.whoami"].s(1, 1.5).set(queue=f"to-{last}")]
+    res = chord(header, t["interop.echo"].s().set(queue=queue)).apply_async()
+    failed_id = res.parent.results[0].id
+    with pytest.raises(ChordError) as raised:
+        res.get(timeout=20, follow_parents=False)
+    assert raised.value.args == (f"Dependency {failed_id} raised ValueError('x')",)
+    assert res.parent.results[1].get(timeout=5) == [1, last]
+    time.sleep(0.3)  # the joiner stores the body's failure instead of sending it
+    assert redis.llen(queue) == 0 and res.state == "FAILURE"
