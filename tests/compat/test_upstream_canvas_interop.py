@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from celery import Celery, chord
+from celery import Celery, chain, chord, group
 from celery.exceptions import ChordError
 from tests.conftest import flushed_redis_url, stop_process
 
@@ -242,3 +242,21 @@ def test_failure_reported_by_one_side_fails_the_chord_joined_by_the_other(our_cl
     assert res.parent.results[1].get(timeout=5) == [1, last]
     time.sleep(0.3)  # the joiner stores the body's failure instead of sending it
     assert redis.llen(queue) == 0 and res.state == "FAILURE"
+
+
+@pytest.mark.parametrize("last", ["ours", "upstream"])
+def test_saved_header_split_across_workers_keeps_its_shape(our_client, redis, last):
+    """A header ending in a group (saved as a GroupResult, joined into its shape): members
+    on both sides, the ``last`` side completes it (upstream's join reads the members'
+    stored results, ours the parts in ``.j``)."""
+    other = "upstream" if last == "ours" else "ours"
+    whoami = our_client.tasks["interop.whoami"]
+    nested = chain(whoami.si(1).set(queue=f"to-{other}"),
+                   group(whoami.si(2).set(queue=f"to-{other}"),
+                         whoami.si(3, 1.5).set(queue=f"to-{last}")))
+    queue = f"interop-hold-saved-{last}"
+    res = chord([whoami.si(0).set(queue=f"to-{other}"), nested],
+                our_client.tasks["interop.echo"].s().set(queue=queue)).apply_async()
+    values = [[0, other], [[2, other], [3, last]]]
+    message = _assert_body_sent_once(redis, queue, res.id, values)
+    assert message["headers"]["group"] == res.parent.id
