@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from celery import Celery, Signature, chain, chord, group, signature
+from celery import Celery, Signature, _state, chain, chord, group, signature
 from celery.canvas.primitives import _chain, _chord
 from celery.messaging import serialization
 from celery.messaging.protocol import decode_body
@@ -147,8 +147,14 @@ def test_the_fixtures_cover_every_embed_field_and_kind():
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[Celery]:
+    """Our app, with the tasks of tests/compat/proj; while it is used, the default app is
+    another one (no backend, a broker nobody reads), so that a canvas that loses track of
+    its tasks' app and falls back to the default one fails."""
     url = flushed_redis_url(REDIS_DB)
     app = Celery("proj", broker=url, backend=url, set_as_current=False)
+    decoy = Celery("decoy", broker="memory://", set_as_current=False)
+    previous = _state._default_app
+    _state.set_default_app(decoy)
 
     @app.task(name="proj.tasks.add")
     def add(x, y):
@@ -186,8 +192,13 @@ def app() -> Iterator[Celery]:
     def errback_new(request, exc, traceback):
         return request.id
 
-    yield app
-    app.close()
+    try:
+        yield app
+    finally:
+        with _state._apps_lock:
+            _state._default_app = previous
+        decoy.close()
+        app.close()
 
 
 def _canvases(app: Celery) -> dict[str, Callable[[], Any]]:

@@ -157,8 +157,9 @@ class _chain(Signature):
     def app(self) -> Celery:
         if self._app is None and self.tasks:
             first = self.tasks[0]
-            if isinstance(first, Signature) and first._app is not None:
-                return first._app
+            if isinstance(first, Signature):
+                # a nested canvas (a chord, say) finds the app its own members are bound to
+                return first._app if first._app is not None else first.app
         return super().app
 
     # -- sending -------------------------------------------------------------------------------
@@ -478,8 +479,9 @@ class group(Signature):
     def app(self) -> Celery:
         if self._app is None and self.tasks:
             first = self.tasks[0]
-            if isinstance(first, Signature) and first._app is not None:
-                return first._app
+            if isinstance(first, Signature):
+                # a nested canvas (a chord, say) finds the app its own members are bound to
+                return first._app if first._app is not None else first.app
         return super().app
 
     # -- sending -------------------------------------------------------------------------------
