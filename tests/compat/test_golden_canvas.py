@@ -7,7 +7,7 @@ order of first appearance (the result's ``as_tuple()`` first, then the messages 
 two captures match only if each id plays the same part in both. ``origin`` (host and pid)
 and TTLs to the minute are the only other things set aside.
 
-Two differences are on purpose, and asserted as such:
+Three differences are on purpose, and asserted as such:
 
 * A chord sent as a chain step (``chain(a, chord(...), b)``) carries its frozen header as
   a list of members; upstream wraps the same members in a ``celery.group`` dict whose only
@@ -16,6 +16,8 @@ Two differences are on purpose, and asserted as such:
 * We store a chord's size (``.s``) before publishing any member of its header, in the same
   pipelined batch; upstream stores it just before publishing the last member. Either way
   no member can report before the size is known.
+* A group nested in a chord header keeps its members' order in ours; upstream's reverses
+  them (``in_header_order``).
 """
 
 from __future__ import annotations
@@ -365,10 +367,11 @@ def in_header_order(case: dict[str, Any]) -> dict[str, Any]:
     assert {i: d["headers"]["argsrepr"] for i, d in by_index.items()} == {
         0: "(1, 1)", 1: "(3, 3)", 2: "(2, 2)"}
     first, second = by_index[1], by_index[2]
-    for a, b in ((first["headers"], second["headers"]),
-                 (first["_body_decoded"], second["_body_decoded"])):
-        key = "argsrepr" if isinstance(a, dict) else 0
-        a[key], b[key] = b[key], a[key]
+    first["headers"]["argsrepr"], second["headers"]["argsrepr"] = \
+        second["headers"]["argsrepr"], first["headers"]["argsrepr"]
+    # the body's positional arguments: [args, kwargs, embed][0]
+    first["_body_decoded"][0], second["_body_decoded"][0] = \
+        second["_body_decoded"][0], first["_body_decoded"][0]
     return case
 
 
