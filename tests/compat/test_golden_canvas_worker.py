@@ -170,25 +170,25 @@ def run_on_our_worker(redis: Any, name: str) -> dict[str, Any]:
     return now
 
 
-TRACE_TAIL = re.compile(r"[^\n]+\n?$")
-
-
-def _members(case: dict[str, Any]) -> set[str]:
-    """Ids of the replayed messages that are chord header members."""
-    out = set()
+def _chords(case: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """Ids of the replayed chord header members, and of their chords' bodies."""
+    members, bodies = set(), set()
     for entry in case["messages"]:
-        body = json.loads(base64.b64decode(entry["decoded"]["body"]))
-        if body[2].get("chord"):
-            out.add(entry["decoded"]["headers"]["id"])
-    return out
+        chord_body = json.loads(base64.b64decode(entry["decoded"]["body"]))[2].get("chord")
+        if chord_body:
+            members.add(entry["decoded"]["headers"]["id"])
+            bodies.add(chord_body["options"]["task_id"])
+    return members, bodies
 
 
-def _headers(headers: dict[str, Any], members: set[str]) -> dict[str, Any]:
+def _headers(headers: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
     """``headers`` but ``origin``; a chord body's parent (and root, which is the parent's)
     is whichever header member completed the chord: a race, on either side."""
     out = {k: v for k, v in headers.items() if k != "origin"}
-    for key in ("parent_id", "root_id"):
-        if out.get(key) in members:
+    members, bodies = _chords(case)
+    if out["id"] in bodies:
+        for key in ("parent_id", "root_id"):
+            assert out[key] in members, (key, out)
             out[key] = "<the header member that completed the chord>"
     return out
 
@@ -197,11 +197,10 @@ def comparable(capture: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
     """The parts compared: published messages (no ``origin``), result metas (no completion
     time; a traceback's last line only) and group keys (TTL as expiring or not). The ids of
     the replayed messages stay as they are; those the worker made are renamed."""
-    members = _members(case)
     published = []
     for entry in capture["published"]:
         envelope = entry["decoded"]
-        published.append({"headers": _headers(envelope["headers"], members),
+        published.append({"headers": _headers(envelope["headers"], case),
                           "header_order": list(envelope["headers"]),
                           "properties": envelope["properties"],
                           "body": envelope["_body_decoded"]})
