@@ -3,10 +3,13 @@
 
 Must run with the *upstream* celery venv (see /work/notes/upstream_venv.md):
 
-    cd tests/compat && /work/upstream-venv/bin/python gen_fixtures.py [all|messages|results|layout]
+    cd tests/compat && ../../.cache/upstream-celery/bin/python gen_fixtures.py \
+        [all|messages|results|layout|canvas]
 
 Talks to the real Redis at 127.0.0.1:6379, database 15 ONLY (FLUSHDB'd before
-every capture).  Outputs messages.json, results.json, layout.json.
+every capture).  Outputs messages.json, results.json, layout.json; ``canvas``
+(not part of ``all``, so the older files stay as they are) writes
+canvas_messages.json.
 """
 import base64
 import datetime
@@ -14,6 +17,7 @@ import decimal
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -26,13 +30,12 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 sys.path.insert(0, str(HERE))
 
-import msgpack  # noqa: E401,E402
 import redis
 from kombu import Connection  # noqa: E402
 from proj import tasks  # noqa: E402
 from proj.celery import URL, app  # noqa: E402
 
-from celery import chain  # noqa: E402
+from celery import chain, chord, group  # noqa: E402
 
 R = redis.Redis(host="127.0.0.1", port=6379, db=15)
 CELERY_BIN = str(Path(sys.executable).parent / "celery")
@@ -69,6 +72,8 @@ def decode_envelope(raw):
     if ctype == "application/json":
         env["_body_decoded"] = json.loads(body)
     elif ctype == "application/x-msgpack":
+        import msgpack  # only the messages capture needs it (not in every upstream venv)
+
         env["_body_decoded"] = jsonable(msgpack.unpackb(body, raw=False))
     elif ctype == "application/x-python-serialize":
         env["_body_decoded"] = {"pickle_repr": repr(pickle.loads(body))}
@@ -319,6 +324,185 @@ def capture_layout():
     return snaps
 
 
+# ------------------------------------------------------------------ canvas
+T = tasks
+CANVAS_CASES = [
+    ("chain", "chain(add.s(1, 1), add.s(2), add.s(3))",
+     lambda: chain(T.add.s(1, 1), T.add.s(2), T.add.s(3))),
+    ("chain_group_middle", "chain(add.s(1, 1), group(add.s(10), add.s(20)), tsum.s())",
+     lambda: chain(T.add.s(1, 1), group(T.add.s(10), T.add.s(20)), T.tsum.s())),
+    ("chain_group_last", "chain(add.s(1, 1), group(add.s(10), add.s(20)))",
+     lambda: chain(T.add.s(1, 1), group(T.add.s(10), T.add.s(20)))),
+    ("group", "group(add.s(1, 1), add.s(2, 2), add.s(3, 3))",
+     lambda: group(T.add.s(1, 1), T.add.s(2, 2), T.add.s(3, 3))),
+    ("chord", "chord([add.s(1, 1), add.s(2, 2)], tsum.s())",
+     lambda: chord([T.add.s(1, 1), T.add.s(2, 2)], T.tsum.s())),
+    ("chord_in_chain", "chain(add.s(1, 1), chord([add.s(10), add.s(20)], tsum.s()), add.s(5))",
+     lambda: chain(T.add.s(1, 1), chord([T.add.s(10), T.add.s(20)], T.tsum.s()), T.add.s(5))),
+    ("chain_led_by_chord", "chain(chord([add.s(1, 1), add.s(2, 2)], tsum.s()), add.s(5))",
+     lambda: chain(chord([T.add.s(1, 1), T.add.s(2, 2)], T.tsum.s()), T.add.s(5))),
+    ("chord_nested_group", "chord([add.s(1, 1), group(add.s(2, 2), add.s(3, 3))], tsum.s())",
+     lambda: chord([T.add.s(1, 1), group(T.add.s(2, 2), T.add.s(3, 3))], T.tsum.s())),
+    ("chord_header_chain_to_group",
+     "chord([add.s(1, 1), chain(add.s(2, 2), group(add.s(1), add.s(2)))], echo.s())",
+     lambda: chord([T.add.s(1, 1), chain(T.add.s(2, 2), group(T.add.s(1), T.add.s(2)))],
+                   T.echo.s())),
+    ("link", "add.s(1, 1).set(link=add.s(10), link_error=[errback_old.s(), errback_new.s()])",
+     lambda: T.add.s(1, 1).set(link=T.add.s(10),
+                               link_error=[T.errback_old.s(), T.errback_new.s()])),
+    ("link_two_callbacks", "add.s(1, 1) with link=[add.s(10), tsum.s()] (apply_async option)",
+     lambda: _Applied(T.add.s(1, 1), link=[T.add.s(10), T.tsum.s()])),
+    ("chain_on_error", "chain(add.s(1, 1), add.s(2)).on_error(errback_new.s())",
+     lambda: chain(T.add.s(1, 1), T.add.s(2)).on_error(T.errback_new.s())),
+    ("link_error_on_failure", "fail.s().set(link_error=[errback_old.s(), errback_new.s()])",
+     lambda: T.fail.s().set(link_error=[T.errback_old.s(), T.errback_new.s()])),
+    ("chain_failing_step", "chain(fail.s(), add.s(1), add.s(2))",
+     lambda: chain(T.fail.s(), T.add.s(1), T.add.s(2))),
+    ("chord_failing_member", "chord([add.s(1, 1), fail.s()], tsum.s().on_error(errback_old.s()))",
+     lambda: chord([T.add.s(1, 1), T.fail.s()], T.tsum.s().on_error(T.errback_old.s()))),
+    ("replace_in_chain", "chain(replace_with_chain.s(1), add.s(100))",
+     lambda: chain(T.replace_with_chain.s(1), T.add.s(100))),
+    ("replace_in_chord", "chord([replace_with_group.s(1), add.s(2, 2)], echo.s())",
+     lambda: chord([T.replace_with_group.s(1), T.add.s(2, 2)], T.echo.s())),
+    ("chord_sent_by_task", "spawn_chord.s()  # chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()",
+     lambda: T.spawn_chord.s()),
+    ("chunks", "add.chunks([(1, 1), (2, 2), (3, 3)], 2)",
+     lambda: T.add.chunks([(1, 1), (2, 2), (3, 3)], 2)),
+    ("map", "tsum.map([[1, 2], [3, 4]])", lambda: T.tsum.map([[1, 2], [3, 4]])),
+    ("starmap", "add.starmap([(1, 2), (3, 4)])", lambda: T.add.starmap([(1, 2), (3, 4)])),
+]
+
+
+class _Applied:
+    """A signature and the options its apply_async is called with."""
+
+    def __init__(self, sig, **options):
+        self.sig, self.options = sig, options
+
+    def apply_async(self):
+        return self.sig.apply_async(**self.options)
+
+
+def result_tuple(res):
+    """A result's as_tuple() (GroupResult or AsyncResult), JSON-ready."""
+    return json.loads(json.dumps(res.as_tuple()))
+
+
+class Monitor(threading.Thread):
+    """MONITOR the server: ``[command, first argument]`` of each command on db 15, until
+    ``stop()`` (an ECHO this thread waits for)."""
+
+    MARK = "gen-fixtures-monitor-done"
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.commands, self.started = [], threading.Event()
+
+    def run(self):
+        with redis.Redis(db=15).monitor() as monitor:
+            self.started.set()
+            for cmd in monitor.listen():
+                if cmd.get("db") != 15:
+                    continue
+                words = cmd["command"].split(" ", 2)
+                if words[0] == "ECHO" and words[1:] == [self.MARK]:
+                    return
+                if words[0] != "SELECT":
+                    self.commands.append(words[:2])
+
+    def stop(self):
+        R.echo(self.MARK)
+        self.join(10)
+        return self.commands
+
+
+def capture_canvas():
+    """What upstream puts in Redis for each canvas: the messages in each queue (LRANGE
+    order), every other key (chord sizes, saved groups) and the order of the commands
+    that wrote them; plus the signature as a dict and the result's as_tuple()."""
+    out = []
+    for name, call, make in CANVAS_CASES:
+        R.flushdb()
+        sig = make()
+        as_dict = json.loads(json.dumps(sig.sig if isinstance(sig, _Applied) else sig))
+        monitor = Monitor()
+        monitor.start()
+        monitor.started.wait(5)
+        time.sleep(0.2)
+        res = sig.apply_async()
+        commands = monitor.stop()
+        out.append({"name": name, "call": call, "signature": as_dict,
+                    "result": result_tuple(res),
+                    "messages": list_entries(name, call),
+                    "keys": {k: v for k, v in dump_keys().items() if v["type"] != "list"},
+                    "commands": commands})
+    return out
+
+
+HOLD = "hold"
+UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: Cases whose messages a worker runs in capture_worker_canvas (the others publish nothing).
+WORKER_CASES = ["chain", "chain_group_middle", "chain_group_last", "chord", "chord_in_chain",
+                "chain_led_by_chord", "chord_nested_group", "chord_header_chain_to_group",
+                "link", "link_two_callbacks", "chain_on_error", "link_error_on_failure",
+                "chain_failing_step", "chord_failing_member", "replace_in_chain",
+                "replace_in_chord", "chord_sent_by_task"]
+
+
+def restore_client_capture(case):
+    """Put a client capture back in Redis: its keys (chord sizes, saved groups), then its
+    messages, so that the queue reads as it did (LRANGE order)."""
+    for key, item in case["keys"].items():
+        if item["type"] == "string":
+            R.set(key, item["value"]["text"], px=item["pttl"] if item["pttl"] > 0 else None)
+    for entry in reversed(case["messages"]):
+        R.lpush(entry["queue"], base64.b64decode(entry["raw_b64"]))
+
+
+def worker_snapshot(ids):
+    """What the worker left: the messages it published (all routed to HOLD), and the result
+    and group keys of ``ids`` and of the ids in those messages."""
+    published = R.lrange(HOLD, 0, -1)
+    ids = set(ids) | {m.decode() for raw in published for m in UUID_RE.findall(raw)}
+    keys = {k: v for k, v in dump_keys().items()
+            if any(i in k for i in ids) and not k.startswith("_kombu")}
+    return {"published": [{"raw_b64": base64.b64encode(raw).decode(),
+                           "decoded": decode_envelope(raw)} for raw in published],
+            "keys": keys}
+
+
+def capture_worker_canvas(client_cases):
+    """What an upstream worker does with each client capture: its ``celery`` messages are
+    replayed to a worker that routes whatever it sends to HOLD (so the canvas stops one
+    step later); the snapshot is taken once nothing has changed for a second."""
+    R.flushdb()
+    worker = start_worker("-c", "2", env={"COMPAT_ROUTE_ALL_TO": HOLD})
+    out = []
+    try:
+        for name in WORKER_CASES:
+            case = client_cases[name]
+            # (not from "commands": MONITOR also saw the previous case's unsubscriptions)
+            own = [case["result"], case["messages"], case["keys"]]
+            ids = sorted({m.decode() for m in UUID_RE.findall(json.dumps(own).encode())})
+            R.delete(HOLD)
+            restore_client_capture(case)
+            last, still_since, deadline = None, time.time(), time.time() + 20
+            while time.time() < deadline and time.time() - still_since < 1.0:
+                time.sleep(0.1)
+                now = worker_snapshot(ids)
+                for item in now["keys"].values():
+                    item["pttl"] = item["pttl"] > 0 or item["pttl"]  # it counts down
+                if now != last:
+                    last, still_since = now, time.time()
+            snapshot = worker_snapshot(ids)
+            assert {k: v["value"] for k, v in snapshot["keys"].items()} == \
+                {k: v["value"] for k, v in last["keys"].items()}
+            out.append({"name": name, "call": case["call"], **snapshot})
+    finally:
+        stop_worker(worker)
+    return out
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("all", "messages"):
@@ -331,6 +515,11 @@ def main():
                                "worker_published_messages": chained})
     if what in ("all", "layout"):
         write("layout.json", capture_layout())
+    if what == "canvas":
+        client = capture_canvas()
+        write("canvas_messages.json", client)
+        write("canvas_worker.json",
+              capture_worker_canvas({case["name"]: case for case in client}))
     R.flushdb()
 
 

@@ -307,12 +307,16 @@ class chain(_chain):
 
 
 def _app_of(sig: Signature, members: Sequence[Any]) -> Celery:
-    """A canvas's app: its own, else the first of ``members`` that has one, else the
+    """A canvas's app: its own, else that of the first of ``members`` bound to one, else
+    that of the first nested canvas among them (a chord finds its members'), else the
     current app."""
     if sig._app is None:
         for member in members:
             if isinstance(member, Signature) and member._app is not None:
                 return member._app
+        for member in members:
+            if isinstance(member, Signature) and type(member) is not Signature:
+                return member.app
     return Signature.app.fget(sig)  # type: ignore[attr-defined,no-any-return]
 
 
@@ -509,6 +513,14 @@ class group(Signature):
         opts, group_id, root_id = self._freeze_gid(options)
         chord = opts.pop("chord", None)
         add_to_parent = opts.pop("add_to_parent", True)
+        # The group's own index (in the chord header it belongs to) is not its members':
+        # each keeps the one it was frozen with, as Celery's group sends them.
+        opts.pop("group_index", None)
+        # A frozen group holds root_id/parent_id None: as in Celery's send_task, None is not
+        # an id, and members sent from a task get that task's (a chord it sends, say).
+        for key in ("root_id", "parent_id"):
+            if key in opts and opts[key] is None:
+                del opts[key]
         members = list(self._prepared(self.tasks, group_id, root_id, self.app))
         size = 0
         for index, (sig, _) in enumerate(members):
@@ -635,6 +647,10 @@ class _chord(Signature):
     def from_dict(cls, d: Mapping[str, Any], app: Celery | None = None) -> Signature:
         kwargs = dict(d["kwargs"])
         header, body = kwargs.pop("header", None), kwargs.pop("body", None)
+        if isinstance(header, Mapping):
+            # Celery sends a frozen chord's header as a celery.group dict (the group's id
+            # is the chord's task_id): its members are the header, as Celery reads it.
+            header = _header_of(header, app)
         return cls(signatures(header or [], app=app), maybe_signature(body, app=app),
                    task=d.get("task", "celery.chord"), args=d.get("args"), kwargs=kwargs,
                    app=app, options=dict(d.get("options") or {}),
@@ -776,6 +792,7 @@ class _chord(Signature):
             backend.ensure_chords_allowed()
             if any(isinstance(r, GroupResult) for r in members):
                 dispatch.save_group(GroupResult(gid, members, app=self.app))
+            # (Sent from a task, the header group is one of its children: group._collect.)
             header_result = header._collect(dispatch, args, extra_kwargs,
                                             {**opts, **delay, "task_id": group_id})
             if not backend.supports_chord_join:

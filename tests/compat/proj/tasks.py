@@ -57,3 +57,40 @@ def no_result(x):
 def sleeper(sec=3):
     time.sleep(sec)
     return sec
+
+
+# -- canvas fixtures (gen_fixtures.py canvas) ------------------------------------------------
+@app.task
+def tsum(values):
+    return sum(values)
+
+
+@app.task
+def errback_old(task_id):
+    return task_id
+
+
+@app.task
+def errback_new(request, exc, traceback):
+    return request.id
+
+
+@app.task(bind=True)
+def replace_with_chain(self, x):
+    from celery import chain
+
+    raise self.replace(chain(add.s(x, 1), add.s(10)))
+
+
+@app.task(bind=True)
+def replace_with_group(self, x):
+    from celery import group
+
+    raise self.replace(group(add.s(x, 1), add.s(x, 2)))
+
+
+@app.task
+def spawn_chord():
+    from celery import chord
+
+    chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()
