@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     import valkey.asyncio as avalkey
 
+    from .redis_sync import SyncSide
+
 __all__ = ["RedisChords"]
 
 # KEYS: G.j G.t G.s G.d G G.c; ARGV: member, part, score, expires (s, 0 = none), group
@@ -89,6 +91,8 @@ class RedisChords:
 
         def _clients(self) -> Any: ...
 
+        def _sync_side(self) -> SyncSide: ...
+
         def _driver_errors(self) -> contextlib.AbstractContextManager[None]: ...
 
         def get_key_for_group(self, group_id: str, suffix: str = "") -> str: ...
@@ -131,8 +135,9 @@ class RedisChords:
                 pipe.set(self.get_key_for_group(group_id, ".s"), int(size), ex=ttl)
             await pipe.execute()
 
-    async def achord_part(self, group_id: str, task_id: str, index: int | None,
-                          part: bytes) -> ChordPart:
+    def _part_call(self, group_id: str, task_id: str, index: int | None,
+                   part: bytes) -> tuple[list[str], list[Any], str]:
+        """The part script's keys and arguments, and the claim token they carry."""
         key = self.get_key_for_group
         score = "+inf" if index is None else str(index)
         token = uuid.uuid4().hex
@@ -142,14 +147,37 @@ class RedisChords:
                 key(group_id, ".d"), key(group_id), key(group_id, ".c")]
         args = [f"{task_id}:{score}", part, score, int(self.chord_expires or 0),
                 int(group_expires), self._claim_seconds(), token]
-        with self._driver_errors():
-            reply = await self._eval(self._clients().client, _PART_SHA, _PART_SCRIPT, keys, args)
+        return keys, args, token
+
+    @staticmethod
+    def _part_reply(reply: Any, token: str) -> ChordPart:
         status = int(reply[0])
         if status == -1:
             return ChordPart(late=True)
         if status == 1:
             return ChordPart(claimed=True, parts=tuple(reply[1]), token=token)
         return ChordPart()
+
+    async def achord_part(self, group_id: str, task_id: str, index: int | None,
+                          part: bytes) -> ChordPart:
+        keys, args, token = self._part_call(group_id, task_id, index, part)
+        with self._driver_errors():
+            reply = await self._eval(self._clients().client, _PART_SHA, _PART_SCRIPT, keys, args)
+        return self._part_reply(reply, token)
+
+    def chord_part(self, group_id: str, task_id: str, index: int | None,
+                   part: bytes) -> ChordPart:
+        """``achord_part`` on the calling thread (any thread), over the blocking client of
+        redis_sync.py: a sync worker thread reporting a chord member makes its one script
+        round trip itself, without a hop to the portal loop and back (two thread wake-ups)."""
+        keys, args, token = self._part_call(group_id, task_id, index, part)
+        client = self._sync_side().client
+        with self._driver_errors():
+            try:
+                reply = client.execute_command("EVALSHA", _PART_SHA, len(keys), *keys, *args)
+            except verr.NoScriptError:
+                reply = client.execute_command("EVAL", _PART_SCRIPT, len(keys), *keys, *args)
+        return self._part_reply(reply, token)
 
     async def achord_done(self, group_id: str, token: str) -> None:
         key = self.get_key_for_group
