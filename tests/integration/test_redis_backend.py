@@ -577,3 +577,42 @@ def test_store_now_on_an_unreachable_server_fails_without_retrying(redis_url):
         backend.store_now(new_id(), b'{"status": "SUCCESS"}', states.SUCCESS)
     assert time.monotonic() - started < 1
     backend.close()
+
+
+async def test_chord_reports_made_together_on_a_loop_claim_once_with_every_part(backend, raw):
+    """Members reporting in the same loop turn (sent as one pipeline) are each counted
+    once, a redelivered one too, and exactly one claims the chord with all parts in order."""
+    group_id, size = new_id(), 40
+    await backend.aprepare_chords([(group_id, size)], [])
+    ids = [new_id() for _ in range(size)]
+
+    def report(i):
+        part = backend.encode_chord_part(ids[i], states.SUCCESS, i)
+        return backend.achord_part(group_id, ids[i], i, part)
+
+    first = await asyncio.gather(*(report(i) for i in range(size - 1)), report(0))
+    assert not any(p.claimed or p.late for p in first)
+    last = await asyncio.gather(report(size - 1), report(size - 2))
+    claimed = [p for p in last if p.claimed]
+    assert len(claimed) == 1 and claimed[0].token
+    values = [backend.decode_chord_part(raw_part)[2] for raw_part in claimed[0].parts]
+    assert values == list(range(size))
+    await backend.achord_done(group_id, claimed[0].token)
+    late = await report(3)
+    assert late.late and not late.claimed
+
+
+async def test_chord_reports_from_sync_threads_claim_once(backend):
+    """The blocking chord report of sync worker threads: one member claims, with every part."""
+    group_id, size = new_id(), 24
+    await backend.aprepare_chords([(group_id, size)], [])
+
+    def report(i):
+        task_id = f"{group_id}-{i}"
+        return backend.chord_part(group_id, task_id, i,
+                                  backend.encode_chord_part(task_id, states.SUCCESS, i))
+
+    parts = await asyncio.gather(*(asyncio.to_thread(report, i) for i in range(size)))
+    claimed = [p for p in parts if p.claimed]
+    assert len(claimed) == 1
+    assert [backend.decode_chord_part(p)[2] for p in claimed[0].parts] == list(range(size))

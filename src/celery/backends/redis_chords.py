@@ -8,14 +8,18 @@ so a chord may be joined by either.
 
 A member's report is one script call (``_PART_SCRIPT``): it is recorded once, and the
 member that completes the header claims the chord (``SET G.c <token> NX``) and gets every
-part back in the same round trip. No polling task, no per-member read of the others.
+part back in the same round trip. No polling task, no per-member read of the others. The
+reports made on one event loop in the same turn go together, as one pipeline
+(``LoopParts``): a loop worker finishing many members at once makes one round trip.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import valkey.exceptions as verr
@@ -23,13 +27,11 @@ import valkey.exceptions as verr
 from .groups import ChordPart
 
 if TYPE_CHECKING:
-    import contextlib
-
     import valkey.asyncio as avalkey
 
     from .redis_sync import SyncSide
 
-__all__ = ["RedisChords"]
+__all__ = ["LoopParts", "RedisChords"]
 
 # KEYS: G.j G.t G.s G.d G G.c; ARGV: member, part, score, expires (s, 0 = none), group
 # expires (s), claim expires (s), token. Returns {-1} (done already), {0} (not complete, or
@@ -161,8 +163,7 @@ class RedisChords:
     async def achord_part(self, group_id: str, task_id: str, index: int | None,
                           part: bytes) -> ChordPart:
         keys, args, token = self._part_call(group_id, task_id, index, part)
-        with self._driver_errors():
-            reply = await self._eval(self._clients().client, _PART_SHA, _PART_SCRIPT, keys, args)
+        reply = await self._clients().chord_parts().report(keys, args)
         return self._part_reply(reply, token)
 
     def chord_part(self, group_id: str, task_id: str, index: int | None,
@@ -196,3 +197,84 @@ class RedisChords:
             if self.chord_expires:
                 pipe.expire(key, int(self.chord_expires))
             await pipe.execute()
+
+
+class LoopParts:
+    """The chord reports of one event loop, sent together (loop-bound: one per loop's
+    clients, used on that loop only).
+
+    ``report`` queues a report and returns a future for its script's reply; the first
+    report of a turn schedules the send for the next turn (``call_soon``), so that every
+    report made meanwhile, by the other tasks that finished in this turn, goes in the same
+    pipeline: one round trip, one write and one read for them all. A report alone costs the
+    one loop turn it waits, no round trip more.
+    """
+
+    def __init__(self, client: avalkey.Valkey,
+                 errors: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        self._client = client
+        self._errors = errors  # the backend's driver error conversion
+        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def report(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((keys, args, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._send_pending)
+        return future
+
+    def _send_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            with self._errors():
+                replies = await self._run(batch, "EVALSHA", _PART_SHA)
+                missing = [i for i, r in enumerate(replies) if isinstance(r, verr.NoScriptError)]
+                if missing:
+                    again = await self._run([batch[i] for i in missing], "EVAL", _PART_SCRIPT)
+                    for i, reply in zip(missing, again, strict=True):
+                        replies[i] = reply
+        except Exception as exc:  # the whole batch failed: each report raises it
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its reporter was cancelled
+                continue
+            if isinstance(reply, Exception):  # converted as a lone command's error would be
+                future.set_exception(_converted(reply, self._errors))
+            else:
+                future.set_result(reply)
+
+    async def _run(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]],
+                   command: str, script: str) -> list[Any]:
+        """One call, or one pipeline of them; errors of single calls come back as values."""
+        if len(batch) == 1:
+            keys, args, _ = batch[0]
+            try:
+                return [await self._client.execute_command(command, script, len(keys), *keys,
+                                                           *args)]
+            except verr.ResponseError as exc:
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.execute_command(command, script, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def _converted(error: Exception,
+               errors: Callable[[], contextlib.AbstractContextManager[None]]) -> Exception:
+    """``error`` as the backend's error conversion turns it (OperationalError...)."""
+    try:
+        with errors():
+            raise error
+    except Exception as exc:
+        return exc
+    return error  # pragma: no cover: the conversion always raises
