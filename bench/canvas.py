@@ -250,7 +250,7 @@ def count_sends(python: Path, args) -> dict:
 # -- the report ----------------------------------------------------------------------------------
 
 
-def report(best: dict, sends: dict, args) -> None:
+def report(best: dict, rounds: list[dict], sends: dict, args) -> None:
     labels = list(best)
     ref = "upstream-threads" if "upstream-threads" in best else None
     print(f"Canvas benchmark: {args.members}-member groups and chords, {args.chain_steps}-step "
@@ -260,7 +260,7 @@ def report(best: dict, sends: dict, args) -> None:
         print(f"  {label}: {best[label]['impl']}, worker {best[label]['worker']}")
     head = f"{'workload':22}" + "".join(f"{label:>18}" for label in labels)
     if ref:
-        head += "".join(f"{label + ' / ' + ref:>28}" for label in labels if label != ref)
+        head += "".join(f"{label + ' / threads':>28}" for label in labels if label != ref)
     print("\ntasks/s (members / span from building the canvas to its last value)")
     print(head)
     for name in THROUGHPUT:
@@ -273,14 +273,23 @@ def report(best: dict, sends: dict, args) -> None:
             row += "".join(f"{c / base:27.1f}x" if c else f"{'-':>28}"
                            for label, c in zip(labels, cells, strict=True) if label != ref)
         print(row)
+    print("\nby round (tasks/s of the best try in each run, in run order)")
+    for name in THROUGHPUT:
+        cells = []
+        for label in labels:
+            values = [r[name]["tasks_per_s"] for r in rounds if r["label"] == label and name in r]
+            if values:
+                cells.append(f"{label} " + "/".join(f"{v:,.0f}" for v in values))
+        if cells:
+            print(f"{name:22}" + "; ".join(cells))
     print("\nworker CPU per member, µs (its process tree; same runs)")
     for name in THROUGHPUT:
         cells = [best[label].get(name, {}).get("worker_cpu_us_per_task") for label in labels]
         if any(c is not None for c in cells):
             print(f"{name:22}" + "".join(f"{c:18,.0f}" if c is not None else f"{'-':>18}"
                                          for c in cells))
-    print(f"\nlatency, ms (p50): one task's round trip, and a {args.chain_steps}-step chain "
-          "(total, per step, per step / that run's round trip)")
+    print(f"\nlatency, ms (p50, best run): one task's round trip, and a {args.chain_steps}-step "
+          "chain (total, per step, per step / the round trip of the chain's run)")
     for label in labels:
         r = best[label]
         line = f"{label:18} rtt {r['rtt']['p50_ms']:6.3f}"
@@ -288,10 +297,9 @@ def report(best: dict, sends: dict, args) -> None:
             line += f" (async def {r['rtt_async']['p50_ms']:.3f})"
         for name in CHAINS:
             if name in r:
-                rtt = r["rtt_async" if name.endswith("_async") else "rtt"]["p50_ms"]
-                step = r[name]["step_p50_ms"]
-                line += (f"; {name} {r[name]['total_p50_ms']:6.2f} total, {step:.3f}/step = "
-                         f"{step / rtt:.2f}x rtt")
+                line += (f"; {name} {r[name]['total_p50_ms']:6.2f} total, "
+                         f"{r[name]['step_p50_ms']:.3f}/step = {r[name]['step_over_rtt']:.2f}x "
+                         "its run's rtt")
         print(line)
     if sends:
         print(f"\nsending one {args.members}-member canvas (no worker; replies delayed "
@@ -300,7 +308,8 @@ def report(best: dict, sends: dict, args) -> None:
             for kind, c in kinds.items():
                 top = ", ".join(f"{k} {v}" for k, v in list(c["commands"].items())[:5])
                 print(f"  {label:18} {kind:5}: {c['round_trips']:5} round trips, "
-                      f"{c['total_commands']:5} commands ({top}), {c['seconds'] * 1e3:7.0f} ms")
+                      f"{c['total_commands']:5} commands ({top}); {c['seconds'] * 1e3:.0f} ms "
+                      "with the delay")
 
 
 def main() -> None:
@@ -351,7 +360,7 @@ def main() -> None:
     sends = {} if args.no_count else \
         {label: count_sends(pythons[CONFIGS[label][0]], args)
          for label in dict.fromkeys(labels) if label != "upstream-prefork"}
-    report(best, sends, args)
+    report(best, rounds, sends, args)
     if args.json:
         args.json.write_text(json.dumps({"best": best, "rounds": rounds, "sends": sends,
                                          "args": {k: str(v) for k, v in vars(args).items()}},

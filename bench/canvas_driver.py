@@ -12,7 +12,8 @@ client, blocking API) measures, after a warm-up:
   the header's members), the sum checked;
 * each ``chain_*`` workload: ``chain(add.s(0, 1), add.s(1), ...)`` of ``--chain-steps``
   steps, ``delay().get()``, ``--chain-samples`` times one after the other: p50 of the
-  total, and per step (total / steps).
+  total, per step (total / steps), and per step over this run's round-trip p50 (of an
+  ``async def`` task for the ``_async`` chain).
 
 Prints one JSON object. ``send-count`` mode starts no worker: it sends through the URL it
 is given (bench/canvas.py's counting proxy) whatever the parent asks on stdin ("group",
@@ -180,6 +181,9 @@ def run(args) -> None:
             out["rtt_async"] = measure_rtt(app.tasks["canvas.aecho"], args.rtt_samples)
         for name in names:
             out[name] = measure_canvas(name, args, worker)
+            if WORKLOADS[name][0] == "chain":  # against the round trip of this same run
+                rtt = out["rtt_async" if name.endswith("_async") else "rtt"]["p50_ms"]
+                out[name]["step_over_rtt"] = out[name]["step_p50_ms"] / rtt
     finally:
         stop_worker(worker)
         harness.flush_db(args.url)
