@@ -616,3 +616,23 @@ async def test_chord_reports_from_sync_threads_claim_once(backend):
     claimed = [p for p in parts if p.claimed]
     assert len(claimed) == 1
     assert [backend.decode_chord_part(p)[2] for p in claimed[0].parts] == list(range(size))
+
+
+async def test_chord_reports_fall_back_to_eval_when_redis_lacks_the_scripts(backend, monkeypatch):
+    """A server that has not loaded the report scripts (restarted, flushed) gets them sent
+    whole: a batch of one chord and a lone report of another both go through."""
+    from celery.backends import redis_chords
+
+    monkeypatch.setattr(redis_chords, "_PART_SHA", "0" * 40)
+    monkeypatch.setattr(redis_chords, "_PARTS_SHA", "1" * 40)
+    batch, lone = new_id(), new_id()
+    await backend.aprepare_chords([(batch, 3), (lone, 1)], [])
+
+    def report(group_id, i):
+        task_id = f"{group_id}-{i}"
+        return backend.achord_part(group_id, task_id, i,
+                                   backend.encode_chord_part(task_id, states.SUCCESS, i))
+
+    parts = await asyncio.gather(*(report(batch, i) for i in range(3)), report(lone, 0))
+    assert [p.claimed for p in parts] == [False, False, True, True]
+    assert [backend.decode_chord_part(p)[2] for p in parts[2].parts] == [0, 1, 2]

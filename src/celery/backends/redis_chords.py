@@ -9,8 +9,8 @@ so a chord may be joined by either.
 A member's report is one script call (``_PART_SCRIPT``): it is recorded once, and the
 member that completes the header claims the chord (``SET G.c <token> NX``) and gets every
 part back in the same round trip. No polling task, no per-member read of the others. The
-reports made on one event loop in the same turn go together, as one pipeline
-(``LoopParts``): a loop worker finishing many members at once makes one round trip.
+reports made on one event loop in the same turn go together (``LoopParts``): one script
+call for those of one chord (``_PARTS_SCRIPT``), in one round trip.
 """
 
 from __future__ import annotations
@@ -67,6 +67,43 @@ end
 return {1, redis.call('ZRANGE', jkey, 0, -1)}
 """
 _PART_SHA = hashlib.sha1(_PART_SCRIPT.encode()).hexdigest()
+
+# The same for several members of one chord at once (LoopParts). KEYS as above; ARGV:
+# expires, group expires, claim expires, token, then member, part, score of each. The
+# reply is the batch's: {1, parts} when the batch completed the header and claimed it.
+_PARTS_SCRIPT = """
+local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local expires, group_expires = tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('GET', ckey) == 'done' then
+  return {-1}
+end
+for i = 5, #ARGV, 3 do
+  if redis.call('SADD', dkey, ARGV[i]) == 1 then
+    redis.call('ZADD', jkey, ARGV[i + 2], ARGV[i + 1])
+  end
+end
+if expires > 0 then
+  for _, key in ipairs({jkey, tkey, skey, dkey}) do
+    redis.call('EXPIRE', key, expires)
+  end
+  if group_expires > 0 then
+    redis.call('EXPIRE', gkey, group_expires)
+  end
+end
+local size = redis.call('GET', skey)
+if not size then
+  return {0}
+end
+local total = tonumber(size) + tonumber(redis.call('GET', tkey) or '0')
+if redis.call('ZCARD', jkey) < total then
+  return {0}
+end
+if not redis.call('SET', ckey, ARGV[4], 'NX', 'EX', ARGV[3]) then
+  return {0}
+end
+return {1, redis.call('ZRANGE', jkey, 0, -1)}
+"""
+_PARTS_SHA = hashlib.sha1(_PARTS_SCRIPT.encode()).hexdigest()
 
 # KEYS: G.c G.j G.t G.s G.d; ARGV: token, done expires (s). Drops the chord's keys and
 # marks it done, if the claim is still ours.
@@ -206,8 +243,12 @@ class LoopParts:
     ``report`` queues a report and returns a future for its script's reply; the first
     report of a turn schedules the send for the next turn (``call_soon``), so that every
     report made meanwhile, by the other tasks that finished in this turn, goes in the same
-    pipeline: one round trip, one write and one read for them all. A report alone costs the
-    one loop turn it waits, no round trip more.
+    round trip. The reports of one chord become one script call (``_PARTS_SCRIPT``: its
+    members recorded, the chord's keys' expiry renewed and its header checked once for
+    them all); the calls of several chords, one pipeline. If the call completes the
+    header, its last report gets the claim (with its own token) and the others the reply
+    of a member that did not complete it, so that the body is still sent once. A report
+    alone costs the one loop turn it waits, no round trip more.
     """
 
     def __init__(self, client: avalkey.Valkey,
@@ -218,6 +259,8 @@ class LoopParts:
         self._sending: set[asyncio.Task[None]] = set()
 
     def report(self, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue a report (``_PART_SCRIPT``'s keys and arguments); the future gets its
+        reply, or the error that sending it raised."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((keys, args, future))
@@ -227,46 +270,89 @@ class LoopParts:
 
     def _send_pending(self) -> None:
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        task = asyncio.get_running_loop().create_task(self._send(_calls(batch)))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, calls: list[_Call]) -> None:
         try:
             with self._errors():
-                replies = await self._run(batch, "EVALSHA", _PART_SHA)
+                replies = await self._run(calls, evalsha=True)
                 missing = [i for i, r in enumerate(replies) if isinstance(r, verr.NoScriptError)]
                 if missing:
-                    again = await self._run([batch[i] for i in missing], "EVAL", _PART_SCRIPT)
+                    again = await self._run([calls[i] for i in missing], evalsha=False)
                     for i, reply in zip(missing, again, strict=True):
                         replies[i] = reply
         except Exception as exc:  # the whole batch failed: each report raises it
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for call in calls:
+                call.fail(exc)
             return
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if future.done():  # its reporter was cancelled
-                continue
+        for call, reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):  # converted as a lone command's error would be
-                future.set_exception(_converted(reply, self._errors))
+                call.fail(_converted(reply, self._errors))
             else:
-                future.set_result(reply)
+                call.settle(reply)
 
-    async def _run(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]],
-                   command: str, script: str) -> list[Any]:
+    async def _run(self, calls: list[_Call], evalsha: bool) -> list[Any]:
         """One call, or one pipeline of them; errors of single calls come back as values."""
-        if len(batch) == 1:
-            keys, args, _ = batch[0]
+        if len(calls) == 1:
             try:
-                return [await self._client.execute_command(command, script, len(keys), *keys,
-                                                           *args)]
+                return [await self._client.execute_command(*calls[0].command(evalsha))]
             except verr.ResponseError as exc:
                 return [exc]
         pipe = self._client.pipeline(transaction=False)
-        for keys, args, _ in batch:
-            pipe.execute_command(command, script, len(keys), *keys, *args)
+        for call in calls:
+            pipe.execute_command(*call.command(evalsha))
         return list(await pipe.execute(raise_on_error=False))
+
+
+class _Call:
+    """One script call of LoopParts: the reports of one chord (same keys and expiries)."""
+
+    __slots__ = ("args", "futures", "keys")
+
+    def __init__(self, keys: list[str], args: list[Any], future: asyncio.Future[Any]) -> None:
+        self.keys = keys
+        self.args = [args]  # each report's _PART_SCRIPT arguments
+        self.futures = [future]
+
+    def command(self, evalsha: bool) -> list[Any]:
+        keys = self.keys
+        if len(self.args) == 1:
+            script = _PART_SHA if evalsha else _PART_SCRIPT
+            return ["EVALSHA" if evalsha else "EVAL", script, len(keys), *keys, *self.args[0]]
+        script = _PARTS_SHA if evalsha else _PARTS_SCRIPT
+        expires, group_expires, claim, token = self.args[0][3:6] + self.args[-1][6:7]
+        members = [value for args in self.args for value in args[:3]]
+        return ["EVALSHA" if evalsha else "EVAL", script, len(keys), *keys, expires,
+                group_expires, claim, token, *members]
+
+    def settle(self, reply: Any) -> None:
+        """The call's reply: a claim goes to the last report (its token was sent), the
+        others get "not complete"; "done already" goes to all."""
+        last = len(self.futures) - 1
+        for i, future in enumerate(self.futures):
+            if not future.done():  # else its reporter was cancelled
+                future.set_result(reply if i == last or int(reply[0]) != 1 else [0])
+
+    def fail(self, exc: Exception) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(exc)
+
+
+def _calls(batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> list[_Call]:
+    """The batch's reports, one call per chord (in the order of their first report)."""
+    calls: dict[tuple[Any, ...], _Call] = {}
+    for keys, args, future in batch:
+        key = (*keys, *args[3:6])  # the chord's keys and expiries
+        call = calls.get(key)
+        if call is None:
+            calls[key] = _Call(keys, args, future)
+        else:
+            call.args.append(args)
+            call.futures.append(future)
+    return list(calls.values())
 
 
 def _converted(error: Exception,
