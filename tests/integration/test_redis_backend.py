@@ -636,3 +636,20 @@ async def test_chord_reports_fall_back_to_eval_when_redis_lacks_the_scripts(back
     parts = await asyncio.gather(*(report(batch, i) for i in range(3)), report(lone, 0))
     assert [p.claimed for p in parts] == [False, False, True, True]
     assert [backend.decode_chord_part(p)[2] for p in parts[2].parts] == [0, 1, 2]
+
+
+async def test_a_chord_report_retried_after_it_claimed_still_gets_the_claim(backend, raw):
+    """The client retries a script whose reply it lost (a broken connection): the member
+    that claimed the chord the first time is told so again, or no one would send the body."""
+    from celery.backends import redis_chords
+
+    group_id = new_id()
+    await backend.aprepare_chords([(group_id, 1)], [])
+    keys, args, token = backend._part_call(
+        group_id, "t1", 0, backend.encode_chord_part("t1", states.SUCCESS, 1))
+    for _ in range(2):  # the call, then its retry with the same arguments
+        reply = raw.eval(redis_chords._PART_SCRIPT, len(keys), *keys, *args)
+        assert backend._part_reply(reply, token).claimed
+    other = backend._part_call(group_id, "t2", 0,
+                               backend.encode_chord_part("t2", states.SUCCESS, 1))[1]
+    assert raw.eval(redis_chords._PART_SCRIPT, len(keys), *keys, *other) == [0]

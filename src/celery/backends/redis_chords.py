@@ -35,7 +35,8 @@ __all__ = ["LoopParts", "RedisChords"]
 
 # KEYS: G.j G.t G.s G.d G G.c; ARGV: member, part, score, expires (s, 0 = none), group
 # expires (s), claim expires (s), token. Returns {-1} (done already), {0} (not complete, or
-# claimed by another), or {1, parts in score order}.
+# claimed by another), or {1, parts in score order}. The claim is this token's also when it
+# holds already: a call the client retried (its reply lost) still gets the claim it made.
 _PART_SCRIPT = """
 local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local expires, group_expires = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -61,7 +62,7 @@ local total = tonumber(size) + tonumber(redis.call('GET', tkey) or '0')
 if redis.call('ZCARD', jkey) < total then
   return {0}
 end
-if not redis.call('SET', ckey, ARGV[7], 'NX', 'EX', ARGV[6]) then
+if not redis.call('SET', ckey, ARGV[7], 'NX', 'EX', ARGV[6]) and redis.call('GET', ckey) ~= ARGV[7] then
   return {0}
 end
 return {1, redis.call('ZRANGE', jkey, 0, -1)}
@@ -98,7 +99,7 @@ local total = tonumber(size) + tonumber(redis.call('GET', tkey) or '0')
 if redis.call('ZCARD', jkey) < total then
   return {0}
 end
-if not redis.call('SET', ckey, ARGV[4], 'NX', 'EX', ARGV[3]) then
+if not redis.call('SET', ckey, ARGV[4], 'NX', 'EX', ARGV[3]) and redis.call('GET', ckey) ~= ARGV[4] then
   return {0}
 end
 return {1, redis.call('ZRANGE', jkey, 0, -1)}
