@@ -577,3 +577,79 @@ def test_store_now_on_an_unreachable_server_fails_without_retrying(redis_url):
         backend.store_now(new_id(), b'{"status": "SUCCESS"}', states.SUCCESS)
     assert time.monotonic() - started < 1
     backend.close()
+
+
+async def test_chord_reports_made_together_on_a_loop_claim_once_with_every_part(backend, raw):
+    """Members reporting in the same loop turn (sent as one pipeline) are each counted
+    once, a redelivered one too, and exactly one claims the chord with all parts in order."""
+    group_id, size = new_id(), 40
+    await backend.aprepare_chords([(group_id, size)], [])
+    ids = [new_id() for _ in range(size)]
+
+    def report(i):
+        part = backend.encode_chord_part(ids[i], states.SUCCESS, i)
+        return backend.achord_part(group_id, ids[i], i, part)
+
+    first = await asyncio.gather(*(report(i) for i in range(size - 1)), report(0))
+    assert not any(p.claimed or p.late for p in first)
+    last = await asyncio.gather(report(size - 1), report(size - 2))
+    claimed = [p for p in last if p.claimed]
+    assert len(claimed) == 1 and claimed[0].token
+    values = [backend.decode_chord_part(raw_part)[2] for raw_part in claimed[0].parts]
+    assert values == list(range(size))
+    await backend.achord_done(group_id, claimed[0].token)
+    late = await report(3)
+    assert late.late and not late.claimed
+
+
+async def test_chord_reports_from_sync_threads_claim_once(backend):
+    """The blocking chord report of sync worker threads: one member claims, with every part."""
+    group_id, size = new_id(), 24
+    await backend.aprepare_chords([(group_id, size)], [])
+
+    def report(i):
+        task_id = f"{group_id}-{i}"
+        return backend.chord_part(group_id, task_id, i,
+                                  backend.encode_chord_part(task_id, states.SUCCESS, i))
+
+    parts = await asyncio.gather(*(asyncio.to_thread(report, i) for i in range(size)))
+    claimed = [p for p in parts if p.claimed]
+    assert len(claimed) == 1
+    assert [backend.decode_chord_part(p)[2] for p in claimed[0].parts] == list(range(size))
+
+
+async def test_chord_reports_fall_back_to_eval_when_redis_lacks_the_scripts(backend, monkeypatch):
+    """A server that has not loaded the report scripts (restarted, flushed) gets them sent
+    whole: a batch of one chord and a lone report of another both go through."""
+    from celery.backends import redis_chords
+
+    monkeypatch.setattr(redis_chords, "_PART_SHA", "0" * 40)
+    monkeypatch.setattr(redis_chords, "_PARTS_SHA", "1" * 40)
+    batch, lone = new_id(), new_id()
+    await backend.aprepare_chords([(batch, 3), (lone, 1)], [])
+
+    def report(group_id, i):
+        task_id = f"{group_id}-{i}"
+        return backend.achord_part(group_id, task_id, i,
+                                   backend.encode_chord_part(task_id, states.SUCCESS, i))
+
+    parts = await asyncio.gather(*(report(batch, i) for i in range(3)), report(lone, 0))
+    assert [p.claimed for p in parts] == [False, False, True, True]
+    assert [backend.decode_chord_part(p)[2] for p in parts[2].parts] == [0, 1, 2]
+
+
+async def test_a_chord_report_retried_after_it_claimed_still_gets_the_claim(backend, raw):
+    """The client retries a script whose reply it lost (a broken connection): the member
+    that claimed the chord the first time is told so again, or no one would send the body."""
+    from celery.backends import redis_chords
+
+    group_id = new_id()
+    await backend.aprepare_chords([(group_id, 1)], [])
+    keys, args, token = backend._part_call(
+        group_id, "t1", 0, backend.encode_chord_part("t1", states.SUCCESS, 1))
+    for _ in range(2):  # the call, then its retry with the same arguments
+        reply = raw.eval(redis_chords._PART_SCRIPT, len(keys), *keys, *args)
+        assert backend._part_reply(reply, token).claimed
+    other = backend._part_call(group_id, "t2", 0,
+                               backend.encode_chord_part("t2", states.SUCCESS, 1))[1]
+    assert raw.eval(redis_chords._PART_SCRIPT, len(keys), *keys, *other) == [0]

@@ -26,7 +26,7 @@ from ..exceptions import ConnectionLost, ImproperlyConfigured, OperationalError,
 from ..transport.redis_aio import ConnectionPool, direct_write
 from .base import Conf, ResultBackend
 from .readahead import SentResults
-from .redis_chords import RedisChords
+from .redis_chords import LoopParts, RedisChords
 from .redis_consumer import DRIVER_CONNECTION_ERRORS, ResultConsumer
 from .redis_sync import SyncSide
 
@@ -123,14 +123,20 @@ def connection_kwargs(url: str, conf: Any, options: dict[str, Any]) -> dict[str,
 
 
 class _LoopClients:
-    """The command client and the result consumer of one event loop."""
+    """The command client, the result consumer and the chord reports of one event loop."""
 
-    __slots__ = ("backend", "client", "consumer")
+    __slots__ = ("backend", "client", "consumer", "parts")
 
     def __init__(self, backend: RedisBackend, client: avalkey.Valkey) -> None:
         self.backend = backend
         self.client = client
         self.consumer: ResultConsumer | None = None
+        self.parts: LoopParts | None = None
+
+    def chord_parts(self) -> LoopParts:
+        if self.parts is None:
+            self.parts = LoopParts(self.client, self.backend._driver_errors)
+        return self.parts
 
     def result_consumer(self) -> ResultConsumer:
         if self.consumer is None:

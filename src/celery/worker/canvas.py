@@ -6,6 +6,8 @@ must be told (REVOKED or FAILURE: the chord then fails instead of waiting foreve
 a FAILURE, its chain failed and its errbacks called, as Celery does. The consumer hands
 such a request here; its canvas fields are read from the message and the follow-ups run as
 an asyncio task on the consumer's loop (``adrive``: a ``def`` errback runs on a thread).
+Sync worker threads leave their chord reports here too (``follow``: one pipeline for the
+reports of many members, where each thread would wait a round trip for its own).
 
 Used on the consumer's loop only.
 """
@@ -13,11 +15,12 @@ Used on the consumer's loop only.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import TYPE_CHECKING, Any
 
 from .. import states
-from ..canvas.effects import adrive
+from ..canvas.effects import Duty, adrive
 from ..canvas.followups import after_end
 from ..messaging.protocol import decode_body
 
@@ -50,6 +53,14 @@ class SettledByConsumer:
         task = asyncio.get_running_loop().create_task(
             adrive(after_end(self.app, ctx, state, exc), self.app),
             name=f"canvas-followups-{req.id}")
+        self._running.add(task)
+        task.add_done_callback(self._done)
+
+    def follow(self, duty: Duty[None], context: contextvars.Context, name: str) -> None:
+        """Run ``duty``, follow-ups a sync worker thread left to this loop (its chord
+        report: ``Outcome.followup``), in ``context``, that task's contextvars."""
+        task = asyncio.get_running_loop().create_task(adrive(duty, self.app), name=name,
+                                                      context=context)
         self._running.add(task)
         task.add_done_callback(self._done)
 

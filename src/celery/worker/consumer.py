@@ -477,6 +477,9 @@ class Consumer:
         self.total[req.name] = self.total.get(req.name, 0) + 1
         if outcome.payload is not None:
             self._store_later(req.id, outcome.payload, outcome.state)
+        if outcome.followup is not None:
+            duty, context = outcome.followup
+            self.settled.follow(duty, context, f"canvas-followups-{req.id}")
         if outcome.settle == "requeue":  # raise Reject(requeue=True)
             self._give_back(req)
         elif outcome.settle == "reject":  # raise Reject(): dropped (acked already if early)

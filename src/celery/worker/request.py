@@ -152,6 +152,9 @@ class Outcome:
     settle: str = "ack"
     #: The failure (ExceptionInfo) of a FAILURE, for the task's handlers; else None.
     einfo: Any = None
+    #: Canvas follow-ups left to the consumer's loop: ``(duty, contextvars.Context)`` (a
+    #: sync thread's chord report, see Tracer._ended), or None.
+    followup: Any = None
 
 
 def _seconds(value: Any) -> float | None:
