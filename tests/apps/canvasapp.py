@@ -201,3 +201,9 @@ def who() -> dict[str, Any]:
 def slow(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@app.task(name="cv.parent_state", bind=True)
+def parent_state(self: Any, values: list[Any]) -> str:
+    """A chord body: the stored state of the member whose report completed the chord."""
+    return app.AsyncResult(self.request.parent_id).state

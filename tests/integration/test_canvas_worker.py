@@ -176,6 +176,15 @@ def test_chord_body_gets_header_results_in_header_order(app):
     assert result.parent.get(timeout=TIMEOUT) == list(range(10))
 
 
+@pytest.mark.parametrize("member", ["add", "aadd"])
+def test_every_member_result_is_stored_before_the_body_runs(app, member):
+    # The member that completes the chord is the body's parent: its own result, written
+    # last, must be there already when the body runs (as in Celery).
+    header = [sig(app, member, i, i) for i in range(20)]
+    for _ in range(5):
+        assert chord(header, sig(app, "parent_state")).delay().get(timeout=TIMEOUT) == "SUCCESS"
+
+
 def test_chord_of_two_hundred_async_and_def_members(app):
     header = [sig(app, "aadd" if i % 2 else "add", i, 1) for i in range(200)]
     assert chord(header, sig(app, "atsum")).delay().get(timeout=TIMEOUT) == sum(range(1, 201))

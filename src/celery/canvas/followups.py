@@ -83,11 +83,13 @@ def _success_sends(app: Celery, request: Any, callbacks: Any, chain: Any) -> lis
 
 
 def after_end(app: Celery, request: Any, state: str, value: Any,
-              traceback: str | None = None, call_errbacks_: bool = True) -> Duty[None]:
-    """A task ended in ``state`` (its result is on its way to the backend): tell its chord;
-    for a FAILURE also fail its chain and call its errbacks. Never raises: what goes wrong
-    is logged."""
-    if request.chord:
+              traceback: str | None = None, call_errbacks_: bool = True,
+              chord: bool = True) -> Duty[None]:
+    """A task ended in ``state``: tell its chord (unless ``chord`` is False: a worker makes
+    the report itself once the result is stored, worker/canvas.py); for a FAILURE also fail
+    its chain and call its errbacks. Raises only ConnectionLost, when the chord report could
+    not reach the backend; the rest of what goes wrong is logged."""
+    if chord and request.chord:
         yield from report_to_chord(app, request, state, value)
     if state == states.FAILURE:
         yield from fail_chain(app, request.chain, value, traceback)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import states
 from .._state import Context
-from ..exceptions import ChordError
+from ..exceptions import ChordError, ConnectionLost
 from .effects import ChordDone, ChordReport, Duty, GroupMeta, Send, Store
 from .signatures import maybe_signature
 
@@ -31,7 +31,11 @@ logger = logging.getLogger("celery.canvas.join")
 
 
 def report_to_chord(app: Celery, request: Any, state: str, result: Any) -> Duty[None]:
-    """A member of a chord's header (``request.chord`` set) ended in ``state``."""
+    """A member of a chord's header (``request.chord`` set) ended in ``state``.
+
+    Raises:
+        ConnectionLost: the report did not reach the backend (made again, it counts once).
+    """
     backend = app.backend
     group_id, task_id = getattr(request, "group", None), getattr(request, "id", None)
     if not group_id or not task_id or not backend.supports_chord_join:
@@ -39,6 +43,8 @@ def report_to_chord(app: Celery, request: Any, state: str, result: Any) -> Duty[
     try:
         part = yield ChordReport(group_id, task_id, getattr(request, "group_index", None),
                                  backend.encode_chord_part(task_id, state, result))
+    except ConnectionLost:
+        raise  # the report is made again (it counts once): the caller retries
     except Exception as exc:
         logger.error("Task %s: could not report to its chord %s: %r", task_id, group_id, exc)
         return

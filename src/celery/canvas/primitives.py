@@ -545,11 +545,17 @@ class group(Signature):
         opts["group_id"] = group_id = opts.pop("task_id", None) or uuid4_str()
         return opts, group_id, opts.get("root_id")
 
+    #: True when the members are this group's own copies (a chord's header, once frozen):
+    #: sending then uses them as they are, where it otherwise works on copies.
+    fresh = False
+
     def _prepared(self, tasks: Sequence[Any], group_id: str, root_id: str | None,
                   app: Celery) -> Iterator[tuple[Signature, Any]]:
         """Each member cloned and frozen into the group (nested groups flattened)."""
         for index, task in enumerate(tasks):
-            task = maybe_signature(task, app=app).clone()
+            task = maybe_signature(task, app=app)
+            if not self.fresh:
+                task = task.clone()
             if isinstance(task, group):
                 yield from self._prepared(task.tasks, group_id, root_id, app)
             elif isinstance(task, _chain) and not task.tasks:
@@ -771,8 +777,10 @@ class _chord(Signature):
         extra_kwargs = {**(self.kwargs.get("kwargs") or {}), **kwargs}
         delay = {k: opts.pop(k) for k in ("countdown", "eta") if opts.get(k) is not None}
         task_id = opts.pop("task_id", None)
-        header = group([maybe_signature(t, app=self._app).clone() for t in self.tasks],
-                       app=self.app, task_id=self.options.get("task_id") or uuid4_str())
+        # (freeze_members below makes the header's own copies of the members)
+        header = group(list(self.tasks), app=self.app,
+                       task_id=self.options.get("task_id") or uuid4_str())
+        header.fresh = True
         group_id = header.options["task_id"]
         body = _with_body_callbacks(maybe_signature(body, app=self._app).clone(), opts)
         body.options.update({k: v for k, v in opts.items() if k != "parent_id"})

@@ -171,11 +171,21 @@ class Signature(dict):
 
     def clone(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
               **options: Any) -> Signature:
-        """A copy (options deep-copied), with partial arguments and options merged in."""
+        """A copy (options deep-copied, but for a ``chord`` body: canvases share that, as
+        they never change it once set), with partial arguments and options merged in."""
         a, k, o = self._merge(args, kwargs, options)
-        sig = Signature.from_dict({"task": self.task, "args": a, "kwargs": k,
-                                   "options": copy.deepcopy(o), "subtask_type": self.subtask_type,
-                                   "immutable": self.immutable}, app=self._app)
+        body = o.pop("chord", None)
+        o = copy.deepcopy(o)
+        if body is not None:
+            o["chord"] = body
+        fields = {"task": self.task, "args": a, "kwargs": k, "options": o,
+                  "subtask_type": self.subtask_type, "immutable": self.immutable}
+        if type(self) is Signature:  # the common case: no need to check what it came from
+            sig = Signature.__new__(Signature)
+            dict.__init__(sig, fields)
+            sig._app = self._app
+        else:
+            sig = Signature.from_dict(fields, app=self._app)
         sig._type = self._type
         return sig
 

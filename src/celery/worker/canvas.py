@@ -1,13 +1,22 @@
-"""Canvas follow-ups of the outcomes the consumer settles itself.
+"""The canvas duties of the consumer's loop: chord reports, and the follow-ups of the outcomes
+the consumer settles itself.
 
-A task revoked or expired before it started, terminated, stopped by its hard time limit or
-lost to a cold shutdown never reaches the tracer's end (worker/tracer.py), yet its chord
-must be told (REVOKED or FAILURE: the chord then fails instead of waiting forever) and, for
-a FAILURE, its chain failed and its errbacks called, as Celery does. The consumer hands
-such a request here; its canvas fields are read from the message and the follow-ups run as
-an asyncio task on the consumer's loop (``adrive``: a ``def`` errback runs on a thread).
-Sync worker threads leave their chord reports here too (``follow``: one pipeline for the
-reports of many members, where each thread would wait a round trip for its own).
+**Chord reports.** A chord member's report (``canvas/join.py``) is made here, by the flusher,
+after the member's result is stored and before its message is acknowledged: so a chord's
+body never runs (and no waiter sees it done) before every member's own result is stored, as
+in Celery, and a report lost to a broken connection is made again before the message is
+acked (the recording is idempotent: a member counts once). The tracer hands the report over
+with the outcome (``Outcome.chord_report``: a ``PendingReport``, through the consumer's
+outbox, a thread-safe queue); the reports that are due run together, so the backend joins
+them in few calls (Redis: one script call per chord and flush). Each runs in a copy of its
+task's context, so that a body it sends has that task as its parent, as when the task
+sends it.
+
+**Outcomes settled here.** A task revoked or expired before it started, terminated,
+stopped by its hard time limit or lost to a cold shutdown never reaches the tracer's end,
+yet its chord must be told (REVOKED or FAILURE: the chord then fails instead of waiting
+forever) and, for a FAILURE, its chain failed and its errbacks called, as Celery does. The
+consumer hands such a request to ``ended``; its canvas fields are read from the message.
 
 Used on the consumer's loop only.
 """
@@ -17,52 +26,111 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import states
 from ..canvas.effects import Duty, adrive
 from ..canvas.followups import after_end
+from ..canvas.join import report_to_chord
+from ..exceptions import ConnectionLost
 from ..messaging.protocol import decode_body
 
 if TYPE_CHECKING:
     from ..app.base import Celery
     from .request import Request
 
-__all__ = ["SettledByConsumer"]
+__all__ = ["ConsumerCanvas", "PendingReport"]
 
 logger = logging.getLogger("celery.worker.consumer")
 
 
-class SettledByConsumer:
-    """Runs the follow-ups of requests the consumer settles (see the module docstring)."""
+@dataclass(slots=True)
+class PendingReport:
+    """A chord member's report, to be made once its result is stored."""
+
+    request: Any  #: the member's request (Context): its chord, group and index
+    state: str
+    value: Any
+    #: The contextvars to run it in (the task's own: current task, request).
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+
+    def duty(self, app: Celery) -> Duty[None]:
+        return report_to_chord(app, self.request, self.state, self.value)
+
+
+class ConsumerCanvas:
+    """Chord reports and consumer-settled follow-ups (see the module docstring)."""
 
     def __init__(self, app: Celery, hostname: str, accept: frozenset[str]) -> None:
         self.app = app
         self.hostname = hostname
         self.accept = accept
+        self._reports: list[PendingReport] = []
         self._running: set[asyncio.Task[None]] = set()
+
+    # -- chord reports ----------------------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """Reports wait to be made (the flusher has work)."""
+        return bool(self._reports)
+
+    def queue_report(self, report: PendingReport) -> None:
+        """Make ``report`` at a later flush, once its result is stored."""
+        self._reports.append(report)
+
+    def take_reports(self) -> list[PendingReport]:
+        """The reports queued so far: a flush takes them with the results queued so far
+        (their results are among those, or stored already), and makes them once it has
+        stored those results (``run_reports``)."""
+        reports, self._reports = self._reports, []
+        return reports
+
+    def queue_again(self, reports: list[PendingReport]) -> None:
+        """Put back reports taken by a flush that failed (before those queued since)."""
+        self._reports[:0] = reports
+
+    async def run_reports(self, reports: list[PendingReport]) -> None:
+        """Make ``reports`` (from ``take_reports``), all at once.
+
+        Raises:
+            ConnectionLost: some could not reach the backend: they are queued again, to be
+                made before the messages are acked (the flusher retries with backoff).
+        """
+        if not reports:
+            return
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(adrive(r.duty(self.app), self.app), context=r.context)
+                 for r in reports]
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        failed = []
+        for report, outcome in zip(reports, outcomes, strict=True):
+            if isinstance(outcome, ConnectionLost):
+                failed.append(report)
+            elif isinstance(outcome, BaseException):  # report_to_chord logs what it expects
+                logger.error("Task %s: its chord report failed: %r", report.request.id, outcome)
+        if failed:
+            self.queue_again(failed)
+            raise ConnectionLost(f"{len(failed)} chord reports could not be made; retrying")
+
+    # -- outcomes settled by the consumer -------------------------------------------------
 
     def ended(self, req: Request, state: str, exc: BaseException) -> None:
         """``req`` ended in ``state`` (REVOKED or FAILURE) with ``exc``, settled by the
-        consumer: start its follow-ups, if its message has any."""
+        consumer: queue its chord report and start its other follow-ups, if its message has
+        any."""
         ctx = self._context(req)
         if ctx is None:
             return
-        if not (ctx.chord or (state == states.FAILURE and (ctx.chain or ctx.errbacks))):
-            return
-        task = asyncio.get_running_loop().create_task(
-            adrive(after_end(self.app, ctx, state, exc), self.app),
-            name=f"canvas-followups-{req.id}")
-        self._running.add(task)
-        task.add_done_callback(self._done)
-
-    def follow(self, duty: Duty[None], context: contextvars.Context, name: str) -> None:
-        """Run ``duty``, follow-ups a sync worker thread left to this loop (its chord
-        report: ``Outcome.followup``), in ``context``, that task's contextvars."""
-        task = asyncio.get_running_loop().create_task(adrive(duty, self.app), name=name,
-                                                      context=context)
-        self._running.add(task)
-        task.add_done_callback(self._done)
+        if ctx.chord:
+            self.queue_report(PendingReport(ctx, state, exc))
+        if state == states.FAILURE and (ctx.chain or ctx.errbacks):
+            task = asyncio.get_running_loop().create_task(
+                adrive(after_end(self.app, ctx, state, exc, chord=False), self.app),
+                name=f"canvas-followups-{req.id}")
+            self._running.add(task)
+            task.add_done_callback(self._done)
 
     def _context(self, req: Request) -> Any:
         msg = req.delivery.message
@@ -81,6 +149,7 @@ class SettledByConsumer:
             logger.error("Canvas follow-ups failed: %r", task.exception())
 
     async def drain(self, timeout: float) -> None:
-        """Wait (up to ``timeout`` seconds) for the follow-ups still running (shutdown)."""
+        """Wait (up to ``timeout`` seconds) for the follow-ups still running (shutdown);
+        the reports are the flusher's, made by its last flushes."""
         if self._running:
             await asyncio.wait(set(self._running), timeout=timeout)

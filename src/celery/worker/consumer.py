@@ -26,7 +26,7 @@ from ..exceptions import (
 from ..messaging.protocol import check_headers
 from ..messaging.serialization import accept_set
 from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
-from .canvas import SettledByConsumer
+from .canvas import ConsumerCanvas
 from .executor.base import Executor
 from .handoff import HandoffPause
 from .lanes import Lane
@@ -142,8 +142,8 @@ class Consumer:
         self.total: dict[str, int] = {}
         self.started_at = time.time()
         self._handoff = HandoffPause()  # the next fetch's pause after an early hand-off
-        #: Canvas follow-ups (chord, chain, errbacks) of requests settled here, not run.
-        self.settled = SettledByConsumer(app, hostname, self.accept)
+        #: Chord reports, and the canvas follow-ups of requests settled here, not run.
+        self.canvas = ConsumerCanvas(app, hostname, self.accept)
 
     # -- main coroutine ------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class Consumer:
             await asyncio.wait({restorer, promoter, watcher}, timeout=30)  # bounded, never raises
             self._requeue_held()
             await self._wait_idle()
-            await self.settled.drain(timeout=10)
+            await self.canvas.drain(timeout=10)
             self._flush_needed.set()
             await self._drain_flush(flusher)
 
@@ -375,7 +375,7 @@ class Consumer:
         payload = self._revoked_payload(req, reason)
         if payload is not None:
             self._store_later(req.id, payload, states.REVOKED)
-        self.settled.ended(req, states.REVOKED, TaskRevokedError(reason))
+        self.canvas.ended(req, states.REVOKED, TaskRevokedError(reason))
         self._to_ack.append(req.delivery)
         self._flush_needed.set()
         if signals.task_revoked.receivers:
@@ -477,9 +477,8 @@ class Consumer:
         self.total[req.name] = self.total.get(req.name, 0) + 1
         if outcome.payload is not None:
             self._store_later(req.id, outcome.payload, outcome.state)
-        if outcome.followup is not None:
-            duty, context = outcome.followup
-            self.settled.follow(duty, context, f"canvas-followups-{req.id}")
+        if outcome.chord_report is not None:  # made once the result is stored
+            self.canvas.queue_report(outcome.chord_report)
         if outcome.settle == "requeue":  # raise Reject(requeue=True)
             self._give_back(req)
         elif outcome.settle == "reject":  # raise Reject(): dropped (acked already if early)
@@ -508,7 +507,7 @@ class Consumer:
         # As Celery, with acks_late: acked, or requeued if acks_on_failure_or_timeout is off.
         settle = "requeue" if req.acks_late and not self._acks_on_failure(req) else "ack"
         self.lanes[req.task.is_async].executor.abandon(req, "hard time limit exceeded")
-        self.settled.ended(req, states.FAILURE, exc)
+        self.canvas.ended(req, states.FAILURE, exc)
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=req.task, task_id=req.id, exception=exc, args=None,
                                       kwargs=None, traceback=None, einfo=None)
@@ -567,7 +566,7 @@ class Consumer:
         (``ThreadExecutor.abandon``); its own late outcome is then ignored by ``_finish``."""
         logger.warning("Terminating task %s[%s] (signal %s)", req.name, req.id, signum)
         payload = self._revoked_payload(req, "terminated")
-        self.settled.ended(req, states.REVOKED, TaskRevokedError("terminated"))
+        self.canvas.ended(req, states.REVOKED, TaskRevokedError("terminated"))
         req.halt.set()
         self.lanes[req.task.is_async].executor.abandon(req, "terminated")
         if signals.task_revoked.receivers:
@@ -625,7 +624,7 @@ class Consumer:
         logger.warning("Task %s[%s]: worker lost (cold shutdown); failed and acked, as "
                        "reject_on_worker_lost is False", req.name, req.id)
         exc = WorkerLostError(f"Worker exited prematurely: cold shutdown ({req.name}[{req.id}])")
-        self.settled.ended(req, states.FAILURE, exc)
+        self.canvas.ended(req, states.FAILURE, exc)
         if req.store_result or req.task.store_errors_even_if_ignored:
             meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
             self._store_later(req.id, self.backend.encode(meta), states.FAILURE)
@@ -679,11 +678,13 @@ class Consumer:
 
     def _writes_waiting(self) -> bool:
         return bool(self._to_store or self._to_ack or self._to_requeue or self._to_reject
-                    or self._to_defer or self._to_republish)
+                    or self._to_defer or self._to_republish or self.canvas.pending)
 
     async def _flush_once(self) -> None:
-        # Results are written before acks, so an acks_late message is only settled once its
-        # result is stored. A batch that fails stays queued and is retried.
+        # Results are written before chord reports, and both before acks, so an acks_late
+        # message is only settled once its result is stored and its chord told. A batch that
+        # fails stays queued and is retried.
+        reports = self.canvas.take_reports()  # of results queued by now, or stored already
         if self._to_store:
             stores = self._to_store
             self._to_store = []
@@ -691,8 +692,10 @@ class Consumer:
                 await self.backend._aset_many(stores)
             except BaseException:
                 self._to_store[:0] = stores
+                self.canvas.queue_again(reports)
                 raise
             self.results.done(len(stores))
+        await self.canvas.run_reports(reports)
         t = self.transport
         for attr, op, settles in (("_to_ack", t.ack, True), ("_to_requeue", t.requeue, True),
                                   ("_to_reject", t.reject, True), ("_to_defer", self._defer, True),

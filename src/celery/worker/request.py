@@ -152,9 +152,9 @@ class Outcome:
     settle: str = "ack"
     #: The failure (ExceptionInfo) of a FAILURE, for the task's handlers; else None.
     einfo: Any = None
-    #: Canvas follow-ups left to the consumer's loop: ``(duty, contextvars.Context)`` (a
-    #: sync thread's chord report, see Tracer._ended), or None.
-    followup: Any = None
+    #: The chord report of a chord member (worker/canvas.py PendingReport), made by the
+    #: consumer once the result is stored; None for a task in no chord.
+    chord_report: Any = None
 
 
 def _seconds(value: Any) -> float | None:

@@ -27,7 +27,6 @@ them, as in Celery); if sending one fails, the task fails with that error.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
 import os
@@ -43,6 +42,7 @@ from ..canvas.followups import after_end, after_success
 from ..exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from ..messaging.protocol import TaskBody, decode_body
 from ..utils.einfo import ExceptionInfo
+from .canvas import PendingReport
 from .request import Outcome, Request
 
 if TYPE_CHECKING:
@@ -129,8 +129,7 @@ class Tracer:
                                 req.id, exc)
                     return Outcome(req, states.REVOKED, None, time.monotonic() - start)
                 return self._end(req, body, drive(self._error(req, exc, start, ctx), app))
-            success = self._success(req, value, start, ctx, defer_chord=not req.acks_late)
-            return self._end(req, body, drive(success, app), value)
+            return self._end(req, body, drive(self._success(req, value, start, ctx), app), value)
         finally:
             self._confirm_own(quietly=True)  # a task that raised: its refusals are not the next's
             current_request.reset(t_req)
@@ -199,8 +198,7 @@ class Tracer:
 
     # -- duties: what an outcome sets off (run by drive or adrive) ----------------------------
 
-    def _success(self, req: Request, value: Any, start: float, ctx: Context,
-                 defer_chord: bool = False) -> Duty[Outcome]:
+    def _success(self, req: Request, value: Any, start: float, ctx: Context) -> Duty[Outcome]:
         if ctx.callbacks or ctx.chain:
             try:
                 yield from after_success(self.app, ctx, value)  # type: ignore[arg-type]
@@ -211,7 +209,7 @@ class Tracer:
         outcome = self._succeeded(req, value, start, ctx)
         if outcome.state != states.SUCCESS:  # the value could not be encoded
             return (yield from self._ended(req, ctx, outcome, outcome.einfo.exception))
-        return (yield from self._ended(req, ctx, outcome, value, defer_chord))
+        return (yield from self._ended(req, ctx, outcome, value))
 
     def _error(self, req: Request, exc: Exception, start: float, ctx: Context) -> Duty[Outcome]:
         """A task that raised: Ignore, Reject (nothing more happens), or a failure."""
@@ -236,32 +234,25 @@ class Tracer:
                                      ExceptionInfo.of(exc))
         return outcome
 
-    def _ended(self, req: Request, ctx: Context, outcome: Outcome, value: Any,
-               defer_chord: bool = False) -> Duty[Outcome]:
+    def _ended(self, req: Request, ctx: Context, outcome: Outcome, value: Any) -> Duty[Outcome]:
         """SUCCESS or FAILURE: the canvas's follow-ups, then the task's handlers.
 
-        ``defer_chord`` (a sync thread's success, message acked early): the chord report of
-        a task without handlers of its own is left to the consumer's loop (``followup``),
-        which sends the reports of many members in one pipeline (backends/redis_chords.py,
-        LoopParts) instead of this thread waiting a round trip for each. It runs there in a
-        copy of this task's context, so that a body it sends has the task as parent as here.
-        The duty (a generator) is handed over with the outcome through the consumer's
-        outbox, a thread-safe queue, and used on that loop only from then on.
+        A chord member's report goes with the outcome (``chord_report``): the consumer makes
+        it once the result is stored and before the message is acked (worker/canvas.py).
         """
         state = outcome.state
         einfo = outcome.einfo
-        handlers = overridden_handlers(type(req.task))
-        if defer_chord and ctx.chord and state == states.SUCCESS and not handlers:
-            outcome.followup = (after_end(self.app, ctx, state, value),
-                                contextvars.copy_context())
-            return outcome
-        if ctx.chord or (state == states.FAILURE and (ctx.chain or ctx.errbacks)):
+        if ctx.chord:
+            outcome.chord_report = PendingReport(ctx, state, value)  # in this task's context
+        if state == states.FAILURE and (ctx.chain or ctx.errbacks):
             try:
                 yield from after_end(self.app, ctx, state, value,
-                                     einfo.traceback if einfo is not None else None)
+                                     einfo.traceback if einfo is not None else None,
+                                     chord=False)
             except Exception as exc:  # after_end logs what it expects; this is the net
                 logger.exception("Task %s[%s]: its canvas follow-ups failed: %r", req.name,
                                  req.id, exc)
+        handlers = overridden_handlers(type(req.task))
         if handlers:
             yield from handler_calls(req.task, handlers, ctx, state, value, einfo)
         return outcome
