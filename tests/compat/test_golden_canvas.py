@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 
 from celery import Celery, Signature, _state, chain, chord, group, signature
-from celery.canvas.primitives import _chain, _chord
+from celery.canvas.chains import _chain
+from celery.canvas.chords import _chord
 from celery.messaging import serialization
 from celery.messaging.protocol import decode_body
 from celery.transport.redis import _delivery

@@ -10,8 +10,9 @@ import pytest
 
 from celery import Celery, Signature, chain, chord, chunks, group, maybe_signature, signature
 from celery.canvas import xmap, xstarmap
+from celery.canvas.chains import _chain
+from celery.canvas.chords import _chord
 from celery.canvas.dispatch import Dispatch
-from celery.canvas.primitives import _chain, _chord
 from celery.exceptions import InvalidSignature
 from celery.messaging.protocol import decode_body
 from celery.messaging.serialization import accept_set

@@ -115,7 +115,7 @@ def _map_tasks(app: Celery) -> None:
 
     @app.task(name="celery.chunks")
     def chunks(task: Any, it: Any, n: int) -> Any:
-        from ..canvas.primitives import chunks as _chunks
+        from ..canvas.maps import chunks as _chunks
 
         return _chunks(task, it, n, app=app).apply_async()
 
@@ -124,7 +124,7 @@ def _canvas_tasks(app: Celery) -> None:
     @app.task(name="celery.group", bind=True)
     def group(self: Any, tasks: Any, result: Any, group_id: str, partial_args: Any,
               add_to_parent: bool = True) -> Any:
-        from ..canvas.primitives import group as _group
+        from ..canvas.groups import group as _group
         from ..canvas.signatures import maybe_signature
 
         members = [maybe_signature(t, app=app).clone(partial_args) for t in tasks]
@@ -139,7 +139,7 @@ def _canvas_tasks(app: Celery) -> None:
     def chord(self: Any, header: Any, body: Any, partial_args: Any = (), interval: Any = None,
               countdown: Any = 1, max_retries: Any = None, eager: bool = False,
               **kwargs: Any) -> Any:
-        from ..canvas.primitives import chord as _chord
+        from ..canvas.chords import chord as _chord
         from ..canvas.signatures import maybe_signature
 
         tasks = header.get("kwargs", {}).get("tasks", header) if isinstance(header, dict) else header

@@ -5,10 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import inspect
-import logging
 import random
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
@@ -22,6 +20,7 @@ from ..exceptions import (
     SoftTimeLimitExceeded,
     Terminated,
 )
+from . import eager
 
 if TYPE_CHECKING:
     from ..canvas import Signature
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "Task"]
 
-logger = logging.getLogger("celery.worker.tracer")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -138,119 +136,22 @@ class Task(Generic[P, R]):
             return await self.aapply(args, kwargs, **options)  # type: ignore[no-any-return]
         return await self.app.asend_task(self.name, args, kwargs, task=self, **options)
 
-    def apply(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+    def apply(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+              **options: Any) -> Any:
         """Run the task here and now (eager mode); returns an EagerResult.
 
         An ``async def`` task runs to completion on the app's portal loop (blocking the
-        caller); from a running event loop, ``await task.aapply(...)`` instead.
+        caller); from a running event loop, ``await task.aapply(...)`` instead. As in a
+        worker, its callbacks, chain and errbacks are applied (eagerly) and its handlers
+        called (app/eager.py).
         """
-        req = self._eager_request(args, kwargs, options)
-        token_t, token_r = current_task_var.set(self), current_request.set(req)
-        try:
-            self._eager_before_start(req)
-            value = self.run(*req.args, **req.kwargs)
-            if inspect.isawaitable(value):
-                value = self.app.portal.call(_await(value, self, req))
-        except _EagerReplaced as replaced:
-            value = replaced.value
-        except Retry as exc:
-            if exc.sig is None:
-                return self._eager_outcome(req, exc, options)
-            return self.apply(exc.sig.args, exc.sig.kwargs, **_eager_retry(exc, req, options))
-        except Exception as exc:
-            return self._eager_outcome(req, exc, options)
-        finally:
-            current_request.reset(token_r)
-            current_task_var.reset(token_t)
-        return self._eager_outcome(req, value, options, ok=True)
+        return eager.apply(self, args, kwargs, options)
 
     async def aapply(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
                      **options: Any) -> Any:
         """``apply`` for the running event loop: an ``async def`` task is awaited right here;
         a ``def`` task runs on the calling thread, as ``apply`` runs it."""
-        req = self._eager_request(args, kwargs, options)
-        token_t, token_r = current_task_var.set(self), current_request.set(req)
-        try:
-            self._eager_before_start(req)
-            value = self.run(*req.args, **req.kwargs)
-            if inspect.isawaitable(value):
-                value = await value
-        except _EagerReplaced as replaced:
-            value = replaced.value
-        except Retry as exc:
-            if exc.sig is None:
-                return self._eager_outcome(req, exc, options)
-            return await self.aapply(exc.sig.args, exc.sig.kwargs, **_eager_retry(exc, req, options))
-        except Exception as exc:
-            return self._eager_outcome(req, exc, options)
-        finally:
-            current_request.reset(token_r)
-            current_task_var.reset(token_t)
-        return self._eager_outcome(req, value, options, ok=True)
-
-    def _eager_request(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
-                       options: Mapping[str, Any]) -> Context:
-        task_id = options.get("task_id") or str(uuid.uuid4())
-        parent = current_request.get() if current_task_var.get() is not None else None
-        return Context(
-            id=task_id, task=self.name, args=list(args or ()), kwargs=dict(kwargs or {}),
-            is_eager=True, called_directly=False, retries=options.get("retries", 0),
-            root_id=options.get("root_id") or (
-                (parent.root_id or parent.id) if parent is not None else task_id),
-            parent_id=options.get("parent_id") or (parent.id if parent is not None else None),
-            delivery_info={"is_eager": True},
-            callbacks=_as_list(options.get("link")), errbacks=_as_list(options.get("link_error")),
-            chain=options.get("chain"), group=options.get("group_id"),
-            group_index=options.get("group_index"),
-        )
-
-    def _eager_outcome(self, req: Context, value: Any, options: Mapping[str, Any],
-                       ok: bool = False) -> Any:
-        """The EagerResult of an eager run (re-raising a failure if eager errors propagate);
-        with ``task_store_eager_result`` the outcome is also stored in the result backend."""
-        from ..result import EagerResult
-
-        conf = self.app.conf
-        einfo = None
-        if ok:
-            state = states.SUCCESS
-        else:
-            if options.get("throw", conf.task_eager_propagates):
-                raise value
-            from ..utils.einfo import ExceptionInfo
-
-            state = states.FAILURE
-            einfo = ExceptionInfo.of(value)
-        tb = einfo.traceback if einfo is not None else None
-        if conf.task_store_eager_result and not self.ignore_result:
-            self.app.backend.store_result(req.id, value, state, tb, request=req)  # type: ignore[arg-type]
-        self._eager_followups(req, state, value, einfo)
-        return EagerResult(str(req.id), value, state, traceback=tb, name=self.name, app=self.app)
-
-    def _eager_followups(self, req: Context, state: str, value: Any, einfo: Any) -> None:
-        """What the worker does after a run, here and now: callbacks and the chain applied
-        eagerly, errbacks, the task's handlers (a callback's failure propagates, as the
-        task's own would)."""
-        from ..canvas.effects import drive
-        from ..canvas.followups import after_end, after_success
-
-        app = self.app
-        if state == states.SUCCESS and (req.callbacks or req.chain):
-            drive(after_success(app, req, value), app, eager=True)
-        if state == states.FAILURE and (req.chain or req.errbacks):
-            drive(after_end(app, req, state, value, einfo.traceback), app, eager=True)
-        handlers = overridden_handlers(type(self))
-        if handlers:
-            drive(handler_calls(self, handlers, req, state, value, einfo), app, eager=True)
-
-    def _eager_before_start(self, req: Context) -> None:
-        """``before_start``, if the class overrides it (as the worker calls it)."""
-        if "before_start" in overridden_handlers(type(self)):
-            value: Any = type(self).before_start(self, str(req.id), req.args, req.kwargs)  # type: ignore[func-returns-value]
-            if inspect.isawaitable(value):
-                from ..canvas.effects import run_awaitable
-
-                run_awaitable(value, self.app)
+        return await eager.aapply(self, args, kwargs, options)
 
     # -- handlers (a Task subclass overrides those it needs) -------------------------------
 
@@ -331,7 +232,7 @@ class Task(Generic[P, R]):
         """
         sig = self._replacement(sig)
         if self.request.is_eager:
-            raise _EagerReplaced(sig.apply().get())
+            raise eager.EagerReplaced(sig.apply().get())
         sig.delay()
         raise Ignore("Replaced by new task")
 
@@ -339,13 +240,13 @@ class Task(Generic[P, R]):
         """``replace`` for an ``async def`` task: sends without blocking its event loop."""
         sig = self._replacement(sig)
         if self.request.is_eager:
-            raise _EagerReplaced((await sig.aapply()).get())
+            raise eager.EagerReplaced((await sig.aapply()).get())
         await sig.adelay()
         raise Ignore("Replaced by new task")
 
     def _replacement(self, sig: Any) -> Any:
         from ..canvas import group, signature
-        from ..canvas.primitives import _chain
+        from ..canvas.chains import _chain
 
         request = self.request
         if "chord" in sig.options:
@@ -553,69 +454,3 @@ def add_autoretry(task: Task) -> None:
                 retry_or_raise(exc)
 
         task._orig_run, task.run = run, srun  # type: ignore[attr-defined,method-assign]
-
-
-#: Task class -> the handler methods it overrides (computed once per class; a dict
-#: assignment is atomic, also on free-threaded builds: a race computes it twice).
-_overridden: dict[type, frozenset[str]] = {}
-_HANDLERS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
-
-
-def overridden_handlers(cls: type) -> frozenset[str]:
-    """The handler methods (``on_success``, ...) a Task class overrides; mostly none."""
-    found = _overridden.get(cls)
-    if found is None:
-        found = _overridden[cls] = frozenset(
-            name for name in _HANDLERS if getattr(cls, name) is not getattr(Task, name))
-    return found
-
-
-def handler_calls(task: Task, handlers: frozenset[str], ctx: Any, state: str, value: Any,
-                  einfo: Any) -> Any:
-    """A duty (canvas/effects.py) calling the task's handlers for an ended run, as Celery
-    does: ``on_success``/``on_failure``, then ``after_return``; a handler that raises is
-    logged, and the others still run."""
-    from ..canvas.effects import Call
-
-    calls: list[tuple[str, tuple[Any, ...]]] = []
-    if state == states.SUCCESS and "on_success" in handlers:
-        calls.append(("on_success", (value, ctx.id, ctx.args, ctx.kwargs)))
-    elif state == states.FAILURE and "on_failure" in handlers:
-        calls.append(("on_failure", (value, ctx.id, ctx.args, ctx.kwargs, einfo)))
-    elif state == states.RETRY and "on_retry" in handlers:
-        calls.append(("on_retry", (value, ctx.id, ctx.args, ctx.kwargs, einfo)))
-    if state in (states.SUCCESS, states.FAILURE) and "after_return" in handlers:
-        calls.append(("after_return", (state, value, ctx.id, ctx.args, ctx.kwargs, einfo)))
-    for name, args in calls:
-        fn = getattr(task, name)
-        try:
-            yield Call(fn, args, inspect.iscoroutinefunction(fn))
-        except Exception as exc:
-            logger.exception(
-                "Task %s[%s] %s handler raised: %r", task.name, ctx.id, name, exc)
-
-
-def _as_list(value: Any) -> list[Any] | None:
-    if value is None:
-        return None
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-class _EagerReplaced(Ignore):
-    """An eager task replaced itself: its replacement ran, ``value`` is its result."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__("Replaced by new task (eager)")
-        self.value = value
-
-
-def _eager_retry(exc: Retry, req: Context, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options for running an eager retry at once (as Celery: the countdown is not waited)."""
-    return {**options, "task_id": req.id, "retries": req.retries + 1}
-
-
-async def _await(value: Any, task: Task, req: Context) -> Any:
-    # The portal loop has its own context: the task and its request are set again there.
-    current_task_var.set(task)
-    current_request.set(req)
-    return await value

@@ -4,7 +4,10 @@
 both work, with Celery's names.
 """
 
-from .primitives import chain, chord, chunks, group, maybe_unroll_group, xmap, xstarmap
+from .chains import chain
+from .chords import chord
+from .groups import group, maybe_unroll_group
+from .maps import chunks, xmap, xstarmap
 from .signatures import Signature, maybe_signature, maybe_subtask, signature, subtask
 
 __all__ = [

@@ -59,7 +59,7 @@ def after_success(app: Celery, request: Any, retval: Any) -> Duty[None]:
 
 
 def _success_sends(app: Celery, request: Any, callbacks: Any, chain: Any) -> list[Send]:
-    from .primitives import group
+    from .groups import group
 
     options: dict[str, Any] = {"parent_id": request.id, "root_id": request.root_id or request.id}
     if app.conf.task_inherit_parent_priority:
@@ -126,7 +126,7 @@ def fail_chain(app: Celery, chain: Any, exc: Any, traceback: str | None) -> Duty
 
 def call_errbacks(app: Celery, request: Any, exc: Any, traceback: str | None) -> Duty[None]:
     """Call or send the errbacks of a failed task (see the module docstring)."""
-    from .primitives import group
+    from .groups import group
 
     as_tasks = []
     for errback in _errbacks(app, request):

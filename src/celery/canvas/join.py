@@ -138,7 +138,7 @@ def chord_error(app: Celery, body: Any, exc: Exception) -> Duty[None]:
     """The chord's body will not run: fail it (every member of a group body), call its
     errbacks, fail the rest of its chain, and report it to the chord it belongs to."""
     from .followups import call_errbacks, fail_chain
-    from .primitives import group
+    from .groups import group
 
     targets = [maybe_signature(t, app=app) for t in body.tasks] if isinstance(body, group) \
         else [body]

@@ -279,7 +279,7 @@ class Signature(dict):
     # -- composing -----------------------------------------------------------------------------
 
     def __or__(self, other: Any) -> Any:
-        from .primitives import compose
+        from .chains import compose
 
         return compose(self, other)
 
@@ -414,6 +414,38 @@ def _check(sig: Signature) -> None:
     sig.setdefault("options", options)
     sig.setdefault("subtask_type", None)
     sig.setdefault("immutable", False)
+
+
+def _tasks_of(value: Any) -> list[Any]:
+    """A list of members: a list/tuple as given, a generator (or other iterable) drained."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping) or isinstance(value, str | bytes):
+        return [value]
+    return list(value)
+
+
+
+def _app_of(sig: Signature, members: Sequence[Any]) -> Celery:
+    """A canvas's app: its own, else that of the first of ``members`` bound to one, else
+    that of the first nested canvas among them (a chord finds its members'), else the
+    current app."""
+    if sig._app is None:
+        for member in members:
+            if isinstance(member, Signature) and member._app is not None:
+                return member._app
+        for member in members:
+            if isinstance(member, Signature) and type(member) is not Signature:
+                return member.app
+    return Signature.app.fget(sig)  # type: ignore[attr-defined,no-any-return]
+
+
+def _listed(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:

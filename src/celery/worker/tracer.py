@@ -27,7 +27,6 @@ them, as in Celery); if sending one fails, the task fails with that error.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import time
@@ -36,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
 from .._state import current_request, current_task_var
-from ..app.task import Context, Task, handler_calls, overridden_handlers
-from ..canvas.effects import Call, Duty, adrive, drive
+from ..app.handlers import before_start_call, handler_calls, overridden_handlers
+from ..app.task import Context
+from ..canvas.effects import Duty, adrive, drive
 from ..canvas.followups import after_end, after_success
 from ..exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from ..messaging.protocol import TaskBody, decode_body
@@ -111,7 +111,7 @@ class Tracer:
         try:
             try:
                 if "before_start" in overridden_handlers(type(task)):
-                    drive(self._before_start(task, ctx), app)
+                    drive(before_start_call(task, ctx), app)
                 value = task.run(*body.args, **body.kwargs)
                 self._confirm_own()
             except Retry as exc:
@@ -149,7 +149,7 @@ class Tracer:
         soft = _SoftLimit(req.limits[1])
         try:
             if "before_start" in overridden_handlers(type(task)):
-                await adrive(self._before_start(task, ctx), app)
+                await adrive(before_start_call(task, ctx), app)
             value = await task.run(*body.args, **body.kwargs)
             self._confirm_own()  # sync delay() calls inside: blocks this loop while it waits
         except asyncio.CancelledError:
@@ -256,11 +256,6 @@ class Tracer:
         if handlers:
             yield from handler_calls(req.task, handlers, ctx, state, value, einfo)
         return outcome
-
-    @staticmethod
-    def _before_start(task: Task, ctx: Context) -> Duty[None]:
-        fn = task.before_start
-        yield Call(fn, (ctx.id, ctx.args, ctx.kwargs), inspect.iscoroutinefunction(fn))
 
     # -- outcomes --------------------------------------------------------------------------
 
