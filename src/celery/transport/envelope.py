@@ -13,10 +13,12 @@ import binascii
 import json
 from typing import Any
 
+from ..exceptions import DecodeError
+from ..messaging import limits
 from ..messaging.protocol import Message, uuid4_str
 from .base import Delivery
 
-__all__ = ["decode", "encode", "mark_redelivered", "priority_of"]
+__all__ = ["clamp_priority", "decode", "encode", "loads", "mark_redelivered", "priority_of"]
 
 #: Properties ``encode`` writes itself (in kombu's order) rather than copying from the Message.
 _PLACED = frozenset(
@@ -57,24 +59,49 @@ def decode(tag: str, item: bytes | str, queue: str) -> Delivery:
     """Parse one envelope into a Delivery.
 
     Raises:
-        ValueError, KeyError, TypeError, AttributeError: ``item`` is not a valid envelope.
+        DecodeError: ``item`` is not a valid envelope (too large or deeply nested for
+            ``messaging/limits.py``, not JSON, fields missing or of the wrong type). Nothing
+            else: a transport catches this one type at its boundary and dead-letters ``item``.
     """
-    # Decoded to text first: json.loads would sniff the bytes for UTF-16/32 in Python code.
-    env = json.loads(item.decode() if isinstance(item, bytes) else item)
-    props = env["properties"]
-    body = env["body"]
-    if props.get("body_encoding") == "base64":
-        body = binascii.a2b_base64(body, strict_mode=True)
-    else:
-        body = body.encode()
+    env = limits.loads_json(item, "message envelope")
+    try:
+        return _delivery(tag, item, queue, env)
+    except DecodeError:
+        raise
+    except Exception as exc:  # a field of an unexpected type deep inside: bad input too
+        raise DecodeError(f"not a kombu message envelope: {type(exc).__name__}: {exc}") from None
+
+
+def _delivery(tag: str, item: bytes | str, queue: str, env: Any) -> Delivery:
+    if not isinstance(env, dict):
+        raise DecodeError(f"not a kombu message envelope: a JSON {type(env).__name__}")
+    props, body = env.get("properties"), env.get("body")
     headers = env.get("headers") or {}
+    if not isinstance(props, dict) or not isinstance(body, str) or not isinstance(headers, dict):
+        raise DecodeError("not a kombu message envelope: properties, body or headers missing "
+                          "or of the wrong type")
+    if props.get("body_encoding") == "base64":
+        try:
+            raw = binascii.a2b_base64(body, strict_mode=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DecodeError(f"the body is not valid base64: {exc}") from None
+    else:
+        raw = body.encode()
     info = props.get("delivery_info") or {}
+    if not isinstance(info, dict):
+        raise DecodeError("not a kombu message envelope: delivery_info is not a mapping")
     exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or queue
+    if not isinstance(exchange, str) or not isinstance(routing_key, str):
+        raise DecodeError("not a kombu message envelope: exchange or routing key is not text")
+    content_type = env.get("content-type") or ""
+    content_encoding = env.get("content-encoding") or ""
+    if not isinstance(content_type, str) or not isinstance(content_encoding, str):
+        raise DecodeError("not a kombu message envelope: content type or encoding is not text")
     redelivered = bool(info.get("redelivered") or headers.get("redelivered"))
     message = Message(
-        body=body,
-        content_type=env.get("content-type") or "",
-        content_encoding=env.get("content-encoding") or "",
+        body=raw,
+        content_type=content_type,
+        content_encoding=content_encoding,
         headers=headers,
         properties=props,
         exchange=exchange,
@@ -89,11 +116,25 @@ def decode(tag: str, item: bytes | str, queue: str) -> Delivery:
     return Delivery(message, tag, queue, item, redelivered, delivery_info)
 
 
+def loads(item: bytes | str) -> dict[str, Any]:
+    """The JSON object of an envelope, within ``messaging/limits.py``'s bounds (its fields
+    are not checked: for marking a stored envelope redelivered).
+
+    Raises:
+        DecodeError: not JSON, too large or too deep, or not a JSON object.
+    """
+    env = limits.loads_json(item, "message envelope")
+    if not isinstance(env, dict):
+        raise DecodeError(f"not a kombu message envelope: a JSON {type(env).__name__}")
+    return env
+
+
 def mark_redelivered(envelope: dict[str, Any]) -> str:
     """The envelope marked as kombu marks a restored message, serialized."""
     if isinstance(envelope.get("headers"), dict):
         envelope["headers"]["redelivered"] = True
-    info = envelope.get("properties", {}).get("delivery_info")
+    props = envelope.get("properties")
+    info = props.get("delivery_info") if isinstance(props, dict) else None
     if isinstance(info, dict):
         info["redelivered"] = True
     return json.dumps(envelope)
@@ -101,7 +142,14 @@ def mark_redelivered(envelope: dict[str, Any]) -> str:
 
 def priority_of(envelope: dict[str, Any]) -> int:
     """The envelope's priority (0 when missing or not a number)."""
+    props = envelope.get("properties")
+    return clamp_priority(props.get("priority") if isinstance(props, dict) else 0)
+
+
+def clamp_priority(value: Any) -> int:
+    """A message priority as every transport stores it: 0..9, 0 when missing or not a
+    number (JSON's ``Infinity`` and ``NaN`` included)."""
     try:
-        return int(envelope["properties"]["priority"] or 0)
-    except (KeyError, TypeError, ValueError):
+        return min(max(int(value or 0), 0), 9)
+    except (TypeError, ValueError, OverflowError):
         return 0

@@ -60,7 +60,8 @@ import valkey
 import valkey.asyncio as avalkey
 from valkey.exceptions import NoScriptError, ResponseError
 
-from ..exceptions import ConnectionLost, ImproperlyConfigured
+from ..exceptions import ConnectionLost, DecodeError, ImproperlyConfigured
+from ..messaging import limits
 from ..messaging.protocol import Message
 from . import envelope as envelope_codec
 from . import redis_aio as _aio
@@ -113,9 +114,9 @@ def _well_formed(item: bytes, queue: str) -> Delivery | None:
     ``properties.delivery_tag`` and ``body``), else None."""
     try:
         delivery = _delivery("", item, queue)
-        tag = delivery.message.properties["delivery_tag"]
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except DecodeError:
         return None
+    tag = delivery.message.properties.get("delivery_tag")
     if not isinstance(tag, str):
         return None
     delivery.delivery_tag = tag
@@ -277,11 +278,7 @@ class RedisTransport(RedisMailbox):
 
     def _key_for(self, queue: str, priority: Any) -> str:
         """kombu's ``_q_for_pri``: the sub-queue a message of ``priority`` goes to."""
-        try:
-            p = min(max(int(priority), 0), 9)
-        except (TypeError, ValueError):
-            p = 0
-        return self._queue_keys(queue)[self._step_of[p]]
+        return self._queue_keys(queue)[self._step_of[envelope_codec.clamp_priority(priority)]]
 
     def _layout(self, queues: tuple[str, ...]) -> _Layout:
         layout = self._layouts.get(queues)
@@ -433,7 +430,7 @@ class RedisTransport(RedisMailbox):
         exchange's lookup, as kombu's), in member order."""
         queues = []
         for member in members:
-            parts = (member.decode() if isinstance(member, bytes) else member).split(self.sep)
+            parts = (member.decode(errors="replace") if isinstance(member, bytes) else member).split(self.sep)
             if len(parts) == 3 and parts[0] == routing_key:
                 queues.append(parts[2])
         return queues
@@ -614,9 +611,9 @@ class RedisTransport(RedisMailbox):
                 _bad_element(queue, item, "not a kombu envelope")
                 continue
             try:
-                deliveries.append(_delivery(tag.decode(), item, queue))
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                _bad_element(queue, item, f"{type(exc).__name__}: {exc}")
+                deliveries.append(_delivery(tag.decode(errors="replace"), item, queue))
+            except DecodeError as exc:
+                _bad_element(queue, item, str(exc))
                 broken.append((tag, item))
         if broken:
             await self._dead_letter(broken)
@@ -745,14 +742,20 @@ class RedisTransport(RedisMailbox):
         if value is None:
             return "", ""  # index entry without its hash entry: only remove it
         try:
-            envelope, exchange, routing_key = json.loads(value)
+            entry = limits.loads_json(value, "unacked entry")
+            if not isinstance(entry, list) or len(entry) != 3:
+                raise DecodeError("unacked entry is not [envelope, exchange, routing key]")
+            envelope, exchange, routing_key = entry
+            if not isinstance(envelope, dict) or not isinstance(routing_key, str) \
+                    or not isinstance(exchange, str):
+                raise DecodeError("unacked entry is not [envelope, exchange, routing key]")
             queue = routing_key
             if exchange:  # kombu's lookup in a direct exchange's binding table
                 members = await client.execute_command("SMEMBERS", self._binding_table(exchange))
                 queue = next(iter(self._bound(members, routing_key)), queue)
-            priority = envelope["properties"].get("priority")
+            priority = envelope_codec.priority_of(envelope)
             return self._key_for(queue, priority), _redelivered(envelope)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except DecodeError as exc:
             logger.warning("Malformed unacked entry %r (%s) moved to %r: %r",
                            tag, exc, DEAD_LETTER_KEY, value[:120])  # fmt: skip
             return self.dead_letter_key, value
