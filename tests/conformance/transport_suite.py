@@ -32,10 +32,9 @@ VISIBILITY = 1.0
 
 def _nested(depth: int, tag: str) -> bytes:
     """An envelope whose headers hold a list nested ``depth`` levels deep."""
-    deep = "[" * depth + "]" * depth
-    return ('{"body": "", "content-type": "application/json", "headers": {"x": %s}, '
-            '"properties": {"body_encoding": "base64", "delivery_tag": "%s"}}'
-            % (deep, tag)).encode()
+    env = json.dumps({"body": "", "content-type": "application/json", "headers": {"x": "@"},
+                      "properties": {"body_encoding": "base64", "delivery_tag": tag}})
+    return env.replace('"@"', "[" * depth + "]" * depth).encode()
 
 
 #: Elements that are not messages, each dead-lettered once by every transport: Python's

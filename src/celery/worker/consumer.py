@@ -9,7 +9,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
@@ -26,6 +26,7 @@ from ..exceptions import (
 from ..messaging.protocol import check_headers
 from ..messaging.serialization import accept_set
 from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
+from .duties import every, restore_interval
 from .executor.base import Executor
 from .handoff import HandoffPause
 from .lanes import Lane
@@ -47,8 +48,6 @@ logger = logging.getLogger("celery.worker.consumer")
 FETCH_BATCH_MAX = 256
 #: How long one fetch may block when the queues are empty (also how quickly a stop is seen).
 FETCH_TIMEOUT = 1.0
-#: How often reserved messages of dead workers are restored (visibility timeout on Redis).
-RESTORE_INTERVAL = 60.0
 #: How often deferred (far-ETA) messages that are due are put back in their queues.
 PROMOTE_INTERVAL = 1.0
 #: At least this many future (ETA) tasks are held in memory before they are deferred.
@@ -769,32 +768,22 @@ class Consumer:
         async def check() -> None:
             self._check_memory()
 
-        await self._every(1.0, check, "memory check")
+        await every(1.0, check, "memory check", self._stopped)
 
     async def _promote_loop(self) -> None:
         """Every PROMOTE_INTERVAL, put deferred messages that are due back in their queues."""
         if self._promote is not None:
-            await self._every(PROMOTE_INTERVAL, self._promote, "promote_due")
+            await every(PROMOTE_INTERVAL, self._promote, "promote_due", self._stopped)
 
     async def _restore_loop(self) -> None:
+        """Now (a worker that starts gives back what dead ones left at once), then every
+        quarter of the visibility timeout (``duties.restore_interval``)."""
         async def restore() -> None:
             restored = await self.transport.restore_visible()
             if restored:
                 logger.warning("Restored %d unacknowledged messages of a worker that is gone",
                                restored)
 
-        await self._every(RESTORE_INTERVAL, restore, "restore_visible")
-
-    async def _every(self, interval: float, op: Callable[[], Awaitable[Any]], what: str) -> None:
-        """Run ``op`` now and every ``interval`` seconds until the stop event (never by
-        cancellation, so a run is never cut off half-way)."""
-        while not self.stopping:
-            try:
-                await op()
-            except ConnectionLost as exc:
-                logger.debug("%s failed: %s", what, exc)
-            try:
-                await asyncio.wait_for(self._stopped.wait(), interval)
-            except TimeoutError:
-                pass
+        interval = restore_interval(getattr(self.transport, "visibility_timeout", None))
+        await every(interval, restore, "restore_visible", self._stopped)
 
