@@ -226,7 +226,12 @@ class Consumer:
         self._room.set()
 
     def cold_stop(self) -> None:
-        """Second signal: cancel running async tasks, requeue what cannot be cancelled."""
+        """Second signal: stop at once. Async tasks are cancelled (their messages go back,
+        as they report); a sync thread cannot be, so a ``def`` task still running is
+        abandoned: its message goes back now and whatever it does afterwards is dropped
+        (``Halt.claim``), so it is never both requeued and reported. One that returned just
+        before keeps its outcome (finish and ack). The worker then exits without waiting
+        for abandoned threads (daemons, they end with the process)."""
         self.stop_fetching()
         lane = self.lanes[False]
         for req in lane.cancel():  # waiting for a thread: never started nor acked
@@ -235,10 +240,14 @@ class Consumer:
         sync_running = list(lane.running)
         self.lanes[True].executor.cancel_all()
         for req in sync_running:
-            logger.warning("Cold shutdown: requeueing %s[%s], still running in a sync thread",
-                           req.name, req.id)
+            if not req.halt.claim("consumer"):
+                continue  # it just ended: its outcome is on its way and settles it
+            logger.warning("Cold shutdown: requeueing %s[%s], still running in a sync thread "
+                           "(abandoned: its outcome will be dropped)", req.name, req.id)
             self._finish(Outcome(req, "REVOKED", None, 0.0, requeue=True))
         self._flush_needed.set()
+        if self.inflight == 0:
+            self._idle.set()
 
     # -- receiving -----------------------------------------------------------------------
 

@@ -22,15 +22,27 @@ logger = logging.getLogger("celery.worker.consumer")
 
 
 class Halt:
-    """A flag set once by the consumer thread and read by the thread running the task:
-    ``threading.Event``'s ``set``/``is_set`` without its Condition, which cost more to make
-    than the rest of a no-op task's request. ``_lock`` guards ``_set``."""
+    """What the consumer's thread and the thread running a task tell each other about it.
 
-    __slots__ = ("_lock", "_set")
+    * A flag set once by the consumer and read by the task's thread (terminate):
+      ``threading.Event``'s ``set``/``is_set`` without its Condition, which cost more to
+      make than the rest of a no-op task's request.
+    * Who reports the task's end (``claim``), when a cold shutdown races it: the task's
+      thread once the task function has returned or raised (its outcome is then reported:
+      finish and ack), or the consumer while it still runs (its message is requeued and
+      whatever the function does afterwards is dropped: no result, no signal, no retry
+      message). Whoever claims first wins, so a message is never both requeued and
+      reported (issue 20, item 5).
+
+    ``_lock`` guards ``_set`` and ``_claimed``.
+    """
+
+    __slots__ = ("_lock", "_set", "_claimed")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._set = False
+        self._claimed = ""
 
     def set(self) -> None:
         with self._lock:
@@ -39,6 +51,14 @@ class Halt:
     def is_set(self) -> bool:
         with self._lock:
             return self._set
+
+    def claim(self, who: str) -> bool:
+        """True if ``who`` ("thread" or "consumer") is the first to claim the task's end,
+        or claimed it already; any thread."""
+        with self._lock:
+            if not self._claimed:
+                self._claimed = who
+            return self._claimed == who
 
 
 @dataclass(slots=True, eq=False)

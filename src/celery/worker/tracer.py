@@ -97,6 +97,8 @@ class Tracer:
                 value = task.run(*body.args, **body.kwargs)
                 self._confirm_own()
             except Retry as exc:
+                if not req.halt.claim("thread"):  # a cold shutdown requeued its message
+                    return self._dropped(req, start)
                 error = None
                 if exc.message_to_send is not None and self.transport is not None:
                     try:
@@ -110,7 +112,11 @@ class Tracer:
                     logger.info("Task %s[%s] stopped after it was terminated (%r)", req.name,
                                 req.id, exc)
                     return Outcome(req, states.REVOKED, None, time.monotonic() - start)
+                if not req.halt.claim("thread"):
+                    return self._dropped(req, start)
                 return self._end(req, body, self._errored(req, exc, start, ctx))
+            if not req.halt.claim("thread"):
+                return self._dropped(req, start)
             return self._end(req, body, self._succeeded(req, value, start, ctx), value)
         finally:
             self._confirm_own(quietly=True)  # a task that raised: its refusals are not the next's
@@ -150,6 +156,13 @@ class Tracer:
             soft.disarm()
             self._confirm_own(quietly=True)
         return self._end(req, body, self._succeeded(req, value, start, ctx), value)
+
+    def _dropped(self, req: Request, start: float) -> Outcome:
+        """The end of a sync task whose message a cold shutdown requeued while it ran
+        (``Halt.claim``): nothing is reported, the consumer ignores the outcome."""
+        logger.warning("Task %s[%s] ended after a cold shutdown requeued its message: its "
+                       "outcome is dropped", req.name, req.id)
+        return Outcome(req, states.REVOKED, None, time.monotonic() - start, requeue=True)
 
     def _confirm_own(self, quietly: bool = False) -> None:
         """Wait for Redis's replies to the sync publishes this task made (pipelined, see
