@@ -28,6 +28,7 @@ from ..messaging.serialization import accept_set
 from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
 from .duties import every, restore_interval
 from .executor.base import Executor
+from .flusher import Flusher
 from .handoff import HandoffPause
 from .lanes import Lane
 from .outbox import Outbox
@@ -87,16 +88,7 @@ class Consumer:
         self._room = asyncio.Event()
         #: Set once a stop is asked for; never cleared.
         self._stopped = asyncio.Event()
-        self._flush_needed = asyncio.Event()
         self._idle = asyncio.Event()
-        self._to_store: list[tuple[str, bytes, str]] = []
-        self._to_ack: list[Delivery] = []
-        self._to_requeue: list[Delivery] = []
-        self._to_reject: list[Delivery] = []
-        #: Early-acked messages abandoned by a cold shutdown, to be published again.
-        self._to_republish: list[Delivery] = []
-        #: True while a flush is writing (its items are no longer in the _to_* lists).
-        self._flushing = False
         #: Requests whose ETA has not come: (eta epoch, seq, request), a heap. They are not
         #: counted in ``reserved`` while held (as Celery raises its QoS for them), so a
         #: backlog of future tasks never blocks the window; ``eta_held`` counts them.
@@ -116,7 +108,6 @@ class Consumer:
         else:
             self.eta_horizon = float("inf")
         self.eta_hold_max = max(ETA_HOLD_MAX, window)
-        self._to_defer: list[tuple[Delivery, float]] = []
         #: Rate-limited tasks' waiting requests (released into their lanes).
         self._limits = RateLimits(app.conf.task_default_rate_limit,
                                   lambda req: self.lanes[req.task.is_async].held.append(req),
@@ -125,6 +116,9 @@ class Consumer:
         self.outbox: Outbox[Outcome] = Outbox(asyncio.get_running_loop(), self._on_outcomes)
         #: Results on their way to the flusher; executors post through ``results.hand_over``.
         self.results = ResultGate(self.backend)
+        #: Result writes and settles, batched (worker/flusher.py).
+        self.flusher = Flusher(self.backend, transport, self.results, self._settled,
+                               self._room.set, lambda: self.inflight > 0)
         self._log_info = logger.isEnabledFor(logging.INFO)
         self.processed = 0
         #: Recycling (``--max-tasks-per-child``, ``--max-memory-per-child``): past either
@@ -145,7 +139,7 @@ class Consumer:
 
     async def run(self) -> None:
         """Consume until ``stop_fetching`` is called, then finish the in-flight work."""
-        flusher = asyncio.create_task(self._flush_loop(), name="consumer-flush")
+        flusher = asyncio.create_task(self.flusher.run(), name="consumer-flush")
         restorer = asyncio.create_task(self._restore_loop(), name="consumer-restore")
         promoter = asyncio.create_task(self._promote_loop(), name="consumer-promote")
         watcher = asyncio.create_task(self._memory_loop(), name="consumer-memory")
@@ -161,8 +155,8 @@ class Consumer:
             await asyncio.wait({restorer, promoter, watcher}, timeout=30)  # bounded, never raises
             self._requeue_held()
             await self._wait_idle()
-            self._flush_needed.set()
-            await self._drain_flush(flusher)
+            self.flusher.needed.set()
+            await self.flusher.drain(flusher)
 
     async def _fetch_loop(self) -> None:
         backoff = 0.1
@@ -171,7 +165,7 @@ class Consumer:
             want = min(self.window - max(self.inflight, self.reserved), FETCH_BATCH_MAX)
             if self.max_tasks is not None:  # never take more than this process will run
                 want = min(want, self.max_tasks - self.processed - self.inflight - self.eta_held)
-            if want <= 0:
+            if want <= 0 or self.flusher.backlogged():
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -204,7 +198,7 @@ class Consumer:
         self.reserved += 1
         self._accept(delivery)
         self._dispatch()
-        acks = self._to_ack
+        acks = self.flusher.acks
         for i in range(len(acks) - 1, -1, -1):
             if acks[i] is delivery:
                 del acks[i]
@@ -236,7 +230,7 @@ class Consumer:
         lane = self.lanes[False]
         for req in lane.cancel():  # waiting for a thread: never started nor acked
             self.inflight -= 1
-            self._to_requeue.append(req.delivery)
+            self.flusher.requeues.append(req.delivery)
         sync_running = list(lane.running)
         self.lanes[True].executor.cancel_all()
         for req in sync_running:
@@ -245,7 +239,7 @@ class Consumer:
             logger.warning("Cold shutdown: requeueing %s[%s], still running in a sync thread "
                            "(abandoned: its outcome will be dropped)", req.name, req.id)
             self._finish(Outcome(req, "REVOKED", None, 0.0, requeue=True))
-        self._flush_needed.set()
+        self.flusher.needed.set()
         if self.inflight == 0:
             self._idle.set()
 
@@ -298,8 +292,8 @@ class Consumer:
         if eta is not None and eta > time.time():
             far = eta - time.time() > self.eta_horizon or self.eta_held >= self.eta_hold_max
             if far and self._defer is not None:
-                self._to_defer.append((delivery, eta))
-                self._flush_needed.set()
+                self.flusher.defers.append((delivery, eta))
+                self.flusher.needed.set()
             else:
                 if far:
                     logger.warning("Task %s[%s]: holding its ETA beyond the visibility timeout's "
@@ -377,17 +371,15 @@ class Consumer:
 
     def _announce_revoked(self, req: Request, reason: str, expired: bool) -> None:
         payload = self._revoked_payload(req, reason)
-        if payload is not None:
-            self._store_later(req.id, payload, states.REVOKED)
-        self._to_ack.append(req.delivery)
-        self._flush_needed.set()
+        self._store_then(req, payload, states.REVOKED, "acks")
+        self.flusher.needed.set()
         if signals.task_revoked.receivers:
             signals.task_revoked.send(sender=req.task, request=req, terminated=False, signum=None,
                                       expired=expired)
 
     def _reject(self, delivery: Delivery) -> None:
-        self._to_reject.append(delivery)
-        self._flush_needed.set()
+        self.flusher.rejects.append(delivery)
+        self.flusher.needed.set()
 
     def _dispatch(self) -> None:
         if self.stopping:
@@ -413,8 +405,8 @@ class Consumer:
                 if not batch:
                     continue
                 lane.hand_over(group, batch, self._start)
-        if self._to_ack:
-            self._flush_needed.set()
+        if self.flusher.acks:
+            self.flusher.needed.set()
         if self.inflight == 0:
             self._idle.set()
 
@@ -422,7 +414,7 @@ class Consumer:
         """A request starts (for us; its executor may have started it a moment before)."""
         req.started_at = time.time()
         if not req.acks_late:
-            self._to_ack.append(req.delivery)
+            self.flusher.acks.append(req.delivery)
         if req.limits[0] is not None:
             req.watchdog = asyncio.get_running_loop().call_later(
                 req.limits[0], self._time_limit_hit, req)
@@ -444,23 +436,33 @@ class Consumer:
         # The flusher wakes before the fetch loop: results are written before the next
         # fetch's script runs (woken for the loop's next turn in this order; see _flush_loop);
         # not for nothing (a lone task's result was written on its thread).
-        if self._writes_waiting():
-            self._flush_needed.set()
+        if self.flusher.waiting():
+            self.flusher.needed.set()
         self._handoff.release()
         if self.inflight < self.window:
             self._room.set()
         if self.inflight == 0:
             self._idle.set()
 
-    def _store_later(self, task_id: str, payload: bytes, state: str) -> None:
-        self._to_store.append((task_id, payload, state))
-        self.results.add(1)
+    def _store_then(self, req: Request, payload: bytes | None, state: str,
+                    settle: str | None) -> None:
+        """Queue the result (if any) and the settle (``"acks"``/``"rejects"``, or None) of a
+        request; a settle after a result waits until the result is written."""
+        delivery = req.delivery
+        if payload is not None:
+            self.flusher.store(req.id, payload, state, (settle, delivery) if settle else None)
+        elif settle is not None:
+            getattr(self.flusher, settle).append(delivery)
+
+    def _settled(self, count: int) -> None:
+        """The broker confirmed ``count`` acks, requeues, rejects or deferrals (flusher)."""
+        self.reserved -= count
+        self._room.set()
 
     def _finish(self, outcome: Outcome) -> None:
         req = outcome.request
         if outcome.interim:  # a state to store while the task goes on (STARTED)
-            if outcome.payload is not None:
-                self._store_later(req.id, outcome.payload, outcome.state)
+            self._store_then(req, outcome.payload, outcome.state, None)
             return
         lane = self.lanes[req.task.is_async]
         if lane.running.pop(req, False) is False:
@@ -468,7 +470,7 @@ class Consumer:
         if req.watchdog is not None:
             req.watchdog.cancel()
         if not lane.settle(req, self._start) and not req.acks_late:
-            self._to_ack.append(req.delivery)  # settled before it started: never acked
+            self.flusher.acks.append(req.delivery)  # settled before it started: never acked
         self.inflight -= 1
         if outcome.requeue:  # cancelled by a cold shutdown: the worker is lost to it
             if req.acks_late and self._task_option(req, "reject_on_worker_lost") is False:
@@ -478,18 +480,17 @@ class Consumer:
             return
         self.processed += 1
         self.total[req.name] = self.total.get(req.name, 0) + 1
-        if outcome.payload is not None:
-            self._store_later(req.id, outcome.payload, outcome.state)
+        settle = None  # acks_late: settled once the result is written
         if outcome.settle == "requeue":  # raise Reject(requeue=True)
             self._give_back(req)
         elif outcome.settle == "reject":  # raise Reject(): dropped (acked already if early)
-            if req.acks_late:
-                self._to_reject.append(req.delivery)
+            settle = "rejects" if req.acks_late else None
         elif req.acks_late:
             if outcome.state == states.FAILURE and not self._acks_on_failure(req):
-                self._to_reject.append(req.delivery)  # task_acks_on_failure_or_timeout=False
+                settle = "rejects"  # task_acks_on_failure_or_timeout=False
             else:
-                self._to_ack.append(req.delivery)
+                settle = "acks"
+        self._store_then(req, outcome.payload, outcome.state, settle)
 
     def _time_limit_hit(self, req: Request) -> None:
         """The hard time limit struck a running request: fail it with TimeLimitExceeded and
@@ -623,10 +624,11 @@ class Consumer:
         logger.warning("Task %s[%s]: worker lost (cold shutdown); failed and acked, as "
                        "reject_on_worker_lost is False", req.name, req.id)
         exc = WorkerLostError(f"Worker exited prematurely: cold shutdown ({req.name}[{req.id}])")
+        payload = None
         if req.store_result or req.task.store_errors_even_if_ignored:
             meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
-            self._store_later(req.id, self.backend.encode(meta), states.FAILURE)
-        self._to_ack.append(req.delivery)
+            payload = self.backend.encode(meta)
+        self._store_then(req, payload, states.FAILURE, "acks")
 
     def _acks_on_failure(self, req: Request) -> bool:
         return bool(self._task_option(req, "acks_on_failure_or_timeout"))
@@ -639,105 +641,28 @@ class Consumer:
         requeued; one whose early ack may already have reached the broker is published again,
         so that an acknowledged message is never lost.
         """
-        delivery = req.delivery
+        delivery, flusher = req.delivery, self.flusher
         if req.acks_late or not req.started_at:  # not started: its early ack never queued
-            self._to_requeue.append(delivery)
+            flusher.requeues.append(delivery)
             return
         try:
-            self._to_ack.remove(delivery)
+            flusher.acks.remove(delivery)
         except ValueError:
-            self._to_republish.append(delivery)
+            flusher.republishes.append(delivery)
         else:
-            self._to_requeue.append(delivery)
-
-    # -- batching writes -----------------------------------------------------------------
-
-    async def _flush_loop(self) -> None:
-        backoff = 0.1
-        while True:
-            await self._flush_needed.wait()
-            if self.inflight:  # tasks still run: a loop turn, so that the outcomes they
-                await asyncio.sleep(0)  # post meanwhile join this batch (performance.md)
-            self._flush_needed.clear()
-            self._flushing = True
-            try:
-                await self._flush_once()
-                backoff = 0.1
-            except Exception as exc:
-                if isinstance(exc, ConnectionLost):
-                    logger.warning("Could not write results/acks: %s. Retrying in %.1fs...", exc, backoff)
-                else:
-                    logger.exception("Unexpected error writing results/acks; retrying in %.1fs", backoff)
-                self._flush_needed.set()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                self._flushing = False
-
-    def _writes_waiting(self) -> bool:
-        return bool(self._to_store or self._to_ack or self._to_requeue or self._to_reject
-                    or self._to_defer or self._to_republish)
-
-    async def _flush_once(self) -> None:
-        # Results are written before acks, so an acks_late message is only settled once its
-        # result is stored. A batch that fails stays queued and is retried.
-        if self._to_store:
-            stores = self._to_store
-            self._to_store = []
-            try:
-                await self.backend._aset_many(stores)
-            except BaseException:
-                self._to_store[:0] = stores
-                raise
-            self.results.done(len(stores))
-        t = self.transport
-        for attr, op, settles in (("_to_ack", t.ack, True), ("_to_requeue", t.requeue, True),
-                                  ("_to_reject", t.reject, True), ("_to_defer", self._defer, True),
-                                  ("_to_republish", self._republish, False)):
-            items = getattr(self, attr)
-            if not items or op is None:  # (only transports that can defer get deferrals)
-                continue
-            setattr(self, attr, [])
-            try:
-                await op(items)
-            except BaseException:
-                getattr(self, attr)[:0] = items
-                raise
-            if settles:
-                self.reserved -= len(items)
-                self._room.set()
-
-    async def _republish(self, deliveries: list[Delivery]) -> None:
-        await self.transport.apublish_many([d.message for d in deliveries])
-
-    async def _drain_flush(self, flusher: asyncio.Task[None]) -> None:
-        """Write out everything still pending (bounded), then stop the flusher."""
-        for _ in range(250):
-            if not (self._flushing or self._writes_waiting()):
-                break
-            self._flush_needed.set()
-            await asyncio.sleep(0.02)
-        flusher.cancel()
-        # Bounded: a Redis client may swallow a cancellation that lands mid-command.
-        await asyncio.wait({flusher}, timeout=5)
-        pending = (len(self._to_store) + len(self._to_ack) + len(self._to_requeue)
-                   + len(self._to_republish))
-        if pending:
-            logger.error("Shutdown with %d result writes/acks not done (broker unreachable); "
-                         "unacked messages will be redelivered after the visibility timeout.",
-                         pending)
+            flusher.requeues.append(delivery)
 
     def _requeue_held(self) -> None:
         for lane in self.lanes.values():  # in their order: waiting in the executor, then held
             for req in [*lane.withdraw(), *lane.held]:
                 self.inflight -= 1
-                self._to_requeue.append(req.delivery)
+                self.flusher.requeues.append(req.delivery)
             lane.held.clear()
         self._limits.cancel()
         for limiter in self._limits.by_name.values():
             while limiter is not None and limiter.waiting:
                 self.inflight -= 1
-                self._to_requeue.append(limiter.waiting.popleft().delivery)
+                self.flusher.requeues.append(limiter.waiting.popleft().delivery)
         if self._eta_timer is not None:
             self._eta_timer.cancel()
             self._eta_timer = None
@@ -745,10 +670,11 @@ class Consumer:
             _, _, req = heapq.heappop(self._eta)
             self.eta_held -= 1
             self.reserved += 1
-            self._to_requeue.append(req.delivery)
-        if self._to_requeue:
-            logger.info("Requeued %d prefetched messages that had not started", len(self._to_requeue))
-            self._flush_needed.set()
+            self.flusher.requeues.append(req.delivery)
+        if self.flusher.requeues:
+            logger.info("Requeued %d prefetched messages that had not started",
+                        len(self.flusher.requeues))
+            self.flusher.needed.set()
         if self.inflight == 0:
             self._idle.set()
 

@@ -133,6 +133,7 @@ class Worker:
         transport = app.transport
         backend = app.backend
         await self._connect(transport)
+        await _check_backend(backend)
         tracer = Tracer(backend, self.hostname, accept_set(app.conf.accept_content), transport,
                         track_started=bool(app.conf.task_track_started))
         loop = asyncio.get_running_loop()
@@ -260,6 +261,23 @@ class Worker:
             if handler is not None:  # None: set outside Python, cannot be put back
                 signal.signal(sig, handler)
         self._saved_signals.clear()
+
+
+#: How long the check of the result backend at start may take (seconds).
+BACKEND_CHECK_TIMEOUT = 5.0
+
+
+async def _check_backend(backend: Any) -> None:
+    """Warn when the result backend cannot be reached at start: the worker runs anyway (the
+    broker is up), and keeps the results for the backend until it comes (flusher.py)."""
+    try:
+        async with asyncio.timeout(BACKEND_CHECK_TIMEOUT):
+            await backend.ping()
+    except (ConnectionLost, TimeoutError) as exc:
+        logger.warning("The result backend %s cannot be reached (%s): tasks run, and their "
+                       "results wait in this worker (up to a bound, then it stops fetching) "
+                       "until it can", mask_url(str(backend.url or "")),
+                       exc or f"no answer within {BACKEND_CHECK_TIMEOUT:.0f} s")
 
 
 #: The exit status of a worker process that stopped to be replaced (max tasks or memory per
