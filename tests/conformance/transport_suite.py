@@ -245,13 +245,16 @@ class TransportSuite:
         assert [arg_of(d) for d in again] == ["b", "a"]
         await transport.ack(again)
 
-    async def test_reject_without_requeue_drops_for_good(self, transport):
+    async def test_reject_without_requeue_dead_letters_it_once(self, transport, url):
         await transport.apublish(task("bad"))
         got = await transport.fetch(["celery"], 1, 1.0)
         await transport.reject(got)
+        await transport.reject(got)  # a second reject moves nothing
         await asyncio.sleep(VISIBILITY + 0.3)
         assert await transport.restore_visible() == 0
         assert await transport.fetch(["celery"], 1, 0.2) == []
+        [dead] = self.dead_letters(url)
+        assert json.loads(dead)["headers"]["id"] == got[0].message.headers["id"]
 
     async def test_acked_messages_never_come_back(self, transport):
         await transport.apublish_many([task(i) for i in range(3)])

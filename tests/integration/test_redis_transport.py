@@ -193,13 +193,14 @@ async def test_reject_with_requeue_goes_to_the_back(transport):
     assert again[1].redelivered
 
 
-async def test_reject_without_requeue_drops(transport, raw, caplog):
+async def test_reject_without_requeue_dead_letters_it(transport, raw, caplog):
     transport.publish(task("t"))
     got = await transport.fetch(["celery"], 1, 1)
     with caplog.at_level(logging.INFO, logger="celery.transport.redis"):
         await transport.reject(got, requeue=False)
     assert got[0].delivery_tag in caplog.text
     assert raw.exists("unacked", "celery") == 0
+    assert raw.lrange(DEAD_LETTER_KEY, 0, -1) == [got[0].raw]  # unchanged, once
 
 
 async def test_restore_visible_restores_only_expired_reservations(redis_url, raw):

@@ -651,23 +651,31 @@ class RedisTransport(RedisMailbox):
 
         ``requeue=True`` puts them at the back of their queue (LPUSH), as kombu's
         ``reject(requeue=True)`` does, so a message that keeps failing cannot starve the
-        others; ``requeue=False`` drops them (Redis has no dead-lettering for rejects).
+        others; ``requeue=False`` moves them, unchanged, onto the dead-letter list
+        (``celery-asyncio.dead-letter``), as every other broker of ours keeps them, where
+        kombu's Redis transport drops them: never silently lost, once each (only what was
+        still reserved moves).
         """
         if requeue:
             await self._move(deliveries, "L")
             return
         if deliveries:
-            logger.info("Dropping %d rejected message(s): %s", len(deliveries),
-                        ", ".join(d.delivery_tag for d in deliveries))  # fmt: skip
-            await self.ack(deliveries)
+            logger.info("Dead-lettering %d rejected message(s) to %r: %s", len(deliveries),
+                        self.dead_letter_key, ", ".join(d.delivery_tag for d in deliveries))
+            await self._move(deliveries, "L", self.dead_letter_key)
 
-    async def _move(self, deliveries: Iterable[Delivery], end: str) -> None:
+    async def _move(self, deliveries: Iterable[Delivery], end: str, to: str | None = None) -> None:
+        """Push reserved deliveries onto their queue's ``end`` marked redelivered, or onto
+        the list ``to`` unchanged; only those still reserved (MOVE)."""
         deliveries = list(deliveries)
         await self._settle_after_record(deliveries)
         args: list[Any] = [end]
         for d in deliveries:
+            if to is not None:
+                args += (d.delivery_tag, to, d.raw)
+                continue
             envelope = json.loads(d.raw)
-            priority = envelope.get("properties", {}).get("priority")
+            priority = envelope_codec.priority_of(envelope)
             args += (d.delivery_tag, self._key_for(d.queue, priority), _redelivered(envelope))
         if len(args) > 1:
             keys = (self.unacked_key, self.unacked_index_key)

@@ -85,6 +85,8 @@ class Request:
     #: Set by the consumer to stop it (revoke with terminate): ``Task.checkpoint()`` of a
     #: sync task raises once it is set. Two threads use it.
     halt: Halt = field(default_factory=Halt)
+    #: ``header_time``'s answers, by header name (consumer loop only).
+    _times: dict[str, float | None] | None = None
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -103,13 +105,22 @@ class Request:
         return hard, soft
 
     def header_time(self, name: str) -> float | None:
-        """Epoch seconds of the ``eta``/``expires`` header; None if absent or unreadable."""
+        """Epoch seconds of the ``eta``/``expires`` header; None if absent or unreadable
+        (logged once per request: the consumer reads ``expires`` again before it starts)."""
+        times = self._times
+        if times is not None and name in times:
+            return times[name]
         value = self.headers.get(name)
         try:
-            return epoch_of(value)
-        except (ValueError, TypeError):
-            logger.warning("Task %s[%s]: ignoring unreadable %s %r", self.name, self.id, name, value)
-            return None
+            seconds = epoch_of(value)
+        except (ValueError, TypeError, OverflowError):
+            logger.warning("Task %s[%s]: ignoring unreadable %s %.200r", self.name, self.id,
+                           name, value)
+            seconds = None
+        if times is None:
+            times = self._times = {}
+        times[name] = seconds
+        return seconds
 
     def info(self, safe: bool = False, hostname: str | None = None) -> dict[str, Any]:
         """What ``inspect active/reserved/scheduled`` shows of it (Celery's ``Request.info``);
@@ -177,6 +188,6 @@ def _seconds(value: Any) -> float | None:
         return None
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return seconds if seconds > 0 else None

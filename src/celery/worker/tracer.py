@@ -66,8 +66,10 @@ class Tracer:
         msg = req.delivery.message
         try:
             body = decode_body(msg.body, msg.content_type, msg.content_encoding, self.accept)
-        except Exception as exc:
-            return self._failed(req, exc, start, None)
+        except Exception as exc:  # one line says it all: the traceback would be ours
+            logger.error("Task %s[%s] cannot run: its message body is invalid: %s", req.name,
+                         req.id, exc)
+            return self._failed(req, exc, start, None, logged=True)
         ctx = req.context(body.args, body.kwargs, body.embed, self.hostname)
         ctx.halt = req.halt
         soft = req.limits[1]
@@ -237,10 +239,13 @@ class Tracer:
             signals.task_retry.send(sender=req.task, request=ctx, reason=exc, einfo=einfo)
         return Outcome(req, states.RETRY, payload, runtime)
 
-    def _failed(self, req: Request, exc: BaseException, start: float, ctx: Any) -> Outcome:
+    def _failed(self, req: Request, exc: BaseException, start: float, ctx: Any,
+                logged: bool = False) -> Outcome:
         runtime = time.monotonic() - start
         einfo = ExceptionInfo.of(exc)
-        logger.error("Task %s[%s] raised unexpected: %r\n%s", req.name, req.id, exc, einfo.traceback)
+        if not logged:
+            logger.error("Task %s[%s] raised unexpected: %r\n%s", req.name, req.id, exc,
+                         einfo.traceback)
         payload = None
         if req.store_result or req.task.store_errors_even_if_ignored:
             payload = self._encode_error(req, states.FAILURE, exc, einfo.traceback, ctx)
