@@ -37,8 +37,9 @@ Redis, and dropping it silently would lose data) and logged with its queue and f
 
 Delivery guarantees: publishing is at-least-once (a publish that failed with a connection
 error is retried, and the server may have executed it before the connection broke). Sync
-``publish`` is pipelined: it returns once the command is written, and the reply is read
-later (redis_publish.py says what that guarantees). A message
+``publish`` waits for Redis's reply, unless ``publish_pipeline`` is true: then it returns
+once the command is written, and the reply is read later (redis_publish.py says what that
+guarantees). A message
 popped by BRPOP is registered in ``unacked`` by a second command, as in kombu: if the
 connection breaks between the two, that message is not restored if the worker then dies.
 With ``fetch(early=...)`` it runs meanwhile, and one acked on the spot is never registered.
@@ -192,7 +193,7 @@ class RedisTransport(RedisMailbox):
         #: under _clients_lock.
         self._poppers: dict[asyncio.AbstractEventLoop, _aio.Popper] = {}
         self._publisher = SyncPublisher(lambda: self._pool(valkey), self._safe_url,
-                                        self.max_retries, bool(opts.get("publish_pipeline", True)))
+                                        self.max_retries, bool(opts.get("publish_pipeline", False)))
         self._rr_turn = 0
         #: Coalesced publishes (``apublish``): each loop's pending batch, under
         #: _clients_lock, as is _sending, the flush tasks in flight (strong references).
@@ -314,8 +315,9 @@ class RedisTransport(RedisMailbox):
     # -- publishing ----------------------------------------------------------------------
 
     def publish(self, message: Message) -> None:
-        """LPUSH one message, pipelined unless ``publish_pipeline`` is false (see
-        redis_publish.py); connection errors are retried with backoff. Any thread."""
+        """LPUSH one message and wait for Redis's reply (pipelined, without waiting, when
+        ``publish_pipeline`` is true: see redis_publish.py); connection errors are retried
+        with backoff. Any thread."""
         self.publish_encoded(*self.envelope_of(message), message.headers.get("id"))
 
     def confirm_published(self) -> None:
