@@ -9,9 +9,11 @@ they passed before. A payload is therefore measured first: one that is larger th
 any parser sees it, and anything else the parser raises is turned into ``DecodeError`` too,
 so that a caller at a boundary catches one exception type.
 
-Measuring costs two ``count`` calls in the usual case: a payload with fewer brackets than
-``MAX_DEPTH`` cannot be nested deeper. Only one with more is scanned properly (strings
-removed, then the brackets counted in order).
+Measuring costs nothing for a payload of at most ``QUICK`` characters, which cannot nest
+deeper than ``MAX_DEPTH`` (callers on hot paths test ``len(data) > QUICK`` before calling
+``check``), and two ``count`` calls for a larger one with fewer brackets than ``MAX_DEPTH``.
+Only one with more is scanned properly (strings removed, then the brackets counted in
+order).
 
 Pure functions; any thread.
 """
@@ -25,7 +27,7 @@ from typing import Any
 
 from ..exceptions import DecodeError
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "check", "depth_of", "loads_json"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "QUICK", "check", "depth_of", "loads_json"]
 
 #: The largest payload (envelope, control message, result) decoded, in bytes (or
 #: characters, for text). RabbitMQ's default limit on a message is the same.
@@ -33,6 +35,8 @@ MAX_BYTES = 128 * 1024 * 1024
 #: The deepest nesting of JSON arrays and objects decoded: half of Python's default
 #: recursion limit, so the parser never comes near it, whatever the caller's stack.
 MAX_DEPTH = 500
+#: Payloads this short need no measuring: each level of nesting takes two characters.
+QUICK = 2 * MAX_DEPTH
 
 _STRING_TEXT = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _STRING_BYTES = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -52,15 +56,20 @@ def depth_of(data: str | bytes) -> int:
 
 
 
-def check(data: str | bytes, what: str, max_depth: int = MAX_DEPTH,
-          max_bytes: int = MAX_BYTES) -> None:
-    """Refuse ``data`` (JSON text) that is too large or too deeply nested to parse safely.
+def check(data: str | bytes, what: str, max_depth: int | None = None,
+          max_bytes: int | None = None) -> None:
+    """Refuse ``data`` (JSON text) that is too large or too deeply nested to parse safely
+    (bounds: MAX_DEPTH and MAX_BYTES unless given).
 
     Raises:
         DecodeError: naming ``what`` and the bound it passed.
     """
+    max_depth = MAX_DEPTH if max_depth is None else max_depth
+    max_bytes = MAX_BYTES if max_bytes is None else max_bytes
     if len(data) > max_bytes:
         raise DecodeError(f"{what} is too large: {len(data)} bytes, more than {max_bytes}")
+    if len(data) <= 2 * max_depth:
+        return
     if isinstance(data, str):
         brackets = data.count("[") + data.count("{")
     else:
@@ -75,7 +84,8 @@ def loads_json(data: str | bytes | bytearray | memoryview, what: str) -> Any:
         if not isinstance(data, str):
             # Text first: json.loads would sniff bytes for UTF-16/32 in Python code.
             data = bytes(data).decode("utf-8")
-        check(data, what)
+        if len(data) > QUICK:
+            check(data, what)
         return json.loads(data)
     except DecodeError:
         raise

@@ -105,7 +105,8 @@ def json_loads(data: str | bytes) -> Any:
     bounds (DecodeError past them)."""
     if isinstance(data, bytes | bytearray | memoryview):
         data = bytes(data).decode("utf-8")
-    limits.check(data, "JSON payload")
+    if len(data) > limits.QUICK:  # shorter cannot be too deep (see limits.py)
+        limits.check(data, "JSON payload")
     return _json_decoder.decode(data)
 
 

@@ -63,41 +63,32 @@ def decode(tag: str, item: bytes | str, queue: str) -> Delivery:
             ``messaging/limits.py``, not JSON, fields missing or of the wrong type). Nothing
             else: a transport catches this one type at its boundary and dead-letters ``item``.
     """
-    env = limits.loads_json(item, "message envelope")
-    try:
-        return _delivery(tag, item, queue, env)
+    try:  # (limits.loads_json's steps, inline: this runs once per message)
+        # Decoded to text first: json.loads would sniff bytes for UTF-16/32 in Python code.
+        text = item.decode() if isinstance(item, bytes) else item
+        if len(text) > limits.QUICK:
+            limits.check(text, "message envelope")
+        env = json.loads(text)
+        # A field of the wrong type raises below (AttributeError, TypeError, ...) or is
+        # refused here; either way a DecodeError.
+        props, body, headers = env["properties"], env["body"], env.get("headers") or {}
+        if props.get("body_encoding") == "base64":
+            raw = binascii.a2b_base64(body, strict_mode=True)
+        else:
+            raw = body.encode()
+        info = props.get("delivery_info") or {}
+        exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or queue
+        content_type = env.get("content-type") or ""
+        content_encoding = env.get("content-encoding") or ""
+        if type(headers) is not dict or not _all_text(exchange, routing_key, content_type,
+                                                       content_encoding):
+            raise DecodeError("not a kombu message envelope: headers is not a mapping, or "
+                              "exchange, routing key or content type not text")
+        redelivered = bool(info.get("redelivered") or headers.get("redelivered"))
     except DecodeError:
         raise
-    except Exception as exc:  # a field of an unexpected type deep inside: bad input too
+    except Exception as exc:  # not JSON, a field of an unexpected type, RecursionError...
         raise DecodeError(f"not a kombu message envelope: {type(exc).__name__}: {exc}") from None
-
-
-def _delivery(tag: str, item: bytes | str, queue: str, env: Any) -> Delivery:
-    if not isinstance(env, dict):
-        raise DecodeError(f"not a kombu message envelope: a JSON {type(env).__name__}")
-    props, body = env.get("properties"), env.get("body")
-    headers = env.get("headers") or {}
-    if not isinstance(props, dict) or not isinstance(body, str) or not isinstance(headers, dict):
-        raise DecodeError("not a kombu message envelope: properties, body or headers missing "
-                          "or of the wrong type")
-    if props.get("body_encoding") == "base64":
-        try:
-            raw = binascii.a2b_base64(body, strict_mode=True)
-        except (binascii.Error, ValueError) as exc:
-            raise DecodeError(f"the body is not valid base64: {exc}") from None
-    else:
-        raw = body.encode()
-    info = props.get("delivery_info") or {}
-    if not isinstance(info, dict):
-        raise DecodeError("not a kombu message envelope: delivery_info is not a mapping")
-    exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or queue
-    if not isinstance(exchange, str) or not isinstance(routing_key, str):
-        raise DecodeError("not a kombu message envelope: exchange or routing key is not text")
-    content_type = env.get("content-type") or ""
-    content_encoding = env.get("content-encoding") or ""
-    if not isinstance(content_type, str) or not isinstance(content_encoding, str):
-        raise DecodeError("not a kombu message envelope: content type or encoding is not text")
-    redelivered = bool(info.get("redelivered") or headers.get("redelivered"))
     message = Message(
         body=raw,
         content_type=content_type,
@@ -114,6 +105,10 @@ def _delivery(tag: str, item: bytes | str, queue: str, env: Any) -> Delivery:
         "redelivered": redelivered,
     }
     return Delivery(message, tag, queue, item, redelivered, delivery_info)
+
+
+def _all_text(*values: Any) -> bool:
+    return all(type(v) is str for v in values)
 
 
 def loads(item: bytes | str) -> dict[str, Any]:

@@ -499,10 +499,13 @@ class RedisTransport(RedisRestore, RedisMailbox):
         ``timeout``, and never longer than half the visibility timeout, so that the
         heartbeat sent before it stays fresh); ``(key number, message)`` of each moved."""
         block = min(self._block_for(timeout), max(self.visibility_timeout / 2, 0.05))
-        try:
-            await asyncio.wait_for(waiters.lock.acquire(), timeout)
-        except TimeoutError:  # another fetch on this loop waits: it takes what comes
-            return []
+        if waiters.lock.locked():  # (wait_for costs as much as the rest: not when free)
+            try:
+                await asyncio.wait_for(waiters.lock.acquire(), timeout)
+            except TimeoutError:  # another fetch on this loop waits: it takes what comes
+                return []
+        else:
+            await waiters.lock.acquire()
         try:
             return await waiters.wait(layout, block)
         finally:

@@ -221,9 +221,11 @@ class Waiters:
             waiter.lost = True
             logger.exception("A blocking wait on %r failed", waiter.key)
         finally:
+            # Whatever the end (a message, a failure, a wait armed by an earlier fetch that
+            # timed out), the fetch waiting now looks again: it arms the key anew.
             waiter.task = None
             woken = self._woken
-            if woken is not None and not woken.done() and (waiter.item or waiter.lost):
+            if woken is not None and not woken.done():
                 woken.set_result(None)
 
     def _ahead(self, popper: Popper, packed: bytes) -> None:

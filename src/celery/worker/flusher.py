@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ..exceptions import ConnectionLost
 from ..utils.text import mask_url
@@ -49,13 +49,9 @@ MAX_BACKOFF = 5.0
 _NAMED = 20
 
 
-class _Store(NamedTuple):
-    """A result to write, and the settle to queue once it is written (or None)."""
-
-    task_id: str
-    payload: bytes
-    state: str
-    then: tuple[str, Delivery] | None
+#: A result to write: (task id, encoded meta, state, the settle to queue once it is written
+#: or None). A plain tuple: one is made per task.
+_Store: TypeAlias = "tuple[str, bytes, str, tuple[str, Delivery] | None]"
 
 
 class _Side:
@@ -124,7 +120,7 @@ class Flusher:
               then: tuple[str, Delivery] | None = None) -> None:
         """Queue a result; ``then`` (``("acks" | "rejects", delivery)``): the settle that
         waits for it. Counted by the ResultGate until written."""
-        self.stores.append(_Store(task_id, payload, state, then))
+        self.stores.append((task_id, payload, state, then))
         self._store_bytes += len(payload)
         self._results.add(1)
 
@@ -191,7 +187,7 @@ class Flusher:
     async def _write_results(self, now: float) -> None:
         batch, self.stores = self.stores, []
         try:
-            await self._backend._aset_many([(s.task_id, s.payload, s.state) for s in batch])
+            await self._backend._aset_many([s[:3] for s in batch])
         except Exception as exc:
             self.stores[:0] = batch
             self._backend_side.failed(exc, now, len(self.stores))
@@ -200,11 +196,11 @@ class Flusher:
             self.stores[:0] = batch
             raise
         self._backend_side.worked()
-        self._store_bytes -= sum(len(s.payload) for s in batch)
+        self._store_bytes -= sum(len(s[1]) for s in batch)
         self._results.done(len(batch))
-        for store in batch:
-            if store.then is not None:
-                getattr(self, store.then[0]).append(store.then[1])
+        for *_, then in batch:
+            if then is not None:
+                getattr(self, then[0]).append(then[1])
         if not self.backlogged():
             self._room()
 
@@ -253,8 +249,8 @@ class Flusher:
 
     def _report_left(self) -> None:
         if self.stores:
-            late = [s.task_id for s in self.stores if s.then is not None]
-            acked = [s.task_id for s in self.stores if s.then is None]
+            late = [s[0] for s in self.stores if s[3] is not None]
+            acked = [s[0] for s in self.stores if s[3] is None]
             logger.error(
                 "Shutdown with %d results not stored (result backend %s unreachable): the "
                 "results of %d tasks whose messages were acked are lost (%s); %d acks_late "
