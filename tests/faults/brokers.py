@@ -85,10 +85,12 @@ class Broker:
         return [f.read_bytes() for f in sorted(folder.iterdir())] if folder.exists() else []
 
     def stored(self) -> int:
-        """Messages still in the broker: waiting or reserved (dead letters not counted)."""
+        """Messages still in the broker: waiting or reserved, in ``unacked`` or in a
+        consumer's reserved list (dead letters not counted)."""
         if self.name == "redis":
             with self._redis() as client:
                 keys = [k for k in client.keys("celery*") if not k.startswith(b"celery-")]
+                keys += client.keys("celery-asyncio.reserved.*")
                 return sum(client.llen(k) for k in keys) + client.hlen("unacked")
         if self.name == "sqlite":
             with self._sqlite() as conn:

@@ -26,8 +26,8 @@ class Executions:
     ends: collections.Counter[str] = field(default_factory=collections.Counter)
     #: Ends the worker reported (``task_postrun``): an abandoned def task's is not.
     reported: collections.Counter[str] = field(default_factory=collections.Counter)
-    #: Task ids with an execution that came from a redelivered message.
-    redelivered: set[str] = field(default_factory=set)
+    #: Executions started from a redelivered message (restored or requeued), per task id.
+    redelivered: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @classmethod
     def read(cls, path: Path) -> Executions:
@@ -40,8 +40,8 @@ class Executions:
                 continue
             event, task_id, redelivered, _pid = parts
             {"start": out.starts, "end": out.ends, "reported": out.reported}[event][task_id] += 1
-            if redelivered == "1":
-                out.redelivered.add(task_id)
+            if redelivered == "1" and event == "start":
+                out.redelivered[task_id] += 1
         return out
 
     def lost(self, ids: list[str]) -> list[str]:
@@ -52,20 +52,27 @@ class Executions:
         """Ended more than once."""
         return [i for i in ids if self.ends[i] > 1]
 
+    def unaccounted(self, ids: list[str]) -> list[str]:
+        """Ended more than once, and not every extra run came from a redelivered message
+        (one the broker gave back after its ack was cut off, or requeued)."""
+        return [i for i in ids if self.ends[i] - 1 > self.redelivered[i]]
+
     def reported_twice(self, ids: list[str]) -> list[str]:
         """Whose end the workers reported more than once."""
         return [i for i in ids if self.reported[i] > 1]
 
 
 class Worker:
-    """``celery -A faultapp worker`` in a process of its own; its output is kept."""
+    """``celery -A faultapp worker`` in a process of its own; its output is kept. Run by
+    this interpreter, or by ``$FAULT_WORKER_PYTHON`` (another install, to compare with)."""
 
     def __init__(self, env: dict[str, str], *options: str, cwd: Path = ROOT) -> None:
         full_env = dict(os.environ, **env)
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT / "tests" / "apps"), str(ROOT), full_env.get("PYTHONPATH", "")])
+        python = os.environ.get("FAULT_WORKER_PYTHON") or sys.executable
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "faultapp", "worker", "-l", "info", *options],
+            [python, "-m", "celery", "-A", "faultapp", "worker", "-l", "info", *options],
             cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._ready = threading.Event()

@@ -469,7 +469,7 @@ class RedisTransport(RedisRestore, RedisMailbox):
         moved = waiters.taken(layout)  # waits that took a message while no fetch waited
         deliveries: list[Delivery] = []
         if moved:  # (a backlog, likely: reserve it as a batch)
-            deliveries = (await self._reserve(layout, max_count, moved))[0]
+            deliveries = await self._reserve_moved(layout, max_count, moved)
             full = True
         else:
             # After a fetch that drained the queues, go straight to the blocking wait: it
@@ -538,7 +538,7 @@ class RedisTransport(RedisRestore, RedisMailbox):
         queue = layout.names[number - 1]
         delivery = _well_formed(item, queue) if early is not None else None
         if delivery is None or early is None:
-            deliveries = (await self._reserve(layout, max_count, moved))[0]
+            deliveries = await self._reserve_moved(layout, max_count, moved)
             return deliveries, len(deliveries) >= max_count or len(moved) > 1
         waiters = self._waiters_here()
         try:
@@ -547,21 +547,16 @@ class RedisTransport(RedisRestore, RedisMailbox):
                 waiters.forget(number, layout, item)
                 if len(moved) == 1:
                     return [], acked != EARLY_ALONE
-                return (await self._reserve(layout, max_count - 1, moved[1:]))[0], True
+                return await self._reserve_moved(layout, max_count - 1, moved[1:]), True
         except BaseException:  # a bug in the handler: keep the messages reserved, not lost
-            await self._reserve(layout, len(moved), moved)
+            await self._reserve_moved(layout, len(moved), moved)
             raise
         tag = delivery.delivery_tag
         recorded = asyncio.get_running_loop().create_future()
         with self._clients_lock:
             self._recording[tag] = recorded
         try:
-            deliveries = (await self._reserve(layout, max_count, moved))[0]
-        except ConnectionLost as exc:
-            logger.error("Task message %s from queue %r runs, but could not be recorded in "
-                         "unacked: it stays in this consumer's reserved list (%s)", tag, queue,
-                         exc)
-            raise
+            deliveries = await self._record_handed(layout, max_count, moved, tag, queue)
         finally:
             with self._clients_lock:
                 del self._recording[tag]
@@ -574,6 +569,38 @@ class RedisTransport(RedisRestore, RedisMailbox):
             logger.error("Task message %s from queue %r runs, but Redis dead-lettered it as "
                          "malformed, or another worker restored it meanwhile", tag, queue)
         return deliveries, full
+
+    async def _reserve_moved(self, layout: _Layout, count: int,
+                             moved: list[tuple[int, bytes]]) -> list[Delivery]:
+        """``_reserve`` with messages blocking waits moved; if it fails, they stay the
+        waits' (in their lists) for the next fetch, which records them then."""
+        try:
+            return (await self._reserve(layout, count, moved))[0]
+        except ConnectionLost:
+            self._waiters_here().untake(layout, moved)
+            raise
+
+    async def _record_handed(self, layout: _Layout, count: int, moved: list[tuple[int, bytes]],
+                             tag: str, queue: str) -> list[Delivery]:
+        """``_reserve`` when the first moved message already runs (handed over early): it
+        must not be handed over again, so its record is retried here, with backoff, for
+        about half a minute (the broker is away meanwhile: nothing else can be fetched). A
+        retry after a reply that was lost finds it recorded already (no longer listed)."""
+        for delay in (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, None):
+            try:
+                return (await self._reserve(layout, count, moved))[0]
+            except ConnectionLost as exc:
+                if delay is None:
+                    logger.error("Task message %s from queue %r runs, but could not be "
+                                 "recorded in unacked (%s): its reserved list goes back to its "
+                                 "queue before the next wait, so it may run again", tag, queue,
+                                 exc)
+                    self._waiters_here().lost(layout, moved)
+                    raise
+                logger.warning("Could not record running task message %s yet (%s); trying "
+                               "again in %.2fs", tag, exc, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover: the last delay is None
 
     async def _settle_after_record(self, deliveries: Iterable[Delivery]) -> None:
         """Wait until the deliveries handed over early are recorded (usually none are)."""

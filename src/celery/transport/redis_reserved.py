@@ -153,6 +153,20 @@ class Waiters:
                 waiter.item = None
         return out
 
+    def untake(self, layout: Layout, moved: list[tuple[int, bytes]]) -> None:
+        """Messages ``taken`` whose record failed (and that were not handed over): the next
+        fetch takes them again (they are still in their lists)."""
+        pairs = self._pairs(layout)
+        for number, item in moved:
+            pairs[number - 1][1].item = item
+
+    def lost(self, layout: Layout, moved: list[tuple[int, bytes]]) -> None:
+        """Messages whose record failed for good: their lists go back to the queues before
+        their keys are waited on again."""
+        pairs = self._pairs(layout)
+        for number, _ in moved:
+            pairs[number - 1][1].lost = True
+
     async def wait(self, layout: Layout, block: float) -> list[tuple[int, bytes]]:
         """Arm a wait on every queue key of the layout that has none in flight, then wait up
         to ``block`` seconds until one of them moves a message; what they moved.
