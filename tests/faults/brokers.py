@@ -148,3 +148,10 @@ def nested_envelope(depth: int, name: str = "poison", task_id: str = "poison") -
     env = json.loads(task_envelope(name, task_id=task_id))
     env["headers"]["deep"] = "@@"
     return json.dumps(env).replace('"@@"', "[" * depth + "]" * depth).encode()
+
+
+def results_of(app, ids: list[str], timeout: float = 20) -> list:
+    """What the tasks ``ids`` returned, waiting for each (AsyncResult.get)."""
+    from celery.result import AsyncResult
+
+    return [AsyncResult(task_id, app=app).get(timeout=timeout) for task_id in ids]

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from celery import Celery
-from celery.result import AsyncResult
 from tests.integration.worker_harness import running_worker
 
-from .brokers import NAMES, Broker, make_broker, nested_envelope, task_envelope
+from .brokers import NAMES, Broker, make_broker, nested_envelope, results_of, task_envelope
 
 #: 990 levels: over Python's recursion limit once the worker's own frames are counted (it
 #: raised RecursionError in the envelope decoder); 5,000: over it anywhere, and over Redis's
@@ -69,8 +68,7 @@ def test_restore_sets_poison_aside_and_returns_the_rest(name: str, tmp_path: Pat
     app = make_app(broker, broker_transport_options={"visibility_timeout": 30})
     try:
         with running_worker(app, loop_workers=1, sync_workers=2):
-            results = [AsyncResult(task_id, app=app) for task_id in ids]
-            assert [r.get(timeout=20) for r in results] == list(range(10))
+            assert results_of(app, ids) == list(range(10))
     finally:
         app.close()
     assert len(broker.dead_letters()) == 2

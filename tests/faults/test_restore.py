@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from celery.result import AsyncResult
 from tests.integration.worker_harness import running_worker
 
-from .brokers import NAMES, make_broker, task_envelope
+from .brokers import NAMES, make_broker, results_of, task_envelope
 from .test_poison_messages import make_app
 
 
@@ -28,8 +27,7 @@ def test_a_dead_workers_messages_come_back_after_the_visibility_timeout(name: st
     app = make_app(broker, broker_transport_options={"visibility_timeout": 2})
     try:
         with running_worker(app, loop_workers=1, sync_workers=1):
-            results = [AsyncResult(task_id, app=app) for task_id in ids]
-            assert [r.get(timeout=15) for r in results] == list(range(5))
+            assert results_of(app, ids, 15) == list(range(5))
     finally:
         app.close()
 
@@ -56,8 +54,7 @@ def test_the_restore_duty_goes_on_after_an_unexpected_error(tmp_path: Path, capl
     try:
         with caplog.at_level(logging.INFO, logger="celery.worker.duties"):
             with running_worker(app, loop_workers=1, sync_workers=1):
-                results = [AsyncResult(task_id, app=app) for task_id in ids]
-                assert [r.get(timeout=15) for r in results] == list(range(5))
+                assert results_of(app, ids, 15) == list(range(5))
     finally:
         app.close()
     assert len(calls) >= 2

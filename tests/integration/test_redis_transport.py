@@ -570,6 +570,21 @@ async def test_blocking_waits_keep_a_connection_each_and_replace_a_killed_one(
     assert waits() == []
 
 
+async def wait_cancelled_then_push(transport, raw, n: int) -> None:
+    """Cancel a fetch while its waits block, then push message ``n``: a wait left armed
+    takes it into this consumer's reserved list."""
+    fetching = asyncio.create_task(transport.fetch(["celery"], 10, 3, early=refuse_hand_over))
+    await asyncio.sleep(0.3)
+    fetching.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetching
+    raw.lpush("celery", transport.envelope_of(task("t", n))[1])
+    deadline = time.monotonic() + 5
+    while not reserved_lists(raw) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert raw.llen("celery") == 0 and len(reserved_lists(raw)) == 1  # taken, reserved
+
+
 async def test_a_message_a_wait_takes_after_its_fetch_is_cancelled_is_not_lost(redis_url, raw):
     """A fetch cancelled while it waits (a shutdown) leaves the waits armed in Redis: one
     that then takes a message moves it into this consumer's reserved list, where the next
@@ -577,37 +592,19 @@ async def test_a_message_a_wait_takes_after_its_fetch_is_cancelled_is_not_lost(r
     name = f"ttest-{uuid.uuid4().hex[:8]}"
     transport = RedisTransport(redis_url, transport_options={"client_name": name})
     try:
-        fetching = asyncio.create_task(transport.fetch(["celery"], 10, 3, early=refuse_hand_over))
-        await asyncio.sleep(0.3)
-        fetching.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await fetching
-        raw.lpush("celery", transport.envelope_of(task("t", 5))[1])
-        deadline = time.monotonic() + 5
-        while not reserved_lists(raw) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert raw.llen("celery") == 0 and len(reserved_lists(raw)) == 1  # taken, reserved
+        await wait_cancelled_then_push(transport, raw, 5)
         handed = []  # (handed over early if the wait's reply is read during this fetch)
         got = await transport.fetch(["celery"], 10, 1, early=lambda d: handed.append(d) or False)
         assert bodies(handed + got) == [[5]] and await no_reserved_lists(raw)
         await transport.ack(handed + got)
         # and one taken after the last fetch goes back to the queue when the transport closes
-        fetching = asyncio.create_task(transport.fetch(["celery"], 10, 3, early=refuse_hand_over))
-        await asyncio.sleep(0.3)
-        fetching.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await fetching
-        raw.lpush("celery", transport.envelope_of(task("t", 6))[1])
-        deadline = time.monotonic() + 5
-        while not reserved_lists(raw) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_cancelled_then_push(transport, raw, 6)
     finally:
         await transport.aclose()
         transport.close()
     assert reserved_lists(raw) == {}
-    assert [json.loads(json.loads(p)["body"] and
-                       __import__("base64").b64decode(json.loads(p)["body"]))[0]
-            for p in raw.lrange("celery", 0, -1)] == [[6]]
+    back = raw.lrange("celery", 0, -1)
+    assert [json.loads(base64.b64decode(json.loads(p)["body"]))[0] for p in back] == [[6]]
 
 
 async def test_a_server_without_blmove_gets_brpoplpush(transport, raw, monkeypatch):
