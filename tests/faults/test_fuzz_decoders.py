@@ -187,6 +187,7 @@ pidbox_payloads = st.builds(_pidbox_payload, st.sampled_from(PIDBOX_PATHS), fiel
 @example(payload=_pidbox_payload(["pattern"], "(", {}).replace('"matcher": null',
                                                               '"matcher": "pcre"'))
 @example(payload=_nested_envelope(DEEPER))
+@example(payload=_pidbox_payload(["method"], "", {"clock": "", "expires": 10**400}))  # found
 def test_pidbox_messages_raise_only_our_errors(payload):
     try:
         body, headers = pidbox.decode(payload)

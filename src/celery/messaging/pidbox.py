@@ -64,7 +64,7 @@ def expired(headers: dict[str, Any], now: float | None = None) -> bool:
     """True when the ``expires`` header (an epoch; 0 or missing: never) has passed."""
     try:
         expires = float(headers.get("expires") or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past a float's range
         return False
     return bool(expires) and (time.time() if now is None else now) > expires
 
