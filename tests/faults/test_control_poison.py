@@ -83,6 +83,6 @@ def test_remote_control_answers_after_bad_broadcasts(name: str, tmp_path: Path, 
     assert "arguments are a list" in text  # refused and logged
     assert "revoke refused" in text
     assert "invalid pcre pattern" in text and "destination must be a list" in text
-    assert "nested more than 500 levels" in text
+    assert "nested more than 800 levels" in text
     if name == "redis":
         assert "not UTF-8" in text

@@ -15,7 +15,7 @@ from celery.transport import envelope
     ("1", 0), ("[]", 1), ("{}", 1), ('{"a": [1, {"b": []}]}', 4),
     ('["[[[[", "}}}"]', 1),  # brackets inside strings do not count
     ('["\\"[[["]', 1),  # nor after an escaped quote
-    ("[" * 700 + "]" * 700, 700),
+    ("[" * 700 + "]" * 700, 700), ("[" * 900 + "]" * 900, 900),
 ])
 def test_depth_of_counts_nesting_outside_strings(text: str, depth: int):
     assert limits.depth_of(text) == depth
@@ -31,7 +31,7 @@ def test_check_passes_wide_documents_with_many_brackets():
 @pytest.mark.parametrize("depth", [limits.MAX_DEPTH + 1, 995, 100_000])
 def test_too_deep_is_refused_before_parsing(depth: int):
     text = "[" * depth + "]" * depth
-    with pytest.raises(DecodeError, match="nested more than 500 levels"):
+    with pytest.raises(DecodeError, match="nested more than 800 levels"):
         limits.loads_json(text, "the thing")
 
 

@@ -522,13 +522,13 @@ class RedisTransport(RedisRestore, RedisMailbox):
         task that acks early), it is never recorded in ``unacked``: an LREM takes it out of
         its reserved list (an early ack forgets it anyway). Then:
 
-        * for a consumer with no other task (``EARLY_ALONE``) the next fetch goes straight
-          back to the blocking wait (a lone task costs that command and the LREM, written
-          together);
+        * a backlog (the wait's queue key held more right after, as an LLEN written with the
+          wait says, or other waits moved a message too) is reserved now, as a batch;
+        * else, for a consumer with no other task (``EARLY_ALONE``), the next fetch goes
+          straight back to the blocking wait (a lone task costs that command, the LREM and
+          LLEN written with the next one, and the result write);
         * for a busy consumer, whose next messages are likely to come while it works, the
-          next fetch runs the script first, to reserve them as a batch instead of one by one;
-        * other waits that moved a message too mean a backlog: those are recorded with a
-          batch now.
+          next fetch runs the script first, to reserve them as a batch instead of one by one.
 
         If the first was not acked, it is recorded with the batch (moved from its list into
         ``unacked`` by the script), and until then ``_settle_after_record`` holds back
@@ -545,7 +545,7 @@ class RedisTransport(RedisRestore, RedisMailbox):
             acked = early(delivery)
             if acked:
                 waiters.forget(number, layout, item)
-                if len(moved) == 1:
+                if len(moved) == 1 and not waiters.backlog:
                     return [], acked != EARLY_ALONE
                 return await self._reserve_moved(layout, max_count - 1, moved[1:]), True
         except BaseException:  # a bug in the handler: keep the messages reserved, not lost

@@ -186,8 +186,10 @@ class Popper:
             except ResponseError as exc:
                 logger.warning("A command sent ahead on %s failed: %s", self._conn, exc)
 
-    async def call(self, args: tuple[Any, ...]) -> Any:
-        """Send the command ``args`` and return its raw reply (no response callbacks).
+    async def call(self, args: tuple[Any, ...], *then: tuple[Any, ...]) -> Any:
+        """Send the command ``args`` and return its raw reply (no response callbacks); with
+        ``then``, commands written with it (run by the server right after it, even after a
+        blocking one) and a list of all the replies.
 
         Raises:
             the driver's errors: ResponseError for an error reply (the connection stays),
@@ -199,7 +201,8 @@ class Popper:
         self._unread += self._ahead_replies
         self._ahead_replies = 0
         try:
-            await conn.send_packed_command([*ahead, self._pack(args)], check_health=False)
+            commands = [*ahead, self._pack(args), *map(self._pack, then)]
+            await conn.send_packed_command(commands, check_health=False)  # connects
             while self._unread:
                 self._unread -= 1
                 try:
@@ -207,7 +210,19 @@ class Popper:
                 except ResponseError as exc:
                     logger.warning("A command sent ahead of %s on %s failed: %s", args[0],
                                    conn, exc)
-            return await conn.read_response()
+            if not then:
+                return await conn.read_response()
+            replies: list[Any] = []
+            error: ResponseError | None = None
+            for _ in range(1 + len(then)):  # every reply read, so none is left behind
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    error = error or exc
+                    replies.append(None)
+            if error is not None:
+                raise error
+            return replies
         except BaseException:
             if not conn.is_connected:
                 self._unread = 0

@@ -81,7 +81,7 @@ def source_of(list_key: str, prefix: str) -> str | None:
 class _Waiter:
     """One queue key's blocking move, on its connection; fields touched on its loop only."""
 
-    __slots__ = ("key", "list_key", "popper", "task", "item", "lost", "beat", "timer")
+    __slots__ = ("key", "list_key", "popper", "task", "item", "left", "lost", "beat", "timer")
 
     def __init__(self, pool: Any, key: str, list_key: str) -> None:
         self.key, self.list_key = key, list_key
@@ -89,6 +89,9 @@ class _Waiter:
         self.task: asyncio.Task[None] | None = None
         #: What the last wait moved into the list, until a fetch takes it.
         self.item: bytes | None = None
+        #: How many messages its queue key still held right after that (an LLEN written
+        #: with the wait, run by Redis just after it): a backlog is fetched as a batch.
+        self.left = 0
         #: A wait failed on a broken connection: the list may hold a message nobody read.
         self.lost = False
         self.beat = 0.0  # time.monotonic() of the last heartbeat sent
@@ -118,6 +121,9 @@ class Waiters:
         #: One fetch waits at a time: the item a wait brings goes to exactly one.
         self.lock = asyncio.Lock()
         self._flushing: set[asyncio.Task[None]] = set()
+        #: Whether a queue key still held messages right after the waits that ``taken``
+        #: last returned took theirs.
+        self.backlog = False
 
     def list_key(self, key: str) -> str:
         return f"{self._prefix}{RESERVED}{self.consumer_id}:{key}"
@@ -147,10 +153,13 @@ class Waiters:
         """``(key number, message)`` of each wait of the layout that moved a message since
         it was last asked; they are the caller's now."""
         out: list[tuple[int, bytes]] = []
+        backlog = False
         for number, waiter in self._pairs(layout):
             if waiter.item is not None:
                 out.append((number, waiter.item))
-                waiter.item = None
+                backlog = backlog or bool(waiter.left)
+                waiter.item, waiter.left = None, 0
+        self.backlog = backlog
         return out
 
     def untake(self, layout: Layout, moved: list[tuple[int, bytes]]) -> None:
@@ -169,7 +178,8 @@ class Waiters:
 
     async def wait(self, layout: Layout, block: float) -> list[tuple[int, bytes]]:
         """Arm a wait on every queue key of the layout that has none in flight, then wait up
-        to ``block`` seconds until one of them moves a message; what they moved.
+        to ``block`` seconds until one of them moves a message; what they moved (and
+        ``backlog`` then says whether more waited behind it).
 
         A wait that fails on a broken connection is armed again at once on a new one, after
         its list was given back; one that fails again raises ConnectionLost (the broker is
@@ -219,14 +229,17 @@ class Waiters:
                 waiter.beat = time.monotonic()
                 self._ahead(popper, pack("ZADD", self._registry, repr(time.time()),
                                          waiter.list_key))
+            length = ("LLEN", waiter.key)
             try:
-                waiter.item = await popper.call(self._wait_command(waiter, block))
+                waiter.item, waiter.left = await popper.call(self._wait_command(waiter, block),
+                                                             length)
             except ResponseError as exc:
                 if self._command != "BLMOVE" or "unknown command" not in str(exc).lower():
                     raise
                 logger.info("Redis has no BLMOVE (older than 6.2): waiting with BRPOPLPUSH")
                 self._command = "BRPOPLPUSH"
-                waiter.item = await popper.call(self._wait_command(waiter, block))
+                waiter.item, waiter.left = await popper.call(
+                    self._wait_command(waiter, block), length)
         except RETRYABLE as exc:
             waiter.lost = True
             logger.debug("A blocking wait on %r failed (%s): its list is given back first",
