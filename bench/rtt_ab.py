@@ -70,9 +70,10 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f[harness.UTIME]) + int(f[harness.STIME]) for f in tree) / harness.CLOCK_TICKS
 
 
-def one_run(python: str, samples: int, use_async: bool, extra: list[str]) -> dict:
-    valkey.Valkey.from_url(URL).flushdb()
-    env = {**os.environ, "BENCH_URL": URL, "RTT_ASYNC": "1" if use_async else "0",
+def one_run(python: str, samples: int, use_async: bool, extra: list[str],
+            url: str = URL) -> dict:
+    valkey.Valkey.from_url(url).flushdb()
+    env = {**os.environ, "BENCH_URL": url, "RTT_ASYNC": "1" if use_async else "0",
            "PYTHONPATH": str(ROOT / "bench")}
     worker = subprocess.Popen([python, *WORKER, *extra], cwd=ROOT / "bench", env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -130,6 +131,8 @@ def main() -> None:
     parser.add_argument("--current", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--samples", type=int, default=600)
+    parser.add_argument("--url", default=URL, help="Redis database, flushed before each run "
+                        "[%(default)s]")
     parser.add_argument("--async", dest="use_async", action="store_true",
                         help="an async def no-op instead of a def one")
     for side in ("base", "current"):
@@ -142,7 +145,7 @@ def main() -> None:
             started = time.monotonic()
             python = str(Path(getattr(args, side)).absolute())  # the worker runs in bench/
             extra = shlex.split(getattr(args, f"{side}_args"))
-            runs[side].append(one_run(python, args.samples, args.use_async, extra))
+            runs[side].append(one_run(python, args.samples, args.use_async, extra, args.url))
             print(f"pair {n + 1}/{args.pairs} {side:8} p50 {runs[side][-1]['p50_us']:6.0f} us "
                   f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
     report(runs)

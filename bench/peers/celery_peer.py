@@ -7,12 +7,14 @@ The same module runs under either package; which one is imported decides the tas
   ``def`` with ``time.sleep`` on upstream Celery (threads or prefork pool).
 
 The producer is Celery's sync API from one thread: ``delay()`` per task, then ``get()`` on
-each result in send order.
+each result in send order. ``BENCH_TRANSPORT_OPTIONS`` (JSON) sets broker transport options,
+e.g. ``{"publish_pipeline": true}`` to compare two installs of ours in one publish mode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
@@ -24,6 +26,8 @@ RESULT_TIMEOUT = 60.0  # seconds; the harness notices a dead worker sooner
 
 app = Celery("bench_peers", broker=URL, backend=URL)
 app.conf.broker_connection_retry_on_startup = True
+if os.environ.get("BENCH_TRANSPORT_OPTIONS"):  # e.g. {"publish_pipeline": true}, for ours
+    app.conf.broker_transport_options = json.loads(os.environ["BENCH_TRANSPORT_OPTIONS"])
 OURS = getattr(app.conf, "worker_loop_workers", None) is not None
 
 

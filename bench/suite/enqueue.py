@@ -2,7 +2,11 @@
 
 ``delay()`` is a plain one (no options: the queue is the task's attribute here), which on
 Redis fills the task's envelope template (src/celery/app/template.py); ``adelay()`` passes
-the queue as an option.
+the queue as an option. ``enqueue.delay`` measures the pipelined sync publish
+(``publish_pipeline=True``, the default before issue 20, so its history goes on);
+``enqueue.delay_confirmed`` the confirmed one, each ``delay()`` waiting for Redis's reply
+(the default since). Each sets the mode on the transport's publisher itself, so that a
+base tree with the other default measures the same path.
 
 Messages go to a queue of their own (``perf-suite-enqueue-<pid>``), purged after every value
 and at the end; no worker runs, no result is stored. Values are seconds per message. The app
@@ -26,9 +30,13 @@ CONCURRENCY = 100
 
 
 @contextlib.contextmanager
-def _sender(concurrent: bool) -> Iterator[TimeFunc]:
+def _sender(concurrent: bool, pipelined: bool | None = None) -> Iterator[TimeFunc]:
     from suiteapp import app, noop
 
+    publisher = app.transport._publisher  # (a SyncPublisher in every tree the gate builds)
+    default = publisher.pipelined
+    if pipelined is not None:
+        publisher.pipelined = pipelined
     loop = asyncio.new_event_loop()
     noop.queue = QUEUE  # for the plain delay(); this child process sends nothing else
 
@@ -51,6 +59,7 @@ def _sender(concurrent: bool) -> Iterator[TimeFunc]:
     try:
         yield time_func
     finally:
+        publisher.pipelined = default
         try:
             loop.run_until_complete(app.transport.purge(QUEUE))
             loop.run_until_complete(app.transport.aclose())
@@ -60,7 +69,8 @@ def _sender(concurrent: bool) -> Iterator[TimeFunc]:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "enqueue.delay": lambda: _sender(concurrent=False),
+    "enqueue.delay": lambda: _sender(concurrent=False, pipelined=True),
+    "enqueue.delay_confirmed": lambda: _sender(concurrent=False, pipelined=False),
     "enqueue.adelay_x100": lambda: _sender(concurrent=True),
 }
 

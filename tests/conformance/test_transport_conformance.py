@@ -24,6 +24,11 @@ class TestMemoryTransport(TransportSuite):
 
         MemoryTransport(url).put_raw(queue, raw.decode())
 
+    def dead_letters(self, url: str) -> list[bytes]:
+        from celery.transport.memory import MemoryTransport
+
+        return [raw.encode() for _, raw, _ in MemoryTransport(url).dead_letters()]
+
 
 @pytest.mark.redis
 class TestRedisTransport(TransportSuite):
@@ -36,6 +41,17 @@ class TestRedisTransport(TransportSuite):
         client = valkey.Valkey.from_url(url)
         try:
             client.lpush(queue, raw)
+        finally:
+            client.close()
+
+    def dead_letters(self, url: str) -> list[bytes]:
+        import valkey
+
+        from celery.transport.redis import DEAD_LETTER_KEY
+
+        client = valkey.Valkey.from_url(url)
+        try:
+            return client.lrange(DEAD_LETTER_KEY, 0, -1)[::-1]
         finally:
             client.close()
 
@@ -52,6 +68,14 @@ class TestSQLiteTransport(TransportSuite):
                          (queue, raw.decode()))
         conn.close()
 
+    def dead_letters(self, url: str) -> list[bytes]:
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=5) as conn:
+            rows = conn.execute("SELECT payload FROM celery_dead_letter ORDER BY id").fetchall()
+        conn.close()
+        return [p.encode() if isinstance(p, str) else bytes(p) for (p,) in rows]
+
 
 class TestFilesystemTransport(TransportSuite):
     def make_url(self, tmp_path: Path) -> str:
@@ -65,3 +89,7 @@ class TestFilesystemTransport(TransportSuite):
         # Our own naming (priority, 19-digit time, uniquifier), so it sorts between the
         # good messages published before and after it.
         (folder / f"0_{time.time_ns():019d}_{uuid.uuid4().hex}.{queue}.msg").write_bytes(raw)
+
+    def dead_letters(self, url: str) -> list[bytes]:
+        folder = Path(url.removeprefix("filesystem://")) / ".dead-letter"
+        return [f.read_bytes() for f in sorted(folder.iterdir())] if folder.exists() else []

@@ -30,6 +30,28 @@ ROOT = Path(__file__).resolve().parents[2]
 VISIBILITY = 1.0
 
 
+def _nested(depth: int, tag: str) -> bytes:
+    """An envelope whose headers hold a list nested ``depth`` levels deep."""
+    env = json.dumps({"body": "", "content-type": "application/json", "headers": {"x": "@"},
+                      "properties": {"body_encoding": "base64", "delivery_tag": tag}})
+    return env.replace('"@"', "[" * depth + "]" * depth).encode()
+
+
+#: Elements that are not messages, each dead-lettered once by every transport: Python's
+#: JSON parser raises RecursionError near a depth of 1,000 (issue 20), Redis's cjson refuses
+#: 1,000 and more itself.
+MALFORMED = (
+    b"not json at all",
+    b'{"json": "but not an envelope"}',
+    b'{"body": "%%%", "properties": {"body_encoding": "base64", "delivery_tag": "t-bad"},'
+    b' "headers": {}}',
+    b'["a JSON list"]',
+    b'{"body": "", "properties": {"delivery_tag": "t-h"}, "headers": ["not", "a", "map"]}',
+    _nested(990, "t-deep"),
+    _nested(20_000, "t-deeper"),
+)
+
+
 def task(arg: Any, queue: str = "celery", priority: int | None = None) -> Message:
     return build_task_message("conformance.t", (arg,), queue=queue, priority=priority)
 
@@ -73,6 +95,10 @@ class TransportSuite:
 
     def plant_malformed(self, url: str, queue: str, raw: bytes) -> None:
         """Put ``raw`` into ``queue`` as one element, bypassing the transport's encoder."""
+        raise NotImplementedError
+
+    def dead_letters(self, url: str) -> list[bytes]:
+        """The raw elements in the broker's dead-letter store, oldest first."""
         raise NotImplementedError
 
     def options(self) -> dict[str, Any]:
@@ -219,13 +245,16 @@ class TransportSuite:
         assert [arg_of(d) for d in again] == ["b", "a"]
         await transport.ack(again)
 
-    async def test_reject_without_requeue_drops_for_good(self, transport):
+    async def test_reject_without_requeue_dead_letters_it_once(self, transport, url):
         await transport.apublish(task("bad"))
         got = await transport.fetch(["celery"], 1, 1.0)
         await transport.reject(got)
+        await transport.reject(got)  # a second reject moves nothing
         await asyncio.sleep(VISIBILITY + 0.3)
         assert await transport.restore_visible() == 0
         assert await transport.fetch(["celery"], 1, 0.2) == []
+        [dead] = self.dead_letters(url)
+        assert json.loads(dead)["headers"]["id"] == got[0].message.headers["id"]
 
     async def test_acked_messages_never_come_back(self, transport):
         await transport.apublish_many([task(i) for i in range(3)])
@@ -329,16 +358,17 @@ class TransportSuite:
         self, transport, url, caplog
     ):
         await transport.apublish(task("before"))
-        for raw in (b"not json at all", b'{"json": "but not an envelope"}',
-                    b'{"body": "%%%", "properties": {"body_encoding": "base64",'
-                    b' "delivery_tag": "t-bad"}, "headers": {}}'):
+        for raw in MALFORMED:
             self.plant_malformed(url, "celery", raw)
         await transport.apublish(task("after"))
         with caplog.at_level(logging.WARNING):
-            got = await drain(transport, ["celery"], 2, timeout=3.0)
+            # (a fetch may take one malformed element only: a fetch per element at most)
+            got = await drain(transport, ["celery"], 2, timeout=0.5 * (len(MALFORMED) + 4))
         assert [arg_of(d) for d in got] == ["before", "after"]
         assert any("alformed" in r.getMessage() for r in caplog.records), caplog.text
         await transport.ack(got)
         await asyncio.sleep(VISIBILITY + 0.3)
         await transport.restore_visible()
         assert await transport.fetch(["celery"], 5, 0.2) == []  # the bad ones never return
+        # each went to the dead-letter store, once
+        assert sorted(self.dead_letters(url)) == sorted(MALFORMED)

@@ -83,11 +83,12 @@ def sqlite_rows(path: Path, table: str) -> int:
 
 
 def test_bench_json_on_the_default_sqlite_broker(tmp_path: Path) -> None:
-    proc = run_bench(tmp_path, "--tasks", "200", "--json")
+    # 1,000 tasks so the worker's CPU time shows in /proc's 10 ms ticks (200 could read 0).
+    proc = run_bench(tmp_path, "--tasks", "1000", "--json")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1 and proc.stderr == ""  # one JSON object, nothing else
     report = json.loads(proc.stdout)
-    assert_sane_report(report, 200)
+    assert_sane_report(report, 1000)
     assert report["broker"] == "sqlite:///celery-broker.db"
     assert report["result_backend"] == "db+sqlite:///bench-results.db"
     assert report["latency_measures"] == "send to result received"

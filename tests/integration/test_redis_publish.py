@@ -1,4 +1,6 @@
-"""Pipelined sync publishing on a real Redis: order, refusals, broken connections, barriers."""
+"""Sync publishing on a real Redis. Confirmed (the default): a refusal raised by its own
+publish, a broken connection retried. Pipelined (``publish_pipeline=True``): order, refusals
+raised later, broken connections, barriers."""
 # ruff: noqa: F811 - pytest fixtures imported from the transport tests
 
 from __future__ import annotations
@@ -27,8 +29,42 @@ pytestmark = pytest.mark.redis
 
 
 def named_transport(redis_url: str, **options) -> tuple[RedisTransport, str]:
-    name = f"ptest-{uuid.uuid4().hex[:8]}"  # only this transport's connections get killed
-    return RedisTransport(redis_url, transport_options={"client_name": name, **options}), name
+    """A transport whose connections only the test kills; pipelined unless told."""
+    name = f"ptest-{uuid.uuid4().hex[:8]}"
+    options = {"client_name": name, "publish_pipeline": True, **options}
+    return RedisTransport(redis_url, transport_options=options), name
+
+
+def test_a_default_publish_is_confirmed_and_raises_its_own_refusal(redis_url, raw):
+    """delay() returns once Redis accepted the message; one Redis refuses raises from that
+    very delay() (it used to be raised by the sending thread's next call, or never)."""
+    app = Celery("pub", broker=redis_url, backend=redis_url, set_as_current=False)
+
+    @app.task(name="pub.add")
+    def add(x, y):
+        return x + y
+
+    try:
+        first = add.delay(1, 2)
+        assert queued_ids(raw) == [first.id]  # accepted before delay() returned
+        raw.set("celery", "not a list")  # LPUSH onto it gets WRONGTYPE
+        with pytest.raises(OperationalError, match="WRONGTYPE") as info:
+            add.delay(3, 4)
+        assert "refused the message of task" in str(info.value)
+        raw.delete("celery")
+        after = add.delay(5, 6)  # nothing left over for the next call
+        assert queued_ids(raw) == [after.id]
+    finally:
+        app.close()
+
+
+def test_a_confirmed_publish_into_a_killed_connection_goes_again(redis_url, raw):
+    transport, name = named_transport(redis_url, publish_pipeline=False)
+    transport.publish(task("t", 0))
+    assert kill_clients_named(raw, name) == 1  # the idle connection is closed by the server
+    transport.publish(task("t", 1))
+    assert len(queued_ids(raw)) == 2
+    transport.close()
 
 
 def queued_ids(raw: valkey.Valkey, queue: str = "celery") -> list[str]:
@@ -61,6 +97,7 @@ def test_confirmed_mode_waits_for_each_reply(redis_url, raw):
     m = task("t", 1)
     transport.publish(m)
     assert transport._publisher._pipeline is None
+    assert queued_ids(raw) == [m.headers["id"]]  # there before publish returned
     assert queued_ids(raw) == [m.headers["id"]]
     transport.close()
 
@@ -85,7 +122,8 @@ def test_a_refused_message_is_raised_by_the_next_publish_which_sends_nothing(red
 
 
 def test_confirm_raises_a_refusal_and_get_does_not_time_out(redis_url, raw):
-    app = Celery("pub", broker=redis_url, backend=redis_url)
+    app = Celery("pub", broker=redis_url, backend=redis_url,
+                 broker_transport_options={"publish_pipeline": True})
 
     @app.task(name="pub.add")
     def add(x, y):
@@ -123,7 +161,8 @@ def test_messages_sent_into_a_killed_connection_are_sent_again(redis_url, raw, p
 
 
 def test_gives_up_after_its_retries_and_keeps_earlier_messages(redis_url):
-    transport = RedisTransport("redis://127.0.0.1:1/0", transport_options={"max_retries": 1})
+    transport = RedisTransport("redis://127.0.0.1:1/0",
+                               transport_options={"max_retries": 1, "publish_pipeline": True})
     with pytest.raises(ConnectionLost, match="127.0.0.1:1"):
         transport.publish(task("t"))
     assert not pipeline_of(transport)._unconfirmed  # the failed publish's own message went

@@ -193,13 +193,14 @@ async def test_reject_with_requeue_goes_to_the_back(transport):
     assert again[1].redelivered
 
 
-async def test_reject_without_requeue_drops(transport, raw, caplog):
+async def test_reject_without_requeue_dead_letters_it(transport, raw, caplog):
     transport.publish(task("t"))
     got = await transport.fetch(["celery"], 1, 1)
     with caplog.at_level(logging.INFO, logger="celery.transport.redis"):
         await transport.reject(got, requeue=False)
     assert got[0].delivery_tag in caplog.text
     assert raw.exists("unacked", "celery") == 0
+    assert raw.lrange(DEAD_LETTER_KEY, 0, -1) == [got[0].raw]  # unchanged, once
 
 
 async def test_restore_visible_restores_only_expired_reservations(redis_url, raw):
@@ -442,8 +443,24 @@ async def test_a_failed_coalesced_publish_fails_every_caller():
     await dead.aclose()
 
 
-# -- early hand-off (CAP_EARLY): a message the blocking pop took goes to ``early`` before its
-# record. The pop is BLMPOP COUNT 2: a second message popped with it means a backlog.
+# -- early hand-off (CAP_EARLY): a message the blocking wait took goes to ``early`` before its
+# record. The wait is BLMOVE into this consumer's reserved list of the key (redis_reserved.py):
+# the message is reserved from the moment it leaves the queue.
+
+
+def reserved_lists(raw) -> dict[bytes, list[bytes]]:
+    """Every consumer's reserved list that holds something."""
+    return {k: raw.lrange(k, 0, -1) for k in raw.keys("celery-asyncio.reserved.*")}
+
+
+async def no_reserved_lists(raw) -> bool:
+    """True once no reserved list holds anything (the LREM of a message acked on the spot
+    goes out with the next wait, or within redis_reserved.FORGET_WITHIN)."""
+    for _ in range(100):
+        if not reserved_lists(raw):
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 def bodies(deliveries) -> list:
@@ -451,8 +468,8 @@ def bodies(deliveries) -> list:
 
 
 async def fetch_while_pushing(transport, raw, payloads, early, max_count=10):
-    """Fetch with ``early`` while the queue is empty, so the pop waits; push ``payloads`` in
-    one LPUSH: the pop wakes with the first of them (and the second, if any)."""
+    """Fetch with ``early`` while the queue is empty, so the wait blocks; push ``payloads``
+    in one LPUSH: the wait wakes with the first of them."""
     thread = threading.Thread(target=lambda: (time.sleep(0.3), raw.lpush("celery", *payloads)))
     thread.start()
     try:
@@ -472,18 +489,20 @@ async def test_a_message_settled_when_handed_over_is_never_recorded(transport, r
     got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or True)
     assert bodies(handed) == [[0]]
     assert handed[0].delivery_tag == json.loads(payloads[0])["properties"]["delivery_tag"]
-    # Acked on the spot, the first is never recorded; the second, popped with it, and the
-    # third are reserved as one batch in the same fetch.
+    # Acked on the spot, the first is never recorded and leaves its reserved list; the
+    # wait's LLEN says two more wait behind it: they are reserved as one batch at once.
     assert bodies(got) == [[1], [2]]
     assert unacked_tags(raw) == {d.delivery_tag for d in got}
+    assert await no_reserved_lists(raw)
 
 
 async def test_a_lone_message_settled_when_handed_over_costs_one_command(transport, raw,
                                                                         monkeypatch):
-    """Popped alone for an otherwise idle consumer (EARLY_ALONE), the queue is empty: no
-    script runs after the pop, nor in the next fetch before its blocking pop (only the first
-    fetch reserves first, knowing nothing yet). A busy consumer (EARLY_ACKED) has the next
-    fetch reserve first, to batch what came meanwhile."""
+    """Taken alone for an otherwise idle consumer (EARLY_ALONE): no script runs after the
+    wait, nor in the next fetch before its wait (only the first fetch reserves first,
+    knowing nothing yet); the LREM that takes it out of its list is written with the next
+    wait. A busy consumer (EARLY_ACKED) has the next fetch reserve first, to batch what came
+    meanwhile."""
     reserves = []
     reserve = transport._reserve
 
@@ -510,103 +529,106 @@ async def test_a_lone_message_settled_when_handed_over_costs_one_command(transpo
     assert got == [] and bodies(handed) == [[0], [1]] and reserves == []
     got = await fetch_while_pushing(transport, raw, payloads[2:], alone)
     assert got == [] and bodies(handed) == [[0], [1], [2]] and len(reserves) == 1
-    assert reserves[0][2:] == ()  # the script ran first, with no popped message, and found none
-    assert raw.exists("unacked", "unacked_index") == 0
+    assert reserves[0][2:] == ()  # the script ran first, with no moved message, and found none
+    assert raw.exists("unacked", "unacked_index") == 0 and await no_reserved_lists(raw)
 
 
-async def test_blocking_pops_keep_a_connection_of_their_own_and_replace_a_killed_one(
+async def test_blocking_waits_keep_a_connection_each_and_replace_a_killed_one(
         redis_url, raw):
-    """The blocking pop runs on one connection kept between fetches (redis_aio.Popper); one
-    the server closed is replaced by the next pop, which still gets its message; aclose
-    closes it."""
+    """One blocking wait per queue key (the priority sub-queues), each on a connection kept
+    between fetches (redis_aio.Popper); one the server closed is replaced before that key is
+    waited on again, and the message still comes; aclose closes them all."""
     name = f"ttest-{uuid.uuid4().hex[:8]}"  # only this transport's connections are counted
     transport = RedisTransport(redis_url, transport_options={"client_name": name})
+    keys = len(transport.priority_steps)
 
-    def poppers() -> list[int]:
+    def waits() -> list[int]:  # (an LLEN follows each wait)
         return [int(c["id"]) for c in raw.client_list()
-                if c.get("name") == name and c.get("cmd") in ("blmpop", "brpop")]
+                if c.get("name") == name and c.get("cmd") in ("blmove", "llen")]
 
     try:
-        for _ in range(3):  # the queue is empty: each fetch ends with a pop that times out
+        for _ in range(3):  # the queue is empty: each fetch ends with waits that time out
             assert await transport.fetch(["celery"], 10, 0.05, early=refuse_hand_over) == []
-        first = poppers()
-        assert len(first) == 1
-        await transport.ping()  # on a pooled connection: the pop's last command is still its
-        assert poppers() == first
+        first = waits()
+        assert len(first) == keys
         assert await transport.fetch(["celery"], 10, 0.05, early=refuse_hand_over) == []
-        assert poppers() == first
-        assert kill_clients_named(raw, name) >= 1
+        assert sorted(waits()) == sorted(first)
+        assert kill_clients_named(raw, name) >= keys
         handed = []
         got = await fetch_while_pushing(transport, raw, [transport.envelope_of(task("t", 7))[1]],
                                         lambda d: handed.append(d) or True)
         assert bodies(handed) == [[7]] and got == []
-        again = poppers()
-        assert len(again) == 1 and again != first
+        again = waits()
+        assert len(again) == keys and not set(again) & set(first)
     finally:
         await transport.aclose()
         transport.close()
     deadline = time.monotonic() + 5
-    while poppers() and time.monotonic() < deadline:  # the server sees the close shortly
+    while waits() and time.monotonic() < deadline:  # the server sees the close shortly
         await asyncio.sleep(0.01)
-    assert poppers() == []
+    assert waits() == []
 
 
-async def test_a_cancelled_blocking_pop_leaves_no_blocked_client_to_take_the_next_message(
-        redis_url, raw):
-    """Cancelling a fetch while its blocking pop waits (a shutdown) drops that pop's
-    connection: a pop left blocked in Redis would take the next message and lose it."""
-    name = f"ttest-{uuid.uuid4().hex[:8]}"  # only this transport's connections are looked at
+async def wait_cancelled_then_push(transport, raw, n: int) -> None:
+    """Cancel a fetch while its waits block, then push message ``n``: a wait left armed
+    takes it into this consumer's reserved list."""
+    fetching = asyncio.create_task(transport.fetch(["celery"], 10, 3, early=refuse_hand_over))
+    await asyncio.sleep(0.3)
+    fetching.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetching
+    raw.lpush("celery", transport.envelope_of(task("t", n))[1])
+    deadline = time.monotonic() + 5
+    while not reserved_lists(raw) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert raw.llen("celery") == 0 and len(reserved_lists(raw)) == 1  # taken, reserved
+
+
+async def test_a_message_a_wait_takes_after_its_fetch_is_cancelled_is_not_lost(redis_url, raw):
+    """A fetch cancelled while it waits (a shutdown) leaves the waits armed in Redis: one
+    that then takes a message moves it into this consumer's reserved list, where the next
+    fetch finds it, or aclose gives it back to the queue."""
+    name = f"ttest-{uuid.uuid4().hex[:8]}"
     transport = RedisTransport(redis_url, transport_options={"client_name": name})
-
-    def blocked() -> int:
-        return sum(1 for c in raw.client_list() if c.get("name") == name and "b" in c["flags"])
-
     try:
-        fetching = asyncio.create_task(  # blocks far longer than this test waits
-            transport.fetch(["celery"], 10, 30, early=refuse_hand_over))
-        deadline = time.monotonic() + 5
-        while not blocked() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert blocked() == 1  # the pop waits in Redis
-        fetching.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await fetching
-        deadline = time.monotonic() + 3
-        while blocked() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # the server sees the close shortly
-        assert blocked() == 0
-        raw.lpush("celery", transport.envelope_of(task("t", 5))[1])
-        got = await transport.fetch(["celery"], 10, 1, early=refuse_hand_over)
-        assert bodies(got) == [[5]]
-        await transport.ack(got)
+        await wait_cancelled_then_push(transport, raw, 5)
+        handed = []  # (handed over early if the wait's reply is read during this fetch)
+        got = await transport.fetch(["celery"], 10, 1, early=lambda d: handed.append(d) or False)
+        assert bodies(handed + got) == [[5]] and await no_reserved_lists(raw)
+        await transport.ack(handed + got)
+        # and one taken after the last fetch goes back to the queue when the transport closes
+        await wait_cancelled_then_push(transport, raw, 6)
     finally:
         await transport.aclose()
         transport.close()
+    assert reserved_lists(raw) == {}
+    back = raw.lrange("celery", 0, -1)
+    assert [json.loads(base64.b64decode(json.loads(p)["body"]))[0] for p in back] == [[6]]
 
 
-async def test_a_server_without_blmpop_gets_brpop(transport, raw, monkeypatch):
-    """Redis older than 7.0 answers BLMPOP with "unknown command": the transport says so
-    once and pops with BRPOP from then on (one message at a time)."""
-    real = redis_aio.Popper.call  # what sends the blocking pops
+async def test_a_server_without_blmove_gets_brpoplpush(transport, raw, monkeypatch):
+    """Redis older than 6.2 answers BLMOVE with "unknown command": the transport says so
+    once and waits with BRPOPLPUSH (the same ends) from then on."""
+    real = redis_aio.Popper.call  # what sends the blocking waits
     sent = []
 
-    async def old_server(self, args):
+    async def old_server(self, args, *then):
         sent.append(args[0])
-        if args[0] == "BLMPOP":
-            raise ResponseError("unknown command 'BLMPOP', with args beginning with: ")
-        return await real(self, args)
+        if args[0] == "BLMOVE":
+            raise ResponseError("unknown command 'BLMOVE', with args beginning with: ")
+        return await real(self, args, *then)
 
     monkeypatch.setattr(redis_aio.Popper, "call", old_server)
     payloads = [transport.envelope_of(task("t", i))[1] for i in range(2)]
     handed = []
     got = await fetch_while_pushing(transport, raw, payloads, lambda d: handed.append(d) or True)
-    assert bodies(handed) == [[0]] and got == []  # the second still waits in the queue
-    assert sent.count("BLMPOP") == 1 and sent.count("BRPOP") == 1
-    rest = await transport.fetch(["celery"], 10, 1, early=refuse_hand_over)
-    assert bodies(rest) == [[1]]
-    await transport.ack(rest)
+    assert bodies(handed) == [[0]] and bodies(got) == [[1]]  # (the backlog, with it)
+    assert "BRPOPLPUSH" in sent and sent.count("BLMOVE") >= 1
+    await transport.ack(got)
+    blmoves = sent.count("BLMOVE")
     got = await fetch_while_pushing(transport, raw, [payloads[0]], lambda d: handed.append(d) or True)
-    assert sent.count("BLMPOP") == 1 and sent.count("BRPOP") == 2
+    assert sent.count("BLMOVE") == blmoves  # remembered
+    assert raw.exists("unacked", "unacked_index") == 0 and await no_reserved_lists(raw)
 
 
 async def test_a_message_not_settled_when_handed_over_is_recorded_with_the_batch(transport, raw):
@@ -649,9 +671,9 @@ async def test_a_failing_early_handler_leaves_the_message_reserved(transport, ra
     payloads = [transport.envelope_of(task("t", i))[1] for i in range(3)]
     with pytest.raises(RuntimeError, match="bug in the handler"):
         await fetch_while_pushing(transport, raw, payloads, early)
-    popped = payloads[:2]  # BLMPOP COUNT 2 took two
-    assert unacked_tags(raw) == {json.loads(p)["properties"]["delivery_tag"] for p in popped}
-    assert raw.llen("celery") == 1  # only the popped ones were reserved
+    taken = payloads[:1]  # the wait took one
+    assert unacked_tags(raw) == {json.loads(p)["properties"]["delivery_tag"] for p in taken}
+    assert raw.llen("celery") == 2 and await no_reserved_lists(raw)
 
 
 async def test_a_malformed_popped_message_is_not_handed_over(transport, raw, caplog):

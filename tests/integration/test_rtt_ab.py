@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_one_pair_reports_both_sides_and_their_ratio():
-    flushed_redis_url(13)  # the database the script uses (fails under CI without Redis)
+    url = flushed_redis_url(13)  # (fails under CI without Redis)
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "rtt_ab.py"), "--base", sys.executable,
-         "--current", sys.executable, "--pairs", "1", "--samples", "30",
+         "--current", sys.executable, "--pairs", "1", "--samples", "30", "--url", url,
          "--current-args=--loop-inline", "--async"],  # also: a CLI worker with --loop-inline
         capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]

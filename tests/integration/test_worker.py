@@ -13,6 +13,7 @@ import pytest
 import valkey
 
 from celery import Celery
+from celery.exceptions import OperationalError
 from celery.messaging.protocol import build_task_message
 
 from ..conftest import kill_clients_named
@@ -192,15 +193,21 @@ def test_refused_content_type_is_rejected_with_a_clear_log(app, rclient, caplog)
     assert rclient.hlen("unacked") == 0
 
 
-def test_a_message_redis_refuses_fails_the_task_that_sent_it(app, rclient):
-    # Sync publishes are pipelined: the worker waits for the replies to a task's own
-    # messages before it settles the task, so the refusal fails that task, not a later one.
+@pytest.mark.parametrize("pipelined", [False, True], ids=["confirmed", "pipelined"])
+def test_a_message_redis_refuses_fails_the_task_that_sent_it(redis_url, rclient, pipelined):
+    # A confirmed publish (the default) raises the refusal inside the task. Pipelined
+    # (publish_pipeline=True), the worker waits for the replies to a task's own messages
+    # before it settles the task: either way the refusal fails that task, not a later one.
+    app = make_app(redis_url, broker_transport_options={"publish_pipeline": pipelined})
     rclient.set("not-a-queue", "a string")
     try:
         with running_worker(app, loop_workers=1, sync_workers=1):
-            # A task that fails anyway keeps its own error; its thread's next task is not blamed.
+            # Pipelined, a task that fails anyway keeps its own error (confirmed, the send
+            # raised first); either way its thread's next task is not blamed.
             failed = app.tasks["tests.integration.test_worker.sends_then_fails"].delay("not-a-queue")
-            with pytest.raises(ValueError, match="failed after sending"):
+            error = (ValueError, "failed after sending") if pipelined else \
+                (OperationalError, "WRONGTYPE")
+            with pytest.raises(error[0], match=error[1]):
                 failed.get(timeout=10)
             after = app.tasks["tests.integration.test_worker.sends_to"].delay("celery")
             assert app.AsyncResult(after.get(timeout=10)).get(timeout=10) == 2
@@ -215,6 +222,7 @@ def test_a_message_redis_refuses_fails_the_task_that_sent_it(app, rclient):
                 assert app.AsyncResult(sent.get(timeout=10)).get(timeout=10) == 2
     finally:
         rclient.delete("not-a-queue")
+        app.close()
 
 
 def test_prefetch_window_bounds_unacked_messages(redis_url, rclient):

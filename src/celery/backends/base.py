@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 from .. import states
-from ..exceptions import ImproperlyConfigured, TimeoutError
+from ..exceptions import DecodeError, ImproperlyConfigured, TimeoutError
 from ..messaging import serialization
 from ..transport.embedded import Wakeup
 from ..transport.registry import load_class, scheme_of
@@ -172,16 +172,27 @@ class ResultBackend(GroupsAndChords):
         return serialization.dumps(obj, self.serializer)[0]
 
     def decode(self, payload: bytes | str) -> Any:
+        """Decode a stored payload with ``result_serializer``, refused (ContentDisallowed)
+        unless that serializer is in ``result_accept_content`` (else ``accept_content``), as
+        upstream Celery refuses it."""
         content_type = serialization.serializer_by_name(self.serializer).content_type
-        return serialization.loads(payload, content_type, None, accept=None)
+        return serialization.loads(payload, content_type, None, accept=self.accept)
 
     def meta_from_payload(self, task_id: str, payload: bytes | str | None) -> dict[str, Any]:
-        """Decode a stored meta payload; a missing one means PENDING, as in Celery."""
+        """Decode a stored meta payload; a missing one means PENDING, as in Celery.
+
+        Raises:
+            ContentDisallowed: the result serializer is not accepted.
+            DecodeError: the payload does not decode to a meta mapping.
+        """
         if payload is None:
             return {"status": states.PENDING, "result": None, "traceback": None,
                     "children": [], "date_done": None, "task_id": task_id}
         meta = self.decode(payload)
-        if meta.get("status") in states.EXCEPTION_STATES:
+        if not isinstance(meta, dict) or not isinstance(meta.get("status"), str):
+            raise DecodeError(f"The stored result of task {task_id} is not a result meta "
+                              f"(a {type(meta).__name__} without a status)")
+        if meta["status"] in states.EXCEPTION_STATES:
             meta["result"] = self.exception_to_python(meta.get("result"))
         return meta
 
@@ -203,9 +214,11 @@ class ResultBackend(GroupsAndChords):
         if isinstance(value, BaseException) or not isinstance(value, dict):
             return value
         exc_type = value.get("exc_type")
-        if not exc_type:
+        if not exc_type or not isinstance(exc_type, str):
             return value
         module = value.get("exc_module") or "builtins"
+        if not isinstance(module, str):
+            module = "builtins"
         cls = _find_exception_class(module, exc_type)
         args = value.get("exc_message", ())
         if not isinstance(args, list | tuple):
@@ -213,8 +226,11 @@ class ResultBackend(GroupsAndChords):
         try:
             return cls(*args)
         except Exception:
-            exc = cls.__new__(cls)
-            exc.args = tuple(args)
+            try:
+                exc = cls.__new__(cls)
+                exc.args = tuple(args)
+            except Exception:  # a class that cannot even be made bare: a plain stand-in
+                exc = Exception(exc_type, *args)
             return exc
 
     # -- storage (subclasses) -------------------------------------------------------------

@@ -12,12 +12,15 @@ serializer is JSON, as Celery configures its mailbox.
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 import time
 from typing import Any
 
-from ..exceptions import ContentDisallowed, DecodeError
+from ..exceptions import ContentDisallowed, DecodeError, InvalidMessage
 from ..transport import envelope as envelope_codec
+from . import limits
 from .protocol import Message
 
 __all__ = ["decode", "encode", "exchanges", "expired", "match_destination"]
@@ -47,28 +50,21 @@ def decode(payload: str) -> tuple[dict[str, Any], dict[str, Any]]:
         DecodeError: not a kombu envelope, or its body is not a JSON object.
         ContentDisallowed: not JSON (remote control accepts JSON only, as Celery's does).
     """
-    try:
-        delivery = envelope_codec.decode("", payload, "")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DecodeError(f"not a kombu message envelope: {exc}") from None
-    message = delivery.message
+    message = envelope_codec.decode("", payload, "").message
     if message.content_type != _JSON:
         raise ContentDisallowed(f"content type {message.content_type!r} is not accepted "
                                 "(remote control uses JSON)")
-    try:
-        body = json.loads(message.body)
-    except ValueError as exc:
-        raise DecodeError(f"body is not JSON: {exc}") from None
+    body = limits.loads_json(message.body, "control message body")
     if not isinstance(body, dict):
-        raise DecodeError("body is not a JSON object")
-    return body, message.headers if isinstance(message.headers, dict) else {}
+        raise DecodeError("control message body is not a JSON object")
+    return body, message.headers
 
 
 def expired(headers: dict[str, Any], now: float | None = None) -> bool:
     """True when the ``expires`` header (an epoch; 0 or missing: never) has passed."""
     try:
         expires = float(headers.get("expires") or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past a float's range
         return False
     return bool(expires) and (time.time() if now is None else now) > expires
 
@@ -76,17 +72,26 @@ def expired(headers: dict[str, Any], now: float | None = None) -> bool:
 def match_destination(body: dict[str, Any], hostname: str) -> bool:
     """Is a broadcast ``body`` for ``hostname``? kombu's rules: a ``destination`` list names
     the nodes; otherwise ``pattern`` with ``matcher`` ("glob", the default, or "pcre");
-    otherwise every node."""
+    otherwise every node.
+
+    Raises:
+        InvalidMessage: ``destination`` is not a list of names, or ``pattern``/``matcher``
+            are not text, or the pcre pattern does not compile.
+    """
     destination = body.get("destination")
     if destination:
-        return hostname in destination
+        if not isinstance(destination, list | tuple | str):
+            raise InvalidMessage(f"destination must be a list of node names, not "
+                                 f"{type(destination).__name__}")
+        return hostname in destination  # (a string: kombu's substring test, kept)
     pattern, matcher = body.get("pattern"), body.get("matcher")
     if pattern and matcher:
+        if not isinstance(pattern, str) or not isinstance(matcher, str):
+            raise InvalidMessage("pattern and matcher must be text")
         if matcher == "pcre":
-            import re
-
-            return re.search(pattern, hostname) is not None
-        import fnmatch
-
+            try:
+                return re.search(pattern, hostname) is not None
+            except (re.error, RecursionError, OverflowError) as exc:
+                raise InvalidMessage(f"invalid pcre pattern {pattern[:80]!r}: {exc}") from None
         return fnmatch.fnmatch(hostname, pattern)
     return True

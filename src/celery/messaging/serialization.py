@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured
+from . import limits
 
 __all__ = [
     "Serializer",
@@ -100,9 +101,12 @@ def json_dumps(obj: Any) -> str:
 
 
 def json_loads(data: str | bytes) -> Any:
-    """Decode kombu-style JSON text (or UTF-8 bytes)."""
+    """Decode kombu-style JSON text (or UTF-8 bytes), within ``messaging/limits.py``'s
+    bounds (DecodeError past them)."""
     if isinstance(data, bytes | bytearray | memoryview):
         data = bytes(data).decode("utf-8")
+    if len(data) > limits.QUICK:  # shorter cannot be too deep (see limits.py)
+        limits.check(data, "JSON payload")
     return _json_decoder.decode(data)
 
 
@@ -209,11 +213,13 @@ def loads(
         if content_type in ("application/data", "application/text"):
             return data
         raise DecodeError(f"No decoder registered for content type {content_type!r}")
-    if isinstance(data, str):
-        data = data.encode(content_encoding or "utf-8")
     try:
+        if isinstance(data, str):
+            data = data.encode(content_encoding or "utf-8")
         return ser.decode(data)
-    except Exception as exc:
+    except DecodeError:
+        raise
+    except Exception as exc:  # RecursionError, MemoryError, ...: the payload's fault
         raise DecodeError(f"Could not decode {content_type} payload: {exc}") from exc
 
 

@@ -13,10 +13,12 @@ import binascii
 import json
 from typing import Any
 
+from ..exceptions import DecodeError
+from ..messaging import limits
 from ..messaging.protocol import Message, uuid4_str
 from .base import Delivery
 
-__all__ = ["decode", "encode", "mark_redelivered", "priority_of"]
+__all__ = ["clamp_priority", "decode", "encode", "loads", "mark_redelivered", "priority_of"]
 
 #: Properties ``encode`` writes itself (in kombu's order) rather than copying from the Message.
 _PLACED = frozenset(
@@ -57,24 +59,46 @@ def decode(tag: str, item: bytes | str, queue: str) -> Delivery:
     """Parse one envelope into a Delivery.
 
     Raises:
-        ValueError, KeyError, TypeError, AttributeError: ``item`` is not a valid envelope.
+        DecodeError: ``item`` is not a valid envelope (too large or deeply nested for
+            ``messaging/limits.py``, not JSON, fields missing or of the wrong type). Nothing
+            else: a transport catches this one type at its boundary and dead-letters ``item``.
     """
-    # Decoded to text first: json.loads would sniff the bytes for UTF-16/32 in Python code.
-    env = json.loads(item.decode() if isinstance(item, bytes) else item)
-    props = env["properties"]
-    body = env["body"]
-    if props.get("body_encoding") == "base64":
-        body = binascii.a2b_base64(body, strict_mode=True)
-    else:
-        body = body.encode()
-    headers = env.get("headers") or {}
-    info = props.get("delivery_info") or {}
-    exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or queue
-    redelivered = bool(info.get("redelivered") or headers.get("redelivered"))
+    try:  # (limits.loads_json's steps, inline: this runs once per message)
+        # Decoded to text first: json.loads would sniff bytes for UTF-16/32 in Python code.
+        text = item.decode() if isinstance(item, bytes) else item
+        if len(text) > limits.QUICK:
+            # limits.check's first test, inline. The body, first in kombu's envelopes and
+            # ours, is base64: no quote in it, and no bracket to count.
+            start = max(text.find('"', 10), 0) if text.startswith('{"body": "') else 0
+            if len(text) > limits.MAX_BYTES or \
+                    text.count("[", start) + text.count("{", start) >= limits.MAX_DEPTH:
+                limits.check(text, "message envelope", inside_string=start)
+        env = json.loads(text)
+        # A field of the wrong type raises below (AttributeError, TypeError, ...) or is
+        # refused here; either way a DecodeError.
+        props, body, headers = env["properties"], env["body"], env.get("headers") or {}
+        if props.get("body_encoding") == "base64":
+            raw = binascii.a2b_base64(body, strict_mode=True)
+        else:
+            raw = body.encode()
+        info = props.get("delivery_info") or {}
+        exchange, routing_key = info.get("exchange") or "", info.get("routing_key") or queue
+        content_type = env.get("content-type") or ""
+        content_encoding = env.get("content-encoding") or ""
+        if type(headers) is not dict or type(exchange) is not str or \
+                type(routing_key) is not str or type(content_type) is not str or \
+                type(content_encoding) is not str:
+            raise DecodeError("not a kombu message envelope: headers is not a mapping, or "
+                              "exchange, routing key or content type not text")
+        redelivered = bool(info.get("redelivered") or headers.get("redelivered"))
+    except DecodeError:
+        raise
+    except Exception as exc:  # not JSON, a field of an unexpected type, RecursionError...
+        raise DecodeError(f"not a kombu message envelope: {type(exc).__name__}: {exc}") from None
     message = Message(
-        body=body,
-        content_type=env.get("content-type") or "",
-        content_encoding=env.get("content-encoding") or "",
+        body=raw,
+        content_type=content_type,
+        content_encoding=content_encoding,
         headers=headers,
         properties=props,
         exchange=exchange,
@@ -89,11 +113,25 @@ def decode(tag: str, item: bytes | str, queue: str) -> Delivery:
     return Delivery(message, tag, queue, item, redelivered, delivery_info)
 
 
+def loads(item: bytes | str) -> dict[str, Any]:
+    """The JSON object of an envelope, within ``messaging/limits.py``'s bounds (its fields
+    are not checked: for marking a stored envelope redelivered).
+
+    Raises:
+        DecodeError: not JSON, too large or too deep, or not a JSON object.
+    """
+    env = limits.loads_json(item, "message envelope")
+    if not isinstance(env, dict):
+        raise DecodeError(f"not a kombu message envelope: a JSON {type(env).__name__}")
+    return env
+
+
 def mark_redelivered(envelope: dict[str, Any]) -> str:
     """The envelope marked as kombu marks a restored message, serialized."""
     if isinstance(envelope.get("headers"), dict):
         envelope["headers"]["redelivered"] = True
-    info = envelope.get("properties", {}).get("delivery_info")
+    props = envelope.get("properties")
+    info = props.get("delivery_info") if isinstance(props, dict) else None
     if isinstance(info, dict):
         info["redelivered"] = True
     return json.dumps(envelope)
@@ -101,7 +139,14 @@ def mark_redelivered(envelope: dict[str, Any]) -> str:
 
 def priority_of(envelope: dict[str, Any]) -> int:
     """The envelope's priority (0 when missing or not a number)."""
+    props = envelope.get("properties")
+    return clamp_priority(props.get("priority") if isinstance(props, dict) else 0)
+
+
+def clamp_priority(value: Any) -> int:
+    """A message priority as every transport stores it: 0..9, 0 when missing or not a
+    number (JSON's ``Infinity`` and ``NaN`` included)."""
     try:
-        return int(envelope["properties"]["priority"] or 0)
-    except (KeyError, TypeError, ValueError):
+        return min(max(int(value or 0), 0), 9)
+    except (TypeError, ValueError, OverflowError):
         return 0

@@ -68,7 +68,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import re
@@ -80,7 +79,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from ..exceptions import ConnectionLost, ImproperlyConfigured
+from ..exceptions import ConnectionLost, DecodeError, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope
 from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery, FanoutSubscription
@@ -125,7 +124,6 @@ FIRST_POLL = 0.005
 
 _OUR_PREFIX = re.compile(r"([0-9])_([0-9]{19})_[0-9a-f]{32}\Z")
 _STAMP_DIGITS = 19
-_READ_ERRORS = (ValueError, KeyError, TypeError, AttributeError)
 
 # ---------------------------------------------------------------------------------------
 # File helpers, shared with the file:// result backend (backends/filesystem.py).
@@ -241,16 +239,10 @@ def _check_queue(queue: str) -> str:
     return queue
 
 
-def _clamp(priority: Any) -> int:
-    try:
-        return min(max(int(priority or 0), 0), 9)
-    except (TypeError, ValueError):
-        return 0
-
-
 def message_name(priority: Any, queue: str) -> str:
     """A new file name for a message of ``queue`` (see the module docstring)."""
-    return f"{_clamp(priority)}_{_next_stamp():019d}_{uuid.uuid4().hex}.{_check_queue(queue)}.msg"
+    digit = envelope.clamp_priority(priority)
+    return f"{digit}_{_next_stamp():019d}_{uuid.uuid4().hex}.{_check_queue(queue)}.msg"
 
 
 class ParsedName(NamedTuple):
@@ -504,8 +496,11 @@ class FilesystemTransport:
             return envelope.decode(tag, content, queue)
         except FileNotFoundError:
             return None  # only a restore_visible that thought us dead could have taken it
-        except (OSError, *_READ_ERRORS) as exc:
+        except OSError as exc:
             self._dead_letter(tag, f"{type(exc).__name__}: {exc}", content)
+            return None
+        except DecodeError as exc:
+            self._dead_letter(tag, str(exc), content)
             return None
 
     def _dead_letter(self, tag: str, why: str, content: bytes) -> None:
@@ -590,11 +585,11 @@ class FilesystemTransport:
         except FileNotFoundError:
             return False
         try:
-            env = json.loads(content)
-            data = envelope.mark_redelivered(env).encode()
-        except _READ_ERRORS as exc:
-            self._dead_letter(taken, f"{type(exc).__name__}: {exc}", content)
+            env = envelope.loads(content)
+        except DecodeError as exc:
+            self._dead_letter(taken, str(exc), content)
             return False
+        data = envelope.mark_redelivered(env).encode()
         name = original
         parsed = parse_message_name(original)
         if not keep_place and parsed is not None:  # (reserved names always parse)

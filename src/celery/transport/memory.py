@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import ImproperlyConfigured
+from ..exceptions import DecodeError, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope
 from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
@@ -121,7 +121,7 @@ class MemoryTransport:
         broker = self._broker
         with broker.lock:
             for queue, tag, payload, priority in encoded:
-                entry = (_priority(priority), next(broker.seq), tag, payload)
+                entry = (envelope.clamp_priority(priority), next(broker.seq), tag, payload)
                 heapq.heappush(broker.queues.setdefault(queue, []), entry)
         broker.wakeup.notify()
 
@@ -173,11 +173,11 @@ class MemoryTransport:
             try:
                 delivery = envelope.decode(entry[2] or "", entry[3], queue)
                 if not delivery.delivery_tag:
-                    raise ValueError("no delivery_tag")
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                logger.warning("Malformed message in memory queue %r (%s: %s) dead-lettered: %r",
-                               queue, type(exc).__name__, exc, entry[3][:120])
-                bad.append((queue, entry[3], f"{type(exc).__name__}: {exc}"))
+                    raise DecodeError("no delivery_tag")
+            except DecodeError as exc:
+                logger.warning("Malformed message in memory queue %r (%s) dead-lettered: %r",
+                               queue, exc, entry[3][:120])
+                bad.append((queue, entry[3], str(exc)))
                 continue
             deliveries.append(delivery)
             good.append((delivery.delivery_tag, queue, entry))
@@ -396,9 +396,3 @@ class _Subscription:
                     del broker.subscribers[self._exchange]
             self._buffer.clear()
 
-
-def _priority(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0

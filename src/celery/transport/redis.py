@@ -14,6 +14,9 @@ Upstream Celery 5.x workers consume what we publish and we consume what they pub
   at reservation). ``restore_visible`` moves entries older than ``visibility_timeout`` back to
   the tail of their queue (delivered next, original order kept) under the ``unacked_mutex``
   lock, marking ``redelivered`` in headers and ``delivery_info`` as kombu does.
+* Our own addition: the lists ``celery-asyncio.reserved.<consumer>:<queue key>`` and their
+  registry, the sorted set ``celery-asyncio.reserved`` (redis_reserved.py): what a blocking
+  wait took and the fetch script has not recorded in ``unacked`` yet.
 * ``declare`` adds ``routing_key + sep + "" + sep + queue`` to ``_kombu.binding.<queue>`` and
   ``_kombu.binding_permanent.<queue>`` (Celery's default exchange is named after its queue).
 * ``global_keyprefix`` prefixes every key.
@@ -37,11 +40,16 @@ Redis, and dropping it silently would lose data) and logged with its queue and f
 
 Delivery guarantees: publishing is at-least-once (a publish that failed with a connection
 error is retried, and the server may have executed it before the connection broke). Sync
-``publish`` is pipelined: it returns once the command is written, and the reply is read
-later (redis_publish.py says what that guarantees). A message
-popped by BRPOP is registered in ``unacked`` by a second command, as in kombu: if the
-connection breaks between the two, that message is not restored if the worker then dies.
-With ``fetch(early=...)`` it runs meanwhile, and one acked on the spot is never registered.
+``publish`` waits for Redis's reply, unless ``publish_pipeline`` is true: then it returns
+once the command is written, and the reply is read later (redis_publish.py says what that
+guarantees). Nothing a fetch takes is ever only in the
+worker's memory: the fetch script pops and records in ``unacked`` in one step, and a fetch
+that waits for an empty queue does so with ``BLMOVE`` into a reserved list of this
+consumer's own (redis_reserved.py: a worker killed before the record leaves the message
+there for ``restore_visible``), where kombu's ``BRPOP`` would lose it. With
+``fetch(early=...)`` the message a wait took runs before the script records it; one acked
+on the spot is never recorded in ``unacked`` (an LREM takes it out of the reserved list).
+Restoring the reservations of dead consumers: redis_restore.py.
 """
 
 from __future__ import annotations
@@ -51,16 +59,15 @@ import json
 import logging
 import threading
 import time
-import uuid
 from bisect import bisect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import valkey
 import valkey.asyncio as avalkey
-from valkey.exceptions import NoScriptError, ResponseError
+from valkey.exceptions import NoScriptError
 
-from ..exceptions import ConnectionLost, ImproperlyConfigured
+from ..exceptions import ConnectionLost, DecodeError, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope as envelope_codec
 from . import redis_aio as _aio
@@ -81,6 +88,8 @@ from .redis_publish import DRIVER_ERRORS as _DRIVER_ERRORS
 from .redis_publish import RETRYABLE as _RETRYABLE
 from .redis_publish import SyncPublisher
 from .redis_publish import backoff as _backoff
+from .redis_reserved import REGISTRY, Waiters
+from .redis_restore import RedisRestore
 
 __all__ = ["DEAD_LETTER_KEY", "RedisTransport", "parse_url"]
 
@@ -113,16 +122,16 @@ def _well_formed(item: bytes, queue: str) -> Delivery | None:
     ``properties.delivery_tag`` and ``body``), else None."""
     try:
         delivery = _delivery("", item, queue)
-        tag = delivery.message.properties["delivery_tag"]
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except DecodeError:
         return None
+    tag = delivery.message.properties.get("delivery_tag")
     if not isinstance(tag, str):
         return None
     delivery.delivery_tag = tag
     return delivery
 
 
-class RedisTransport(RedisMailbox):
+class RedisTransport(RedisRestore, RedisMailbox):
     """Transport for Redis and Valkey (``redis://``, ``rediss://``, ``valkey://``, ``valkeys://``).
 
     Thread-safety: ``publish`` may be called from any thread (one shared, thread-safe sync
@@ -187,11 +196,12 @@ class RedisTransport(RedisMailbox):
         # read and replaced by callers on any thread and any loop.
         self._clients_lock = threading.Lock()
         self._async_clients: dict[asyncio.AbstractEventLoop, avalkey.Valkey] = {}
-        #: Each loop's blocking-pop connection (redis_aio.Popper), beside its client; also
+        #: Each loop's blocking waits (redis_reserved.Waiters), beside its client; also
         #: under _clients_lock.
-        self._poppers: dict[asyncio.AbstractEventLoop, _aio.Popper] = {}
+        self._waiters: dict[asyncio.AbstractEventLoop, Waiters] = {}
+        self.reserved_registry_key = prefix + REGISTRY
         self._publisher = SyncPublisher(lambda: self._pool(valkey), self._safe_url,
-                                        self.max_retries, bool(opts.get("publish_pipeline", True)))
+                                        self.max_retries, bool(opts.get("publish_pipeline", False)))
         self._rr_turn = 0
         #: Coalesced publishes (``apublish``): each loop's pending batch, under
         #: _clients_lock, as is _sending, the flush tasks in flight (strong references).
@@ -199,7 +209,6 @@ class RedisTransport(RedisMailbox):
         self._batches: dict[asyncio.AbstractEventLoop, list[tuple[str, str, asyncio.Future[None]]]] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self._drained: set[tuple[str, ...]] = set()  # queue keys the last fetch emptied
-        self._blmpop = True  # False once the server said it has no BLMPOP (under the lock)
         #: Deliveries handed over early whose record in ``unacked`` is in flight: tag ->
         #: future set (on the fetching loop) once it is done. Under _clients_lock.
         self._recording: dict[str, asyncio.Future[None]] = {}
@@ -230,27 +239,27 @@ class RedisTransport(RedisMailbox):
             if client is None:
                 for old in [lp for lp in self._async_clients if lp.is_closed()]:
                     del self._async_clients[old]
-                    self._poppers.pop(old, None)
+                    self._waiters.pop(old, None)
                 client = avalkey.Valkey(connection_pool=self._pool(avalkey))
                 self._async_clients[loop] = client
             return client
 
-    async def _pop(self, *args: Any) -> Any:
-        """The raw reply of the blocking pop ``args``, on the loop's Popper, through ``_run``
-        (a connection error is retried once). Running loop."""
+    def _waiters_here(self) -> Waiters:
+        """The running loop's blocking waits (redis_reserved.py), made on first use."""
         loop = asyncio.get_running_loop()
         client = self._client()
         with self._clients_lock:
-            popper = self._poppers.get(loop)
-            if popper is None:
-                popper = self._poppers[loop] = _aio.Popper(client.connection_pool)
+            waiters = self._waiters.get(loop)
+            if waiters is None:
+                beat = min(self.visibility_timeout / 4, 1.0)
+                waiters = self._waiters[loop] = Waiters(client.connection_pool, self.keyprefix,
+                                                        beat, self._reclaim)
+            return waiters
 
-        def pop(c: avalkey.Valkey) -> Any:
-            # Checked at each attempt, and ``call`` marks it busy before it first yields:
-            # while another pop on this loop holds the Popper, the pool's connection serves.
-            return c.execute_command(*args) if popper.busy else popper.call(args)
-
-        return await self._run("fetch", pop)
+    async def _reclaim(self, list_key: str, key: str) -> int:
+        """Give everything in this consumer's reserved list back to its queue (RECLAIM)."""
+        keys = (list_key, key)
+        return int(await self._run("reclaim", lambda c: self._eval(c, _scripts.RECLAIM, keys, ())))
 
     def _lost(self, what: str, exc: BaseException) -> ConnectionLost:
         return ConnectionLost(f"Redis {what} failed on {self._safe_url}: {exc}")
@@ -277,11 +286,7 @@ class RedisTransport(RedisMailbox):
 
     def _key_for(self, queue: str, priority: Any) -> str:
         """kombu's ``_q_for_pri``: the sub-queue a message of ``priority`` goes to."""
-        try:
-            p = min(max(int(priority), 0), 9)
-        except (TypeError, ValueError):
-            p = 0
-        return self._queue_keys(queue)[self._step_of[p]]
+        return self._queue_keys(queue)[self._step_of[envelope_codec.clamp_priority(priority)]]
 
     def _layout(self, queues: tuple[str, ...]) -> _Layout:
         layout = self._layouts.get(queues)
@@ -290,7 +295,8 @@ class RedisTransport(RedisMailbox):
                 (self._queue_keys(q)[i], q) for i in range(len(self.priority_steps)) for q in queues
             ]
             keys = tuple(k for k, _ in pairs)
-            fixed = (self.unacked_key, self.unacked_index_key, self.dead_letter_key)
+            fixed = (self.unacked_key, self.unacked_index_key, self.dead_letter_key,
+                     self.reserved_registry_key)
             by_key = {k.encode(): n for n, k in enumerate(keys, 1)}
             layout = _Layout(fixed + keys, keys, tuple(q for _, q in pairs), by_key)
             self._layouts[queues] = layout
@@ -317,8 +323,9 @@ class RedisTransport(RedisMailbox):
     # -- publishing ----------------------------------------------------------------------
 
     def publish(self, message: Message) -> None:
-        """LPUSH one message, pipelined unless ``publish_pipeline`` is false (see
-        redis_publish.py); connection errors are retried with backoff. Any thread."""
+        """LPUSH one message and wait for Redis's reply (pipelined, without waiting, when
+        ``publish_pipeline`` is true: see redis_publish.py); connection errors are retried
+        with backoff. Any thread."""
         self.publish_encoded(*self.envelope_of(message), message.headers.get("id"))
 
     def confirm_published(self) -> None:
@@ -433,7 +440,7 @@ class RedisTransport(RedisMailbox):
         exchange's lookup, as kombu's), in member order."""
         queues = []
         for member in members:
-            parts = (member.decode() if isinstance(member, bytes) else member).split(self.sep)
+            parts = (member.decode(errors="replace") if isinstance(member, bytes) else member).split(self.sep)
             if len(parts) == 3 and parts[0] == routing_key:
                 queues.append(parts[2])
         return queues
@@ -452,29 +459,33 @@ class RedisTransport(RedisMailbox):
                     early: EarlyHandler | None = None) -> list[Delivery]:
         """Reserve up to ``max_count`` messages; block up to ``timeout`` s. Running loop.
 
-        With ``early`` (CAP_EARLY), a message the blocking pop took is handed to it before
-        the script records it in ``unacked`` (see ``_popped``) and is not in the returned list.
+        With ``early`` (CAP_EARLY), a message the blocking wait took is handed to it before
+        the script records it in ``unacked`` (see ``_moved``) and is not in the returned list.
         """
         if not queues or max_count <= 0:
             return []
         layout = self._layout(self._ordered(queues))
+        waiters = self._waiters_here()
+        moved = waiters.taken(layout)  # waits that took a message while no fetch waited
         deliveries: list[Delivery] = []
-        # After a fetch that drained the queues, go straight to BRPOP: it returns at once
-        # if anything came meanwhile, and a script round trip that would find nothing is
-        # saved (in a lightly loaded worker, one of the few per task).
-        with self._clients_lock:
-            drained = layout.queue_keys in self._drained and timeout > 0
-        for _ in range(0 if drained else 3):  # again only if a round found only malformed ones
-            deliveries, dead = await self._reserve(layout, max_count)
-            if deliveries or not dead:
-                break
-        full = len(deliveries) >= max_count  # False: the queues are empty now
-        if not deliveries and timeout > 0:
-            popped = await self._blocking_pop(layout, self._block_for(timeout), early is not None)
-            if popped is not None:
-                key, items, counted = popped
-                deliveries, full = await self._popped(layout, max_count, items,
-                                                      layout.by_key[key], early, counted)
+        if moved:  # (a backlog, likely: reserve it as a batch)
+            deliveries = await self._reserve_moved(layout, max_count, moved)
+            full = True
+        else:
+            # After a fetch that drained the queues, go straight to the blocking wait: it
+            # returns at once if anything came meanwhile, and a script round trip that would
+            # find nothing is saved (in a lightly loaded worker, one of the few per task).
+            with self._clients_lock:
+                drained = layout.queue_keys in self._drained and timeout > 0
+            for _ in range(0 if drained else 3):  # again if a round found only malformed ones
+                deliveries, dead = await self._reserve(layout, max_count)
+                if deliveries or not dead:
+                    break
+            full = len(deliveries) >= max_count  # False: the queues are empty now
+            if not deliveries and timeout > 0:
+                moved = await self._wait(waiters, layout, timeout)
+                if moved:
+                    deliveries, full = await self._moved(layout, max_count, moved, early)
         with self._clients_lock:
             if full:
                 self._drained.discard(layout.queue_keys)
@@ -482,102 +493,114 @@ class RedisTransport(RedisMailbox):
                 self._drained.add(layout.queue_keys)
         return deliveries
 
-    async def _blocking_pop(self, layout: _Layout, block: float,
-                            two: bool) -> tuple[bytes, list[bytes], bool] | None:
-        """Block until a queue key has messages: (that key, what was popped, whether it was
-        BLMPOP), or None.
-
-        ``two`` (for ``early``): BLMPOP with COUNT 2 (Redis 7, Valkey), so that one message
-        popped alone tells that its queue is empty now, and a second one that a backlog
-        waits. Else, and on a server without BLMPOP (found once, then remembered), BRPOP.
-        """
-        keys = list(layout.queue_keys)
-        with self._clients_lock:
-            two = two and self._blmpop
-        if two:
+    async def _wait(self, waiters: Waiters, layout: _Layout,
+                    timeout: float) -> list[tuple[int, bytes]]:
+        """Block until a wait moves a message into this consumer's reserved lists (up to
+        ``timeout``, and never longer than half the visibility timeout, so that the
+        heartbeat sent before it stays fresh); ``(key number, message)`` of each moved."""
+        block = min(self._block_for(timeout), max(self.visibility_timeout / 2, 0.05))
+        if waiters.lock.locked():  # (wait_for costs as much as the rest: not when free)
             try:
-                popped = await self._pop("BLMPOP", block, len(keys), *keys, "RIGHT", "COUNT", 2)
-                return None if popped is None else (popped[0], list(popped[1]), True)
-            except ConnectionLost as exc:
-                cause = exc.__cause__
-                if not isinstance(cause, ResponseError) or \
-                        "unknown command" not in str(cause).lower():
-                    raise
-                logger.info("%s has no BLMPOP (Redis older than 7.0): using BRPOP", self)
-                with self._clients_lock:
-                    self._blmpop = False
-        popped = await self._pop("BRPOP", *keys, block)
-        return None if popped is None else (popped[0], [popped[1]], False)
+                await asyncio.wait_for(waiters.lock.acquire(), timeout)
+            except TimeoutError:  # another fetch on this loop waits: it takes what comes
+                return []
+        else:
+            await waiters.lock.acquire()
+        try:
+            return await waiters.wait(layout, block)
+        finally:
+            waiters.lock.release()
 
-    async def _record(self, layout: _Layout, count: int, items: list[bytes],
-                      number: int) -> list[Delivery]:
-        """Reserve popped ``items`` in their order, the last with up to ``count`` in all."""
-        deliveries: list[Delivery] = []
-        for i, item in enumerate(items):
-            want = max(count - len(deliveries), 1) if i == len(items) - 1 else 1
-            deliveries += (await self._reserve(layout, want, item, number))[0]
-        return deliveries
-
-    async def _popped(self, layout: _Layout, max_count: int, items: list[bytes], number: int,
-                      early: EarlyHandler | None, counted: bool) -> tuple[list[Delivery], bool]:
-        """Record what the blocking pop took (one message, or two from BLMPOP) in
-        ``unacked`` with up to ``max_count`` in all; the deliveries to return, and whether
-        more may wait (``fetch``'s ``full``).
+    async def _moved(self, layout: _Layout, max_count: int, moved: list[tuple[int, bytes]],
+                     early: EarlyHandler | None) -> tuple[list[Delivery], bool]:
+        """Reserve what the blocking waits moved (usually one message) in ``unacked``, with
+        up to ``max_count`` in all; the deliveries to return, and whether more may wait
+        (``fetch``'s ``full``).
 
         With ``early``, the first message, if well-formed, is handed over first: the task
         starts one round trip sooner. If ``early`` acked it on the spot (an idle worker, a
-        task that acks early), it is never recorded (an early ack forgets it anyway). Then:
+        task that acks early), it is never recorded in ``unacked``: an LREM takes it out of
+        its reserved list (an early ack forgets it anyway). Then:
 
-        * popped alone by BLMPOP (``counted``) for a consumer with no other task
-          (``EARLY_ALONE``), its queue is empty and nothing else is going on: no script
-          runs, and the next fetch goes straight back to the blocking pop (a lone task
-          costs that one command);
-        * popped alone otherwise, the next fetch runs the script first: after BRPOP, which
-          cannot tell, and for a busy consumer, whose next messages are likely to come
-          while it works, to be reserved as a batch instead of popped one by one;
-        * a second message popped with it means a backlog: it is recorded with a batch, and
-          the next fetch reserves more.
+        * a backlog (the wait's queue key held more right after, as an LLEN written with the
+          wait says, or other waits moved a message too) is reserved now, as a batch;
+        * else, for a consumer with no other task (``EARLY_ALONE``), the next fetch goes
+          straight back to the blocking wait (a lone task costs that command, the LREM and
+          LLEN written with the next one, and the result write);
+        * for a busy consumer, whose next messages are likely to come while it works, the
+          next fetch runs the script first, to reserve them as a batch instead of one by one.
 
-        If the first was not acked, it is recorded with the batch, and until then
-        ``_settle_after_record`` holds back settling it, so that no ack or requeue
-        overtakes its record.
+        If the first was not acked, it is recorded with the batch (moved from its list into
+        ``unacked`` by the script), and until then ``_settle_after_record`` holds back
+        settling it, so that no ack or requeue overtakes its record.
         """
+        number, item = moved[0]
         queue = layout.names[number - 1]
-        delivery = _well_formed(items[0], queue) if early is not None else None
+        delivery = _well_formed(item, queue) if early is not None else None
         if delivery is None or early is None:
-            deliveries = await self._record(layout, max_count, items, number)
-            return deliveries, len(deliveries) >= max_count
+            deliveries = await self._reserve_moved(layout, max_count, moved)
+            return deliveries, len(deliveries) >= max_count or len(moved) > 1
+        waiters = self._waiters_here()
         try:
             acked = early(delivery)
             if acked:
-                if len(items) == 1:  # the queue is empty now, if BLMPOP says so
-                    return [], not (counted and acked == EARLY_ALONE)
-                return await self._record(layout, max_count - 1, items[1:], number), True
+                waiters.forget(number, layout, item)
+                if len(moved) == 1 and not waiters.backlog:
+                    return [], acked != EARLY_ALONE
+                return await self._reserve_moved(layout, max_count - 1, moved[1:]), True
         except BaseException:  # a bug in the handler: keep the messages reserved, not lost
-            await self._record(layout, len(items), items, number)
+            await self._reserve_moved(layout, len(moved), moved)
             raise
         tag = delivery.delivery_tag
         recorded = asyncio.get_running_loop().create_future()
         with self._clients_lock:
             self._recording[tag] = recorded
         try:
-            deliveries = await self._record(layout, max_count, items, number)
-        except ConnectionLost as exc:
-            logger.error("Task message %s from queue %r runs, but could not be recorded as "
-                         "reserved: if this worker dies, it is lost (%s)", tag, queue, exc)
-            raise
+            deliveries = await self._record_handed(layout, max_count, moved, tag, queue)
         finally:
             with self._clients_lock:
                 del self._recording[tag]
             if not recorded.done():
                 recorded.set_result(None)
-        full = len(deliveries) >= max_count
+        full = len(deliveries) >= max_count or len(moved) > 1
         if deliveries and deliveries[0].delivery_tag == tag:
-            del deliveries[0]  # the script records the popped item first
+            del deliveries[0]  # the script records the moved item first
         else:
             logger.error("Task message %s from queue %r runs, but Redis dead-lettered it as "
-                         "malformed", tag, queue)
+                         "malformed, or another worker restored it meanwhile", tag, queue)
         return deliveries, full
+
+    async def _reserve_moved(self, layout: _Layout, count: int,
+                             moved: list[tuple[int, bytes]]) -> list[Delivery]:
+        """``_reserve`` with messages blocking waits moved; if it fails, they stay the
+        waits' (in their lists) for the next fetch, which records them then."""
+        try:
+            return (await self._reserve(layout, count, moved))[0]
+        except ConnectionLost:
+            self._waiters_here().untake(layout, moved)
+            raise
+
+    async def _record_handed(self, layout: _Layout, count: int, moved: list[tuple[int, bytes]],
+                             tag: str, queue: str) -> list[Delivery]:
+        """``_reserve`` when the first moved message already runs (handed over early): it
+        must not be handed over again, so its record is retried here, with backoff, for
+        about half a minute (the broker is away meanwhile: nothing else can be fetched). A
+        retry after a reply that was lost finds it recorded already (no longer listed)."""
+        for delay in (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, None):
+            try:
+                return (await self._reserve(layout, count, moved))[0]
+            except ConnectionLost as exc:
+                if delay is None:
+                    logger.error("Task message %s from queue %r runs, but could not be "
+                                 "recorded in unacked (%s): its reserved list goes back to its "
+                                 "queue before the next wait, so it may run again", tag, queue,
+                                 exc)
+                    self._waiters_here().lost(layout, moved)
+                    raise
+                logger.warning("Could not record running task message %s yet (%s); trying "
+                               "again in %.2fs", tag, exc, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover: the last delay is None
 
     async def _settle_after_record(self, deliveries: Iterable[Delivery]) -> None:
         """Wait until the deliveries handed over early are recorded (usually none are)."""
@@ -595,28 +618,38 @@ class RedisTransport(RedisMailbox):
         return max(round(timeout, 3), 0.001)
 
     async def _reserve(
-        self, layout: _Layout, count: int, item: bytes = b"", key_number: int = 0
+        self, layout: _Layout, count: int, moved: list[tuple[int, bytes]] | None = None
     ) -> tuple[list[Delivery], int]:
-        """Run the fetch script (``item``: one BRPOP already took) and parse what it reserved.
+        """Run the fetch script (``moved``: ``(key number, message)`` of what blocking waits
+        moved into this consumer's reserved lists, recorded first) and parse what it
+        reserved.
 
         Returns the deliveries and how many elements were malformed (and dead-lettered).
         Retrying the script after a broken connection is safe: at worst messages it reserved
         wait in ``unacked`` for ``restore_visible``.
         """
-        args = (count, repr(time.time()), item, key_number, *layout.names)
-        reply = await self._run("fetch", lambda c: self._eval(c, _scripts.FETCH, layout.script_keys, args))
+        moved = moved or []
+        args = (count, repr(time.time()), len(moved), *(x for pair in moved for x in pair),
+                *layout.names)
+        keys = layout.script_keys + self._waiters_here().lists(layout)
+        reply = await self._run("fetch", lambda c: self._eval(c, _scripts.FETCH, keys, args))
         deliveries: list[Delivery] = []
         broken: list[tuple[bytes, bytes]] = []
         for i in range(0, len(reply), 3):
             number, tag, item = reply[i], reply[i + 1], reply[i + 2]
+            if number == 0:
+                logger.warning("A message a blocking wait took was no longer in this "
+                               "consumer's reserved list (restored by another worker, or "
+                               "recorded by a retried fetch): not delivered here: %r", item[:120])
+                continue
             queue = layout.names[abs(number) - 1]
             if number < 0:  # the script already dead-lettered it
                 _bad_element(queue, item, "not a kombu envelope")
                 continue
             try:
-                deliveries.append(_delivery(tag.decode(), item, queue))
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                _bad_element(queue, item, f"{type(exc).__name__}: {exc}")
+                deliveries.append(_delivery(tag.decode(errors="replace"), item, queue))
+            except DecodeError as exc:
+                _bad_element(queue, item, str(exc))
                 broken.append((tag, item))
         if broken:
             await self._dead_letter(broken)
@@ -654,23 +687,31 @@ class RedisTransport(RedisMailbox):
 
         ``requeue=True`` puts them at the back of their queue (LPUSH), as kombu's
         ``reject(requeue=True)`` does, so a message that keeps failing cannot starve the
-        others; ``requeue=False`` drops them (Redis has no dead-lettering for rejects).
+        others; ``requeue=False`` moves them, unchanged, onto the dead-letter list
+        (``celery-asyncio.dead-letter``), as every other broker of ours keeps them, where
+        kombu's Redis transport drops them: never silently lost, once each (only what was
+        still reserved moves).
         """
         if requeue:
             await self._move(deliveries, "L")
             return
         if deliveries:
-            logger.info("Dropping %d rejected message(s): %s", len(deliveries),
-                        ", ".join(d.delivery_tag for d in deliveries))  # fmt: skip
-            await self.ack(deliveries)
+            logger.info("Dead-lettering %d rejected message(s) to %r: %s", len(deliveries),
+                        self.dead_letter_key, ", ".join(d.delivery_tag for d in deliveries))
+            await self._move(deliveries, "L", self.dead_letter_key)
 
-    async def _move(self, deliveries: Iterable[Delivery], end: str) -> None:
+    async def _move(self, deliveries: Iterable[Delivery], end: str, to: str | None = None) -> None:
+        """Push reserved deliveries onto their queue's ``end`` marked redelivered, or onto
+        the list ``to`` unchanged; only those still reserved (MOVE)."""
         deliveries = list(deliveries)
         await self._settle_after_record(deliveries)
         args: list[Any] = [end]
         for d in deliveries:
+            if to is not None:
+                args += (d.delivery_tag, to, d.raw)
+                continue
             envelope = json.loads(d.raw)
-            priority = envelope.get("properties", {}).get("priority")
+            priority = envelope_codec.priority_of(envelope)
             args += (d.delivery_tag, self._key_for(d.queue, priority), _redelivered(envelope))
         if len(args) > 1:
             keys = (self.unacked_key, self.unacked_index_key)
@@ -698,64 +739,6 @@ class RedisTransport(RedisMailbox):
         """Move deferred messages whose time has come back to their queues; returns how many."""
         keys, args = (self.delayed_key,), (repr(time.time()), limit)
         return int(await self._run("promote", lambda c: self._eval(c, _scripts.PROMOTE, keys, args)))
-
-    async def restore_visible(self) -> int:
-        """Requeue messages reserved longer than ``visibility_timeout``; returns the count.
-
-        Does nothing (returns 0) while another process holds ``unacked_mutex``. Running loop.
-        """
-        token = uuid.uuid4().hex
-        px = int(self.unacked_mutex_expire * 1000)
-
-        async def locked(client: avalkey.Valkey) -> int:
-            # The GET lets a retry after a dropped connection see that it holds the lock.
-            key = self.unacked_mutex_key
-            if not await client.set(key, token, nx=True, px=px):
-                if await client.get(key) != token.encode():
-                    return 0
-            try:
-                return await self._restore_expired(client)
-            finally:
-                await self._eval(client, _scripts.UNLOCK, (key,), (token,))
-
-        return await self._run("restore_visible", locked)
-
-    async def _restore_expired(self, client: avalkey.Valkey) -> int:
-        ceiling = time.time() - self.visibility_timeout
-        limit = self.unacked_restore_limit
-        # Newest first, each RPUSHed in turn: the oldest ends up next in line (as kombu).
-        command = ["ZRANGE", self.unacked_index_key, repr(ceiling), 0, "BYSCORE", "REV"]
-        tags = await client.execute_command(*command, *(("LIMIT", 0, limit) if limit else ()))
-        if not tags:
-            return 0
-        values = await client.execute_command("HMGET", self.unacked_key, *tags)
-        args: list[Any] = ["R"]
-        for tag, value in zip(tags, values, strict=True):
-            args += (tag, *await self._restore_target(client, tag, value))
-        keys = (self.unacked_key, self.unacked_index_key)
-        restored = await self._eval(client, _scripts.MOVE, keys, args)
-        if restored:
-            logger.info("Restored %d unacknowledged message(s) to their queues", restored)
-        return restored
-
-    async def _restore_target(
-        self, client: avalkey.Valkey, tag: bytes, value: bytes | None
-    ) -> tuple[str, Any]:
-        """``(destination key, payload)`` for one unacked entry ("" payload: just drop it)."""
-        if value is None:
-            return "", ""  # index entry without its hash entry: only remove it
-        try:
-            envelope, exchange, routing_key = json.loads(value)
-            queue = routing_key
-            if exchange:  # kombu's lookup in a direct exchange's binding table
-                members = await client.execute_command("SMEMBERS", self._binding_table(exchange))
-                queue = next(iter(self._bound(members, routing_key)), queue)
-            priority = envelope["properties"].get("priority")
-            return self._key_for(queue, priority), _redelivered(envelope)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            logger.warning("Malformed unacked entry %r (%s) moved to %r: %r",
-                           tag, exc, DEAD_LETTER_KEY, value[:120])  # fmt: skip
-            return self.dead_letter_key, value
 
     # -- queues and lifecycle ------------------------------------------------------------
 
@@ -786,14 +769,17 @@ class RedisTransport(RedisMailbox):
         with self._clients_lock:
             for loop in [lp for lp in self._async_clients if lp.is_closed()]:
                 del self._async_clients[loop]
-                self._poppers.pop(loop, None)
+                self._waiters.pop(loop, None)
 
     async def aclose(self) -> None:
-        """Disconnect the running loop's pool. Call on that loop; idempotent."""
+        """Stop the running loop's blocking waits and give back what they took (see
+        redis_reserved.py), then disconnect its pool. Call on that loop; idempotent."""
+        loop = asyncio.get_running_loop()
         with self._clients_lock:
-            client = self._async_clients.pop(asyncio.get_running_loop(), None)
-            popper = self._poppers.pop(asyncio.get_running_loop(), None)
-        if popper is not None:
-            await popper.close()
+            waiters = self._waiters.pop(loop, None)
+        if waiters is not None:
+            await waiters.close()
+        with self._clients_lock:
+            client = self._async_clients.pop(loop, None)
         if client is not None:
             await client.aclose(close_connection_pool=True)

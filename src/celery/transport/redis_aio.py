@@ -30,14 +30,29 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any, TypeVar
 
 import valkey.asyncio as avalkey
 from valkey.asyncio.connection import AbstractConnection
+from valkey.exceptions import ResponseError
 
-__all__ = ["BlockingConnectionPool", "ConnectionPool", "Popper", "direct_write", "nothing_to_read"]
+__all__ = ["BlockingConnectionPool", "ConnectionPool", "Popper", "direct_write", "nothing_to_read",
+           "pack"]
 
 C = TypeVar("C", bound=type[AbstractConnection])
+
+logger = logging.getLogger(__name__)
+
+
+def pack(*args: str | bytes | int) -> bytes:
+    """The RESP encoding of a command (text, bytes and ints only): what valkey-py's
+    ``pack_command`` makes, at a fraction of its cost, for commands packed once each."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    return b"".join(out)
 
 
 def nothing_to_read(connection: AbstractConnection) -> bool:
@@ -93,43 +108,125 @@ def direct_write(cls: C) -> C:
 
 
 class Popper:
-    """A loop's blocking pops (BLMPOP, BRPOP) on a connection of their own, kept between pops.
+    """Blocking commands (a consumer's BLMOVE, transport/redis_reserved.py) on a connection
+    of their own, kept between them.
 
-    An idle worker sends one blocking pop per task. Through the client, each pays for
+    An idle worker sends one blocking command per task. Through the client, each pays for
     valkey-py's command path (a pool checkout and check-in, packing its arguments, the retry
     wrapper): on the benchmark machine that was about 80 µs of the loop thread's CPU per
     pop, against about 45 µs for writing the command packed once and reading the reply on a
     connection set aside. Here the connection is made like the pool's, outside it (a pool
     limited to one connection must not lose it for good), and connected on first use. A
     send or read that fails or is cancelled disconnects it (valkey-py does), and the next
-    pop connects again; ``close`` disconnects it.
+    command connects again; ``close`` disconnects it.
 
-    Loop-bound, one pop at a time: ``busy`` is set while a pop is in flight, and a second
-    concurrent pop on the same loop (``RedisTransport._pop`` checks) uses the pool instead.
+    ``ahead`` queues a command whose reply nobody waits for (an LREM, a heartbeat): it is
+    written together with the next ``call``'s command, in one system call (a write is about
+    as costly as the rest of a lone task's wait), or by ``flush``; ``call`` reads such
+    replies first, in order, and drops them (an error reply is logged).
+
+    Loop-bound, one command at a time: ``busy`` is set while one is in flight.
     """
 
     def __init__(self, pool: Any) -> None:
         self._conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
         self._packed: dict[tuple[Any, ...], bytes] = {}
+        self._ahead: list[bytes] = []  # packed commands not written yet
+        self._ahead_replies = 0  # how many replies those will bring
+        self._unread = 0  # replies of commands written ahead, not read yet
         self.busy = False
 
-    async def call(self, args: tuple[Any, ...]) -> Any:
-        """Send the command ``args`` and return its raw reply (no response callbacks).
+    def _pack(self, args: tuple[Any, ...]) -> bytes:
+        packed = self._packed.get(args)
+        if packed is None:
+            if len(self._packed) >= 64:  # commands that differ each time would grow it
+                self._packed.clear()
+            packed = self._packed[args] = b"".join(self._conn.pack_command(*args))
+        return packed
+
+    def ahead(self, packed: bytes, replies: int = 1) -> None:
+        """Queue packed commands (``pack``) to go out before the next ``call``'s, which
+        bring ``replies`` replies (0 after ``CLIENT REPLY SKIP``)."""
+        self._ahead.append(packed)
+        self._ahead_replies += replies
+
+    @property
+    def pending(self) -> bool:
+        """Commands queued ``ahead`` wait to be written."""
+        return bool(self._ahead)
+
+    async def flush(self) -> None:
+        """Write what was queued ahead now (no reply is waited for).
+
+        Raises:
+            the driver's connection errors (the connection is disconnected).
+        """
+        if not self._ahead or self.busy:
+            return
+        ahead, self._ahead = self._ahead, []
+        self._unread += self._ahead_replies  # before the write yields: a call may follow
+        self._ahead_replies = 0
+        self.busy = True
+        try:
+            await self._conn.send_packed_command(ahead, check_health=False)
+        except BaseException:
+            self._unread = 0
+            raise
+        finally:
+            self.busy = False
+
+    async def settle(self) -> None:
+        """Write what waits ahead and read the replies of all written ahead, so that they
+        have run (when no ``call`` is in flight)."""
+        await self.flush()
+        while self._unread:
+            self._unread -= 1
+            try:
+                await self._conn.read_response()
+            except ResponseError as exc:
+                logger.warning("A command sent ahead on %s failed: %s", self._conn, exc)
+
+    async def call(self, args: tuple[Any, ...], *then: tuple[Any, ...]) -> Any:
+        """Send the command ``args`` and return its raw reply (no response callbacks); with
+        ``then``, commands written with it (run by the server right after it, even after a
+        blocking one) and a list of all the replies.
 
         Raises:
             the driver's errors: ResponseError for an error reply (the connection stays),
             ConnectionError/TimeoutError/OSError otherwise (it is disconnected).
         """
         self.busy = True
+        conn = self._conn
+        ahead, self._ahead = self._ahead, []
+        self._unread += self._ahead_replies
+        self._ahead_replies = 0
         try:
-            conn = self._conn
-            packed = self._packed.get(args)
-            if packed is None:
-                if len(self._packed) >= 64:  # a fetch timeout per call would grow it
-                    self._packed.clear()
-                packed = self._packed[args] = b"".join(conn.pack_command(*args))
-            await conn.send_packed_command(packed, check_health=False)  # connects if need be
-            return await conn.read_response()
+            commands = [*ahead, self._pack(args), *map(self._pack, then)]
+            await conn.send_packed_command(commands, check_health=False)  # connects
+            while self._unread:
+                self._unread -= 1
+                try:
+                    await conn.read_response()
+                except ResponseError as exc:
+                    logger.warning("A command sent ahead of %s on %s failed: %s", args[0],
+                                   conn, exc)
+            if not then:
+                return await conn.read_response()
+            replies: list[Any] = []
+            error: ResponseError | None = None
+            for _ in range(1 + len(then)):  # every reply read, so none is left behind
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    error = error or exc
+                    replies.append(None)
+            if error is not None:
+                raise error
+            return replies
+        except BaseException:
+            if not conn.is_connected:
+                self._unread = 0
+            raise
         finally:
             self.busy = False
 

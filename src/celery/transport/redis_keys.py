@@ -16,7 +16,7 @@ _SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
 class Layout(NamedTuple):
     """The keys one ``fetch`` reads, cached per tuple of queue names."""
 
-    script_keys: tuple[str, ...]  # unacked, index, dead-letter, then queue keys
+    script_keys: tuple[str, ...]  # unacked, index, dead-letter, registry, then queue keys
     queue_keys: tuple[str, ...]  # priority-major, in reading order
     names: tuple[str, ...]  # logical queue name of each queue key
     by_key: dict[bytes, int]  # BRPOP's answer -> 1-based key number

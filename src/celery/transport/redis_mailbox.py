@@ -13,6 +13,7 @@ subscription belongs to the loop that made it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,21 @@ from typing import TYPE_CHECKING, Any
 from .redis_publish import DRIVER_ERRORS as _DRIVER_ERRORS
 
 __all__ = ["RedisMailbox"]
+
+logger = logging.getLogger(__name__)
+
+
+def _texts(items: Iterable[bytes | str], where: str) -> list[str]:
+    """The payloads as text; one that is not UTF-8 (not a kombu envelope, which is JSON) is
+    skipped with a warning, so that it never stops the commands around it."""
+    out = []
+    for item in items:
+        try:
+            out.append(item.decode() if isinstance(item, bytes) else item)
+        except UnicodeDecodeError as exc:
+            logger.warning("Skipping a payload of the Redis %s that is not UTF-8 text (%s): %r",
+                           where, exc, item[:120])
+    return out
 
 
 class RedisMailbox:
@@ -94,7 +110,7 @@ class RedisMailbox:
             return []
         rest = await self._pipeline("pop", [("RPOP", k, 1000) for k in keys])
         items = [first[1]] + [i for popped in rest if popped for i in popped]
-        return [i.decode() if isinstance(i, bytes) else i for i in items]
+        return _texts(items, f"reply queue {queue!r}")
 
 
 class _Subscription:
@@ -118,8 +134,7 @@ class _Subscription:
             except _DRIVER_ERRORS as exc:
                 raise self._lost("subscription", exc) from exc
             if msg is not None and msg.get("type") in ("message", "pmessage"):
-                data = msg["data"]
-                received.append(data.decode() if isinstance(data, bytes) else data)
+                received += _texts([msg["data"]], f"channel {msg.get('channel')!r}")
             elif received or time.monotonic() >= deadline:
                 return received
 

@@ -1,8 +1,10 @@
-"""The Lua scripts of the Redis transport (redis.py), each run with EVALSHA.
+"""The Lua scripts of the Redis transport (redis.py, redis_reserved.py), each run with
+EVALSHA.
 
 Each keeps one operation atomic on the server: reserving a batch (recorded in ``unacked`` as
-kombu records it), moving reserved messages back or into the delayed set, promoting due
-ones, and releasing the restore lock only if we still hold it.
+kombu records it, taking what a blocking wait moved out of the consumer's own lists),
+moving reserved messages back or into the delayed set, promoting due ones, giving back a
+consumer's lists, and releasing the restore lock only if we still hold it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import NamedTuple
 
-__all__ = ["DEFER", "FETCH", "MOVE", "PROMOTE", "UNLOCK", "Script"]
+__all__ = ["DEFER", "FETCH", "MOVE", "PROMOTE", "RECLAIM", "RESTORE_LIST", "UNLOCK", "Script"]
 
 
 class Script(NamedTuple):
@@ -24,13 +26,20 @@ def _script(source: str) -> Script:
     return Script(source, hashlib.sha1(source.encode()).hexdigest())
 
 
-# KEYS: unacked, unacked_index, dead-letter, queue keys (in reading order).
-# ARGV: max_count, now, pre-popped item ("" if none), its key number, logical queue names.
+# KEYS: unacked, unacked_index, dead-letter, the reserved-lists registry, the queue keys (n,
+# in reading order), then the consumer's reserved list of each queue key (n, same order).
+# ARGV: max_count, now, m, then m pairs {key number, item} that a blocking wait moved into
+# that key's reserved list, then the n logical queue names.
 # Returns flat triples {key number, delivery_tag, item}; a negative key number means the item
-# was malformed and went to the dead-letter list instead of unacked.
+# was malformed and went to the dead-letter list instead of unacked; 0 that a moved item was
+# no longer in its reserved list (restored meanwhile: this consumer was taken for dead).
+# Each moved item leaves its list in the same step as it enters unacked; the consumer's
+# lists' heartbeats in the registry are refreshed (if they are registered).
 FETCH = _script("""
-local unacked, index, dead = KEYS[1], KEYS[2], KEYS[3]
-local want, now, nkeys = tonumber(ARGV[1]), tonumber(ARGV[2]), #KEYS - 3
+local unacked, index, dead, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local nkeys = (#KEYS - 4) / 2
+local want, now, moved = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local names = 3 + 2 * moved
 local seq, micros = 0, math.floor(now * 1e6)
 local out = {}
 local function reserve(k, item)
@@ -43,7 +52,7 @@ local function reserve(k, item)
     return
   end
   local info = props['delivery_info']
-  local ex, rk = '', ARGV[4 + k]
+  local ex, rk = '', ARGV[names + k]
   if type(info) == 'table' then
     if type(info['exchange']) == 'string' then ex = info['exchange'] end
     if type(info['routing_key']) == 'string' then rk = info['routing_key'] end
@@ -56,13 +65,21 @@ local function reserve(k, item)
   redis.call('ZADD', index, string.format('%.6f', (micros + seq) / 1e6), tag)
   out[#out + 1] = k; out[#out + 1] = tag; out[#out + 1] = item
 end
-if ARGV[3] ~= '' then
-  reserve(tonumber(ARGV[4]), ARGV[3])
+for k = 1, nkeys do
+  redis.call('ZADD', registry, 'XX', ARGV[2], KEYS[4 + nkeys + k])
+end
+for i = 1, moved do
+  local k, item = tonumber(ARGV[2 + 2 * i]), ARGV[3 + 2 * i]
+  if redis.call('LREM', KEYS[4 + nkeys + k], 1, item) == 1 then
+    reserve(k, item)
+  else
+    out[#out + 1] = 0; out[#out + 1] = ''; out[#out + 1] = item
+  end
   want = want - 1
 end
 for k = 1, nkeys do
   while want > 0 do
-    local item = redis.call('RPOP', KEYS[3 + k])
+    local item = redis.call('RPOP', KEYS[4 + k])
     if not item then break end
     reserve(k, item)
     want = want - 1
@@ -115,6 +132,31 @@ for _, member in ipairs(due) do
   end
 end
 return #due
+""")
+
+# KEYS: a consumer's reserved list, the queue key it takes from. Moves everything in the list
+# back to the consuming end of the queue, the oldest first in line, unchanged; returns how
+# many. For a live consumer's own list, when a blocking wait's reply was lost.
+RECLAIM = _script("""
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+for i = 1, #items do redis.call('RPUSH', KEYS[2], items[i]) end
+return #items
+""")
+
+# KEYS: the reserved-lists registry, a reserved list, the queue key it takes from.
+# ARGV: the heartbeat ceiling, the list's length when it was read, then its items as they go
+# back (marked redelivered), newest first. Gives back a dead consumer's list: only if its
+# heartbeat is still older than the ceiling and the list unchanged, so a consumer that
+# turns out to be alive keeps it; returns how many moved (-1: left alone).
+RESTORE_LIST = _script("""
+local beat = redis.call('ZSCORE', KEYS[1], KEYS[2])
+if beat and tonumber(beat) > tonumber(ARGV[1]) then return -1 end
+if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[2]) then return -1 end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], KEYS[2])
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+return #ARGV - 2
 """)
 
 UNLOCK = _script("""

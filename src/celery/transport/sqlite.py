@@ -64,7 +64,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import json
 import logging
 import os
 import re
@@ -75,7 +74,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from ..exceptions import CeleryError, ConnectionLost, ImproperlyConfigured
+from ..exceptions import CeleryError, ConnectionLost, DecodeError, ImproperlyConfigured
 from ..messaging.protocol import Message, epoch_of
 from . import envelope
 from .base import CAP_BROADCAST, CAP_DELAYED, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
@@ -413,11 +412,7 @@ def _visible_at(message: Message) -> float:
 
 def _row(message: Message) -> tuple[str, int, str, float, int]:
     _, payload, priority = envelope.encode(message)
-    try:
-        priority = min(max(int(priority), 0), 9)
-    except (TypeError, ValueError):
-        priority = 0
-    return message.routing_key, priority, payload, _visible_at(message), 0
+    return message.routing_key, envelope.clamp_priority(priority), payload, _visible_at(message), 0
 
 
 def _tags(deliveries: Iterable[Delivery]) -> list[tuple[Delivery, int, int]]:
@@ -688,9 +683,9 @@ def _reserve_rows(conn: sqlite3.Connection, sql: str, params: dict[str, Any],
     for row_id, queue, _priority, payload, count, redelivered in rows:
         try:
             delivery = envelope.decode(f"{row_id}.{count}", payload, queue)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            bad.append((queue, payload, f"{type(exc).__name__}: {exc}"))
-            conn.execute(_DEAD, (queue, payload, f"malformed: {type(exc).__name__}: {exc}", now))
+        except DecodeError as exc:
+            bad.append((queue, payload, str(exc)))
+            conn.execute(_DEAD, (queue, payload, f"malformed: {exc}", now))
             conn.execute("DELETE FROM celery_messages WHERE id = ?", (row_id,))
             continue
         if redelivered and not delivery.redelivered:
@@ -723,7 +718,7 @@ def _restore_rows(conn: sqlite3.Connection, cutoff: float) -> int:
     for row_id, count, queue, payload in expired:
         try:
             updates.append((_redelivered(payload), row_id, count))
-        except (ValueError, TypeError, AttributeError) as exc:
+        except DecodeError as exc:
             logger.warning("Malformed reserved message %d in queue %r (%s) moved to "
                            "celery_dead_letter: %r", row_id, queue, exc, _head(payload))
             conn.execute(_DEAD, (queue, payload, f"malformed: {exc}", time.time()))
@@ -792,7 +787,8 @@ def _payloads(rows: list[tuple[int, Any]], where: str) -> list[str]:
 
 
 def _redelivered(payload: str | bytes) -> str:
-    return envelope.mark_redelivered(json.loads(payload))
+    """The stored envelope marked redelivered. Raises DecodeError if it is not one."""
+    return envelope.mark_redelivered(envelope.loads(payload))
 
 
 def _head(payload: Any) -> Any:

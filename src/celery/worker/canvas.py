@@ -1,16 +1,16 @@
 """The canvas duties of the consumer's loop: chord reports, and the follow-ups of the outcomes
 the consumer settles itself.
 
-**Chord reports.** A chord member's report (``canvas/join.py``) is made here, by the flusher,
-after the member's result is stored and before its message is acknowledged: so a chord's
-body never runs (and no waiter sees it done) before every member's own result is stored, as
-in Celery, and a report lost to a broken connection is made again before the message is
-acked (the recording is idempotent: a member counts once). The tracer hands the report over
-with the outcome (``Outcome.chord_report``: a ``PendingReport``, through the consumer's
-outbox, a thread-safe queue); the reports that are due run together, so the backend joins
-them in few calls (Redis: one script call per chord and flush). Each runs in a copy of its
-task's context, so that a body it sends has that task as its parent, as when the task
-sends it.
+**Chord reports.** A chord member's report (``canvas/join.py``) is made here, by the
+flusher (worker/flusher.py), after the member's result is stored and before its message is
+acknowledged: so a chord's body never runs (and no waiter sees it done) before every
+member's own result is stored, as in Celery, and a report lost to a broken connection is
+made again before the message is acked (the recording is idempotent: a member counts once).
+The tracer hands the report over with the outcome (``Outcome.chord_report``: a
+``PendingReport``, through the consumer's outbox, a thread-safe queue); the reports that are
+due run together, so the backend joins them in few calls (Redis: one script call per chord
+and flush). Each runs in a copy of its task's context, so that a body it sends has that
+task as its parent, as when the task sends it.
 
 **Outcomes settled here.** A task revoked or expired before it started, terminated,
 stopped by its hard time limit or lost to a cold shutdown never reaches the tracer's end,
@@ -66,40 +66,16 @@ class ConsumerCanvas:
         self.app = app
         self.hostname = hostname
         self.accept = accept
-        self._reports: list[PendingReport] = []
         self._running: set[asyncio.Task[None]] = set()
 
-    # -- chord reports ----------------------------------------------------------------------
+    # -- chord reports (queued and retried by the flusher) -----------------------------------
 
-    @property
-    def pending(self) -> bool:
-        """Reports wait to be made (the flusher has work)."""
-        return bool(self._reports)
-
-    def queue_report(self, report: PendingReport) -> None:
-        """Make ``report`` at a later flush, once its result is stored."""
-        self._reports.append(report)
-
-    def take_reports(self) -> list[PendingReport]:
-        """The reports queued so far: a flush takes them with the results queued so far
-        (their results are among those, or stored already), and makes them once it has
-        stored those results (``run_reports``)."""
-        reports, self._reports = self._reports, []
-        return reports
-
-    def queue_again(self, reports: list[PendingReport]) -> None:
-        """Put back reports taken by a flush that failed (before those queued since)."""
-        self._reports[:0] = reports
-
-    async def run_reports(self, reports: list[PendingReport]) -> None:
-        """Make ``reports`` (from ``take_reports``), all at once.
-
-        Raises:
-            ConnectionLost: some could not reach the backend: they are queued again, to be
-                made before the messages are acked (the flusher retries with backoff).
-        """
+    async def run_reports(self, reports: list[PendingReport]) -> list[PendingReport]:
+        """Make ``reports`` (their results are stored), all at once, so that the backend
+        joins them in few calls; returns those that could not reach the backend (to be made
+        again: a member counts once)."""
         if not reports:
-            return
+            return []
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(adrive(r.duty(self.app), self.app), context=r.context)
                  for r in reports]
@@ -110,27 +86,24 @@ class ConsumerCanvas:
                 failed.append(report)
             elif isinstance(outcome, BaseException):  # report_to_chord logs what it expects
                 logger.error("Task %s: its chord report failed: %r", report.request.id, outcome)
-        if failed:
-            self.queue_again(failed)
-            raise ConnectionLost(f"{len(failed)} chord reports could not be made; retrying")
+        return failed
 
     # -- outcomes settled by the consumer -------------------------------------------------
 
-    def ended(self, req: Request, state: str, exc: BaseException) -> None:
+    def ended(self, req: Request, state: str, exc: BaseException) -> PendingReport | None:
         """``req`` ended in ``state`` (REVOKED or FAILURE) with ``exc``, settled by the
-        consumer: queue its chord report and start its other follow-ups, if its message has
-        any."""
+        consumer: start its follow-ups, if its message has any; its chord report is
+        returned, for the flusher to make once its result is stored."""
         ctx = self._context(req)
         if ctx is None:
-            return
-        if ctx.chord:
-            self.queue_report(PendingReport(ctx, state, exc))
+            return None
         if state == states.FAILURE and (ctx.chain or ctx.errbacks):
             task = asyncio.get_running_loop().create_task(
                 adrive(after_end(self.app, ctx, state, exc, chord=False), self.app),
                 name=f"canvas-followups-{req.id}")
             self._running.add(task)
             task.add_done_callback(self._done)
+        return PendingReport(ctx, state, exc) if ctx.chord else None
 
     def _context(self, req: Request) -> Any:
         msg = req.delivery.message

@@ -9,7 +9,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
@@ -27,7 +27,9 @@ from ..messaging.protocol import check_headers
 from ..messaging.serialization import accept_set
 from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
 from .canvas import ConsumerCanvas
+from .duties import every, restore_interval
 from .executor.base import Executor
+from .flusher import Flusher
 from .handoff import HandoffPause
 from .lanes import Lane
 from .outbox import Outbox
@@ -48,8 +50,6 @@ logger = logging.getLogger("celery.worker.consumer")
 FETCH_BATCH_MAX = 256
 #: How long one fetch may block when the queues are empty (also how quickly a stop is seen).
 FETCH_TIMEOUT = 1.0
-#: How often reserved messages of dead workers are restored (visibility timeout on Redis).
-RESTORE_INTERVAL = 60.0
 #: How often deferred (far-ETA) messages that are due are put back in their queues.
 PROMOTE_INTERVAL = 1.0
 #: At least this many future (ETA) tasks are held in memory before they are deferred.
@@ -89,16 +89,7 @@ class Consumer:
         self._room = asyncio.Event()
         #: Set once a stop is asked for; never cleared.
         self._stopped = asyncio.Event()
-        self._flush_needed = asyncio.Event()
         self._idle = asyncio.Event()
-        self._to_store: list[tuple[str, bytes, str]] = []
-        self._to_ack: list[Delivery] = []
-        self._to_requeue: list[Delivery] = []
-        self._to_reject: list[Delivery] = []
-        #: Early-acked messages abandoned by a cold shutdown, to be published again.
-        self._to_republish: list[Delivery] = []
-        #: True while a flush is writing (its items are no longer in the _to_* lists).
-        self._flushing = False
         #: Requests whose ETA has not come: (eta epoch, seq, request), a heap. They are not
         #: counted in ``reserved`` while held (as Celery raises its QoS for them), so a
         #: backlog of future tasks never blocks the window; ``eta_held`` counts them.
@@ -118,7 +109,6 @@ class Consumer:
         else:
             self.eta_horizon = float("inf")
         self.eta_hold_max = max(ETA_HOLD_MAX, window)
-        self._to_defer: list[tuple[Delivery, float]] = []
         #: Rate-limited tasks' waiting requests (released into their lanes).
         self._limits = RateLimits(app.conf.task_default_rate_limit,
                                   lambda req: self.lanes[req.task.is_async].held.append(req),
@@ -127,6 +117,12 @@ class Consumer:
         self.outbox: Outbox[Outcome] = Outbox(asyncio.get_running_loop(), self._on_outcomes)
         #: Results on their way to the flusher; executors post through ``results.hand_over``.
         self.results = ResultGate(self.backend)
+        #: Chord reports, and the canvas follow-ups of requests settled here, not run.
+        self.canvas = ConsumerCanvas(app, hostname, self.accept)
+        #: Result writes, chord reports and settles, batched (worker/flusher.py).
+        self.flusher = Flusher(self.backend, transport, self.results, self._settled,
+                               self._room.set, lambda: self.inflight > 0,
+                               self.canvas.run_reports)
         self._log_info = logger.isEnabledFor(logging.INFO)
         self.processed = 0
         #: Recycling (``--max-tasks-per-child``, ``--max-memory-per-child``): past either
@@ -142,14 +138,12 @@ class Consumer:
         self.total: dict[str, int] = {}
         self.started_at = time.time()
         self._handoff = HandoffPause()  # the next fetch's pause after an early hand-off
-        #: Chord reports, and the canvas follow-ups of requests settled here, not run.
-        self.canvas = ConsumerCanvas(app, hostname, self.accept)
 
     # -- main coroutine ------------------------------------------------------------------
 
     async def run(self) -> None:
         """Consume until ``stop_fetching`` is called, then finish the in-flight work."""
-        flusher = asyncio.create_task(self._flush_loop(), name="consumer-flush")
+        flusher = asyncio.create_task(self.flusher.run(), name="consumer-flush")
         restorer = asyncio.create_task(self._restore_loop(), name="consumer-restore")
         promoter = asyncio.create_task(self._promote_loop(), name="consumer-promote")
         watcher = asyncio.create_task(self._memory_loop(), name="consumer-memory")
@@ -166,8 +160,8 @@ class Consumer:
             self._requeue_held()
             await self._wait_idle()
             await self.canvas.drain(timeout=10)
-            self._flush_needed.set()
-            await self._drain_flush(flusher)
+            self.flusher.needed.set()
+            await self.flusher.drain(flusher)
 
     async def _fetch_loop(self) -> None:
         backoff = 0.1
@@ -176,7 +170,7 @@ class Consumer:
             want = min(self.window - max(self.inflight, self.reserved), FETCH_BATCH_MAX)
             if self.max_tasks is not None:  # never take more than this process will run
                 want = min(want, self.max_tasks - self.processed - self.inflight - self.eta_held)
-            if want <= 0:
+            if want <= 0 or self.flusher.backlogged():
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -209,7 +203,7 @@ class Consumer:
         self.reserved += 1
         self._accept(delivery)
         self._dispatch()
-        acks = self._to_ack
+        acks = self.flusher.acks
         for i in range(len(acks) - 1, -1, -1):
             if acks[i] is delivery:
                 del acks[i]
@@ -231,19 +225,28 @@ class Consumer:
         self._room.set()
 
     def cold_stop(self) -> None:
-        """Second signal: cancel running async tasks, requeue what cannot be cancelled."""
+        """Second signal: stop at once. Async tasks are cancelled (their messages go back,
+        as they report); a sync thread cannot be, so a ``def`` task still running is
+        abandoned: its message goes back now and whatever it does afterwards is dropped
+        (``Halt.claim``), so it is never both requeued and reported. One that returned just
+        before keeps its outcome (finish and ack). The worker then exits without waiting
+        for abandoned threads (daemons, they end with the process)."""
         self.stop_fetching()
         lane = self.lanes[False]
         for req in lane.cancel():  # waiting for a thread: never started nor acked
             self.inflight -= 1
-            self._to_requeue.append(req.delivery)
+            self.flusher.requeues.append(req.delivery)
         sync_running = list(lane.running)
         self.lanes[True].executor.cancel_all()
         for req in sync_running:
-            logger.warning("Cold shutdown: requeueing %s[%s], still running in a sync thread",
-                           req.name, req.id)
+            if not req.halt.claim("consumer"):
+                continue  # it just ended: its outcome is on its way and settles it
+            logger.warning("Cold shutdown: requeueing %s[%s], still running in a sync thread "
+                           "(abandoned: its outcome will be dropped)", req.name, req.id)
             self._finish(Outcome(req, "REVOKED", None, 0.0, requeue=True))
-        self._flush_needed.set()
+        self.flusher.needed.set()
+        if self.inflight == 0:
+            self._idle.set()
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -294,8 +297,8 @@ class Consumer:
         if eta is not None and eta > time.time():
             far = eta - time.time() > self.eta_horizon or self.eta_held >= self.eta_hold_max
             if far and self._defer is not None:
-                self._to_defer.append((delivery, eta))
-                self._flush_needed.set()
+                self.flusher.defers.append((delivery, eta))
+                self.flusher.needed.set()
             else:
                 if far:
                     logger.warning("Task %s[%s]: holding its ETA beyond the visibility timeout's "
@@ -373,18 +376,16 @@ class Consumer:
 
     def _announce_revoked(self, req: Request, reason: str, expired: bool) -> None:
         payload = self._revoked_payload(req, reason)
-        if payload is not None:
-            self._store_later(req.id, payload, states.REVOKED)
-        self.canvas.ended(req, states.REVOKED, TaskRevokedError(reason))
-        self._to_ack.append(req.delivery)
-        self._flush_needed.set()
+        report = self.canvas.ended(req, states.REVOKED, TaskRevokedError(reason))
+        self._store_then(req, payload, states.REVOKED, "acks", report)
+        self.flusher.needed.set()
         if signals.task_revoked.receivers:
             signals.task_revoked.send(sender=req.task, request=req, terminated=False, signum=None,
                                       expired=expired)
 
     def _reject(self, delivery: Delivery) -> None:
-        self._to_reject.append(delivery)
-        self._flush_needed.set()
+        self.flusher.rejects.append(delivery)
+        self.flusher.needed.set()
 
     def _dispatch(self) -> None:
         if self.stopping:
@@ -410,8 +411,8 @@ class Consumer:
                 if not batch:
                     continue
                 lane.hand_over(group, batch, self._start)
-        if self._to_ack:
-            self._flush_needed.set()
+        if self.flusher.acks:
+            self.flusher.needed.set()
         if self.inflight == 0:
             self._idle.set()
 
@@ -419,7 +420,7 @@ class Consumer:
         """A request starts (for us; its executor may have started it a moment before)."""
         req.started_at = time.time()
         if not req.acks_late:
-            self._to_ack.append(req.delivery)
+            self.flusher.acks.append(req.delivery)
         if req.limits[0] is not None:
             req.watchdog = asyncio.get_running_loop().call_later(
                 req.limits[0], self._time_limit_hit, req)
@@ -441,23 +442,36 @@ class Consumer:
         # The flusher wakes before the fetch loop: results are written before the next
         # fetch's script runs (woken for the loop's next turn in this order; see _flush_loop);
         # not for nothing (a lone task's result was written on its thread).
-        if self._writes_waiting():
-            self._flush_needed.set()
+        if self.flusher.waiting():
+            self.flusher.needed.set()
         self._handoff.release()
         if self.inflight < self.window:
             self._room.set()
         if self.inflight == 0:
             self._idle.set()
 
-    def _store_later(self, task_id: str, payload: bytes, state: str) -> None:
-        self._to_store.append((task_id, payload, state))
-        self.results.add(1)
+    def _store_then(self, req: Request, payload: bytes | None, state: str,
+                    settle: str | None, report: Any = None) -> None:
+        """Queue the result (if any), the chord report (if any) and the settle
+        (``"acks"``/``"rejects"``, or None) of a request: the report waits until the result
+        is written, the settle until both are."""
+        then = (settle, req.delivery) if settle else None
+        if payload is not None:
+            self.flusher.store(req.id, payload, state, then, report)
+        elif report is not None:
+            self.flusher.report(report, then)
+        elif then is not None:
+            getattr(self.flusher, then[0]).append(then[1])
+
+    def _settled(self, count: int) -> None:
+        """The broker confirmed ``count`` acks, requeues, rejects or deferrals (flusher)."""
+        self.reserved -= count
+        self._room.set()
 
     def _finish(self, outcome: Outcome) -> None:
         req = outcome.request
         if outcome.interim:  # a state to store while the task goes on (STARTED)
-            if outcome.payload is not None:
-                self._store_later(req.id, outcome.payload, outcome.state)
+            self._store_then(req, outcome.payload, outcome.state, None)
             return
         lane = self.lanes[req.task.is_async]
         if lane.running.pop(req, False) is False:
@@ -465,7 +479,7 @@ class Consumer:
         if req.watchdog is not None:
             req.watchdog.cancel()
         if not lane.settle(req, self._start) and not req.acks_late:
-            self._to_ack.append(req.delivery)  # settled before it started: never acked
+            self.flusher.acks.append(req.delivery)  # settled before it started: never acked
         self.inflight -= 1
         if outcome.requeue:  # cancelled by a cold shutdown: the worker is lost to it
             if req.acks_late and self._task_option(req, "reject_on_worker_lost") is False:
@@ -475,20 +489,17 @@ class Consumer:
             return
         self.processed += 1
         self.total[req.name] = self.total.get(req.name, 0) + 1
-        if outcome.payload is not None:
-            self._store_later(req.id, outcome.payload, outcome.state)
-        if outcome.chord_report is not None:  # made once the result is stored
-            self.canvas.queue_report(outcome.chord_report)
+        settle = None  # acks_late: settled once the result is written
         if outcome.settle == "requeue":  # raise Reject(requeue=True)
             self._give_back(req)
         elif outcome.settle == "reject":  # raise Reject(): dropped (acked already if early)
-            if req.acks_late:
-                self._to_reject.append(req.delivery)
+            settle = "rejects" if req.acks_late else None
         elif req.acks_late:
             if outcome.state == states.FAILURE and not self._acks_on_failure(req):
-                self._to_reject.append(req.delivery)  # task_acks_on_failure_or_timeout=False
+                settle = "rejects"  # task_acks_on_failure_or_timeout=False
             else:
-                self._to_ack.append(req.delivery)
+                settle = "acks"
+        self._store_then(req, outcome.payload, outcome.state, settle, outcome.chord_report)
 
     def _time_limit_hit(self, req: Request) -> None:
         """The hard time limit struck a running request: fail it with TimeLimitExceeded and
@@ -507,11 +518,11 @@ class Consumer:
         # As Celery, with acks_late: acked, or requeued if acks_on_failure_or_timeout is off.
         settle = "requeue" if req.acks_late and not self._acks_on_failure(req) else "ack"
         self.lanes[req.task.is_async].executor.abandon(req, "hard time limit exceeded")
-        self.canvas.ended(req, states.FAILURE, exc)
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=req.task, task_id=req.id, exception=exc, args=None,
                                       kwargs=None, traceback=None, einfo=None)
         outcome = Outcome(req, states.FAILURE, payload, float(hard or 0), settle=settle)
+        outcome.chord_report = self.canvas.ended(req, states.FAILURE, exc)
         self._on_outcomes([self.results.hand_over(outcome, False)])
 
     # -- remote control (worker/control.py calls these on this loop) -------------------------
@@ -566,14 +577,15 @@ class Consumer:
         (``ThreadExecutor.abandon``); its own late outcome is then ignored by ``_finish``."""
         logger.warning("Terminating task %s[%s] (signal %s)", req.name, req.id, signum)
         payload = self._revoked_payload(req, "terminated")
-        self.canvas.ended(req, states.REVOKED, TaskRevokedError("terminated"))
         req.halt.set()
         self.lanes[req.task.is_async].executor.abandon(req, "terminated")
         if signals.task_revoked.receivers:
             signals.task_revoked.send(sender=req.task, request=req, terminated=True, signum=signum,
                                       expired=False)
-        self._on_outcomes([self.results.hand_over(Outcome(req, states.REVOKED, payload, 0.0,
-                                                          settle="ack"), False)])
+        outcome = Outcome(req, states.REVOKED, payload, 0.0, settle="ack")
+        outcome.chord_report = self.canvas.ended(req, states.REVOKED,
+                                                 TaskRevokedError("terminated"))
+        self._on_outcomes([self.results.hand_over(outcome, False)])
 
     def reset_rate_limit(self, name: str) -> None:
         """The task's ``rate_limit`` changed: rebuild its limiter, keeping who waits."""
@@ -624,11 +636,12 @@ class Consumer:
         logger.warning("Task %s[%s]: worker lost (cold shutdown); failed and acked, as "
                        "reject_on_worker_lost is False", req.name, req.id)
         exc = WorkerLostError(f"Worker exited prematurely: cold shutdown ({req.name}[{req.id}])")
-        self.canvas.ended(req, states.FAILURE, exc)
+        payload = None
         if req.store_result or req.task.store_errors_even_if_ignored:
             meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
-            self._store_later(req.id, self.backend.encode(meta), states.FAILURE)
-        self._to_ack.append(req.delivery)
+            payload = self.backend.encode(meta)
+        report = self.canvas.ended(req, states.FAILURE, exc)
+        self._store_then(req, payload, states.FAILURE, "acks", report)
 
     def _acks_on_failure(self, req: Request) -> bool:
         return bool(self._task_option(req, "acks_on_failure_or_timeout"))
@@ -641,109 +654,28 @@ class Consumer:
         requeued; one whose early ack may already have reached the broker is published again,
         so that an acknowledged message is never lost.
         """
-        delivery = req.delivery
+        delivery, flusher = req.delivery, self.flusher
         if req.acks_late or not req.started_at:  # not started: its early ack never queued
-            self._to_requeue.append(delivery)
+            flusher.requeues.append(delivery)
             return
         try:
-            self._to_ack.remove(delivery)
+            flusher.acks.remove(delivery)
         except ValueError:
-            self._to_republish.append(delivery)
+            flusher.republishes.append(delivery)
         else:
-            self._to_requeue.append(delivery)
-
-    # -- batching writes -----------------------------------------------------------------
-
-    async def _flush_loop(self) -> None:
-        backoff = 0.1
-        while True:
-            await self._flush_needed.wait()
-            if self.inflight:  # tasks still run: a loop turn, so that the outcomes they
-                await asyncio.sleep(0)  # post meanwhile join this batch (performance.md)
-            self._flush_needed.clear()
-            self._flushing = True
-            try:
-                await self._flush_once()
-                backoff = 0.1
-            except Exception as exc:
-                if isinstance(exc, ConnectionLost):
-                    logger.warning("Could not write results/acks: %s. Retrying in %.1fs...", exc, backoff)
-                else:
-                    logger.exception("Unexpected error writing results/acks; retrying in %.1fs", backoff)
-                self._flush_needed.set()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                self._flushing = False
-
-    def _writes_waiting(self) -> bool:
-        return bool(self._to_store or self._to_ack or self._to_requeue or self._to_reject
-                    or self._to_defer or self._to_republish or self.canvas.pending)
-
-    async def _flush_once(self) -> None:
-        # Results are written before chord reports, and both before acks, so an acks_late
-        # message is only settled once its result is stored and its chord told. A batch that
-        # fails stays queued and is retried.
-        reports = self.canvas.take_reports()  # of results queued by now, or stored already
-        if self._to_store:
-            stores = self._to_store
-            self._to_store = []
-            try:
-                await self.backend._aset_many(stores)
-            except BaseException:
-                self._to_store[:0] = stores
-                self.canvas.queue_again(reports)
-                raise
-            self.results.done(len(stores))
-        await self.canvas.run_reports(reports)
-        t = self.transport
-        for attr, op, settles in (("_to_ack", t.ack, True), ("_to_requeue", t.requeue, True),
-                                  ("_to_reject", t.reject, True), ("_to_defer", self._defer, True),
-                                  ("_to_republish", self._republish, False)):
-            items = getattr(self, attr)
-            if not items or op is None:  # (only transports that can defer get deferrals)
-                continue
-            setattr(self, attr, [])
-            try:
-                await op(items)
-            except BaseException:
-                getattr(self, attr)[:0] = items
-                raise
-            if settles:
-                self.reserved -= len(items)
-                self._room.set()
-
-    async def _republish(self, deliveries: list[Delivery]) -> None:
-        await self.transport.apublish_many([d.message for d in deliveries])
-
-    async def _drain_flush(self, flusher: asyncio.Task[None]) -> None:
-        """Write out everything still pending (bounded), then stop the flusher."""
-        for _ in range(250):
-            if not (self._flushing or self._writes_waiting()):
-                break
-            self._flush_needed.set()
-            await asyncio.sleep(0.02)
-        flusher.cancel()
-        # Bounded: a Redis client may swallow a cancellation that lands mid-command.
-        await asyncio.wait({flusher}, timeout=5)
-        pending = (len(self._to_store) + len(self._to_ack) + len(self._to_requeue)
-                   + len(self._to_republish))
-        if pending:
-            logger.error("Shutdown with %d result writes/acks not done (broker unreachable); "
-                         "unacked messages will be redelivered after the visibility timeout.",
-                         pending)
+            flusher.requeues.append(delivery)
 
     def _requeue_held(self) -> None:
         for lane in self.lanes.values():  # in their order: waiting in the executor, then held
             for req in [*lane.withdraw(), *lane.held]:
                 self.inflight -= 1
-                self._to_requeue.append(req.delivery)
+                self.flusher.requeues.append(req.delivery)
             lane.held.clear()
         self._limits.cancel()
         for limiter in self._limits.by_name.values():
             while limiter is not None and limiter.waiting:
                 self.inflight -= 1
-                self._to_requeue.append(limiter.waiting.popleft().delivery)
+                self.flusher.requeues.append(limiter.waiting.popleft().delivery)
         if self._eta_timer is not None:
             self._eta_timer.cancel()
             self._eta_timer = None
@@ -751,10 +683,11 @@ class Consumer:
             _, _, req = heapq.heappop(self._eta)
             self.eta_held -= 1
             self.reserved += 1
-            self._to_requeue.append(req.delivery)
-        if self._to_requeue:
-            logger.info("Requeued %d prefetched messages that had not started", len(self._to_requeue))
-            self._flush_needed.set()
+            self.flusher.requeues.append(req.delivery)
+        if self.flusher.requeues:
+            logger.info("Requeued %d prefetched messages that had not started",
+                        len(self.flusher.requeues))
+            self.flusher.needed.set()
         if self.inflight == 0:
             self._idle.set()
 
@@ -783,32 +716,22 @@ class Consumer:
         async def check() -> None:
             self._check_memory()
 
-        await self._every(1.0, check, "memory check")
+        await every(1.0, check, "memory check", self._stopped)
 
     async def _promote_loop(self) -> None:
         """Every PROMOTE_INTERVAL, put deferred messages that are due back in their queues."""
         if self._promote is not None:
-            await self._every(PROMOTE_INTERVAL, self._promote, "promote_due")
+            await every(PROMOTE_INTERVAL, self._promote, "promote_due", self._stopped)
 
     async def _restore_loop(self) -> None:
+        """Now (a worker that starts gives back what dead ones left at once), then every
+        quarter of the visibility timeout (``duties.restore_interval``)."""
         async def restore() -> None:
             restored = await self.transport.restore_visible()
             if restored:
                 logger.warning("Restored %d unacknowledged messages of a worker that is gone",
                                restored)
 
-        await self._every(RESTORE_INTERVAL, restore, "restore_visible")
-
-    async def _every(self, interval: float, op: Callable[[], Awaitable[Any]], what: str) -> None:
-        """Run ``op`` now and every ``interval`` seconds until the stop event (never by
-        cancellation, so a run is never cut off half-way)."""
-        while not self.stopping:
-            try:
-                await op()
-            except ConnectionLost as exc:
-                logger.debug("%s failed: %s", what, exc)
-            try:
-                await asyncio.wait_for(self._stopped.wait(), interval)
-            except TimeoutError:
-                pass
+        interval = restore_interval(getattr(self.transport, "visibility_timeout", None))
+        await every(interval, restore, "restore_visible", self._stopped)
 

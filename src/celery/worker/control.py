@@ -22,7 +22,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import states
-from ..exceptions import CeleryError, ConnectionLost, ImproperlyConfigured, TaskRevokedError
+from ..exceptions import (
+    CeleryError,
+    ConnectionLost,
+    ImproperlyConfigured,
+    InvalidMessage,
+    TaskRevokedError,
+)
 from ..messaging import pidbox
 from .ratelimit import parse_rate
 
@@ -101,14 +107,9 @@ class ControlServer:
             logger.warning("Remote control: cannot subscribe yet (%s)", exc)
 
     async def run(self) -> None:
-        """Receive and answer commands; re-subscribe with backoff when the broker drops.
-        An unexpected error is logged and ends remote control, never the worker."""
-        try:
-            await self._serve()
-        except Exception:
-            logger.exception("Remote control stopped by an unexpected error")
-
-    async def _serve(self) -> None:
+        """Receive and answer commands until ``stop``; subscribe again with backoff when the
+        broker drops, or when anything else goes wrong (logged): one bad command, or a bug,
+        never ends remote control."""
         if not self.supported:
             logger.warning("Remote control (inspect, control, revoke) is not available on "
                            "this broker (%s)", type(self.transport).__name__)
@@ -116,27 +117,43 @@ class ControlServer:
         backoff = 0.1
         while not self._stopped.is_set():
             try:
-                subscription, self._subscription = self._subscription, None
-                if subscription is None:
-                    subscription = await self.transport.fanout_subscribe(self.exchange)
+                await self._serve()
+                backoff = 0.1
             except ConnectionLost as exc:
-                logger.warning("Remote control: cannot subscribe (%s); retrying in %.1fs",
-                               exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                logger.warning("Remote control: broker unreachable (%s); subscribing again in "
+                               "%.1fs", exc, backoff)
+            except Exception:
+                logger.exception("Remote control: unexpected error; subscribing again in %.1fs",
+                                 backoff)
+            else:
                 continue
-            backoff = 0.1
-            try:
-                while not self._stopped.is_set():
-                    for payload in await subscription.get(POLL_TIMEOUT):
-                        await self.handle(payload)
-            except ConnectionLost as exc:
-                logger.warning("Remote control: connection lost (%s); subscribing again", exc)
-            finally:
-                await subscription.close()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _serve(self) -> None:
+        """Subscribe (or take the subscription ``subscribe`` made) and serve until ``stop``."""
+        subscription, self._subscription = self._subscription, None
+        if subscription is None:
+            subscription = await self.transport.fanout_subscribe(self.exchange)
+        try:
+            while not self._stopped.is_set():
+                for payload in await subscription.get(POLL_TIMEOUT):
+                    await self.handle(payload)
+        finally:
+            await subscription.close()
 
     async def handle(self, payload: str) -> Any:
-        """Decode, match and dispatch one broadcast; reply when asked to. Never raises."""
+        """Decode, match and dispatch one broadcast; reply when asked to. Never raises: a
+        command that cannot be read or run is logged and dropped (or answered with an
+        error), and the next one is served."""
+        try:
+            return await self._handle(payload)
+        except Exception:
+            logger.exception("Remote control: dropping a command that could not be handled: "
+                             "%.120r", payload)
+            return None
+
+    async def _handle(self, payload: str) -> Any:
         try:
             body, headers = pidbox.decode(payload)
         except CeleryError as exc:
@@ -144,9 +161,14 @@ class ControlServer:
             return None
         try:
             self.clock = max(self.clock, int(headers.get("clock") or 0)) + 1
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             self.clock += 1
-        if pidbox.expired(headers) or not pidbox.match_destination(body, self.hostname):
+        try:
+            for_us = pidbox.match_destination(body, self.hostname)
+        except InvalidMessage as exc:
+            logger.error("Remote control: discarding command %.80r: %s", body.get("method"), exc)
+            return None
+        if pidbox.expired(headers) or not for_us:
             return None
         method, arguments = body.get("method"), body.get("arguments") or {}
         reply = await self.dispatch(method, arguments)
@@ -161,6 +183,8 @@ class ControlServer:
             logger.error("Remote control: unknown command %r", method)
             return nok(f"unknown command {method!r}")
         if not isinstance(arguments, dict):
+            logger.error("Remote control: command %s refused: its arguments are a %s, not a "
+                         "mapping", method, type(arguments).__name__)
             return nok(f"arguments of {method} must be a mapping")
         try:
             result = handler(**arguments)
@@ -189,7 +213,14 @@ class ControlServer:
 
     async def do_revoke(self, task_id: Any, terminate: bool = False, signal: Any = None,
                         **_: Any) -> dict[str, Any]:
-        ids = [task_id] if isinstance(task_id, str) else [str(i) for i in task_id or []]
+        if isinstance(task_id, str):
+            ids = [task_id]
+        elif isinstance(task_id, list | tuple) and all(isinstance(i, str) for i in task_id):
+            ids = list(task_id)
+        else:
+            logger.error("Remote control: revoke refused: task_id must be an id or a list of "
+                         "ids, not %.80r", task_id)
+            return nok("task_id must be a task id or a list of task ids")
         signum = signum_of(signal or "SIGTERM")
         running = {r.id for r in self.consumer.requests()["active"]}
         terminated = self.consumer.revoke(ids, terminate, signum)

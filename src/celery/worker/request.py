@@ -22,15 +22,27 @@ logger = logging.getLogger("celery.worker.consumer")
 
 
 class Halt:
-    """A flag set once by the consumer thread and read by the thread running the task:
-    ``threading.Event``'s ``set``/``is_set`` without its Condition, which cost more to make
-    than the rest of a no-op task's request. ``_lock`` guards ``_set``."""
+    """What the consumer's thread and the thread running a task tell each other about it.
 
-    __slots__ = ("_lock", "_set")
+    * A flag set once by the consumer and read by the task's thread (terminate):
+      ``threading.Event``'s ``set``/``is_set`` without its Condition, which cost more to
+      make than the rest of a no-op task's request.
+    * Who reports the task's end (``claim``), when a cold shutdown races it: the task's
+      thread once the task function has returned or raised (its outcome is then reported:
+      finish and ack), or the consumer while it still runs (its message is requeued and
+      whatever the function does afterwards is dropped: no result, no signal, no retry
+      message). Whoever claims first wins, so a message is never both requeued and
+      reported (issue 20, item 5).
+
+    ``_lock`` guards ``_set`` and ``_claimed``.
+    """
+
+    __slots__ = ("_lock", "_set", "_claimed")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._set = False
+        self._claimed = ""
 
     def set(self) -> None:
         with self._lock:
@@ -39,6 +51,14 @@ class Halt:
     def is_set(self) -> bool:
         with self._lock:
             return self._set
+
+    def claim(self, who: str) -> bool:
+        """True if ``who`` ("thread" or "consumer") is the first to claim the task's end,
+        or claimed it already; any thread."""
+        with self._lock:
+            if not self._claimed:
+                self._claimed = who
+            return self._claimed == who
 
 
 @dataclass(slots=True, eq=False)
@@ -65,6 +85,8 @@ class Request:
     #: Set by the consumer to stop it (revoke with terminate): ``Task.checkpoint()`` of a
     #: sync task raises once it is set. Two threads use it.
     halt: Halt = field(default_factory=Halt)
+    #: ``header_time``'s answers, by header name (consumer loop only).
+    _times: dict[str, float | None] | None = None
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -83,13 +105,22 @@ class Request:
         return hard, soft
 
     def header_time(self, name: str) -> float | None:
-        """Epoch seconds of the ``eta``/``expires`` header; None if absent or unreadable."""
+        """Epoch seconds of the ``eta``/``expires`` header; None if absent or unreadable
+        (logged once per request: the consumer reads ``expires`` again before it starts)."""
+        times = self._times
+        if times is not None and name in times:
+            return times[name]
         value = self.headers.get(name)
         try:
-            return epoch_of(value)
-        except (ValueError, TypeError):
-            logger.warning("Task %s[%s]: ignoring unreadable %s %r", self.name, self.id, name, value)
-            return None
+            seconds = epoch_of(value)
+        except (ValueError, TypeError, OverflowError):
+            logger.warning("Task %s[%s]: ignoring unreadable %s %.200r", self.name, self.id,
+                           name, value)
+            seconds = None
+        if times is None:
+            times = self._times = {}
+        times[name] = seconds
+        return seconds
 
     def info(self, safe: bool = False, hostname: str | None = None) -> dict[str, Any]:
         """What ``inspect active/reserved/scheduled`` shows of it (Celery's ``Request.info``);
@@ -162,6 +193,6 @@ def _seconds(value: Any) -> float | None:
         return None
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return seconds if seconds > 0 else None

@@ -81,8 +81,10 @@ class Tracer:
         msg = req.delivery.message
         try:
             body = decode_body(msg.body, msg.content_type, msg.content_encoding, self.accept)
-        except Exception as exc:
-            return self._failed(req, exc, start, None)
+        except Exception as exc:  # one line says it all: the traceback would be ours
+            logger.error("Task %s[%s] cannot run: its message body is invalid: %s", req.name,
+                         req.id, exc)
+            return self._failed(req, exc, start, None, logged=True)
         ctx = req.context(body.args, body.kwargs, body.embed, self.hostname)
         ctx.halt = req.halt
         soft = req.limits[1]
@@ -115,6 +117,8 @@ class Tracer:
                 value = task.run(*body.args, **body.kwargs)
                 self._confirm_own()
             except Retry as exc:
+                if not req.halt.claim("thread"):  # a cold shutdown requeued its message
+                    return self._dropped(req, start)
                 error = None
                 if exc.message_to_send is not None and self.transport is not None:
                     try:
@@ -128,7 +132,11 @@ class Tracer:
                     logger.info("Task %s[%s] stopped after it was terminated (%r)", req.name,
                                 req.id, exc)
                     return Outcome(req, states.REVOKED, None, time.monotonic() - start)
+                if not req.halt.claim("thread"):
+                    return self._dropped(req, start)
                 return self._end(req, body, drive(self._error(req, exc, start, ctx), app))
+            if not req.halt.claim("thread"):
+                return self._dropped(req, start)
             return self._end(req, body, drive(self._success(req, value, start, ctx), app), value)
         finally:
             self._confirm_own(quietly=True)  # a task that raised: its refusals are not the next's
@@ -173,6 +181,13 @@ class Tracer:
             soft.disarm()
             self._confirm_own(quietly=True)
         return self._end(req, body, await adrive(self._success(req, value, start, ctx), app), value)
+
+    def _dropped(self, req: Request, start: float) -> Outcome:
+        """The end of a sync task whose message a cold shutdown requeued while it ran
+        (``Halt.claim``): nothing is reported, the consumer ignores the outcome."""
+        logger.warning("Task %s[%s] ended after a cold shutdown requeued its message: its "
+                       "outcome is dropped", req.name, req.id)
+        return Outcome(req, states.REVOKED, None, time.monotonic() - start, requeue=True)
 
     def _confirm_own(self, quietly: bool = False) -> None:
         """Wait for Redis's replies to the sync publishes this task made (pipelined, see
@@ -308,10 +323,13 @@ class Tracer:
             signals.task_retry.send(sender=req.task, request=ctx, reason=exc, einfo=einfo)
         return Outcome(req, states.RETRY, payload, runtime)
 
-    def _failed(self, req: Request, exc: BaseException, start: float, ctx: Any) -> Outcome:
+    def _failed(self, req: Request, exc: BaseException, start: float, ctx: Any,
+                logged: bool = False) -> Outcome:
         runtime = time.monotonic() - start
         einfo = ExceptionInfo.of(exc)
-        logger.error("Task %s[%s] raised unexpected: %r\n%s", req.name, req.id, exc, einfo.traceback)
+        if not logged:
+            logger.error("Task %s[%s] raised unexpected: %r\n%s", req.name, req.id, exc,
+                         einfo.traceback)
         payload = None
         if req.store_result or req.task.store_errors_even_if_ignored:
             payload = self._encode_error(req, states.FAILURE, exc, einfo.traceback, ctx)

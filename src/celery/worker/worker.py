@@ -99,6 +99,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
         self._signals = 0
+        #: Signal handlers from before run(), restored when it returns (main thread only).
+        self._saved_signals: dict[signal.Signals, Any] = {}
         # Guards _loop/_consumer/_stop_requested between run() and stop() from other threads.
         self._lock = threading.Lock()
         self._stop_requested = False
@@ -121,6 +123,7 @@ class Worker:
             loop.run_until_complete(loop.shutdown_asyncgens())
             asyncio.set_event_loop(None)
             loop.close()
+            self._restore_signals()
 
     async def _main(self) -> int:
         app = self.app
@@ -130,6 +133,7 @@ class Worker:
         transport = app.transport
         backend = app.backend
         await self._connect(transport)
+        await _check_backend(backend)
         tracer = Tracer(backend, self.hostname, accept_set(app.conf.accept_content), transport,
                         track_started=bool(app.conf.task_track_started), app=app)
         loop = asyncio.get_running_loop()
@@ -235,13 +239,45 @@ class Worker:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
+            self._saved_signals[sig] = signal.getsignal(sig)
             loop.add_signal_handler(sig, self._on_signal, sig.name)
 
     def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop stops serving signals; until ``run`` returns (connections closing), one
+        more is logged and ignored: the shutdown is under way, and the default action would
+        end the process by the signal instead of its exit status. Main thread."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+            signal.signal(sig, self._late_signal)
+
+    def _late_signal(self, signum: int, frame: Any) -> None:
+        logger.warning("worker: %s ignored: already shutting down", signal.Signals(signum).name)
+
+    def _restore_signals(self) -> None:
+        """The handlers from before ``run`` (main thread; nothing to do elsewhere)."""
+        for sig, handler in self._saved_signals.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(sig, handler)
+        self._saved_signals.clear()
+
+
+#: How long the check of the result backend at start may take (seconds).
+BACKEND_CHECK_TIMEOUT = 5.0
+
+
+async def _check_backend(backend: Any) -> None:
+    """Warn when the result backend cannot be reached at start: the worker runs anyway (the
+    broker is up), and keeps the results for the backend until it comes (flusher.py)."""
+    try:
+        async with asyncio.timeout(BACKEND_CHECK_TIMEOUT):
+            await backend.ping()
+    except (ConnectionLost, TimeoutError) as exc:
+        logger.warning("The result backend %s cannot be reached (%s): tasks run, and their "
+                       "results wait in this worker (up to a bound, then it stops fetching) "
+                       "until it can", mask_url(str(backend.url or "")),
+                       exc or f"no answer within {BACKEND_CHECK_TIMEOUT:.0f} s")
 
 
 #: The exit status of a worker process that stopped to be replaced (max tasks or memory per
