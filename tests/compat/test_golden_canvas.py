@@ -42,6 +42,8 @@ from celery.messaging.protocol import decode_body
 from celery.transport.redis import _delivery
 from tests.conftest import flushed_redis_url
 
+from .canvas_tasks import register_canvas_tasks
+
 REDIS_DB = 15
 DATA = json.loads((Path(__file__).parent / "data" / "canvas_messages.json").read_text())
 CASES = {case["name"]: case for case in DATA}
@@ -159,41 +161,7 @@ def app() -> Iterator[Celery]:
     previous = _state._default_app
     _state.set_default_app(decoy)
 
-    @app.task(name="proj.tasks.add")
-    def add(x, y):
-        return x + y
-
-    @app.task(name="proj.tasks.tsum")
-    def tsum(values):
-        return sum(values)
-
-    @app.task(name="proj.tasks.echo")
-    def echo(*args, **kwargs):
-        return [list(args), kwargs]
-
-    @app.task(name="proj.tasks.fail")
-    def fail():
-        raise ValueError("boom")
-
-    @app.task(name="proj.tasks.errback_old")
-    def errback_old(task_id):
-        return task_id
-
-    @app.task(name="proj.tasks.replace_with_chain", bind=True)
-    def replace_with_chain(self, x):
-        raise self.replace(chain(add.s(x, 1), add.s(10)))
-
-    @app.task(name="proj.tasks.replace_with_group", bind=True)
-    def replace_with_group(self, x):
-        raise self.replace(group(add.s(x, 1), add.s(x, 2)))
-
-    @app.task(name="proj.tasks.spawn_chord")
-    def spawn_chord():
-        chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()
-
-    @app.task(name="proj.tasks.errback_new")
-    def errback_new(request, exc, traceback):
-        return request.id
+    register_canvas_tasks(app)
 
     try:
         yield app

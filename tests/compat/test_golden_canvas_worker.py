@@ -32,10 +32,11 @@ from typing import Any
 
 import pytest
 
-from celery import Celery, chain, chord, group
+from celery import Celery
 from tests.conftest import flushed_redis_url
 
 from ..integration.worker_harness import running_worker
+from .canvas_tasks import register_canvas_tasks
 from .test_golden_canvas import CASES, UUID, _renamed
 
 REDIS_DB = 15
@@ -60,41 +61,7 @@ def worker(redis: Any) -> Iterator[Celery]:
     app = Celery("proj", broker=url, backend=url, set_as_current=False)
     app.conf.task_routes = {"*": {"queue": HOLD}}
 
-    @app.task(name="proj.tasks.add")
-    def add(x, y):
-        return x + y
-
-    @app.task(name="proj.tasks.tsum")
-    def tsum(values):
-        return sum(values)
-
-    @app.task(name="proj.tasks.echo")
-    def echo(*args, **kwargs):
-        return [list(args), kwargs]
-
-    @app.task(name="proj.tasks.fail")
-    def fail():
-        raise ValueError("boom")
-
-    @app.task(name="proj.tasks.errback_old")
-    def errback_old(task_id):
-        return task_id
-
-    @app.task(name="proj.tasks.errback_new")
-    def errback_new(request, exc, traceback):
-        return request.id
-
-    @app.task(name="proj.tasks.replace_with_chain", bind=True)
-    def replace_with_chain(self, x):
-        raise self.replace(chain(add.s(x, 1), add.s(10)))
-
-    @app.task(name="proj.tasks.replace_with_group", bind=True)
-    def replace_with_group(self, x):
-        raise self.replace(group(add.s(x, 1), add.s(x, 2)))
-
-    @app.task(name="proj.tasks.spawn_chord")
-    def spawn_chord():
-        chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()
+    register_canvas_tasks(app)
 
     try:
         with running_worker(app, queues=["celery"], loop_workers=0, sync_workers=2,

@@ -9,8 +9,8 @@ so a chord may be joined by either.
 A member's report is one script call (``_PART_SCRIPT``): it is recorded once, and the
 member that completes the header claims the chord (``SET G.c <token> NX``) and gets every
 part back in the same round trip. No polling task, no per-member read of the others. The
-reports made on one event loop in the same turn go together (``LoopParts``): one script
-call for those of one chord (``_PARTS_SCRIPT``), in one round trip.
+reports made on one event loop in the same turn go together (``LoopParts``): one call of
+the same script for those of one chord, in one round trip.
 """
 
 from __future__ import annotations
@@ -33,56 +33,15 @@ if TYPE_CHECKING:
 
 __all__ = ["LoopParts", "RedisChords"]
 
-# KEYS: G.j G.t G.s G.d G G.c; ARGV: member, part, score, expires (s, 0 = none), group
-# expires (s), claim expires (s), token, ordered ('1': G.j a sorted set by header index, as
-# Celery 5 by default; '0': a list in finishing order, its result_chord_ordered=False).
-# Returns {-1} (done already), {0} (not complete, or claimed by another), or {1, parts}.
-# The claim is this token's also when it holds already: a call the client retried (its
-# reply lost) still gets the claim it made.
+# KEYS: G.j G.t G.s G.d G G.c; ARGV: expires (s, 0 = none), group expires (s), claim
+# expires (s), token, ordered ('1': G.j a sorted set by header index, as Celery 5 by default;
+# '0': a list in finishing order, its result_chord_ordered=False), then member, part and
+# score of each member reported (one, or several of one chord: LoopParts).
+# Returns {-1} (done already), {0} (not complete, or claimed by another), or {1, parts}
+# when the members reported completed the header and claimed it. The claim is this
+# token's also when it holds already: a call the client retried (its reply lost) still
+# gets the claim it made.
 _PART_SCRIPT = """
-local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local expires, group_expires = tonumber(ARGV[4]), tonumber(ARGV[5])
-local ordered = ARGV[8] == '1'
-if redis.call('GET', ckey) == 'done' then
-  return {-1}
-end
-if redis.call('SADD', dkey, ARGV[1]) == 1 then
-  if ordered then
-    redis.call('ZADD', jkey, ARGV[3], ARGV[2])
-  else
-    redis.call('RPUSH', jkey, ARGV[2])
-  end
-end
-if expires > 0 then
-  for _, key in ipairs({jkey, tkey, skey, dkey}) do
-    redis.call('EXPIRE', key, expires)
-  end
-  if group_expires > 0 then
-    redis.call('EXPIRE', gkey, group_expires)
-  end
-end
-local size = redis.call('GET', skey)
-if not size then
-  return {0}
-end
-local total = tonumber(size) + tonumber(redis.call('GET', tkey) or '0')
-if (ordered and redis.call('ZCARD', jkey) or redis.call('LLEN', jkey)) < total then
-  return {0}
-end
-if not redis.call('SET', ckey, ARGV[7], 'NX', 'EX', ARGV[6]) and redis.call('GET', ckey) ~= ARGV[7] then
-  return {0}
-end
-if ordered then
-  return {1, redis.call('ZRANGE', jkey, 0, -1)}
-end
-return {1, redis.call('LRANGE', jkey, 0, -1)}
-"""
-_PART_SHA = hashlib.sha1(_PART_SCRIPT.encode()).hexdigest()
-
-# The same for several members of one chord at once (LoopParts). KEYS as above; ARGV:
-# expires, group expires, claim expires, token, ordered, then member, part, score of each.
-# The reply is the batch's: {1, parts} when the batch completed the header and claimed it.
-_PARTS_SCRIPT = """
 local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local expires, group_expires = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ordered = ARGV[5] == '1'
@@ -122,7 +81,7 @@ if ordered then
 end
 return {1, redis.call('LRANGE', jkey, 0, -1)}
 """
-_PARTS_SHA = hashlib.sha1(_PARTS_SCRIPT.encode()).hexdigest()
+_PART_SHA = hashlib.sha1(_PART_SCRIPT.encode()).hexdigest()
 
 # KEYS: G.c G.j G.t G.s G.d; ARGV: token, done expires (s). Drops the chord's keys and
 # marks it done, if the claim is still ours.
@@ -210,9 +169,8 @@ class RedisChords:
             if self.chord_expires and self.expires else 0
         keys = [key(group_id, ".j"), key(group_id, ".t"), key(group_id, ".s"),
                 key(group_id, ".d"), key(group_id), key(group_id, ".c")]
-        args = [f"{task_id}:{score}", part, score, int(self.chord_expires or 0),
-                int(group_expires), self._claim_seconds(), token,
-                "1" if self._chord_ordered() else "0"]
+        args = [int(self.chord_expires or 0), int(group_expires), self._claim_seconds(),
+                token, "1" if self._chord_ordered() else "0", f"{task_id}:{score}", part, score]
         return keys, args, token
 
     @staticmethod
@@ -270,8 +228,8 @@ class LoopParts:
     ``report`` queues a report and returns a future for its script's reply; the first
     report of a turn schedules the send for the next turn (``call_soon``), so that every
     report made meanwhile, by the other tasks that finished in this turn, goes in the same
-    round trip. The reports of one chord become one script call (``_PARTS_SCRIPT``: its
-    members recorded, the chord's keys' expiry renewed and its header checked once for
+    round trip. The reports of one chord become one script call (``_PART_SCRIPT`` with
+    several members: they are recorded, the chord's keys' expiry renewed and its header checked once for
     them all); the calls of several chords, one pipeline. If the call completes the
     header, its last report gets the claim (with its own token) and the others the reply
     of a member that did not complete it, so that the body is still sent once. A report
@@ -340,20 +298,16 @@ class _Call:
 
     def __init__(self, keys: list[str], args: list[Any], future: asyncio.Future[Any]) -> None:
         self.keys = keys
-        self.args = [args]  # each report's _PART_SCRIPT arguments
+        self.args = [args]  # each report's _PART_SCRIPT arguments (one member's)
         self.futures = [future]
 
     def command(self, evalsha: bool) -> list[Any]:
-        keys = self.keys
-        if len(self.args) == 1:
-            script = _PART_SHA if evalsha else _PART_SCRIPT
-            return ["EVALSHA" if evalsha else "EVAL", script, len(keys), *keys, *self.args[0]]
-        script = _PARTS_SHA if evalsha else _PARTS_SCRIPT
-        expires, group_expires, claim, token, ordered = \
-            self.args[0][3:6] + self.args[-1][6:7] + self.args[0][7:8]
-        members = [value for args in self.args for value in args[:3]]
-        return ["EVALSHA" if evalsha else "EVAL", script, len(keys), *keys, expires,
-                group_expires, claim, token, ordered, *members]
+        """One script call for every report: the expiries of the first (all alike), the
+        token of the last (the one a claim goes to), each one's member, part and score."""
+        first, last = self.args[0], self.args[-1]
+        members = [value for args in self.args for value in args[5:8]]
+        return ["EVALSHA" if evalsha else "EVAL", _PART_SHA if evalsha else _PART_SCRIPT,
+                len(self.keys), *self.keys, *first[:3], last[3], first[4], *members]
 
     def settle(self, reply: Any) -> None:
         """The call's reply: a claim goes to the last report (its token was sent), the
@@ -373,7 +327,7 @@ def _calls(batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> lis
     """The batch's reports, one call per chord (in the order of their first report)."""
     calls: dict[tuple[Any, ...], _Call] = {}
     for keys, args, future in batch:
-        key = (*keys, *args[3:6])  # the chord's keys and expiries
+        key = (*keys, *args[:3], args[4])  # the chord's keys, expiries and order
         call = calls.get(key)
         if call is None:
             calls[key] = _Call(keys, args, future)
