@@ -52,8 +52,12 @@ async def test_the_flusher_makes_a_report_after_its_result_and_acks_after_the_re
         await flusher._write_reports(0.0)  # the backend was away: kept, the ack held back
         assert made == [["SUCCESS"]]  # the result was stored before the report was made
         assert flusher.reports == [(report, ("acks", delivery))] and flusher.acks == []
+        assert flusher._retry_in(0.0) == 0.1  # the backend's backoff holds the retry
         await flusher._write_reports(100.0)  # retried after the backoff
         assert flusher.reports == [] and flusher.acks == [delivery]
         assert len(made) == 2
+        # A report made clears the backoff: later writes are not held back by it.
+        flusher.reports.append((report, None))
+        assert flusher._retry_in(100.0) is None
     finally:
         app.close()

@@ -240,6 +240,8 @@ class Flusher:
         if failed:
             self._backend_side.failed(ConnectionLost(f"{len(failed)} chord reports not made"),
                                       now, len(self.reports))
+        else:
+            self._backend_side.worked()
 
     async def _settle(self, now: float) -> None:
         t = self._transport
