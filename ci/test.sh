@@ -15,6 +15,15 @@ if [ "$status" -eq 5 ]; then
     echo "ci/test.sh: pytest collected no tests (exit 5); that is a failure" >&2
     exit 1
 fi
+# The free-threaded pass: the whole suite again on a free-threaded CPython (ci/ft-test.sh
+# builds it once per machine). FT_SKIP=1 skips it, saying so.
+if [ "$status" -eq 0 ]; then
+    if [ "${FT_SKIP:-0}" = 1 ]; then
+        echo "ci/test.sh: FT_SKIP=1: the free-threaded pass is skipped" >&2
+    else
+        bash ci/ft-test.sh "$@" || status=$?
+    fi
+fi
 # The performance gate, after a whole passing run only (a run of some tests, with pytest
 # options, is a developer's loop; PERF_GATE_SKIP=1 skips it too).
 if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then

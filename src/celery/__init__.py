@@ -5,6 +5,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .utils import gil as _gil
+
+# On a free-threaded build, before anything imports the Redis client: keep its C parsers (and
+# other extensions that would turn the GIL back on) from loading, and note any that does.
+_gil.keep_off()
+_gil.watch()
+
 __version__ = "0.1.0"
 VERSION_BANNER = f"{__version__} (celery-asyncio)"
 

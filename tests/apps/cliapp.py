@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from celery import Celery
 
@@ -21,3 +22,20 @@ def add(x: int, y: int) -> int:
 @app.task
 async def echo(value: object) -> object:
     return value
+
+
+def _gil_enabled() -> bool:
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+@app.task
+def gil_enabled() -> bool:
+    """Whether the GIL is on, seen from a sync worker thread."""
+    return _gil_enabled()
+
+
+@app.task
+async def agil_enabled() -> bool:
+    """Whether the GIL is on, seen from a loop worker thread."""
+    return _gil_enabled()

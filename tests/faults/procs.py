@@ -63,16 +63,18 @@ class Executions:
 
 
 class Worker:
-    """``celery -A faultapp worker`` in a process of its own; its output is kept. Run by
-    this interpreter, or by ``$FAULT_WORKER_PYTHON`` (another install, to compare with)."""
+    """``celery -A faultapp worker`` (or another app of tests/apps) in a process of its own;
+    its output is kept. Run by this interpreter, or by ``$FAULT_WORKER_PYTHON`` (another
+    install, to compare with)."""
 
-    def __init__(self, env: dict[str, str], *options: str, cwd: Path = ROOT) -> None:
+    def __init__(self, env: dict[str, str], *options: str, cwd: Path = ROOT,
+                 app: str = "faultapp") -> None:
         full_env = dict(os.environ, **env)
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT / "tests" / "apps"), str(ROOT), full_env.get("PYTHONPATH", "")])
         python = os.environ.get("FAULT_WORKER_PYTHON") or sys.executable
         self.proc = subprocess.Popen(
-            [python, "-m", "celery", "-A", "faultapp", "worker", "-l", "info", *options],
+            [python, "-m", "celery", "-A", app, "worker", "-l", "info", *options],
             cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._ready = threading.Event()

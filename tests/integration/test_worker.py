@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import threading
@@ -295,10 +296,12 @@ def test_an_idle_worker_starts_a_task_before_recording_its_message(app, rclient,
 
 def test_after_a_hand_off_the_next_fetch_waits_for_an_outcome_or_the_pause(app, monkeypatch):
     """After an early hand-off, the next fetch waits until an outcome comes back, or at
-    most HANDOFF_PAUSE (lengthened here so that both ends can be seen)."""
+    most HANDOFF_PAUSE (lengthened here so that both ends can be seen). The pause is for a
+    GIL: a free-threaded build with the GIL off runs this as if the GIL were on."""
     from celery.worker import handoff
 
     monkeypatch.setattr(handoff, "HANDOFF_PAUSE", 0.8)
+    monkeypatch.setattr(handoff.gil, "enabled", lambda: True)
     sleeper = app.tasks["tests.integration.test_worker.sync_sleeper"]
     add = app.tasks["tests.integration.test_worker.add"]
     with running_worker(app):
@@ -374,7 +377,12 @@ def test_worker_recovers_when_broker_connections_are_dropped(redis_url, rclient)
         assert [r.get(timeout=30) for r in first] == [i + 1 for i in range(100)]
         assert [r.get(timeout=30) for r in second] == [i + 2 for i in range(100)]
     app.close()
-    assert rclient.llen("celery") == 0 and rclient.hlen("unacked") == 0
+    assert rclient.hlen("unacked") == 0
+    # A publish whose connection was killed before its reply came is sent again, and may
+    # have landed the first time too (at-least-once): a copy of a task already done may be
+    # left in the queue, one per kill at most, and nothing else.
+    left = [json.loads(raw)["headers"]["id"] for raw in rclient.lrange("celery", 0, -1)]
+    assert set(left) <= {r.id for r in first + second} and len(left) <= 2, left
 
 
 def test_a_lone_result_is_written_by_the_thread_that_ran_the_task(app, monkeypatch):

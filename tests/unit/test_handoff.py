@@ -49,3 +49,17 @@ async def test_a_zero_pause_never_waits():
     p.pending = True
     await asyncio.wait_for(p.wait(), 5)
     assert not p.pending
+
+
+def test_the_pause_is_chosen_when_made_from_the_gil_state_then(monkeypatch):
+    from celery.worker import handoff
+
+    monkeypatch.setattr(handoff.gil, "enabled", lambda: True)
+    assert HandoffPause().pause == handoff.HANDOFF_PAUSE > 0
+    # a free-threaded build whose GIL is off has no GIL to hand over: no pause
+    monkeypatch.setattr(handoff.gil, "enabled", lambda: False)
+    assert HandoffPause().pause == 0
+    from celery.utils import gil
+
+    monkeypatch.undo()
+    assert HandoffPause().pause == (handoff.HANDOFF_PAUSE if gil.enabled() else 0)

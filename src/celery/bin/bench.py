@@ -79,10 +79,24 @@ def _record_completion(path: str, index: int) -> None:
             pass  # that bench run is over (its file is gone): nobody counts any more
 
 
-async def bench_io(index: int, payload: str, io_ms: float, completions: str | None) -> int:
-    """Wait ``io_ms`` milliseconds on the event loop, as an I/O call would."""
+def _burn(ms: float) -> None:
+    """Burn ``ms`` milliseconds of this thread's CPU time in Python bytecode."""
+    if ms > 0:
+        end, x = time.thread_time() + ms / 1000, 1
+        while time.thread_time() < end:
+            for _ in range(100):
+                x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+
+
+async def bench_io(index: int, payload: str, io_ms: float, completions: str | None,
+                   cpu_ms: float = 0.0) -> int:
+    """Wait ``io_ms`` milliseconds on the event loop, as an I/O call would; with ``cpu_ms``,
+    burn half of it before the wait and half after (a handler that parses, calls out, and
+    builds its answer)."""
+    _burn(cpu_ms / 2)
     if io_ms > 0:
         await asyncio.sleep(io_ms / 1000)
+    _burn(cpu_ms / 2)
     if completions:
         _record_completion(completions, index)
     return index
@@ -90,11 +104,7 @@ async def bench_io(index: int, payload: str, io_ms: float, completions: str | No
 
 def bench_cpu(index: int, payload: str, cpu_ms: float, completions: str | None) -> int:
     """Burn ``cpu_ms`` milliseconds of this thread's CPU time."""
-    if cpu_ms > 0:
-        end, x = time.thread_time() + cpu_ms / 1000, 1
-        while time.thread_time() < end:
-            for _ in range(100):
-                x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+    _burn(cpu_ms)
     if completions:
         _record_completion(completions, index)
     return index
@@ -118,6 +128,8 @@ class Plan:
     tasks: int
     io_ms: float
     cpu_ms: float
+    #: CPU milliseconds each async task burns, half before its await and half after.
+    async_cpu_ms: float
     mix: float
     payload_bytes: int
     in_flight: int
@@ -187,7 +199,8 @@ def make_plan(obj: CLIContext, app: Celery, opts: dict[str, Any]) -> tuple[Plan,
         results = False
         notes.append("cache+memory:// results stay in the worker: completions are counted instead")
     plan = Plan(
-        tasks=opts["tasks"], io_ms=opts["io_ms"], cpu_ms=opts["cpu_ms"], mix=opts["mix"],
+        tasks=opts["tasks"], io_ms=opts["io_ms"], cpu_ms=opts["cpu_ms"],
+        async_cpu_ms=opts["async_cpu_ms"], mix=opts["mix"],
         payload_bytes=opts["payload_bytes"], in_flight=opts["in_flight"], queue=queue,
         timeout=opts["timeout"], results=results, worker_mode=mode,
         **({} if mode == "external" else _worker_sizes(conf, opts)),
@@ -403,7 +416,9 @@ def header(plan: Plan, app: Celery, notes: list[str]) -> list[str]:
                else "not stored: each task records when it ends, the bench counts those records")
     return [
         f"celery bench: {plan.tasks} {pluralize(plan.tasks, 'task')}: {plan.async_tasks} async "
-        f"(sleep {plan.io_ms:g} ms) + {plan.tasks - plan.async_tasks} sync "
+        f"(sleep {plan.io_ms:g} ms"
+        f"{f', {plan.async_cpu_ms:g} ms CPU' if plan.async_cpu_ms else ''}) + "
+        f"{plan.tasks - plan.async_tasks} sync "
         f"({plan.cpu_ms:g} ms CPU), {plan.payload_bytes}-byte payload, "
         f"up to {plan.in_flight} in flight",
         f"  broker   {mask_url(app.broker_url)}",
@@ -534,12 +549,15 @@ class _Run:
         name, work_ms = (IO_TASK, plan.io_ms) if is_async else (CPU_TASK, plan.cpu_ms)
         completions = str(self.completions.path) if self.completions else None
         args = (index, "" if warm_up else self.payload, 0.0 if warm_up else work_ms, completions)
+        # Only when asked for: a worker of an older version knows no fifth argument.
+        kwargs = {"cpu_ms": plan.async_cpu_ms} if is_async and plan.async_cpu_ms and \
+            not warm_up else None
         # Noted before sending: a send cut short by Ctrl-C may still have reached the broker.
         task_id = str(uuid.uuid4())
         if plan.results:
             self.task_ids.append(task_id)
         return await self.app.tasks[name].aapply_async(
-            args, queue=plan.queue, ignore_result=not plan.results, task_id=task_id
+            args, kwargs, queue=plan.queue, ignore_result=not plan.results, task_id=task_id
         )
 
     async def _warm_up(self) -> None:
@@ -716,7 +734,8 @@ class _Run:
                 ("loop_workers", "loop_concurrency", "sync_workers", "prefetch_multiplier")}},
             "workload": {"sync_tasks": plan.tasks - plan.async_tasks, **{
                 name: getattr(plan, name) for name in
-                ("async_tasks", "io_ms", "cpu_ms", "mix", "payload_bytes", "in_flight")}},
+                ("async_tasks", "io_ms", "async_cpu_ms", "cpu_ms", "mix", "payload_bytes",
+                 "in_flight")}},
             "notes": notes + self.cleanup_notes,
         }
 
@@ -735,6 +754,9 @@ class _Run:
               help="Async tasks await asyncio.sleep this many milliseconds [0].")
 @click.option("--cpu-ms", type=click.FloatRange(0), default=0.0,
               help="Sync tasks burn this many milliseconds of CPU [0].")
+@click.option("--async-cpu-ms", type=click.FloatRange(0), default=0.0,
+              help="Async tasks burn this many milliseconds of CPU, half before their await "
+                   "and half after [0].")
 @click.option("--mix", type=click.FloatRange(0, 1), default=0.5,
               help="Fraction of async tasks; the rest are sync [0.5].")
 @click.option("--payload-bytes", type=click.IntRange(0), default=0,

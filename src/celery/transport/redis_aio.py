@@ -55,22 +55,43 @@ def pack(*args: str | bytes | int) -> bytes:
     return b"".join(out)
 
 
+def _parser_has_data(parser: Any) -> bool | None:
+    """Whether the reply parser holds bytes of a reply not yet read out; None if unknown."""
+    reader: Any = getattr(parser, "_reader", None)  # libvalkey's or hiredis's reader
+    if hasattr(reader, "has_data"):
+        return bool(reader.has_data())
+    buffer = getattr(parser, "_buffer", None)  # valkey-py's pure-Python parser
+    if isinstance(buffer, bytes):
+        return bool(buffer)
+    return None
+
+
 def nothing_to_read(connection: AbstractConnection) -> bool:
     """True if ``connection`` is connected and certainly holds no unread reply."""
     parser: Any = getattr(connection, "_parser", None)
     stream = getattr(parser, "_stream", None)
-    reader: Any = getattr(parser, "_reader", None)  # libvalkey's or hiredis's reader
     if not connection.is_connected or not isinstance(stream, asyncio.StreamReader):
         return False
-    if not hasattr(reader, "has_data") or stream.at_eof() or stream.exception() is not None:
+    if stream.at_eof() or stream.exception() is not None:
         return False
-    return not getattr(stream, "_buffer", True) and not reader.has_data()
+    return not getattr(stream, "_buffer", True) and _parser_has_data(parser) is False
+
+
+def _unread(connection: AbstractConnection) -> bool:
+    """True if bytes of a reply wait in the connection's stream, which valkey-py's own check
+    misses with its pure-Python parser (it looks at the parser's buffer only, so a pooled
+    connection holding a stale reply would answer the next command with it)."""
+    stream = getattr(getattr(connection, "_parser", None), "_stream", None)
+    return isinstance(stream, asyncio.StreamReader) and bool(getattr(stream, "_buffer", b""))
 
 
 class _QuickCheck:
     async def ensure_connection(self, connection: AbstractConnection) -> None:
-        if not nothing_to_read(connection):
-            await super().ensure_connection(connection)  # type: ignore[misc]
+        if nothing_to_read(connection):
+            return
+        if connection.is_connected and _unread(connection):
+            await connection.disconnect()  # the base check then connects anew
+        await super().ensure_connection(connection)  # type: ignore[misc]
 
 
 class ConnectionPool(_QuickCheck, avalkey.ConnectionPool):

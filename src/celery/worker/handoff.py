@@ -7,7 +7,9 @@ only once the loop thread blocks. A timestamp trace on 2 cores showed the task s
 0.35 ms after its hand-off, then. So the fetch waits until an outcome comes back (the task,
 if short, is done) or ``HANDOFF_PAUSE`` passes; a message that comes meanwhile waits at most
 that long. The consumer pauses only when that task is its only one (a burst keeps
-fetching), and free-threaded builds, with no GIL to yield, never pause.
+fetching), and a free-threaded build whose GIL is off, with no GIL to yield, never pauses:
+that is decided when the consumer is made, at worker start, after the transport and the
+tasks' modules are imported (an extension imported by them may have turned the GIL on).
 
 Side by side on 2 cores (bench/peers.py, ours only, interleaved), the round-trip p50 fell
 from 0.90-1.06 ms to 0.67-0.78 ms with no-op burst throughput unchanged within the noise.
@@ -16,12 +18,13 @@ from 0.90-1.06 ms to 0.67-0.78 ms with no-op burst throughput unchanged within t
 from __future__ import annotations
 
 import asyncio
-import sys
+
+from ..utils import gil
 
 __all__ = ["HANDOFF_PAUSE", "HandoffPause"]
 
-#: Seconds the next fetch waits after a hand-off, at most (0 without a GIL).
-HANDOFF_PAUSE = 0.001 if getattr(sys, "_is_gil_enabled", lambda: True)() else 0.0
+#: Seconds the next fetch waits after a hand-off, at most, while the GIL is on.
+HANDOFF_PAUSE = 0.001
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
@@ -34,7 +37,7 @@ class HandoffPause:
     ``wait`` runs before the next fetch, ``release`` when outcomes come back."""
 
     def __init__(self) -> None:
-        self.pause = HANDOFF_PAUSE
+        self.pause = HANDOFF_PAUSE if gil.enabled() else 0.0
         #: A task was handed over since the last ``wait``.
         self.pending = False
         self._waiter: asyncio.Future[None] | None = None

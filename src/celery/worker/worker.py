@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .. import signals
 from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.serialization import accept_set
+from ..utils import gil
 from ..utils.text import mask_url
 from .consumer import Consumer
 from .control import ControlServer
@@ -203,6 +204,10 @@ class Worker:
                 delay = min(delay * 2, 8.0)
 
     def _on_ready(self) -> None:
+        python, gil_warning = gil.describe()
+        logger.info("%s: %s", self.hostname, python)
+        if gil_warning:
+            logger.warning("%s: %s", self.hostname, gil_warning)
         logger.info("%s ready: consuming from %s with %s (prefetch window %d)",
                     self.hostname, ", ".join(self.queues), self.concurrency_text, self.window)
         signals.worker_ready.send(sender=self)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The free-threaded pass: the whole test suite again, on a free-threaded CPython built by
+# ci/ft-python.sh (cached outside the checkout), in .venv-ft with the package's default
+# extras ([redis,uvloop,msgpack]: their C extensions are built from source by pip where PyPI
+# has no free-threaded wheel). The GIL must stay off: PYTHON_GIL is left unset, and the tests
+# in tests/integration/test_free_threading.py check it in a running worker.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { echo "ci/ft-test.sh: $*" >&2; }
+
+start=$SECONDS
+python=$(bash ci/ft-python.sh)
+say "free-threaded CPython ready in $((SECONDS - start))s: $python"
+
+start=$SECONDS
+if [ ! -x .venv-ft/bin/pip ]; then
+    # The interpreter is built without ensurepip: pip's wheel comes from PyPI, fetched by the
+    # system python's pip, and installs itself.
+    rm -rf .venv-ft
+    "$python" -m venv --without-pip .venv-ft
+    wheels=$(mktemp -d)
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$wheels" pip
+    whl=$(ls "$wheels"/pip-*.whl)
+    .venv-ft/bin/python "$whl/pip" install -q "$whl"
+    rm -rf "$wheels"
+fi
+stamp=.venv-ft/.installed-pyproject.sha256
+want=$(cat pyproject.toml ci/ft-test.sh | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
+    ! .venv-ft/bin/python -c 'import celery.bin.celery, pytest' 2>/dev/null; then
+    say "installing the package with its default extras and the test tools into .venv-ft"
+    # hypothesis: its newest releases build a Rust part from crates.io for interpreters
+    # without a wheel; a release with a pure-Python wheel does for the tests.
+    .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,uvloop,msgpack]" \
+        "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7"
+    echo "$want" > "$stamp"
+fi
+say ".venv-ft ready in $((SECONDS - start))s"
+
+# The interpreter must be free-threaded and celery must not turn its GIL on.
+.venv-ft/bin/python - <<'EOF'
+import sys, sysconfig
+assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not a free-threaded build"
+import celery.transport.redis, celery.backends.redis  # noqa: E401  the Redis client, parsers
+import celery.messaging.serialization, celery.utils.portal  # noqa: E401
+assert not sys._is_gil_enabled(), "importing celery's Redis transport turned the GIL on"
+print(f"ci/ft-test.sh: {sys.version.split()[0]} free-threaded, GIL off after importing celery",
+      file=sys.stderr)
+EOF
+
+start=$SECONDS
+status=0
+.venv-ft/bin/python -m pytest -q -p no:cacheprovider tests "$@" || status=$?
+say "the free-threaded pass took $((SECONDS - start))s (pytest exit $status)"
+if [ "$status" -eq 5 ]; then
+    say "pytest collected no tests (exit 5); that is a failure"
+    exit 1
+fi
+exit "$status"
