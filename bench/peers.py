@@ -22,9 +22,12 @@ Redis (``--url``, database 11 by default; flushed before and after every run):
    and worker CPU per task (ours, Celery and dramatiq only).
 
 ``ours-processes`` is ours with ``--processes 2`` (two worker processes under one
-supervisor), the configuration that uses both cores of a GIL build:
+supervisor), the configuration that uses both cores of a GIL build; ``ours-pipelined`` is
+ours with one process to compare it with. Both publish pipelined (``publish_pipeline``): the
+producer's sequential ``delay()`` round trips otherwise cap a burst near 5,000 tasks/s on
+2 cores, and the burst then measures the producer, not how fast the worker drains:
 
-    .venv/bin/python bench/peers.py --only ours,ours-processes,dramatiq,celery-threads \
+    .venv/bin/python bench/peers.py --only ours-pipelined,ours-processes,dramatiq,celery-threads \
         --tasks 500 --latency-samples 100 --io-tasks 0 --call-tasks 3000 --rounds 1
 
 Each peer is installed into its own throwaway venv under ``.cache/peers/<name>`` (made on
@@ -85,6 +88,7 @@ class Config:
 OURS = "--loop-workers 1 --loop-concurrency 100 --sync-workers"
 ARQ = "--max-jobs 100 --poll-delay 0.005"
 TASKIQ = "--workers 2 --max-async-tasks 100"
+PIPELINED = json.dumps({"publish_pipeline": True})
 CONFIGS = [
     Config(
         name="ours",
@@ -95,12 +99,22 @@ CONFIGS = [
         about="`def` no-op: 1 loop + 4 sync workers; I/O `async def`: 1 loop worker x 100",
     ),
     Config(
+        name="ours-pipelined",
+        venv=None,
+        module="celery_peer",
+        worker_noop=f"{OURS} 4",
+        worker_io=f"{OURS} 1",
+        about="as ours; the producer publishes pipelined",
+        env={"BENCH_TRANSPORT_OPTIONS": PIPELINED},
+    ),
+    Config(
         name="ours-processes",
         venv=None,
         module="celery_peer",
         worker_noop=f"{OURS} 4 --processes 2",
         worker_io=f"{OURS} 1 --processes 2",
-        about="as ours, in 2 worker processes (--processes 2)",
+        about="as ours, in 2 worker processes (--processes 2); the producer publishes pipelined",
+        env={"BENCH_TRANSPORT_OPTIONS": PIPELINED},
     ),
     Config(
         name="ours-async",
@@ -473,7 +487,7 @@ def main() -> None:
         "results": results,
         "ratios": {
             base: report.ratios(results, base)
-            for base in ("ours", "ours-processes", "ours-async", "ours-inline")
+            for base in ("ours", "ours-pipelined", "ours-processes", "ours-async", "ours-inline")
             if base in results
         },
     }
