@@ -236,3 +236,23 @@ def test_bad_process_counts_are_refused(value, tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "Invalid value for '--processes'" in proc.stderr and "'auto'" in proc.stderr
+
+
+def test_remote_shutdown_stops_every_process_and_the_supervisor(url, app, tmp_path, queue):
+    if url == "sqlite":
+        pytest.skip("the SQLite broker carries no remote control")
+    name = f"procs-{uuid.uuid4().hex[:6]}@%h"
+    worker = Supervised(tmp_path, url, "--processes", "2", "-n", name, "-Q", queue)
+    try:
+        worker.wait_for_line(" ready: consuming", count=2)
+        nodes = worker.output.split(" v", 1)[0].split(", ")
+        deadline = time.monotonic() + 20
+        while len(app.control.ping(nodes, timeout=1.0)) < 2:
+            assert time.monotonic() < deadline, worker.output
+        app.control.broadcast("shutdown", destination=nodes)
+        assert worker.wait() == 0, worker.output
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+    assert worker.output.count("stopped by itself (remote shutdown)") == 2
+    assert "; starting it again" not in worker.output
