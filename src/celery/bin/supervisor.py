@@ -156,8 +156,13 @@ def watch_supervisor(on_gone: Callable[[], Any]) -> Callable[[], None] | None:
     def watch() -> None:
         try:
             data = link.recv(1)
+        except ConnectionError:
+            # A supervisor that dies before reading our ready byte resets the link instead
+            # of closing it: gone all the same.
+            data = b""
         except OSError as exc:
-            logger.error("Cannot watch the supervisor (pid %d): %s", ppid, exc)
+            logger.error("Cannot watch the supervisor (pid %d): %s; no longer watching it",
+                         ppid, exc)
             return
         if data:
             logger.error("Unexpected data from the supervisor (pid %d): %r; no longer "
@@ -321,11 +326,20 @@ class Supervisor:
             if not ready.done():
                 ready.cancel()
             await asyncio.gather(ready, return_exceptions=True)
+            was_ready = (not ready.cancelled() and ready.exception() is None
+                         and ready.result() == READY) or _sent_ready(ours)
             ours.close()
             del self._children[index]
-        was_ready = (not ready.cancelled() and ready.exception() is None
-                     and ready.result() == READY)
         return code, was_ready
+
+
+def _sent_ready(link: socket.socket) -> bool:
+    """Whether the ready byte waits unread on ``link`` (non-blocking): a process that died
+    just after it said it was ready, before the reading task ran, was ready."""
+    try:
+        return link.recv(1) == READY
+    except (BlockingIOError, ConnectionError):
+        return False
 
 
 def parent_command(argv: Sequence[str]) -> list[str]:
