@@ -16,7 +16,19 @@ Redis (``--url``, database 11 by default; flushed before and after every run):
    trip through a second process), with redis-py and with our client library, valkey-py;
 3. I/O drain: ``--io-tasks`` tasks that each sleep 10 ms (``await asyncio.sleep`` where the
    framework runs coroutines, ``time.sleep`` on threads otherwise), tasks/s until all results
-   are in.
+   are in;
+4. one Redis call: ``--call-tasks`` tasks whose body makes one Redis round trip (an INCR with
+   the process's blocking client: bench/peers/redis_call.py), on the no-op worker; tasks/s
+   and worker CPU per task (ours, Celery and dramatiq only).
+
+``ours-processes`` is ours with ``--processes 2`` (two worker processes under one
+supervisor), the configuration that uses both cores of a GIL build; ``ours-pipelined`` is
+ours with one process to compare it with. Both publish pipelined (``publish_pipeline``): the
+producer's sequential ``delay()`` round trips otherwise cap a burst near 5,000 tasks/s on
+2 cores, and the burst then measures the producer, not how fast the worker drains:
+
+    .venv/bin/python bench/peers.py --only ours-pipelined,ours-processes,dramatiq,celery-threads \
+        --tasks 500 --latency-samples 100 --io-tasks 0 --call-tasks 3000 --rounds 1
 
 Each peer is installed into its own throwaway venv under ``.cache/peers/<name>`` (made on
 first use, pinned versions below; never one of our dependencies). Ours runs from
@@ -70,11 +82,13 @@ class Config:
     worker_io: str  #: worker options for the I/O workload ("" skips it)
     about: str  #: the configuration, for the table
     env: dict[str, str] = field(default_factory=dict)
+    call: bool = True  #: the peer module has the one-Redis-call task
 
 
 OURS = "--loop-workers 1 --loop-concurrency 100 --sync-workers"
 ARQ = "--max-jobs 100 --poll-delay 0.005"
 TASKIQ = "--workers 2 --max-async-tasks 100"
+PIPELINED = json.dumps({"publish_pipeline": True})
 CONFIGS = [
     Config(
         name="ours",
@@ -83,6 +97,24 @@ CONFIGS = [
         worker_noop=f"{OURS} 4",
         worker_io=f"{OURS} 1",
         about="`def` no-op: 1 loop + 4 sync workers; I/O `async def`: 1 loop worker x 100",
+    ),
+    Config(
+        name="ours-pipelined",
+        venv=None,
+        module="celery_peer",
+        worker_noop=f"{OURS} 4",
+        worker_io=f"{OURS} 1",
+        about="as ours; the producer publishes pipelined",
+        env={"BENCH_TRANSPORT_OPTIONS": PIPELINED},
+    ),
+    Config(
+        name="ours-processes",
+        venv=None,
+        module="celery_peer",
+        worker_noop=f"{OURS} 4 --processes 2",
+        worker_io=f"{OURS} 1 --processes 2",
+        about="as ours, in 2 worker processes (--processes 2); the producer publishes pipelined",
+        env={"BENCH_TRANSPORT_OPTIONS": PIPELINED},
     ),
     Config(
         name="ours-async",
@@ -135,6 +167,7 @@ CONFIGS = [
         worker_io=TASKIQ,
         about="RedisStreamBroker + RedisAsyncResultBackend, --workers 2 --max-async-tasks 100; "
         "client polls results every 1 ms",
+        call=False,
     ),
     Config(
         name="arq",
@@ -143,10 +176,13 @@ CONFIGS = [
         worker_noop=ARQ,
         worker_io=ARQ,
         about="max_jobs=100, poll_delay=5 ms; client polls results every 1 ms",
+        call=False,
     ),
 ]
-QUICK = {"tasks": 500, "io_tasks": 200, "latency_samples": 100, "ping_samples": 500}
-FULL = {"tasks": 10000, "io_tasks": 2000, "latency_samples": 500, "ping_samples": 2000}
+QUICK = {"tasks": 500, "io_tasks": 200, "latency_samples": 100, "ping_samples": 500,
+         "call_tasks": 500}
+FULL = {"tasks": 10000, "io_tasks": 2000, "latency_samples": 500, "ping_samples": 2000,
+        "call_tasks": 5000}
 
 
 class RunFailed(Exception):
@@ -247,6 +283,7 @@ def run_config(config: Config, python: Path, args: argparse.Namespace) -> dict:
         "--tasks": args.tasks,
         "--io-tasks": args.io_tasks if config.worker_io else 0,
         "--latency-samples": args.latency_samples,
+        "--call-tasks": args.call_tasks if config.call else 0,
         "--worker-noop": config.worker_noop,
         "--worker-io": config.worker_io,
     }
@@ -282,6 +319,9 @@ def parse_args() -> argparse.Namespace:
         "--io-tasks", type=int, help=f"10 ms tasks per I/O burst (default {FULL['io_tasks']})"
     )
     parser.add_argument("--latency-samples", type=int, help=f"default {FULL['latency_samples']}")
+    parser.add_argument(
+        "--call-tasks", type=int, help=f"one-Redis-call tasks per burst (default {FULL['call_tasks']})"
+    )
     parser.add_argument("--ping-samples", type=int, help=f"default {FULL['ping_samples']}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -332,10 +372,11 @@ def run_with_retries(config: Config, python: Path, args: argparse.Namespace, n: 
             log(f"round {n} {config.name}: FAILED {str(exc).splitlines()[0]}")
             continue
         io = result.get("io", {}).get("tasks_per_s")
+        call = result.get("call", {}).get("tasks_per_s")
         log(
             f"round {n} {config.name}: {result['noop']['tasks_per_s']:.0f} tasks/s, "
-            f"p50 {result['latency']['p50_ms']:.2f} ms, I/O {report.fmt(io)} tasks/s "
-            f"({time.time() - t0:.0f} s)"
+            f"p50 {result['latency']['p50_ms']:.2f} ms, I/O {report.fmt(io)} tasks/s, "
+            f"one Redis call {report.fmt(call)} tasks/s ({time.time() - t0:.0f} s)"
         )
         break
     else:
@@ -431,6 +472,7 @@ def main() -> None:
             "tasks": args.tasks,
             "io_tasks": args.io_tasks,
             "latency_samples": args.latency_samples,
+            "call_tasks": args.call_tasks,
             "ping_samples": args.ping_samples,
             "rounds": args.rounds,
             "url": args.url,
@@ -445,7 +487,7 @@ def main() -> None:
         "results": results,
         "ratios": {
             base: report.ratios(results, base)
-            for base in ("ours", "ours-async", "ours-inline")
+            for base in ("ours", "ours-pipelined", "ours-processes", "ours-async", "ours-inline")
             if base in results
         },
     }

@@ -4,7 +4,8 @@ The same module runs under either package; which one is imported decides the tas
 
 * no-op: ``def`` (both), or ``async def`` on ours when BENCH_CELERY_NOOP=async;
 * I/O (10 ms sleep): ``async def`` with ``await asyncio.sleep`` on ours (a loop worker),
-  ``def`` with ``time.sleep`` on upstream Celery (threads or prefork pool).
+  ``def`` with ``time.sleep`` on upstream Celery (threads or prefork pool);
+* one Redis call: ``def`` (both), an INCR with the process's blocking client (redis_call.py).
 
 The producer is Celery's sync API from one thread: ``delay()`` per task, then ``get()`` on
 each result in send order. ``BENCH_TRANSPORT_OPTIONS`` (JSON) sets broker transport options,
@@ -17,6 +18,8 @@ import asyncio
 import json
 import os
 import time
+
+import redis_call
 
 import celery
 from celery import Celery
@@ -39,6 +42,11 @@ def noop() -> None:
 @app.task(name="bench.sleep")
 def sleep() -> None:
     time.sleep(0.01)
+
+
+@app.task(name="bench.call")
+def call() -> None:
+    redis_call.incr()
 
 
 if OURS:
@@ -68,6 +76,7 @@ class Producer:
         self.tasks = {
             "noop": app.tasks["bench.anoop" if async_noop else "bench.noop"],
             "sleep": app.tasks["bench.asleep" if OURS else "bench.sleep"],
+            "call": app.tasks["bench.call"],
         }
 
     def start(self) -> None:

@@ -14,6 +14,7 @@ import os
 import time
 
 import dramatiq
+import redis_call
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
 from dramatiq.results.backends.redis import RedisBackend
@@ -37,7 +38,12 @@ def sleep() -> None:
     time.sleep(0.01)
 
 
-ACTORS = {"noop": noop, "sleep": sleep}
+@dramatiq.actor(actor_name="bench_call", store_results=True, max_retries=0)
+def call() -> None:
+    redis_call.incr()
+
+
+ACTORS = {"noop": noop, "sleep": sleep, "call": call}
 
 
 def version() -> str:

@@ -11,7 +11,7 @@ framework's app (the tasks the worker imports) plus a small producer. It provide
 * ``version() -> str``
 * ``worker_command(python, args) -> (argv, extra_env)``: the worker process to start;
 * ``Producer(url)`` with ``start()``, ``close()``, ``burst(kind, n)`` (send n tasks of kind
-  "noop" or "sleep", one framework call each, then wait for every result; return the
+  "noop", "sleep" or "call", one framework call each, then wait for every result; return the
   ``time.perf_counter()`` at which the last send returned) and ``round_trips(kind, n)``
   (n sequential send-and-wait; return the n durations in seconds). Each of these may be a
   plain function or a coroutine function; coroutines all run on one event loop, so a
@@ -21,7 +21,8 @@ Two worker sessions, each a fresh worker process on a flushed database:
 
 1. the no-op worker (``--worker-noop``): warm-up, then the burst of ``--tasks`` no-op tasks
    (tasks/s from first send to last result) and ``--latency-samples`` sequential round trips
-   (p50/p99);
+   (p50/p99); then, with ``--call-tasks``, a warm-up and a burst of tasks of kind "call",
+   whose body makes one Redis call (an INCR with the process's blocking client);
 2. the I/O worker (``--worker-io``): warm-up, then the burst of ``--io-tasks`` tasks that
    each sleep 10 ms (``await asyncio.sleep`` or ``time.sleep``, as the framework runs them).
 
@@ -294,6 +295,9 @@ def measure(peer, args) -> dict:
             warm_up(run, producer, "noop")
             figures["noop"] = measure_burst(run, producer, worker, "noop", args.tasks)
             figures["latency"] = measure_latency(run, producer, worker, args.latency_samples)
+            if args.call_tasks > 0:
+                warm_up(run, producer, "call")
+                figures["call"] = measure_burst(run, producer, worker, "call", args.call_tasks)
         if args.io_tasks > 0:
             with worker_session(peer, args, run, "io") as (producer, worker):
                 warm_up(run, producer, "sleep")
@@ -314,6 +318,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10000)
     parser.add_argument("--io-tasks", type=int, default=2000)
     parser.add_argument("--latency-samples", type=int, default=500)
+    parser.add_argument("--call-tasks", type=int, default=0,
+                        help="tasks that make one Redis call each, on the no-op worker")
     parser.add_argument("--worker-noop", default="", help="worker options for the no-op session")
     parser.add_argument("--worker-io", default="", help="worker options for the I/O session")
     parser.add_argument(

@@ -15,9 +15,10 @@ def best_of(rounds: list[dict]) -> dict | None:
     best = {"version": ok[0]["version"]}
     best["noop"] = max((r["noop"] for r in ok), key=lambda w: w["tasks_per_s"])
     best["latency"] = min((r["latency"] for r in ok), key=lambda w: w["p50_ms"])
-    io = [r["io"] for r in ok if "io" in r]
-    if io:
-        best["io"] = max(io, key=lambda w: w["tasks_per_s"])
+    for workload in ("io", "call"):
+        runs = [r[workload] for r in ok if workload in r]
+        if runs:
+            best[workload] = max(runs, key=lambda w: w["tasks_per_s"])
     return best
 
 
@@ -28,6 +29,8 @@ METRICS = [  # (name, workload, key): ratios are ours / peer for each
     ("latency_p99_ms", "latency", "p99_ms"),
     ("io_tasks_per_s", "io", "tasks_per_s"),
     ("io_cpu_us_per_task", "io", "worker_cpu_us_per_task"),
+    ("call_tasks_per_s", "call", "tasks_per_s"),
+    ("call_cpu_us_per_task", "call", "worker_cpu_us_per_task"),
 ]
 
 
@@ -35,7 +38,7 @@ def figures_of(best: dict, fallback_io: dict | None = None) -> dict:
     io = best.get("io") or fallback_io
     out = {}
     for name, workload, key in METRICS:
-        source = io if workload == "io" else best[workload]
+        source = io if workload == "io" else best.get(workload)
         out[name] = source[key] if source else None
     return out
 
@@ -75,7 +78,8 @@ def markdown(report: dict) -> str:
     meta, ping = report["meta"], report["redis_ping"]
     lines = [
         f"{meta['tasks']:,} no-op tasks, {meta['latency_samples']} sequential round trips, "
-        f"{meta['io_tasks']:,} I/O tasks (10 ms sleep each); results stored in Redis "
+        f"{meta['io_tasks']:,} I/O tasks (10 ms sleep each), {meta.get('call_tasks') or 0:,} tasks "
+        f"making one Redis call each; results stored in Redis "
         f"({meta['url']}); best of {meta['rounds']} interleaved rounds on {meta['cpus']} cores "
         f"(shared machine, figures are noisy). Bare Redis round trip ({ping.get('client', 'redis-py')} "
         f"PING x {meta['ping_samples']}): p50 {fmt(ping.get('p50_ms'), 3)} ms, "
@@ -84,20 +88,23 @@ def markdown(report: dict) -> str:
         f"p99 {fmt(ping.get('queue_p99_ms'), 3)} ms.{_ours_floor(report.get('redis_ping_ours'))}",
         "",
         "| implementation | version | configuration | no-op tasks/s | worker CPU µs/task | RTT p50 ms "
-        "| RTT p99 ms | I/O tasks/s | I/O worker CPU µs/task |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| RTT p99 ms | I/O tasks/s | I/O worker CPU µs/task | one Redis call tasks/s "
+        "| its worker CPU µs/task |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, result in report["results"].items():
         f = result.get("figures")
         if not f:
             lines.append(
-                f"| {name} | | {result['about']} | failed: {result.get('error', '?')} | | | | | |"
+                f"| {name} | | {result['about']} | failed: {result.get('error', '?')} "
+                "| | | | | | | |"
             )
             continue
         lines.append(
             f"| {name} | {result['version']} | {result['about']} | {fmt(f['noop_tasks_per_s'])} "
             f"| {fmt(f['noop_cpu_us_per_task'])} | {fmt(f['latency_p50_ms'], 2)} "
-            f"| {fmt(f['latency_p99_ms'], 2)} | {fmt(f['io_tasks_per_s'])} | {fmt(f['io_cpu_us_per_task'])} |"
+            f"| {fmt(f['latency_p99_ms'], 2)} | {fmt(f['io_tasks_per_s'])} | {fmt(f['io_cpu_us_per_task'])} "
+            f"| {fmt(f['call_tasks_per_s'])} | {fmt(f['call_cpu_us_per_task'])} |"
         )
     for base, table in report["ratios"].items():
         if not table:
@@ -107,8 +114,9 @@ def markdown(report: dict) -> str:
             f"Ratios {base} ÷ peer (tasks/s: higher is better for us; CPU and latency: lower is "
             "better for us):",
             "",
-            "| peer | no-op tasks/s | no-op CPU/task | RTT p50 | RTT p99 | I/O tasks/s | I/O CPU/task |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| peer | no-op tasks/s | no-op CPU/task | RTT p50 | RTT p99 | I/O tasks/s | I/O CPU/task "
+            "| call tasks/s | call CPU/task |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for peer, r in table.items():
             lines.append(f"| {peer} | " + " | ".join(_ratio(r[m]) for m, _, _ in METRICS) + " |")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def start_worker(tmp_path: Path, *options: str) -> subprocess.Popen[str]:
     env = dict(os.environ, RECYCLEAPP_DIR=str(tmp_path),
                PYTHONPATH=str(ROOT / "tests" / "apps") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("CELERY_ASYNCIO_RECYCLED_CHILD", None)
+    env.pop("CELERY_ASYNCIO_WORKER_PROCESS", None)
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-q", "-A", "recycleapp", "worker", "-l", "WARNING",
          "--loop-workers", "1", "--sync-workers", "2", *options],

@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     # worker
     "worker_prefetch_multiplier": 4,
     "worker_concurrency": None,
+    "worker_processes": 1,
     "worker_loop_workers": 1,
     "worker_loop_concurrency": 100,
     "worker_loop_inline": False,

@@ -105,6 +105,9 @@ for _command in (worker, call, result, purge, status, inspect, control, bench):
 
 #: The arguments of this process's ``celery`` command (``main`` sets it).
 MAIN_ARGV: list[str] | None = None
+#: The directory the command started in, before ``--workdir``: where a worker process the
+#: supervisor starts runs the same arguments again.
+MAIN_CWD: str | None = None
 
 
 def main(argv: Sequence[str] | None = None, app: Celery | None = None) -> Any:
@@ -114,8 +117,9 @@ def main(argv: Sequence[str] | None = None, app: Celery | None = None) -> Any:
     Exits the process, as command-line programs do.
     """
     args = list(argv) if argv is not None else sys.argv[1:]
-    global MAIN_ARGV
+    global MAIN_ARGV, MAIN_CWD
     MAIN_ARGV = list(args)  # set once, before any thread starts: what a recycled worker reruns
+    MAIN_CWD = os.getcwd()
     return celery.main(args=args, prog_name="celery", obj=app)
 
 

@@ -11,6 +11,15 @@ import click
 
 from ..utils.text import mask_url, pluralize
 from .base import CLIContext, user_error
+from .supervisor import (
+    Supervisor,
+    child_slot,
+    expand_index,
+    parent_command,
+    process_name,
+    resolve_processes,
+    watch_supervisor,
+)
 
 if TYPE_CHECKING:
     from ..app.base import Celery
@@ -54,6 +63,15 @@ def _count(ctx: click.Context, param: click.Parameter, value: int | None) -> int
     if value is not None and value < least:
         raise click.BadParameter(f"must be at least {least}")
     return value
+
+
+def _processes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return resolve_processes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -149,6 +167,14 @@ def _count(ctx: click.Context, param: click.Parameter, value: int | None) -> int
     help="Keep revoked task ids in this file across restarts [worker_state_db].",
 )
 @click.option("-E", "--task-events", is_flag=True, help="Send task events (not implemented yet).")
+@click.option(
+    "--processes",
+    callback=_processes,
+    metavar="N|auto",
+    help="Worker processes, each with its own loop and sync workers, restarted if they die; "
+    "'auto': the CPU count on GIL builds, 1 on free-threaded ones [worker_processes, "
+    "default 1].",
+)
 @click.pass_obj
 def worker(
     obj: CLIContext,
@@ -167,18 +193,22 @@ def worker(
     max_memory_per_child: int | None,
     statedb: str | None,
     task_events: bool,
+    processes: int | None,
 ) -> None:
     """Start a worker."""
     if sync_workers is not None and concurrency is not None and sync_workers != concurrency:
         raise click.UsageError("--concurrency is another name for --sync-workers; give only one")
     app = obj.app
-    setup_logging(app, loglevel, logfile)
     conf = app.conf
-    recycling = bool(max_tasks_per_child or max_memory_per_child
-                     or conf.worker_max_tasks_per_child or conf.worker_max_memory_per_child)
-    if recycling and os.environ.get(CHILD_ENV) is None:
-        sys.exit(supervise(obj))
-    if task_events:
+    slot = child_slot()
+    if slot is None and processes is None:
+        try:
+            processes = resolve_processes(conf.worker_processes)
+        except ValueError as exc:
+            raise user_error(f"worker_processes: {exc}") from None
+    number = slot.number if slot else 0
+    setup_logging(app, loglevel, expand_index(logfile, number) if logfile else None)
+    if task_events and slot is None:
         logging.getLogger("celery.worker").warning(
             "-E/--task-events: task events are not implemented yet; none will be sent"
         )
@@ -189,8 +219,9 @@ def worker(
         sync = conf.worker_sync_workers
     if sync is None:
         sync = conf.worker_concurrency or os.cpu_count() or 1
+    template = hostname or "celery@%h"
     options: dict[str, Any] = {
-        "hostname": expand_hostname(hostname or "celery@%h"),
+        "hostname": expand_hostname(process_name(template, number)),
         "queues": queues,
         "loop_workers": conf.worker_loop_workers if loop_workers is None else loop_workers,
         "loop_concurrency": (
@@ -200,12 +231,52 @@ def worker(
         "sync_workers": sync,
         "prefetch_multiplier": prefetch_multiplier,
     }
+    state_db = statedb or conf.worker_state_db or None
+    # Built in the supervisor too: a bad size or setting fails here, once, on one line.
     instance = Worker(app, **options, max_tasks_per_child=max_tasks_per_child,
-                      max_memory_per_child=max_memory_per_child, state_db=statedb)
-    if not obj.quiet and os.environ.get(CHILD_ENV, "first") == "first":
-        click.echo(banner(app, instance, options, loglevel))
+                      max_memory_per_child=max_memory_per_child,
+                      state_db=expand_index(state_db, number) if state_db else None)
+    if slot is None:
+        recycling = bool(instance.max_tasks_per_child or instance.max_memory_per_child)
+        total = processes or 1
+        if total > 1 or recycling:
+            names = [expand_hostname(process_name(template, i if total > 1 else 0))
+                     for i in range(1, total + 1)]
+            if not obj.quiet:
+                click.echo(banner(app, instance, options, loglevel, names))
+            sys.exit(supervise(obj, total, names))
+        if not obj.quiet:
+            click.echo(banner(app, instance, options, loglevel))
+    else:
+        ready = watch_supervisor(instance.stop)
+        if ready is not None:
+            instance.ready_callback = ready
     tune_gc(conf.worker_gc_threshold)
     sys.exit(instance.run())
+
+
+def supervise(obj: CLIContext, total: int, names: list[str]) -> int:
+    """Run ``total`` processes of this same ``celery ... worker`` command, and keep them
+    running until a signal stops them (bin/supervisor.py); the exit status.
+
+    The supervisor itself connects to nothing: each process is a whole worker with its own
+    connections, loop and sync workers, and node name (``names``).
+    """
+    from ..worker.worker import RECYCLE_EXIT_CODE
+    from . import celery as celery_command
+
+    argv = celery_command.MAIN_ARGV
+    if obj.app_spec is None or argv is None:
+        raise user_error("--processes, --max-tasks-per-child and --max-memory-per-child run "
+                         "the same command again in new processes: give the app with -A")
+    # Fail here, once, on a broker URL no worker could use (this makes no connection).
+    obj.app.transport  # noqa: B018
+    supervisor = Supervisor(parent_command(argv), total, names, cwd=celery_command.MAIN_CWD,
+                            recycle_code=RECYCLE_EXIT_CODE)
+    code = supervisor.run()
+    if supervisor.failure:
+        raise user_error(supervisor.failure)
+    return code
 
 
 def tune_gc(threshold: int | None) -> None:
@@ -226,60 +297,6 @@ def tune_gc(threshold: int | None) -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(int(threshold), older, oldest)
-
-
-#: Set in the environment of a worker process that a supervisor started ("first" for the
-#: first one, which prints the banner; "again" for the replacements).
-CHILD_ENV = "CELERY_ASYNCIO_RECYCLED_CHILD"
-
-
-def supervise(obj: CLIContext) -> int:
-    """Run this same ``celery ... worker`` command as a child process, and start a fresh one
-    each time it exits to be recycled (max tasks or memory per child). SIGTERM, SIGINT and
-    SIGQUIT are passed on to the child; the child's exit status is returned.
-
-    A recycled child stops as in a warm shutdown: the tasks it started finish and are acked,
-    the messages it prefetched go back to the queue, so nothing is lost or run twice.
-    """
-    import signal
-    import subprocess
-
-    from ..worker.worker import RECYCLE_EXIT_CODE
-    from . import celery as celery_command
-
-    argv = celery_command.MAIN_ARGV
-    if obj.app_spec is None or argv is None:
-        raise user_error("--max-tasks-per-child/--max-memory-per-child restart the worker by "
-                         "running the same command again: give the app with -A")
-    log = logging.getLogger("celery.worker")
-    stopping = False
-    child: subprocess.Popen[bytes] | None = None
-
-    def forward(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, forward)
-    command = [sys.executable, "-m", "celery", *argv]
-    generation = "first"
-    while True:
-        # Its own session: a Ctrl-C in the terminal reaches the child once (forwarded by us),
-        # not twice (which would be a cold shutdown).
-        child = subprocess.Popen(command, env={**os.environ, CHILD_ENV: generation},
-                                 start_new_session=True)
-        while True:
-            try:
-                code = child.wait()
-                break
-            except KeyboardInterrupt:  # already forwarded; wait for the child to finish
-                continue
-        if code != RECYCLE_EXIT_CODE or stopping:
-            return 0 if code == RECYCLE_EXIT_CODE else code
-        log.warning("Worker process %d recycled; starting a new one", child.pid)
-        generation = "again"
 
 
 def _setup_task_logger(app: Celery, level: int, logfile: str | None) -> None:
@@ -331,8 +348,10 @@ def setup_logging(app: Celery, level: int, logfile: str | None) -> None:
                                     format=fmt, colorize=False)
 
 
-def banner(app: Celery, instance: Any, options: dict[str, Any], loglevel: int) -> str:
-    """The few lines a worker prints when it starts: who, where, how many, what."""
+def banner(app: Celery, instance: Any, options: dict[str, Any], loglevel: int,
+           names: list[str] | None = None) -> str:
+    """The few lines a worker prints when it starts: who, where, how many, what (``names``:
+    the node names of the processes a supervisor runs, when it runs several)."""
     conf = app.conf
     show_internal = loglevel <= logging.DEBUG
     tasks = sorted(name for name in app.tasks if show_internal or not name.startswith("celery."))
@@ -345,8 +364,11 @@ def banner(app: Celery, instance: Any, options: dict[str, Any], loglevel: int) -
     )
     from .. import VERSION_BANNER
 
+    if names and len(names) > 1:
+        concurrency = f"{len(names)} processes × ({concurrency})"
     lines = [
-        f"{getattr(instance, 'hostname', options['hostname'])} v{VERSION_BANNER}",
+        f"{', '.join(names or [getattr(instance, 'hostname', options['hostname'])])}"
+        f" v{VERSION_BANNER}",
         f"  app:         {app.main or '__main__'}:{id(app):#x}",
         f"  transport:   {mask_url(app.broker_url)}",
         f"  results:     {mask_url(conf.result_backend) or 'disabled'}",
