@@ -3,7 +3,9 @@
 # benchmarked in one interleaved run (bench/suite/gate.py; docs/performance.md). Fails only
 # when the working tree is significantly slower than a benchmark's threshold. Arguments go
 # to gate.py (e.g. `bash ci/perf-gate.sh --base v0.1.0`); PERF_GATE_BASE=<rev> picks the
-# base too, PERF_GATE_SKIP=1 skips the gate. Uses Redis database 9; ~2-3 minutes.
+# base too, PERF_GATE_SKIP=1 skips the gate. Runs once on the GIL build (.venv), then on the
+# free-threaded one (.venv-ft, made by ci/ft-test.sh). Uses Redis database 9; ~2-3 minutes
+# each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,4 +14,16 @@ if [ "${PERF_GATE_SKIP:-0}" = 1 ]; then
     exit 0
 fi
 [ -x .venv/bin/python ] || bash ci/setup.sh --venv-only
-exec .venv/bin/python bench/suite/gate.py "$@"
+status=0
+echo "perf gate: GIL build ($(.venv/bin/python -c 'import sys; print(sys.version.split()[0])'))"
+.venv/bin/python bench/suite/gate.py "$@" || status=$?
+# The free-threaded build too, where ci/ft-test.sh made .venv-ft (FT_SKIP=1: not).
+if [ "${FT_SKIP:-0}" = 1 ]; then
+    echo "perf gate: the free-threaded build is skipped (FT_SKIP=1)"
+elif [ -x .venv-ft/bin/python ]; then
+    echo "perf gate: free-threaded build ($(.venv-ft/bin/python -c 'import sys; print(sys.version.split()[0])'))"
+    .venv-ft/bin/python bench/suite/gate.py "$@" || { s=$?; [ "$status" -ne 0 ] || status=$s; }
+else
+    echo "perf gate: no .venv-ft (bash ci/ft-test.sh makes it): the free-threaded build is not gated"
+fi
+exit "$status"

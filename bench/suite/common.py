@@ -154,6 +154,9 @@ def run_json(argv: Sequence[str], env: dict[str, str], timeout: float) -> dict[s
 
 
 def _client(url: str) -> Any:
+    # celery first: on a free-threaded build it keeps the Redis client's C parsers from
+    # loading (they would turn the GIL on in this process too).
+    import celery  # noqa: F401, I001
     import valkey
 
     parts = urlsplit(url)

@@ -5,8 +5,8 @@
     .venv/bin/python bench/suite/gate.py --aa # the working tree against itself (noise)
 
 Builds the base commit (``git archive`` into a temporary folder, ``pip install`` into the
-throwaway venv ``.cache/perf-gate/venv``, kept for the next run with the same dependency
-pins), then runs the gate's benchmarks for both trees interleaved in one run (run.py's
+throwaway venv ``.cache/perf-gate/venv``, or ``.cache/perf-gate-ft/venv`` when run by a
+free-threaded python, kept for the next run with the same dependency pins), then runs the gate's benchmarks for both trees interleaved in one run (run.py's
 ``run_rounds``), compares each benchmark with pyperf's t-test, and fails only when the
 working tree is significantly slower by more than the benchmark's threshold, twice: a
 benchmark that fails is measured again (both trees, interleaved, the same rounds) and fails
@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import time
@@ -63,7 +64,10 @@ THRESHOLDS: tuple[tuple[str, float | None], ...] = (
 MIN_RUNS = 4
 #: What the benchmarks run: a tree that differs from the base elsewhere only is not measured.
 CODE_PATHS = ("src", "bench/suite", "pyproject.toml")
-CACHE = ROOT / ".cache" / "perf-gate"
+#: The free-threaded pass (ci/perf-gate.sh runs the gate with .venv-ft's python too) keeps
+#: its base venv and files apart: they are for another interpreter.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+CACHE = ROOT / ".cache" / ("perf-gate-ft" if FREE_THREADED else "perf-gate")
 
 
 # -- which commit ----------------------------------------------------------------------------
@@ -156,14 +160,23 @@ def build_base(repo: Path, sha: str, python: Path, cache: Path = CACHE) -> Path:
         return vpython
     cache.mkdir(parents=True, exist_ok=True)
     fresh = have.get("pins") != want["pins"] or not vpython.exists()
+    # An interpreter built without ensurepip (ci/ft-python.sh's) makes a venv without pip;
+    # this venv's pip then installs into it (pip's --python).
+    pip_of = [str(vpython), "-m", "pip"]
     if fresh:
         shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([str(python), "-m", "venv", str(venv)], check=True, timeout=120)
+        if subprocess.run([str(python), "-m", "venv", str(venv)], timeout=120,
+                          capture_output=True).returncode != 0:
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([str(python), "-m", "venv", "--without-pip", str(venv)], check=True,
+                           timeout=120)
+    if not (venv / "bin" / "pip").exists():
+        pip_of = [str(python), "-m", "pip", "--python", str(vpython)]
     src = Path(tempfile.mkdtemp(prefix="src-", dir=cache))
     try:
         _extract(repo, sha, src)
         (src / "perf-gate-pins.txt").write_text(pins)
-        pip = [str(vpython), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        pip = [*pip_of, "install", "-q", "--disable-pip-version-check"]
         if fresh:
             pip += ["-c", str(src / "perf-gate-pins.txt"), f"{src}[redis,uvloop,msgpack]"]
         else:
