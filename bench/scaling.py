@@ -363,7 +363,7 @@ def parse_pythons(values: list[str] | None) -> list[tuple[str, Path]]:
             name, sep, path = value.partition("=")
             if not sep or not name or not path:
                 raise SystemExit(f"--python {value}: give NAME=PATH, e.g. ft=.venv-ft/bin/python")
-            pairs.append((name, Path(path)))
+            pairs.append((name, Path(path).absolute()))  # children run in bench/suite
         return pairs
     pairs = [("gil", ROOT / ".venv" / "bin" / "python")]
     ft = ROOT / ".venv-ft" / "bin" / "python"
