@@ -427,6 +427,12 @@ def _scaling_points(record: dict) -> dict[tuple[str, str], dict[int, dict]]:
     return curves
 
 
+def _workload_order(workload: str) -> tuple[str, float]:
+    """"sync-cpu 5 ms" before "sync-cpu 20 ms": by name, then by task size."""
+    match = re.fullmatch(r"(.*) ([0-9.]+) ms", workload)
+    return (match[1], float(match[2])) if match else (workload, 0.0)
+
+
 def _interpreter_label(record: dict, name: str) -> str:
     facts = ((record.get("scaling") or {}).get("interpreters") or {}).get(name) or {}
     return f"{name}: {facts['label']}" if facts.get("label") else name
@@ -439,7 +445,7 @@ def scaling_charts(record: dict, chart_id: str) -> list[str]:
     names = sorted({interp for _, interp in curves})
     colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
     charts = []
-    for w, workload in enumerate(sorted({workload for workload, _ in curves})):
+    for w, workload in enumerate(sorted({wl for wl, _ in curves}, key=_workload_order)):
         threads = sorted({t for (wl, _), c in curves.items() if wl == workload for t in c})
         labels = [str(t) for t in threads]
         series = []
@@ -473,7 +479,9 @@ def scaling_charts(record: dict, chart_id: str) -> list[str]:
 
 def scaling_table(record: dict) -> str:
     rows = []
-    for (workload, name), points in sorted(_scaling_points(record).items()):
+    curves = _scaling_points(record)
+    for workload, name in sorted(curves, key=lambda k: (_workload_order(k[0]), k[1])):
+        points = curves[(workload, name)]
         for threads, bench in sorted(points.items()):
             m, info = bench.get("metrics", {}), bench.get("info", {})
             speedup = m.get("speedup")
@@ -514,7 +522,8 @@ def scaling_section(records: list[dict]) -> str:
             for run in runs
         )
         workloads = "".join(f"<li><code>{escape(str(w))}</code>: {_text(a)}</li>"
-                            for w, a in sorted(about.items()))
+                            for w, a in sorted(about.items(),
+                                               key=lambda kv: _workload_order(kv[0])))
         out.append(
             f"<h3>machine {escape(machine_label(record['machine']))}, commit "
             f"{escape(record['commit'].get('short', ''))}</h3><p class='sub'>Each point is the "
