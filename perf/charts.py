@@ -56,8 +56,10 @@ def line_chart(
     x_tips: list[str] | None = None,
     width: int = 440,
     height: int = 250,
+    x_title: str = "commit (oldest → newest)",
+    x_what: str = "commit",
 ) -> str:
-    """An SVG line chart over categorical x positions (commits); y starts at 0.
+    """An SVG line chart over categorical x positions (commits, or ``x_what``); y starts at 0.
 
     The chart has a <title>/<desc> for screen readers, axis titles, tick labels, and the last
     value of each series written in the right margin, at its height.
@@ -82,7 +84,7 @@ def line_chart(
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-labelledby="{chart_id}-t {chart_id}-d">',
         f'<title id="{chart_id}-t">{escape(title)}</title>',
-        f'<desc id="{chart_id}-d">{escape(y_label)} by commit. {escape(desc)}</desc>',
+        f'<desc id="{chart_id}-d">{escape(y_label)} by {escape(x_what)}. {escape(desc)}</desc>',
         f'<text x="{left}" y="18" class="ctitle">{escape(title)}</text>',
     ]
     for tick in ticks:
@@ -107,7 +109,8 @@ def line_chart(
                 f'<text x="{x:.1f}" y="{top + plot_h + 16}" class="xtick">{tip}{escape(label)}</text>'
             )
     out.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 8}" class="atitle">commit (oldest → newest)</text>'
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 8}" class="atitle">'
+        f"{escape(x_title)}</text>"
     )
     out.append(
         f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" class="atitle">'

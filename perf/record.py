@@ -3,18 +3,21 @@
     .venv/bin/python perf/record.py --run -- .venv/bin/python bench/compare.py --tasks 3000 --rounds 1 --json
     .venv/bin/python perf/record.py --run -- .venv/bin/python bench/peers.py --quick --rounds 1 --json /tmp/p.json
     .venv/bin/python perf/record.py peers.json            # a file bench/peers.py --json wrote earlier
+    .venv/bin/python perf/record.py --run -- .venv/bin/python bench/scaling.py --rounds 3 --json /tmp/s.json
     .venv/bin/python bench/compare.py --json | .venv/bin/python perf/record.py - --command "..."
 
 With ``--run`` the command is run here (from the repository root) and its JSON is read from
 the file after its ``--json PATH`` option when it has one, else from its standard output; the
 command is stored as given. Without it, pass the JSON file (or ``-`` for standard input) and,
-unless the JSON names its own command (bench/peers.py does), ``--command``.
+unless the JSON names its own command (bench/peers.py and bench/scaling.py do), ``--command``.
 
 Accepted shapes (unknown benchmarks, implementations, workloads and metrics are kept):
 
 * bench/compare.py --json: ``{label: {"tasks_per_s": ..., "rtt_p50_ms": ..., ...}}``;
 * bench/peers.py --json PATH: ``{"meta": ..., "results": {impl: {"best": {workload: ...}}}}``;
-* one bench/peers/harness.py line: ``{"impl": ..., "noop": {...}, "latency": {...}}``.
+* one bench/peers/harness.py line: ``{"impl": ..., "noop": {...}, "latency": {...}}``;
+* bench/scaling.py --json PATH: ``{"meta": {"tool": "bench/scaling.py", ...},
+  "interpreters": {...}, "points": [...]}``.
 
 There is one record per (commit, machine): recording into a file that already exists merges
 the new benchmarks into it (same name: the new figures win) and appends to its list of runs.
@@ -84,7 +87,11 @@ def split_fields(raw: dict) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def detect_kind(data: object) -> str:
-    """Which producer wrote ``data``: "peers", "harness" or "compare"; ValueError otherwise."""
+    """Which producer wrote ``data``: "scaling", "peers", "harness" or "compare"; ValueError
+    otherwise."""
+    if isinstance(data, dict) and isinstance(data.get("points"), list) and \
+            isinstance(data.get("interpreters"), dict):
+        return "scaling"
     if isinstance(data, dict) and isinstance(data.get("results"), dict):
         return "peers"
     if isinstance(data, dict) and isinstance(data.get("noop"), dict) and "impl" in data:
@@ -97,7 +104,8 @@ def detect_kind(data: object) -> str:
         )
     ):
         return "compare"
-    raise ValueError("not a bench/compare.py --json, bench/peers.py --json or harness.py output")
+    raise ValueError("not a bench/compare.py --json, bench/peers.py --json, bench/scaling.py "
+                     "--json or harness.py output")
 
 
 def from_compare(data: dict) -> dict[str, dict]:
@@ -176,10 +184,63 @@ def from_peers(data: dict) -> tuple[dict[str, dict], dict]:
     return benchmarks, {"meta": meta, **pings, "implementations": table}
 
 
+#: bench/scaling.py's per-point fields kept as metrics (the rest of a point is its rounds).
+SCALING_METRICS = ("threads", "task_cpu_ms", "tasks", "tasks_per_s", "median_tasks_per_s", "speedup",
+                   "median_speedup", "cpu_us_per_task", "elapsed_s", "good_rounds")
+
+
+def scaling_workload(point: dict) -> str:
+    """A sweep's workload with its task size: "sync-cpu 5 ms" (sweeps of other sizes are
+    other benchmarks), or "noop"."""
+    cpu_ms = point.get("task_cpu_ms")
+    workload = str(point.get("workload"))
+    return f"{workload} {cpu_ms:g} ms" if _is_number(cpu_ms) and cpu_ms else workload
+
+
+def from_scaling(data: dict) -> tuple[dict[str, dict], dict]:
+    """Benchmarks of a bench/scaling.py --json report, one per (workload and task size,
+    interpreter, thread count): "scaling: sync-cpu 5 ms / ft / 2 threads"; and its set-up
+    (meta, interpreters)."""
+    interps = {name: {k: v for k, v in facts.items() if not isinstance(v, dict | list)}
+               for name, facts in data["interpreters"].items() if isinstance(facts, dict)}
+    benchmarks = {}
+    for point in data["points"]:
+        if not isinstance(point, dict) or "error" in point:
+            continue
+        interp = str(point.get("interpreter"))
+        metrics, _ = split_fields({k: point.get(k) for k in SCALING_METRICS})
+        facts = interps.get(interp, {})
+        threads = point.get("threads")
+        plural = "" if threads == 1 else "s"
+        workload = scaling_workload(point)
+        name = f"scaling: {workload} / {interp} / {threads} thread{plural}"
+        benchmarks[name] = {
+            "suite": "scaling",
+            "workload": workload,
+            "impl": interp,
+            "ours": True,
+            "metrics": metrics,
+            "info": {
+                "interpreter": facts.get("label"),
+                "free_threaded": facts.get("free_threaded"),
+                "worker_gil": point.get("worker_gil"),
+                "worker_python": point.get("worker_python"),
+            },
+        }
+    meta = {k: v for k, v in (data.get("meta") or {}).items() if not isinstance(v, dict)}
+    about = (data.get("meta") or {}).get("workload_about") or {}
+    sized = {scaling_workload(p): about[p["workload"]] for p in data["points"]
+             if isinstance(p, dict) and p.get("workload") in about}
+    return benchmarks, {"meta": meta, "workload_about": sized, "interpreters": interps}
+
+
 def convert(data: object) -> tuple[str, dict[str, dict], dict | None]:
-    """(kind, benchmarks, peer table or None) for any accepted input."""
+    """(kind, benchmarks, the peer or scaling table or None) for any accepted input."""
     kind = detect_kind(data)
     assert isinstance(data, dict)
+    if kind == "scaling":
+        benchmarks, table = from_scaling(data)
+        return kind, benchmarks, table
     if kind == "compare":
         return kind, from_compare(data), None
     if kind == "harness":
@@ -287,10 +348,11 @@ def commit_info() -> dict:
 def build_record(
     data: object, command: str, commit: dict, machine: dict, run: dict | None = None
 ) -> dict:
-    """A fresh record holding one run's benchmarks (and peer table, for bench/peers.py)."""
+    """A fresh record holding one run's benchmarks (and the peer table of bench/peers.py, or
+    the set-up of bench/scaling.py)."""
     kind, benchmarks, table = convert(data)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if table and table["meta"].get("python"):
+    if kind == "peers" and table and table["meta"].get("python"):
         machine = dict(machine, python=table["meta"]["python"])
     entry = {
         "kind": kind,
@@ -307,7 +369,8 @@ def build_record(
         "machine": machine,
         "runs": [entry],
         "benchmarks": benchmarks,
-        "peers": table,
+        "peers": table if kind == "peers" else None,
+        **({"scaling": table} if kind == "scaling" else {}),
     }
 
 
@@ -317,6 +380,13 @@ def merge(old: dict, new: dict) -> dict:
     merged["runs"] = [*old.get("runs", []), *new["runs"]]
     merged["benchmarks"] = {**old.get("benchmarks", {}), **new["benchmarks"]}
     merged["peers"] = new["peers"] if new.get("peers") else old.get("peers")
+    if new.get("scaling") or old.get("scaling"):  # sweeps of other task sizes add up
+        old_s, new_s = old.get("scaling") or {}, new.get("scaling") or {}
+        merged["scaling"] = {
+            "meta": new_s.get("meta") or old_s.get("meta", {}),
+            **{key: {**old_s.get(key, {}), **new_s.get(key, {})}
+               for key in ("workload_about", "interpreters")},
+        }
     merged["machine"] = {**old.get("machine", {}), **{k: v for k, v in new["machine"].items() if v}}
     merged["commit"] = new["commit"]
     return merged

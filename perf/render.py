@@ -7,7 +7,9 @@ The page has inline CSS and inline SVG charts, no script and no network access: 
 from disk. Per benchmark, charts over commits (one series per machine) of throughput,
 round-trip latency p50/p99 and worker CPU per task; the latest peer comparison
 (bench/peers.py) with our ratios to each peer; the latest side-by-side with upstream Celery
-(bench/compare.py); how the numbers were measured; and where every record came from.
+(bench/compare.py); per machine, the latest scaling sweep (bench/scaling.py): speed-up over one
+thread against the number of worker threads, per build and workload; how the numbers were
+measured; and where every record came from.
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ def benchmark_groups(records: list[dict]) -> list[tuple[str, list[tuple[str, dic
     groups: dict[tuple, list[tuple[str, dict]]] = {}
     for name, bench in found.items():
         suite, impl = bench.get("suite", "other"), bench.get("impl", name)
+        if suite == "scaling":  # drawn against threads, by scaling_section
+            continue
         key = (not bench.get("ours"), suite != "compare", suite, impl)
         groups.setdefault(key, []).append((name, bench))
     order = list(WORKLOADS)
@@ -409,6 +413,131 @@ def compare_table(records: list[dict]) -> str:
     )
 
 
+# --- scaling with threads (bench/scaling.py) ------------------------------------------------------
+
+
+def _scaling_points(record: dict) -> dict[tuple[str, str], dict[int, dict]]:
+    """(workload, interpreter) -> threads -> the benchmark of that point, in one record."""
+    curves: dict[tuple[str, str], dict[int, dict]] = {}
+    for bench in record.get("benchmarks", {}).values():
+        threads = bench.get("metrics", {}).get("threads")
+        if bench.get("suite") == "scaling" and isinstance(threads, int | float):
+            key = (str(bench.get("workload")), str(bench.get("impl")))
+            curves.setdefault(key, {})[int(threads)] = bench
+    return curves
+
+
+def _workload_order(workload: str) -> tuple[str, float]:
+    """"sync-cpu 5 ms" before "sync-cpu 20 ms": by name, then by task size."""
+    match = re.fullmatch(r"(.*) ([0-9.]+) ms", workload)
+    return (match[1], float(match[2])) if match else (workload, 0.0)
+
+
+def _interpreter_label(record: dict, name: str) -> str:
+    facts = ((record.get("scaling") or {}).get("interpreters") or {}).get(name) or {}
+    return f"{name}: {facts['label']}" if facts.get("label") else name
+
+
+def scaling_charts(record: dict, chart_id: str) -> list[str]:
+    """Per workload, speed-up over one thread against threads: a line per interpreter, and
+    the ideal (N threads, N times) dashed."""
+    curves = _scaling_points(record)
+    names = sorted({interp for _, interp in curves})
+    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    charts = []
+    for w, workload in enumerate(sorted({wl for wl, _ in curves}, key=_workload_order)):
+        threads = sorted({t for (wl, _), c in curves.items() if wl == workload for t in c})
+        labels = [str(t) for t in threads]
+        series = []
+        for name in names:
+            points = curves.get((workload, name), {})
+            values: list[float | None] = [
+                points[t]["metrics"].get("speedup") if t in points else None for t in threads
+            ]
+            tips = [
+                f"{_interpreter_label(record, name)}, {t} threads: {fmt(v)}× "
+                f"({fmt(points[t]['metrics'].get('tasks_per_s', 0))} tasks/s, worker GIL "
+                f"{points[t].get('info', {}).get('worker_gil') or '?'})"
+                if v is not None
+                else ""
+                for t, v in zip(threads, values, strict=True)
+            ]
+            if any(v is not None for v in values):
+                series.append(Series(name, values, colors[name], "", tips))
+        if not series:
+            continue
+        ideal = [float(t) for t in threads]
+        series.append(Series("ideal", ideal, "#999999", DASHES[2],
+                             [f"ideal: {t}×" for t in threads]))
+        charts.append(
+            line_chart(f"{chart_id}-{w}", f"{workload}: speed-up over 1 thread",
+                       "× tasks/s of 1 thread", labels, series, labels, width=430,
+                       x_title="worker threads", x_what="worker threads")
+        )
+    return charts
+
+
+def scaling_table(record: dict) -> str:
+    rows = []
+    curves = _scaling_points(record)
+    for workload, name in sorted(curves, key=lambda k: (_workload_order(k[0]), k[1])):
+        points = curves[(workload, name)]
+        for threads, bench in sorted(points.items()):
+            m, info = bench.get("metrics", {}), bench.get("info", {})
+            speedup = m.get("speedup")
+            rows.append(
+                f"<tr><td>{escape(workload)}</td><td>{escape(_interpreter_label(record, name))}"
+                f"</td><td class='n'>{threads}</td><td class='n'>{_num(m.get('tasks'))}</td>"
+                f"<td class='n'>{_num(m.get('tasks_per_s'))}</td>"
+                f"<td class='n'>{_num(m.get('median_tasks_per_s'))}</td>"
+                f"<td class='n'>{'—' if speedup is None else f'{speedup:.2f}×'}</td>"
+                f"<td class='n'>{_num(m.get('cpu_us_per_task'))}</td>"
+                f"<td>{escape(str(info.get('worker_gil') or '?'))}</td></tr>"
+            )
+    return (
+        "<table><tr><th>workload</th><th>interpreter</th><th>threads</th><th>tasks</th>"
+        "<th>tasks/s (best)</th><th>tasks/s (median)</th><th>speed-up (best)</th>"
+        f"<th>worker CPU µs/task</th><th>GIL in the worker</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def scaling_section(records: list[dict]) -> str:
+    """Per machine, its latest record with a bench/scaling.py run: charts and table."""
+    latest: dict[str, dict] = {}
+    for record in records:
+        if _scaling_points(record):
+            latest[record["machine"]["id"]] = record
+    if not latest:
+        return ""
+    out = ["<h2 id='scaling'>Scaling with threads (bench/scaling.py)</h2>"]
+    for m, record in enumerate(latest.values()):
+        about = (record.get("scaling") or {}).get("workload_about", {})
+        runs = [run for run in record.get("runs", []) if run.get("kind") == "scaling"]
+        commands = "".join(
+            f"<li><code>{escape(str(run.get('command')))}</code>"
+            + (f" (load {run['loadavg_1m_before']:.1f} → {run['loadavg_1m_after']:.1f})"
+               if "loadavg_1m_after" in run else "")
+            + (f"<br><em>note: {escape(str(run['note']))}</em>" if run.get("note") else "")
+            + "</li>"
+            for run in runs
+        )
+        workloads = "".join(f"<li><code>{escape(str(w))}</code>: {_text(a)}</li>"
+                            for w, a in sorted(about.items(),
+                                               key=lambda kv: _workload_order(kv[0])))
+        out.append(
+            f"<h3>machine {escape(machine_label(record['machine']))}, commit "
+            f"{escape(record['commit'].get('short', ''))}</h3><p class='sub'>Each point is the "
+            "best of its rounds (load only slows a run down); speed-up is over the same "
+            "interpreter and workload at 1 thread. Commands (1-minute load average before → "
+            f"after):</p><ul class='sub'>{commands}</ul>"
+            + (f"<p class='sub'>Workloads:</p><ul class='sub'>{workloads}</ul>"
+               if workloads else "")
+            + f"<div class='row'>{''.join(scaling_charts(record, f's{m}'))}</div>"
+            + scaling_table(record)
+        )
+    return "\n".join(out)
+
+
 def provenance(records: list[dict]) -> str:
     rows = []
     for r in reversed(records):
@@ -438,7 +567,8 @@ def provenance(records: list[dict]) -> str:
 
 
 NOTE = """<div class="note"><p><strong>How these numbers are measured.</strong> Every figure comes from a
-real run of <code>bench/compare.py</code> or <code>bench/peers.py</code>, recorded by
+real run of <code>bench/compare.py</code>, <code>bench/peers.py</code> or
+<code>bench/scaling.py</code>, recorded by
 <code>perf/record.py</code> with its command (see Records below). Each run starts a worker and a
 single producer on the same machine, with Redis on loopback as broker and result store; the
 benchmark machine so far is a shared virtual machine with 2 cores, busy with other work.</p>
@@ -463,6 +593,7 @@ def render(records: list[dict]) -> str:
         NOTE,
         peer_tables(records),
         compare_table(records),
+        scaling_section(records),
         chart_sections(records) if records else "",
         provenance(records),
     ]

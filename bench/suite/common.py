@@ -222,7 +222,9 @@ class Collector:
             cls._machine = {k: v for k, v in meta.items() if k not in _VOLATILE}
         return cls._machine
 
-    def add(self, measured: Measured) -> None:
+    def add(self, measured: Measured, extra: dict[str, Any] | None = None) -> None:
+        """One pyperf run per benchmark ``measured`` has; ``extra`` metadata is added to each run's
+        (and wins over the machine's: e.g. the child's own ``python_version``)."""
         self.celery = measured.celery or self.celery
         for name, reason in measured.skipped.items():
             self.skipped[name] = reason
@@ -231,7 +233,7 @@ class Collector:
             loops = int(data.get("loops", 1))
             metadata = {**self.machine(), "name": name, "unit": "second", "loops": loops,
                         "python_executable": str(self.tree.python), "tree": self.tree.label,
-                        "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+                        "date": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})}
             run = pyperf.Run(data["values"], warmups=[(loops, w) for w in data.get("warmups", ())],
                              metadata=metadata, collect_metadata=False)
             if name in self.benchmarks:

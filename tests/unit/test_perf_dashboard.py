@@ -388,3 +388,102 @@ def test_record_command_line_writes_then_merges_one_file_per_commit_and_machine(
     printed = json.loads(capsys.readouterr().out)
     assert len(printed["runs"]) == 3
     assert json.loads(path.read_text()) == saved  # a dry run writes nothing
+
+
+# --- bench/scaling.py ------------------------------------------------------------------------------
+
+
+def _point(interp: str, workload: str, threads: int, rate: float, one: float,
+           gil: str) -> dict:
+    return {
+        "interpreter": interp, "workload": workload, "task_cpu_ms": 5.0, "threads": threads,
+        "tasks": 100 * threads,
+        "tasks_per_s": rate, "median_tasks_per_s": rate * 0.9, "speedup": rate / one,
+        "median_speedup": rate / one, "cpu_us_per_task": 5200.0, "elapsed_s": 2.5,
+        "worker_gil": gil, "worker_python": "3.13.1", "good_rounds": 2,
+        "rounds": [{"round": 1, "tasks_per_s": rate}, {"round": 2, "tasks_per_s": rate * 0.8}],
+    }
+
+
+SCALING_OUTPUT = {  # bench/scaling.py --json PATH
+    "meta": {
+        "tool": "bench/scaling.py",
+        "command": ".venv/bin/python bench/scaling.py --threads 1,2,4 --json s.json",
+        "threads": [1, 2, 4],
+        "workloads": ["sync-cpu", "async-cpu"],
+        "workload_about": {"sync-cpu": "`def` tasks burning 5 ms of CPU",
+                           "async-cpu": "`async def` tasks burning 5 ms of CPU"},
+        "rounds": 2,
+        "statistic": "best",
+        "cpus": 4,
+        "loadavg_1m_before": 1.0,
+        "loadavg_1m_after": 1.5,
+    },
+    "interpreters": {
+        "gil": {"label": "CPython 3.11.7 (GIL build)", "free_threaded": False,
+                "gil_enabled": True, "version": "3.11.7"},
+        "ft": {"label": "CPython 3.13.1 (free-threaded, GIL off)", "free_threaded": True,
+               "gil_enabled": False, "version": "3.13.1"},
+    },
+    "points": [
+        *(_point("gil", w, t, 190.0 * f, 190.0, "on")
+          for w in ("sync-cpu", "async-cpu") for t, f in ((1, 1), (2, 1.02), (4, 0.98))),
+        *(_point("ft", w, t, 180.0 * f, 180.0, "off")
+          for w in ("sync-cpu", "async-cpu") for t, f in ((1, 1), (2, 1.9), (4, 3.6))),
+        {"interpreter": "ft", "workload": "noop", "threads": 8, "error": "exit 1: boom"},
+    ],
+    "pyperf": {},
+}
+
+
+def test_scaling_output_becomes_one_benchmark_per_workload_interpreter_and_threads():
+    kind, benchmarks, table = record.convert(SCALING_OUTPUT)
+    assert kind == "scaling" and len(benchmarks) == 12  # the failed point is left out
+    ft2 = benchmarks["scaling: sync-cpu 5 ms / ft / 2 threads"]
+    assert (ft2["suite"], ft2["workload"], ft2["impl"]) == ("scaling", "sync-cpu 5 ms", "ft")
+    assert ft2["metrics"]["threads"] == 2 and ft2["metrics"]["speedup"] == 1.9
+    assert ft2["info"]["worker_gil"] == "off"
+    assert "scaling: async-cpu 5 ms / gil / 1 thread" in benchmarks
+    assert table["interpreters"]["ft"]["free_threaded"] is True
+    assert table["meta"]["threads"] == [1, 2, 4] and table["workload_about"]["sync-cpu 5 ms"]
+    rec = record.build_record(SCALING_OUTPUT, "TEST DATA", COMMIT_A, _machine("m1"))
+    assert rec["peers"] is None and rec["scaling"] == table
+    merged = record.merge(rec, record.build_record(COMPARE_OUTPUT, "TEST DATA", COMMIT_A,
+                                                   _machine("m1")))
+    assert merged["scaling"] == table and "compare: upstream Celery threads c=8" in merged[
+        "benchmarks"]
+    # A sweep of another task size is another set of benchmarks, merged next to the first.
+    bigger = json.loads(json.dumps(SCALING_OUTPUT).replace('"task_cpu_ms": 5.0',
+                                                           '"task_cpu_ms": 20.0'))
+    merged = record.merge(merged, record.build_record(bigger, "TEST DATA", COMMIT_A,
+                                                      _machine("m1")))
+    assert "scaling: sync-cpu 5 ms / ft / 2 threads" in merged["benchmarks"]
+    assert "scaling: sync-cpu 20 ms / ft / 2 threads" in merged["benchmarks"]
+    assert set(merged["scaling"]["workload_about"]) == {
+        "sync-cpu 5 ms", "async-cpu 5 ms", "sync-cpu 20 ms", "async-cpu 20 ms"}
+
+
+def test_the_dashboard_charts_speed_up_against_threads_per_workload_with_the_ideal(tmp_path):
+    rec = record.build_record(SCALING_OUTPUT, "TEST DATA", COMMIT_A, _machine("m1"))
+    rec = record.merge(rec, record.build_record(COMPARE_OUTPUT, "TEST DATA", COMMIT_A,
+                                                _machine("m1")))
+    folder = tmp_path / "history"
+    folder.mkdir()
+    record.record_path(rec, folder).write_text(record.dumps(rec))
+    records = render.load_records(folder)
+    page = render.render(records)
+    checker = _Checker()
+    checker.feed(page)
+    checker.close()
+    assert checker.stack == []
+    assert "Scaling with threads (bench/scaling.py)" in page
+    charts = render.scaling_charts(records[0], "s")
+    assert len(charts) == 2  # sync-cpu, async-cpu
+    sync = next(c for c in charts if ">sync-cpu 5 ms: speed-up" in c)
+    assert "worker threads" in sync and "commit (oldest" not in sync
+    assert "<title>ft</title>" in sync and "<title>gil</title>" in sync
+    assert "<title>ideal</title>" in sync and ">3.6<" in sync  # ft's last value, labelled
+    assert "CPython 3.13.1 (free-threaded, GIL off)" in page and "1.90×" in page
+    # Not among the charts over commits: they are drawn against threads.
+    groups = [heading for heading, _ in render.benchmark_groups(records)]
+    assert not any("scaling" in heading for heading in groups)
