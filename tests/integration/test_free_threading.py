@@ -106,3 +106,11 @@ def test_the_start_up_line_names_the_interpreter() -> None:
     assert line.startswith(f"{sys.implementation.name} {version} (")
     assert ("GIL enabled" in line) == gil.enabled()
     assert warning is None or FREE_THREADED
+
+
+@free_threaded_only
+def test_python_gil_0_keeps_the_gil_off_and_blocks_nothing() -> None:
+    proc = python("import celery, celery.transport.redis\nfrom celery.utils import gil\n"
+                  "print(gil.enabled(), gil.BLOCKED)", PYTHON_GIL="0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "False []\n", proc.stdout

@@ -9,8 +9,9 @@ them runs its threads one at a time again.
 So, on a free-threaded build whose GIL is still off when ``celery`` is imported,
 :func:`keep_off` makes those modules unimportable (``sys.modules[name] = None``, the import
 system's own way to say "no such module"): valkey-py then parses replies in Python. Set
-``CELERY_ALLOW_GIL=1`` to let them load anyway (the GIL then comes back). On GIL builds, and
-when the GIL is on already, nothing is blocked.
+``CELERY_ALLOW_GIL=1`` to let them load anyway (the GIL then comes back). On GIL builds, when
+the GIL is on already, and under ``PYTHON_GIL=0`` (which keeps it off whatever loads, at the
+user's own risk), nothing is blocked.
 
 :func:`watch` records which extension module turned the GIL on, when one does after
 ``celery`` is imported, so that the worker can say so at start (:func:`describe`).
@@ -59,12 +60,19 @@ def enabled() -> bool:
     return True if check is None else bool(check())
 
 
+def _forced_off() -> bool:
+    """``PYTHON_GIL=0`` or ``-X gil=0``: the interpreter never turns the GIL on again."""
+    return os.environ.get("PYTHON_GIL") == "0" or getattr(sys.flags, "gil", None) == 0
+
+
 def keep_off() -> None:
-    """On a free-threaded build with the GIL off, block the modules that would turn it on."""
-    if not FREE_THREADED or enabled() or os.environ.get("CELERY_ALLOW_GIL") == "1":
+    """On a free-threaded build with the GIL off, block the installed modules that would turn
+    it on (not when ``CELERY_ALLOW_GIL=1``, nor when ``PYTHON_GIL=0`` keeps it off anyway)."""
+    if (not FREE_THREADED or enabled() or os.environ.get("CELERY_ALLOW_GIL") == "1"
+            or _forced_off()):
         return
     for name in GIL_MODULES:
-        if name not in sys.modules:
+        if name not in sys.modules and importlib.machinery.PathFinder.find_spec(name):
             sys.modules[name] = None  # type: ignore[assignment]
             BLOCKED.append(name)
 
