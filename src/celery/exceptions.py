@@ -12,6 +12,7 @@
     │   ├── TaskRevokedError
     │   └── ChordError                a chord member failed, or its body could not be sent
     ├── InvalidSignature (ValueError) a signature (canvas) dict that cannot be used
+    ├── SchedulingError               beat could not send a periodic task
     ├── TimeoutError                  AsyncResult.get timed out
     ├── IncompleteStream              AsyncResult.iterdeps met a result not ready yet
     ├── TimeLimitExceeded / SoftTimeLimitExceeded
@@ -47,6 +48,7 @@ __all__ = [
     "Terminated",
     "WorkerLostError",
     "Retry",
+    "SchedulingError",
     "SoftTimeLimitExceeded",
     "TaskError",
     "TaskRevokedError",
@@ -130,6 +132,10 @@ class ChordError(TaskError):
 class InvalidSignature(CeleryError, ValueError):
     """A signature (a task call as a dict, e.g. a callback in a message) is malformed:
     an unknown ``subtask_type``, a missing task name, members that are not signatures."""
+
+
+class SchedulingError(CeleryError):
+    """Beat could not send a periodic task (``celery.beat.SchedulingError``)."""
 
 
 class WorkerLostError(CeleryError):

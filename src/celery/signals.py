@@ -33,6 +33,8 @@ __all__ = [
     "after_setup_logger",
     "after_setup_task_logger",
     "after_task_publish",
+    "beat_embedded_init",
+    "beat_init",
     "before_task_publish",
     "setup_logging",
     "task_failure",
@@ -199,6 +201,13 @@ worker_ready = Signal("worker_ready")
 worker_shutting_down = Signal("worker_shutting_down")
 #: The worker stopped. sender: the worker.
 worker_shutdown = Signal("worker_shutdown")
+
+# -- beat -------------------------------------------------------------------------------------
+
+#: Beat is starting. sender: the beat Service.
+beat_init = Signal("beat_init")
+#: Beat is starting inside a worker (``-B``), after ``beat_init``. sender: the beat Service.
+beat_embedded_init = Signal("beat_embedded_init")
 
 # -- logging ----------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import app_module, flushed_redis_url
+from .worker_harness import CommandProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 #: A database no other test module uses (bench/canvas.py's; flushed before each test).
@@ -26,7 +26,7 @@ REDIS_DB = 13
 OPTIONS = ("--loop-workers", "0", "--sync-workers", "2", "--prefetch-multiplier", "1")
 
 
-class Supervised:
+class Supervised(CommandProcess):
     """``celery -A procapp worker --processes N`` in a process of its own; output kept."""
 
     def __init__(self, data: Path, url: str, *options: str, env: dict[str, str] | None = None
@@ -35,45 +35,9 @@ class Supervised:
         full_env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(ROOT / "tests" / "apps"), str(ROOT), full_env.get("PYTHONPATH")]))
         full_env.pop("CELERY_ASYNCIO_WORKER_PROCESS", None)
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "celery", "-A", "procapp", "worker", "-l", "INFO", *OPTIONS,
-             *options], cwd=data, env=full_env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_line(self, text: str, count: int = 1, timeout: float = 60) -> None:
-        """Until ``text`` is in ``count`` lines of the output; fails with the output."""
-        with self._changed:
-            ok = self._changed.wait_for(
-                lambda: sum(text in line for line in self.lines) >= count, timeout)
-        assert ok, f"no {count} lines with {text!r} within {timeout} s:\n{self.output}"
-
-    def wait(self, timeout: float = 60) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"still running after {timeout} s:\n{self.output}") from None
-
-    def stop(self) -> int:
-        """SIGTERM (if still running) and the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.wait()
+             *options], cwd=data, env=full_env)
 
 
 def children_of(pid: int) -> set[int]:

@@ -1,9 +1,12 @@
-"""Run a real Worker in a background thread against real Redis, for tests."""
+"""Run a real Worker in a background thread against real Redis, or a command in a process
+of its own with its output kept, for tests."""
 
 from __future__ import annotations
 
 import asyncio
 import faulthandler
+import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -53,3 +56,53 @@ def _dump(worker: Worker) -> None:
     if loop is not None:
         for task in asyncio.all_tasks(loop):
             task.print_stack(file=sys.stderr)
+
+
+class CommandProcess:
+    """A command (``argv``) in a process of its own; its output (stdout and stderr) is read
+    by a thread and kept in ``lines``."""
+
+    def __init__(self, argv: list[str], *, cwd: Any = None, env: dict[str, str] | None = None
+                 ) -> None:
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def count(self, text: str) -> int:
+        with self._changed:
+            return sum(text in line for line in self.lines)
+
+    def wait_for_line(self, text: str, count: int = 1, timeout: float = 60) -> None:
+        """Until ``text`` is in ``count`` lines of the output; fails with the output."""
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: sum(text in line for line in self.lines) >= count, timeout)
+        assert ok, f"no {count} lines with {text!r} within {timeout} s:\n{self.output}"
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"still running after {timeout} s:\n{self.output}") from None
+
+    def stop(self) -> int:
+        """SIGTERM (if still running) and the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait()

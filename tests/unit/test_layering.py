@@ -1,6 +1,6 @@
 """The package's imports point down the layers of STYLE.md, and none goes round in a cycle.
 
-``bin -> worker -> app -> canvas/result -> backends, transport -> messaging -> the base``
+``bin -> worker, beat -> app -> canvas/result -> backends, transport -> messaging -> the base``
 (exceptions, states, signals, _state, local, utils). Read from the source with ``ast``:
 every import statement counts, inside functions too; those under ``if TYPE_CHECKING:`` are
 only allowed to point up for type hints outside the storage code (the app's type in
@@ -26,6 +26,7 @@ LAYERS = {
     "celery.result": 3,
     "celery.app": 4,
     "celery.worker": 5,
+    "celery.beat": 5,
     "celery.bin": 6,
     "celery.__main__": 7,
 }

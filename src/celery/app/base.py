@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import inspect
+import logging
 import sys
 import threading
+import zoneinfo
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,7 @@ from .. import _state
 from .._state import current_request, current_task_var
 from ..exceptions import ImproperlyConfigured
 from ..messaging.protocol import Message, build_task_message, uuid4_str
+from ..signals import Signal
 from ..utils.portal import Portal
 from . import builtins as _builtins  # noqa: F401 - every app gets the built-in tasks
 from .config import Settings, import_object
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from .control import Control
 
 __all__ = ["DEFAULT_BROKER_URL", "Celery", "gen_task_name"]
+
+logger = logging.getLogger(__name__)
 
 #: The broker when none is configured: the embedded SQLite broker, in a file of the working
 #: directory (so a producer and a worker started in the same project folder share it).
@@ -100,6 +105,13 @@ class Celery:
         self._group_result_cls: Any = None
         #: Each task's plain-send template and what it was made from (app/template.py).
         self._templates: dict[str, tuple[tuple[Any, ...], Template | None]] = {}
+        #: Celery's app signals: ``on_configure`` and ``on_after_configure`` (``source``: the
+        #: settings) are sent when the app is finalized, before ``imports``/``include``
+        #: are imported; ``on_after_finalize`` once they are (worker and beat start, or the
+        #: first ``app.tasks``). Connect to them where the app is made.
+        self.on_configure = Signal("app.on_configure")
+        self.on_after_configure = Signal("app.on_after_configure")
+        self.on_after_finalize = Signal("app.on_after_finalize")
         if set_as_current:
             _state.set_default_app(self)
         _state.register_app(self)
@@ -154,9 +166,34 @@ class Celery:
             if self._finalized:
                 return
             self._finalized = True
+            self.on_configure.send(sender=self)
+            self.on_after_configure.send(sender=self, source=self.conf)
             for name in tuple(self.conf.imports or ()) + tuple(self.conf.include or ()):
                 importlib.import_module(name)
             self._run_autodiscover()
+            self.on_after_finalize.send(sender=self)
+
+    def add_periodic_task(self, schedule: Any, sig: Any, args: Sequence[Any] = (),
+                          kwargs: Mapping[str, Any] | None = None, name: str | None = None,
+                          **opts: Any) -> str:
+        """Add an entry to ``beat_schedule``: send ``sig`` (a signature, or a task) on
+        ``schedule`` (seconds, timedelta, crontab, ...); ``opts`` are its send options.
+        Returns the entry's name (``name``, else the signature's repr), as Celery."""
+        from ..canvas import Signature
+
+        if isinstance(sig, Signature):
+            sig = sig.clone(args, kwargs)
+        else:
+            sig = self.signature(sig.name, args, kwargs)
+        key = name or repr(sig)
+        entries = dict(self.conf.beat_schedule or {})
+        if name is None and key in entries:
+            logger.warning("Periodic task key=%r shadowed a previous unnamed periodic task; "
+                           "pass name= to add_periodic_task to silence this warning", key)
+        entries[key] = {"schedule": schedule, "task": sig.name, "args": tuple(sig.args),
+                        "kwargs": dict(sig.kwargs), "options": {**sig.options, **opts}}
+        self.conf.beat_schedule = entries  # a new dict: the default one is shared
+        return key
 
     @property
     def tasks(self) -> TaskRegistry:
@@ -290,7 +327,25 @@ class Celery:
     # -- sending -------------------------------------------------------------------------
 
     def now(self) -> dt.datetime:
+        """The current time, aware, in UTC."""
         return dt.datetime.now(dt.UTC)
+
+    @property
+    def timezone(self) -> dt.tzinfo:
+        """The ``timezone`` setting as a tzinfo; without one, UTC (or, with ``enable_utc``
+        false, the machine's local zone), as Celery. Read on each access: cheap."""
+        name = self.conf.timezone
+        if name:
+            if isinstance(name, dt.tzinfo):
+                return name
+            try:
+                return zoneinfo.ZoneInfo(name)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+                raise ImproperlyConfigured(f"Unknown timezone setting {name!r}: {exc}") from None
+        if self.conf.enable_utc:
+            return dt.UTC
+        local = dt.datetime.now().astimezone().tzinfo
+        return local if local is not None else dt.UTC
 
     def _prepare(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
                  task: Task | None, options: dict[str, Any]) -> tuple[Message, str]:

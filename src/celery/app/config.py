@@ -87,6 +87,18 @@ DEFAULTS: dict[str, Any] = {
     "control_exchange": "celery",
     "control_queue_ttl": 300.0,
     "control_queue_expires": 10.0,
+    # beat (celery/beat/)
+    "beat_schedule": {},
+    "beat_scheduler": "celery.beat:PersistentScheduler",
+    "beat_schedule_filename": "celerybeat-schedule",
+    "beat_sync_every": 0,
+    "beat_max_loop_interval": 0,
+    "beat_cron_starting_deadline": None,
+    # ours: the leader lease (seconds a term lasts without renewal; its name on the broker)
+    "beat_lease_seconds": 6.0,
+    "beat_lease_name": None,
+    # ours: an entry naming a task this app does not register: "skip" it or "send" by name
+    "beat_unregistered_tasks": "skip",
     # misc
     "timezone": None,
     "enable_utc": True,

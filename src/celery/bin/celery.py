@@ -12,6 +12,7 @@ import click
 from .. import VERSION_BANNER
 from ..app.base import Celery
 from .base import CeleryGroup, CLIContext
+from .beat import beat
 from .bench import bench
 from .call import call
 from .control import control, inspect, status
@@ -99,7 +100,7 @@ def celery(
     ctx.call_on_close(obj.close)
 
 
-for _command in (worker, call, result, purge, status, inspect, control, bench):
+for _command in (worker, beat, call, result, purge, status, inspect, control, bench):
     celery.add_command(_command)
 
 

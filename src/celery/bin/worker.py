@@ -168,6 +168,27 @@ def _processes(ctx: click.Context, param: click.Parameter, value: str | None) ->
 )
 @click.option("-E", "--task-events", is_flag=True, help="Send task events (not implemented yet).")
 @click.option(
+    "-B",
+    "--beat",
+    "embed_beat",
+    is_flag=True,
+    help="Also run beat in this worker (in its first process with --processes); several "
+    "may run: one sends.",
+)
+@click.option(
+    "-s",
+    "--schedule-filename",
+    "--schedule",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="With -B: beat's state file [beat_schedule_filename].",
+)
+@click.option(
+    "--scheduler",
+    metavar="MODULE:CLASS",
+    help="With -B: beat's scheduler class [beat_scheduler].",
+)
+@click.option(
     "--processes",
     callback=_processes,
     metavar="N|auto",
@@ -193,6 +214,9 @@ def worker(
     max_memory_per_child: int | None,
     statedb: str | None,
     task_events: bool,
+    embed_beat: bool,
+    schedule_filename: str | None,
+    scheduler: str | None,
     processes: int | None,
 ) -> None:
     """Start a worker."""
@@ -252,7 +276,20 @@ def worker(
         if ready is not None:
             instance.ready_callback = ready
     tune_gc(conf.worker_gc_threshold)
-    sys.exit(instance.run())
+    if (schedule_filename or scheduler) and not embed_beat:
+        raise click.UsageError("--schedule-filename and --scheduler are beat's options: add -B")
+    beat = None
+    if embed_beat and number <= 1:  # with --processes, the first process runs beat
+        from ..beat import EmbeddedService
+
+        beat = EmbeddedService(app, schedule_filename=schedule_filename, scheduler_cls=scheduler)
+        beat.start()
+    try:
+        code = instance.run()
+    finally:
+        if beat is not None:
+            beat.stop()
+    sys.exit(code)
 
 
 def supervise(obj: CLIContext, total: int, names: list[str]) -> int:

@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 from ..messaging.protocol import Message
 
 __all__ = [
-    "CAP_BROADCAST", "CAP_DELAYED", "CAP_EARLY", "CAP_PRIORITY", "CAP_VISIBILITY_TIMEOUT",
+    "CAP_BROADCAST", "CAP_DELAYED", "CAP_EARLY", "CAP_LEASE", "CAP_PRIORITY", "CAP_VISIBILITY_TIMEOUT",
     "EARLY_ACKED", "EARLY_ALONE", "EARLY_KEPT", "Delivery", "EarlyHandler", "FanoutSubscription",
     "Mailbox", "Transport",
 ]
@@ -25,6 +25,8 @@ CAP_BROADCAST = "broadcast"
 #: ``fetch`` takes ``early``: a message that a blocking wait popped is handed over before it
 #: is recorded as reserved, and is never recorded if the handler settled it on the spot.
 CAP_EARLY = "early"
+#: The transport makes beat leader leases: ``leader_lease(name) -> lease.LeaderLease``.
+CAP_LEASE = "lease"
 
 
 @dataclass(slots=True, eq=False)

@@ -77,12 +77,19 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ..exceptions import ConnectionLost, DecodeError, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope
-from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery, FanoutSubscription
+from .base import (
+    CAP_BROADCAST,
+    CAP_LEASE,
+    CAP_PRIORITY,
+    CAP_VISIBILITY_TIMEOUT,
+    Delivery,
+    FanoutSubscription,
+)
 from .embedded import BlockingIO, poll, wakeup_for
 
 try:
@@ -92,6 +99,8 @@ except ImportError:  # Windows: no flock; our own writes are atomic renames anyw
 
 if TYPE_CHECKING:
     from .filesystem_mailbox import FilesystemMailbox
+    from .lease import SQLiteLease
+    from .sqlite import SQLiteDatabase
 
 __all__ = [
     "FilesystemTransport",
@@ -314,7 +323,7 @@ class FilesystemTransport:
     event loop (their file system calls run on the transport's own thread pool).
     """
 
-    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST})
+    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST, CAP_LEASE})
 
     def __init__(
         self,
@@ -374,6 +383,8 @@ class FilesystemTransport:
         # on any loop and kept here so they are not garbage-collected while running.
         self._lock = threading.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        #: beat.db (``leader_lease``), opened on first use; under _lock.
+        self._lease_db: SQLiteDatabase | None = None
 
     def __repr__(self) -> str:
         return f"<FilesystemTransport in={self.data_folder_in} out={self.data_folder_out}>"
@@ -731,9 +742,26 @@ class FilesystemTransport:
         """Raise ConnectionLost, naming the folder, unless every folder is writable."""
         await self._io.run(self._check_folders)
 
+    def leader_lease(self, name: str) -> SQLiteLease:
+        """Beat's leader lease ``name``: a row in ``beat.db``, a SQLite file in the control
+        folder, opened on first use (lease.py)."""
+        from .lease import SQLiteLease
+        from .sqlite import SQLiteDatabase
+
+        with self._lock:
+            if self._lease_db is None:
+                path = os.path.join(prepare_folder(self.control_folder, "control_folder"), "beat.db")
+                self._lease_db = SQLiteDatabase(f"sqlite:///{quote(path)}", label="Beat lease",
+                                                schemes=("sqlite",), schema=(), io_threads=1)
+            return SQLiteLease(self._lease_db, name)
+
     def close(self) -> None:
         """Stop the I/O pool (a later call starts a new one). Idempotent; any non-pool thread."""
         self._io.close()
+        with self._lock:
+            db = self._lease_db
+        if db is not None:
+            db.close()
 
     async def aclose(self) -> None:
         """Nothing is bound to a loop. Idempotent."""

@@ -42,8 +42,9 @@ from typing import Any
 from ..exceptions import DecodeError, ImproperlyConfigured
 from ..messaging.protocol import Message
 from . import envelope
-from .base import CAP_BROADCAST, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
+from .base import CAP_BROADCAST, CAP_LEASE, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
 from .embedded import Shared, Wakeup, poll, url_name
+from .lease import MemoryLease
 
 __all__ = ["MemoryTransport"]
 
@@ -86,7 +87,7 @@ _brokers: Shared[str, _Broker] = Shared(_Broker)
 class MemoryTransport:
     """The in-process broker of one ``memory://`` URL. See the module docstring."""
 
-    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST})
+    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST, CAP_LEASE})
 
     def __init__(self, url: str = "memory://", *, transport_options: dict[str, Any] | None = None,
                  **ignored: Any) -> None:
@@ -103,6 +104,10 @@ class MemoryTransport:
 
     def __repr__(self) -> str:
         return f"<MemoryTransport {self.url}>"
+
+    def leader_lease(self, name: str) -> MemoryLease:
+        """Beat's leader lease ``name`` among this process's beats (lease.py)."""
+        return MemoryLease(f"{self.url}#{name}")
 
     # -- publishing ----------------------------------------------------------------------
 

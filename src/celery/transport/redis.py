@@ -75,6 +75,7 @@ from . import redis_scripts as _scripts
 from .base import (
     CAP_BROADCAST,
     CAP_EARLY,
+    CAP_LEASE,
     CAP_PRIORITY,
     CAP_VISIBILITY_TIMEOUT,
     EARLY_ALONE,
@@ -83,6 +84,7 @@ from .base import (
 )
 from .redis_keys import Layout as _Layout
 from .redis_keys import parse_url, priority_steps
+from .redis_lease import RedisLease
 from .redis_mailbox import RedisMailbox
 from .redis_publish import DRIVER_ERRORS as _DRIVER_ERRORS
 from .redis_publish import RETRYABLE as _RETRYABLE
@@ -139,7 +141,8 @@ class RedisTransport(RedisRestore, RedisMailbox):
     per loop). See the module docstring for the key layout.
     """
 
-    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST, CAP_EARLY})
+    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_BROADCAST, CAP_EARLY,
+                              CAP_LEASE})
 
     def __init__(
         self,
@@ -272,6 +275,10 @@ class RedisTransport(RedisRestore, RedisMailbox):
         except NoScriptError:
             await client.execute_command("SCRIPT LOAD", script.source)
             return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def leader_lease(self, name: str) -> RedisLease:
+        """Beat's leader lease ``name`` on this server (redis_lease.py)."""
+        return RedisLease(self, name)
 
     # -- layout --------------------------------------------------------------------------
 

@@ -77,8 +77,16 @@ from urllib.parse import unquote, urlsplit
 from ..exceptions import CeleryError, ConnectionLost, DecodeError, ImproperlyConfigured
 from ..messaging.protocol import Message, epoch_of
 from . import envelope
-from .base import CAP_BROADCAST, CAP_DELAYED, CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, Delivery
+from .base import (
+    CAP_BROADCAST,
+    CAP_DELAYED,
+    CAP_LEASE,
+    CAP_PRIORITY,
+    CAP_VISIBILITY_TIMEOUT,
+    Delivery,
+)
 from .embedded import BlockingIO, poll, wakeup_for
+from .lease import SQLiteLease
 
 __all__ = ["SQLiteDatabase", "SQLiteTransport", "database_path", "seconds_option"]
 
@@ -451,7 +459,8 @@ class SQLiteTransport:
     the database's ``BlockingIO`` pool). No state is bound to an event loop.
     """
 
-    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_DELAYED, CAP_BROADCAST})
+    capabilities = frozenset({CAP_PRIORITY, CAP_VISIBILITY_TIMEOUT, CAP_DELAYED, CAP_BROADCAST,
+                              CAP_LEASE})
 
     def __init__(self, url: str, *, transport_options: dict | None = None,
                  connection_timeout: float | None = None, max_connections: int | None = None,
@@ -615,6 +624,10 @@ class SQLiteTransport:
     async def ping(self) -> None:
         """Open and check the database (``SQLiteDatabase.aping``); any loop."""
         await self.db.aping()
+
+    def leader_lease(self, name: str) -> SQLiteLease:
+        """Beat's leader lease ``name``, a row in this broker's file (lease.py)."""
+        return SQLiteLease(self.db, name)
 
     def dead_letters(self) -> list[tuple[str, Any, str]]:
         """``(queue, payload, reason)`` of every dead-lettered message, oldest first."""
