@@ -13,6 +13,7 @@
     │   └── ChordError                a chord member failed, or its body could not be sent
     ├── InvalidSignature (ValueError) a signature (canvas) dict that cannot be used
     ├── SchedulingError               beat could not send a periodic task
+    ├── ParseException (ValueError)   a crontab pattern that cannot be parsed (celery.schedules)
     ├── TimeoutError                  AsyncResult.get timed out
     ├── IncompleteStream              AsyncResult.iterdeps met a result not ready yet
     ├── TimeLimitExceeded / SoftTimeLimitExceeded

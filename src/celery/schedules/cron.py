@@ -1,13 +1,7 @@
-"""Schedules: when periodic tasks run (an interval, a crontab, a solar event).
+"""Crontab schedules: cron patterns, parsed, and matched against wall-clock times.
 
-Celery's ``celery.schedules`` API. A schedule answers ``is_due(last_run_at)`` with a
-:data:`schedstate` ``(is_due, next)``: whether the task should run now, and in how many
-seconds to ask again. Naive datetimes (``last_run_at``, or what ``nowfun`` returns) are read
-as UTC, as in Celery.
-
-Time zones. An interval (:class:`schedule`) counts elapsed time, so "every hour" is every
-60 real minutes whatever the clocks do. A :class:`crontab` matches wall-clock times in the
-schedule's zone (``tz``: the app's ``timezone`` setting, else UTC), and across DST changes:
+A :class:`crontab` matches wall-clock times in the schedule's zone (``tz``: the app's
+``timezone`` setting, else UTC), and across DST changes:
 
 - spring forward: a wall time that does not exist that day (02:30 when clocks jump from
   02:00 to 03:00) runs as if the clocks had not changed yet, i.e. the gap's length later
@@ -17,62 +11,30 @@ schedule's zone (``tz``: the app's ``timezone`` setting, else UTC), and across D
 - fall back: each matching wall time runs once, at its first occurrence (the one before
   the change): a daily 02:30 task does not run twice, and times in the repeated hour are not
   matched again, so an hourly task leaves a two-hour gap there (Celery does the same).
-
-A :class:`solar` schedule runs at instants, which have no DST issue.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
-import math
-import numbers
 import re
-from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._state import get_current_app
-from .exceptions import CeleryError
-from .utils.time import (
-    humanize_seconds,
-    make_aware,
-    maybe_make_aware,
-    maybe_timedelta,
-    remaining,
-    solar_crossings,
-    solar_semidiameter,
-    solar_transits,
-    to_utc,
-    weekday,
-    yearmonth,
-)
+from ..exceptions import CeleryError
+from ..utils.time import make_aware, to_utc, weekday, yearmonth
+from .base import BaseSchedule, schedstate
 
 if TYPE_CHECKING:
-    from .app.base import Celery
+    from ..app.base import Celery
 
-__all__ = [
-    "BaseSchedule",
-    "Cronspec",
-    "ParseException",
-    "crontab",
-    "crontab_parser",
-    "maybe_schedule",
-    "schedstate",
-    "schedule",
-    "solar",
-]
-
-#: ``is_due``'s answer: ``is_due`` (bool) and ``next`` (seconds until the next check).
-schedstate = namedtuple("schedstate", ("is_due", "next"))
+__all__ = ["Cronspec", "ParseException", "cronfield", "crontab", "crontab_parser"]
 
 #: A crontab field: an int, a cron pattern string, or an iterable of ints.
 Cronspec = int | str | Iterable[int]
 
-#: How far crontab and solar look for the next run: the Gregorian calendar repeats every
-#: 400 years, and the sun crosses every horizon we use at least once a year.
+#: How far crontab looks for the next run: the Gregorian calendar repeats every 400 years.
 _CRON_SEARCH_MONTHS = 400 * 12
-_SOLAR_SEARCH = dt.timedelta(days=400)
 
 
 class ParseException(CeleryError, ValueError):
@@ -86,130 +48,6 @@ class ParseException(CeleryError, ValueError):
 def cronfield(s: Cronspec | None) -> Cronspec:
     """``s``, with ``None`` meaning ``"*"``."""
     return "*" if s is None else s
-
-
-class BaseSchedule:
-    """What every schedule has: a clock (``nowfun`` or the app's), a time zone and an app.
-
-    Schedules hold no state that ``is_due`` changes, so one may be used from any thread;
-    ``app`` and ``tz`` are plain attributes to set before sharing it.
-    """
-
-    def __init__(self, nowfun: Callable[[], dt.datetime] | None = None,
-                 app: Celery | None = None) -> None:
-        self.nowfun = nowfun
-        self._app = app
-        self._tz: dt.tzinfo | None = None
-
-    def now(self) -> dt.datetime:
-        """The current time, from ``nowfun`` if given, else ``app.now()``."""
-        return (self.nowfun or self.app.now)()
-
-    def remaining_estimate(self, last_run_at: dt.datetime) -> dt.timedelta:
-        raise NotImplementedError
-
-    def is_due(self, last_run_at: dt.datetime) -> schedstate:
-        raise NotImplementedError
-
-    def maybe_make_aware(self, value: dt.datetime, naive_as_utc: bool = True) -> dt.datetime:
-        """``value`` made aware: a naive one is read as UTC and shown in ``tz`` (or read as a
-        wall time in ``tz`` with ``naive_as_utc=False``); an aware one is returned as is."""
-        return maybe_make_aware(value, self.tz, naive_as_utc=naive_as_utc)
-
-    @property
-    def app(self) -> Celery:
-        """The app given, else the current app (looked up on each access)."""
-        return self._app if self._app is not None else get_current_app()
-
-    @app.setter
-    def app(self, app: Celery | None) -> None:
-        self._app = app
-
-    @property
-    def tz(self) -> dt.tzinfo:
-        """The zone crontab fields are read in: ``app.timezone`` unless set here."""
-        return self._tz if self._tz is not None else self.app.timezone
-
-    @tz.setter
-    def tz(self, tz: dt.tzinfo | None) -> None:
-        self._tz = tz
-
-    @property
-    def utc_enabled(self) -> bool:
-        return bool(self.app.conf.enable_utc)
-
-    def to_local(self, value: dt.datetime) -> dt.datetime:
-        """``value`` unchanged, or in the machine's local zone when ``enable_utc`` is off
-        (naive: read as local), as Celery."""
-        if not self.utc_enabled:
-            return value.astimezone()
-        return value
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, BaseSchedule):
-            return other.nowfun == self.nowfun
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: as Celery
-
-
-class schedule(BaseSchedule):
-    """Run every ``run_every`` (seconds or a timedelta) of elapsed time.
-
-    Args:
-        run_every: the interval.
-        relative: round each due time down to the interval's resolution in ``tz``: a
-            daily schedule runs at midnight, an hourly one on the hour, one of minutes on
-            the minute.
-        nowfun: returns the current datetime (default ``app.now``).
-        app: the app (default: the current one).
-    """
-
-    relative: bool = False
-
-    def __init__(self, run_every: float | dt.timedelta, relative: bool = False,
-                 nowfun: Callable[[], dt.datetime] | None = None,
-                 app: Celery | None = None) -> None:
-        self.run_every = maybe_timedelta(run_every)
-        self.relative = relative
-        super().__init__(nowfun=nowfun, app=app)
-
-    def remaining_estimate(self, last_run_at: dt.datetime) -> dt.timedelta:
-        """Time from now until ``run_every`` after ``last_run_at`` (negative when overdue)."""
-        start = self.maybe_make_aware(last_run_at).astimezone(self.tz)
-        return remaining(start, self.run_every, self.maybe_make_aware(self.now()),
-                         self.relative)
-
-    def is_due(self, last_run_at: dt.datetime) -> schedstate:
-        """``(True, seconds)`` when due (``seconds`` being the interval: ask again then),
-        else ``(False, seconds until due)``.
-
-        The scheduler may wake earlier (``beat_max_loop_interval`` caps its sleep); ``next``
-        only saves it from polling.
-        """
-        rem = max(self.remaining_estimate(last_run_at).total_seconds(), 0)
-        if rem == 0:
-            return schedstate(is_due=True, next=self.seconds)
-        return schedstate(is_due=False, next=rem)
-
-    @property
-    def seconds(self) -> float:
-        return max(self.run_every.total_seconds(), 0)
-
-    @property
-    def human_seconds(self) -> str:
-        return humanize_seconds(self.seconds)
-
-    def __repr__(self) -> str:
-        return f"<freq: {self.human_seconds}>"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, schedule):
-            return self.run_every == other.run_every
-        return self.run_every == other
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return self.__class__, (self.run_every, self.relative, self.nowfun)
 
 
 class crontab_parser:
@@ -534,136 +372,6 @@ class crontab(BaseSchedule):
                     and other.hour == self.hour
                     and other.minute == self.minute
                     and super().__eq__(other))
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-def maybe_schedule(s: float | dt.timedelta | BaseSchedule | None, relative: bool = False,
-                   app: Celery | None = None) -> BaseSchedule | None:
-    """A schedule from seconds or a timedelta (an interval :class:`schedule`); a schedule
-    object is returned itself, given ``app`` when one is passed; ``None`` stays ``None``."""
-    if s is None:
-        return None
-    if isinstance(s, dt.timedelta | numbers.Real) and not isinstance(s, bool):
-        return schedule(s, relative, app=app)
-    duck: Any = s  # a BaseSchedule, or any object with is_due (as Celery accepts)
-    if not callable(getattr(duck, "is_due", None)):
-        raise TypeError(f"not a schedule (seconds, a timedelta or an object with is_due): {s!r}")
-    if app is not None:
-        duck.app = app
-    return duck
-
-
-# -- solar ---------------------------------------------------------------------------------
-
-#: event -> (altitude of the sun's centre in degrees, or None for the upper limb at -34'
-#: (sunrise and sunset, refraction included); rising, setting, or None for solar noon).
-_SOLAR_EVENTS: dict[str, tuple[float | None, bool | None]] = {
-    "dawn_astronomical": (-18.0, True),
-    "dawn_nautical": (-12.0, True),
-    "dawn_civil": (-6.0, True),
-    "sunrise": (None, True),
-    "solar_noon": (0.0, None),
-    "sunset": (None, False),
-    "dusk_civil": (-6.0, False),
-    "dusk_nautical": (-12.0, False),
-    "dusk_astronomical": (-18.0, False),
-}
-
-
-def _limb_horizon(when: dt.datetime) -> float:
-    return -34.0 / 60.0 - solar_semidiameter(when)
-
-
-class solar(BaseSchedule):
-    """Run at a solar event at a place: sunrise, sunset, twilight or solar noon.
-
-    Args:
-        event: one of ``dawn_astronomical``, ``dawn_nautical``, ``dawn_civil``,
-            ``sunrise``, ``solar_noon``, ``sunset``, ``dusk_civil``, ``dusk_nautical``,
-            ``dusk_astronomical``.
-        lat: latitude in degrees, -90 to 90 (north positive).
-        lon: longitude in degrees, -180 to 180 (east positive).
-        nowfun, app: as for :class:`schedule`.
-
-    Sunrise and sunset are when the sun's upper edge is at -34' (the usual allowance for
-    refraction); dawn and dusk when its centre is 6, 12 or 18 degrees below the horizon;
-    solar noon when it crosses the meridian. Times come from NOAA's solar equations, within
-    about a minute of published tables below the polar circles. On days without the
-    event (polar day or night) the schedule waits for the next day that has it.
-
-    Raises:
-        ValueError: an unknown event, or a latitude or longitude out of range.
-    """
-
-    _all_events = frozenset(_SOLAR_EVENTS)
-
-    def __init__(self, event: str, lat: float, lon: float,
-                 nowfun: Callable[[], dt.datetime] | None = None,
-                 app: Celery | None = None) -> None:
-        if event not in _SOLAR_EVENTS:
-            raise ValueError(f"Argument event {event!r} is invalid, must be one of "
-                             f"{', '.join(sorted(_SOLAR_EVENTS))}.")
-        for name, value, limit in (("latitude", lat, 90), ("longitude", lon, 180)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"solar {name} must be a number, not {type(value).__name__}")
-            if math.isnan(value) or not -limit <= value <= limit:
-                raise ValueError(f"Argument {name} {value} is invalid, must be between "
-                                 f"{-limit} and {limit}.")
-        self.event = event
-        self.lat = lat
-        self.lon = lon
-        super().__init__(nowfun=nowfun, app=app)
-
-    def next_event(self, after: dt.datetime) -> dt.datetime | None:
-        """The first occurrence of the event strictly after ``after`` (naive: UTC), in UTC;
-        ``None`` if there is none within 400 days (only within a hair of the poles)."""
-        after = to_utc(after)
-        start = after.date() - dt.timedelta(days=1)
-        altitude, rising = _SOLAR_EVENTS[self.event]
-        if rising is None:
-            for _, noon in solar_transits(start, self.lon):
-                if noon > after:
-                    return noon
-        horizon = _limb_horizon if altitude is None else (lambda _when: altitude)
-        for when, up in solar_crossings(start, after + _SOLAR_SEARCH, self.lat, self.lon,
-                                        horizon):
-            if up == rising and when > after:
-                return when
-        return None
-
-    def remaining_estimate(self, last_run_at: dt.datetime) -> dt.timedelta:
-        """Time from now until the first event after ``last_run_at``; when the event does
-        not happen within 400 days, a day (time to look again)."""
-        now = to_utc(self.maybe_make_aware(self.now()))
-        when = self.next_event(self.maybe_make_aware(last_run_at))
-        if when is None:
-            return dt.timedelta(days=1)
-        return when - now
-
-    def is_due(self, last_run_at: dt.datetime) -> schedstate:
-        """``(True, seconds until the next event)`` when an event happened since
-        ``last_run_at``, else ``(False, seconds until it does)``."""
-        rem = max(self.remaining_estimate(last_run_at).total_seconds(), 0)
-        due = rem == 0
-        if due:
-            rem = max(self.remaining_estimate(self.now()).total_seconds(), 0)
-        return schedstate(due, rem)
-
-    def __repr__(self) -> str:
-        return f"<solar: {self.event} at latitude {self.lat}, longitude: {self.lon}>"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return self.__class__, (self.event, self.lat, self.lon), {"nowfun": self.nowfun}
-
-    def __setstate__(self, state: Mapping[str, Any]) -> None:
-        BaseSchedule.__init__(self, nowfun=state.get("nowfun"), app=state.get("app"))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, solar):
-            return (other.event == self.event and other.lat == self.lat
-                    and other.lon == self.lon)
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
