@@ -218,3 +218,14 @@ def test_no_results_counts_completions_on_redis() -> None:
     assert report["latency_measures"].startswith("send to task end")
     assert report["cpu_per_task_us"] > 0
     assert_worker_gone(report)
+
+
+def test_options_the_mix_does_not_use_are_named(tmp_path: Path) -> None:
+    proc = run_bench(tmp_path, "--tasks", "20", "--mix", "0", "--io-ms", "5",
+                     "--async-cpu-ms", "1", env=bench_env("memory://", "cache+memory://"))
+    assert proc.returncode == 0, proc.stderr
+    assert "note     --io-ms and --async-cpu-ms unused: --mix 0 sends no async tasks" in proc.stdout
+    proc = run_bench(tmp_path, "--tasks", "20", "--mix", "1", "--cpu-ms", "1",
+                     env=bench_env("memory://", "cache+memory://"))
+    assert proc.returncode == 0, proc.stderr
+    assert "note     --cpu-ms unused: --mix 1 sends no sync tasks" in proc.stdout

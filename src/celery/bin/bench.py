@@ -205,6 +205,13 @@ def make_plan(obj: CLIContext, app: Celery, opts: dict[str, Any]) -> tuple[Plan,
         timeout=opts["timeout"], results=results, worker_mode=mode,
         **({} if mode == "external" else _worker_sizes(conf, opts)),
     )
+    unused = [name for name, value, applies in (
+        ("--io-ms", opts["io_ms"], plan.async_tasks),
+        ("--async-cpu-ms", opts["async_cpu_ms"], plan.async_tasks),
+        ("--cpu-ms", opts["cpu_ms"], plan.tasks - plan.async_tasks)) if value and not applies]
+    if unused:
+        kind = "sync" if "--cpu-ms" in unused else "async"
+        notes.append(f"{' and '.join(unused)} unused: --mix {plan.mix:g} sends no {kind} tasks")
     if mode != "external" and plan.async_tasks and not plan.loop_workers:
         raise click.UsageError("--mix sends async tasks but --loop-workers is 0")
     if mode != "external" and plan.tasks > plan.async_tasks and not plan.sync_workers:
