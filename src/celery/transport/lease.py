@@ -105,13 +105,12 @@ class SQLiteLease:
         self._name = name
         self._holder = ""
         self.token = 0
-        self._ready = False
 
-    def _schema(self, conn: sqlite3.Connection) -> None:
-        if not self._ready:
-            for sql in _SCHEMA:
-                conn.execute(sql)
-            self._ready = True
+    @staticmethod
+    def _schema(conn: sqlite3.Connection) -> None:
+        # In every transaction (cheap): a flag set once could outlive a rolled-back create.
+        for sql in _SCHEMA:
+            conn.execute(sql)
 
     async def acquire(self, holder: str, ttl: float) -> bool:
         self._holder = holder
