@@ -17,6 +17,7 @@ from .._state import current_request, current_task_var
 from ..exceptions import ImproperlyConfigured
 from ..messaging.protocol import Message, build_task_message, uuid4_str
 from ..signals import Signal
+from ..utils.clocks import LamportClock
 from ..utils.portal import Portal
 from . import builtins as _builtins  # noqa: F401 - every app gets the built-in tasks
 from .config import Settings, import_object
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from ..result import AsyncResult
     from ..transport.base import Transport
     from .control import Control
+    from .events import Events
 
 __all__ = ["DEFAULT_BROKER_URL", "Celery", "gen_task_name"]
 
@@ -101,6 +103,8 @@ class Celery:
         self._portal: Portal | None = None
         self._control: Control | None = None
         self._router: Router | None = None
+        #: The app's Lamport clock: moved past every event clock an ``EventReceiver`` sees.
+        self.clock = LamportClock()
         #: ``app.GroupResult``: made on first use (an assignment; a race makes two alike).
         self._group_result_cls: Any = None
         #: Each task's plain-send template and what it was made from (app/template.py).
@@ -277,6 +281,13 @@ class Celery:
 
                     self._control = Control(self)
         return self._control
+
+    @property
+    def events(self) -> Events:
+        """``app.events.Receiver(...)`` and ``app.events.State()`` (receiving events only)."""
+        from .events import Events
+
+        return Events(self)
 
     @property
     def transport(self) -> Transport:
