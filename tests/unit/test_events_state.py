@@ -383,3 +383,15 @@ def test_dumper_lines_match_upstreams():
     assert lines[3] == "w1@host [2026-12-05 22:42:59+00:00] started "
     assert humanize_type("worker-offline") == "shutdown"
     assert humanize_type("task-rejected") == "task rejected"
+
+
+def test_app_connection_stands_in_for_flower(app):
+    """Flower: ``with app.connection() as conn: EventReceiver(conn, handlers=..., app=app)``."""
+    secret = Celery("c", broker="redis://:hunter2@localhost:6379/3", set_as_current=False)
+    with secret.connection() as conn:
+        assert conn.as_uri() == "redis://:**@localhost:6379/3"
+        assert conn.as_uri(include_password=True).endswith(":hunter2@localhost:6379/3")
+        receiver = EventReceiver(conn, handlers={"*": print}, app=secret)
+    assert receiver.channel is conn and receiver._transport() is secret.transport
+    assert app.connection_for_read().as_uri() == "memory://events-unit"
+    secret.close()

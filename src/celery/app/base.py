@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..backends.base import ResultBackend
     from ..result import AsyncResult
     from ..transport.base import Transport
+    from .connection import BrokerConnection
     from .control import Control
     from .events import Events
 
@@ -281,6 +282,17 @@ class Celery:
 
                     self._control = Control(self)
         return self._control
+
+    def connection_for_read(self, url: str | None = None, **_ignored: Any) -> BrokerConnection:
+        """A ``BrokerConnection`` naming the broker (``url`` or the app's): it opens nothing
+        and is accepted, and ignored, by ``app.events.Receiver`` (app/connection.py)."""
+        from .connection import BrokerConnection
+
+        return BrokerConnection(url or self.broker_url)
+
+    def connection(self, url: str | None = None, **_ignored: Any) -> BrokerConnection:
+        """As ``connection_for_read`` (Celery's older name)."""
+        return self.connection_for_read(url)
 
     @property
     def events(self) -> Events:
