@@ -115,7 +115,8 @@ class EventReceiver:
         self.app = app if app is not None else _state.get_current_app()
         conf = self.app.conf
         self.channel = channel
-        self.handlers: dict[str, Handler] = {} if handlers is None else dict(handlers)
+        #: Kept as given (not copied), as in Celery: handlers added to it later are used.
+        self.handlers: Mapping[str, Handler] = {} if handlers is None else handlers
         self.routing_key = routing_key
         self.node_id = node_id or str(uuid.uuid4())
         self.queue_prefix = queue_prefix or conf.get("event_queue_prefix") or "celeryev"
