@@ -15,6 +15,7 @@
     ├── SchedulingError               beat could not send a periodic task
     ├── ParseException (ValueError)   a crontab pattern that cannot be parsed (celery.schedules)
     ├── TimeoutError                  AsyncResult.get timed out
+    │   └── EventCaptureTimeout       no event came (also the builtin TimeoutError)
     ├── IncompleteStream              AsyncResult.iterdeps met a result not ready yet
     ├── TimeLimitExceeded / SoftTimeLimitExceeded
     ├── MessageError
@@ -30,12 +31,15 @@ Transports and backends convert their driver's exceptions into these at their bo
 
 from __future__ import annotations
 
+import builtins
+
 __all__ = [
     "CeleryError",
     "ChordError",
     "ConnectionLost",
     "ContentDisallowed",
     "DecodeError",
+    "EventCaptureTimeout",
     "Ignore",
     "ImproperlyConfigured",
     "IncompleteStream",
@@ -149,6 +153,11 @@ class Terminated(CeleryError):
 
 class TimeoutError(CeleryError):  # noqa: A001 - Celery's name
     """The operation timed out (for example ``AsyncResult.get(timeout=...)``)."""
+
+
+class EventCaptureTimeout(TimeoutError, builtins.TimeoutError):
+    """``EventReceiver.capture(timeout=...)`` saw no event for that long; also the builtin
+    ``TimeoutError``, which is what upstream raises there (``socket.timeout``)."""
 
 
 class IncompleteStream(CeleryError):

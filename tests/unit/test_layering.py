@@ -24,6 +24,7 @@ LAYERS = {
     "celery.backends": 2,
     "celery.canvas": 3,
     "celery.result": 3,
+    "celery.events": 3,
     "celery.app": 4,
     "celery.worker": 5,
     "celery.beat": 5,

@@ -17,6 +17,7 @@ from .._state import current_request, current_task_var
 from ..exceptions import ImproperlyConfigured
 from ..messaging.protocol import Message, build_task_message, uuid4_str
 from ..signals import Signal
+from ..utils.clocks import LamportClock
 from ..utils.portal import Portal
 from . import builtins as _builtins  # noqa: F401 - every app gets the built-in tasks
 from .config import Settings, import_object
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
     from ..backends.base import ResultBackend
     from ..result import AsyncResult
     from ..transport.base import Transport
+    from .connection import BrokerConnection
     from .control import Control
+    from .events import Events
 
 __all__ = ["DEFAULT_BROKER_URL", "Celery", "gen_task_name"]
 
@@ -101,6 +104,8 @@ class Celery:
         self._portal: Portal | None = None
         self._control: Control | None = None
         self._router: Router | None = None
+        #: The app's Lamport clock: moved past every event clock an ``EventReceiver`` sees.
+        self.clock = LamportClock()
         #: ``app.GroupResult``: made on first use (an assignment; a race makes two alike).
         self._group_result_cls: Any = None
         #: Each task's plain-send template and what it was made from (app/template.py).
@@ -277,6 +282,24 @@ class Celery:
 
                     self._control = Control(self)
         return self._control
+
+    def connection_for_read(self, url: str | None = None, **_ignored: Any) -> BrokerConnection:
+        """A ``BrokerConnection`` naming the broker (``url`` or the app's): it opens nothing
+        and is accepted, and ignored, by ``app.events.Receiver`` (app/connection.py)."""
+        from .connection import BrokerConnection
+
+        return BrokerConnection(url or self.broker_url)
+
+    def connection(self, url: str | None = None, **_ignored: Any) -> BrokerConnection:
+        """As ``connection_for_read`` (Celery's older name)."""
+        return self.connection_for_read(url)
+
+    @property
+    def events(self) -> Events:
+        """``app.events.Receiver(...)`` and ``app.events.State()`` (receiving events only)."""
+        from .events import Events
+
+        return Events(self)
 
     @property
     def transport(self) -> Transport:

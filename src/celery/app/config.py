@@ -87,6 +87,10 @@ DEFAULTS: dict[str, Any] = {
     "control_exchange": "celery",
     "control_queue_ttl": 300.0,
     "control_queue_expires": 10.0,
+    # events (receiving: celery/events/; our worker sends none yet)
+    "event_exchange": "celeryev",
+    "event_serializer": "json",
+    "event_queue_prefix": "celeryev",
     # beat (celery/beat/)
     "beat_schedule": {},
     "beat_scheduler": "celery.beat:PersistentScheduler",

@@ -16,6 +16,7 @@ from .beat import beat
 from .bench import bench
 from .call import call
 from .control import control, inspect, status
+from .events import events
 from .purge import purge
 from .result import result
 from .worker import worker
@@ -100,7 +101,7 @@ def celery(
     ctx.call_on_close(obj.close)
 
 
-for _command in (worker, beat, call, result, purge, status, inspect, control, bench):
+for _command in (worker, beat, call, result, purge, status, inspect, control, bench, events):
     celery.add_command(_command)
 
 

@@ -158,8 +158,18 @@ class Mailbox(Protocol):
         """Deliver ``payload`` to every current subscriber of ``exchange``."""
         ...
 
-    async def fanout_subscribe(self, exchange: str) -> FanoutSubscription:
-        """Subscribe to ``exchange``; payloads published from now on are received."""
+    async def fanout_subscribe(self, exchange: str,
+                               routing_key: str | None = None) -> FanoutSubscription:
+        """Subscribe to ``exchange``; payloads published from now on are received.
+
+        ``routing_key`` (a topic pattern such as ``#`` or ``worker.#``) also asks for the
+        payloads other clients published *with* a routing key: kombu's Redis transport puts
+        those on the channel ``<exchange>/<routing key>`` (``fanout_patterns``), which is how
+        upstream Celery sends events (``/0.celeryev/worker.heartbeat``). Brokers whose
+        ``fanout_publish`` carries no routing key deliver every payload of the exchange
+        either way; a subscriber that needs an exact match filters on the envelope's
+        ``delivery_info.routing_key``.
+        """
         ...
 
     async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:

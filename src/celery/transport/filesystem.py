@@ -705,8 +705,10 @@ class FilesystemTransport:
         """Write a payload file for the current subscribers; prune the old ones. Any loop."""
         await self._mailbox.fanout_publish(exchange, payload)
 
-    async def fanout_subscribe(self, exchange: str) -> FanoutSubscription:
-        """A subscription to the payloads published from now on. Any loop."""
+    async def fanout_subscribe(self, exchange: str,
+                               routing_key: str | None = None) -> FanoutSubscription:
+        """A subscription to the payloads published from now on (all of them: publishes
+        carry no routing key here, so ``routing_key`` narrows nothing). Any loop."""
         return await self._mailbox.fanout_subscribe(exchange)
 
     async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:

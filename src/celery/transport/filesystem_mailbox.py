@@ -120,8 +120,10 @@ class FilesystemMailbox:
             write_atomic(folder, _payload_name(), data, self._fsync)
         self._wakeup.notify()
 
-    async def fanout_subscribe(self, exchange: str) -> _Subscription:
-        """A subscription to the payloads published from now on. Any loop."""
+    async def fanout_subscribe(self, exchange: str,
+                               routing_key: str | None = None) -> _Subscription:
+        """A subscription to the payloads published from now on (all of them: publishes
+        carry no routing key here, so ``routing_key`` narrows nothing). Any loop."""
         folder = await self._io.run(self._folder, "fanout", exchange)
         return _Subscription(self, folder, _next_stamp())
 

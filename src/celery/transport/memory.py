@@ -295,7 +295,10 @@ class MemoryTransport:
                 subscription.put(payload)
         broker.control.notify()
 
-    async def fanout_subscribe(self, exchange: str) -> _Subscription:
+    async def fanout_subscribe(self, exchange: str,
+                               routing_key: str | None = None) -> _Subscription:
+        """Every payload of ``exchange`` from now on (publishes carry no routing key here,
+        so ``routing_key`` narrows nothing)."""
         broker = self._broker
         subscription = _Subscription(broker, exchange)
         with broker.lock:

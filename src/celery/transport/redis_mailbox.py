@@ -3,6 +3,9 @@
 
 * A fanout exchange is the PUB/SUB channel ``fanout_prefix + exchange`` (kombu's default
   prefix is ``/{db}.``, e.g. ``/0.celery.pidbox``), subscribed with PSUBSCRIBE as kombu does.
+  kombu publishes a fanout message that has a routing key to ``<channel>/<routing key>``
+  (upstream events: ``/0.celeryev/task.multi``); ``fanout_subscribe(exchange, routing_key)``
+  subscribes to those too.
 * A direct exchange is the binding set ``_kombu.binding.<exchange>`` (members
   ``routing_key + sep + "" + sep + queue``); ``direct_publish`` LPUSHes onto each queue bound
   with the routing key, as kombu's ``_lookup``/``_put`` do.
@@ -69,11 +72,17 @@ class RedisMailbox:
         channel = self.fanout_prefix + exchange
         await self._run("broadcast", lambda c: c.publish(channel, payload), self.max_retries, 0.1)
 
-    async def fanout_subscribe(self, exchange: str) -> _Subscription:
-        """PSUBSCRIBE to the exchange's channel on a connection of the running loop's pool."""
+    async def fanout_subscribe(self, exchange: str,
+                               routing_key: str | None = None) -> _Subscription:
+        """PSUBSCRIBE to the exchange's channel on a connection of the running loop's pool;
+        with ``routing_key``, to ``<channel>/<pattern>`` as well (kombu turns ``#`` into the
+        glob ``*``), where kombu publishes a fanout message that has a routing key."""
+        channels = [self.fanout_prefix + exchange]
+        if routing_key is not None:
+            channels.append(f"{channels[0]}/{routing_key.replace('#', '*')}")
         pubsub = self._client().pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.psubscribe(self.fanout_prefix + exchange)
+            await pubsub.psubscribe(*channels)
         except _DRIVER_ERRORS as exc:
             await pubsub.aclose()
             raise self._lost("subscribe", exc) from exc

@@ -583,8 +583,10 @@ class SQLiteTransport:
         await self.db.awrite("fanout_publish", _fanout_insert, exchange, payload, time.time())
         self._mailbox_wakeup.notify()
 
-    async def fanout_subscribe(self, exchange: str) -> _Subscription:
-        """A subscription that reads rows published from now on. Any loop."""
+    async def fanout_subscribe(self, exchange: str,
+                               routing_key: str | None = None) -> _Subscription:
+        """A subscription that reads rows published from now on (all of them: publishes carry
+        no routing key here, so ``routing_key`` narrows nothing). Any loop."""
         last = await self.db.aread("fanout_subscribe", _last_fanout_id)
         return _Subscription(self, exchange, last)
 

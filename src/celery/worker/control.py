@@ -281,6 +281,18 @@ class ControlServer:
         self.worker.stop()
         return NO_REPLY
 
+    # Event commands: this worker sends no events yet (celery/events/ only receives), so it
+    # answers as upstream's worker does without an event dispatcher, instead of logging
+    # them as unknown (a receiver's wakeup and Flower send them).
+    def do_heartbeat(self, **_: Any) -> None:
+        return None
+
+    def do_enable_events(self, **_: Any) -> dict[str, Any]:
+        return nok("event dispatcher unavailable")
+
+    def do_disable_events(self, **_: Any) -> dict[str, Any]:
+        return nok("event dispatcher unavailable")
+
     def do_clock(self, **_: Any) -> dict[str, Any]:
         return {"clock": self.clock}
 
