@@ -185,3 +185,12 @@ def test_worker_with_embedded_beat_runs_what_it_sends(app, url, tmp_path):
     runs = log.read_text().splitlines()
     assert len(runs) >= 3 and all(r.startswith("every ") for r in runs), worker.output
     assert worker.count("beat: Shutting down") == 1, worker.output
+
+
+def test_a_state_file_beat_cannot_open_is_one_error_line(app, url, tmp_path):
+    beat = Beat(tmp_path, url, "-s", str(tmp_path / "missing" / "state"))
+    assert beat.wait() == 1
+    errors = [line for line in beat.lines if line.startswith("Error:")]
+    assert errors == [f"Error: beat: cannot open the schedule file {tmp_path}/missing/state: "
+                      "unable to open database file\n"], beat.output
+    assert "Traceback" not in beat.output

@@ -77,7 +77,8 @@ def beat(obj: CLIContext, schedule_filename: str | None, scheduler: str | None,
         from ..exceptions import CeleryError
 
         if isinstance(exc, CeleryError | ImportError):
-            raise user_error(f"beat: {exc}") from exc
+            text = str(exc)
+            raise user_error(text if text.startswith("beat:") else f"beat: {text}") from exc
         raise
     sys.exit(0)
 
