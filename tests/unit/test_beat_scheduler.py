@@ -143,6 +143,31 @@ def test_a_lost_lease_sends_nothing_and_leaves_the_entry_as_it_was(app):
     assert not scheduler.elector.leading
 
 
+class _Unreachable(_Lease):
+    async def claim(self, entry, run_at):
+        from celery.exceptions import ConnectionLost
+
+        raise ConnectionLost("the broker is down")
+
+
+def test_a_claim_that_fails_keeps_the_entry_scheduled(app):
+    from celery.exceptions import ConnectionLost
+
+    app.conf.beat_schedule = {"e": {"task": "beattest.add", "schedule": 0.01, "args": (1, 1)}}
+    scheduler = Scheduler(app=app)
+    scheduler.elector = _leading(app, _Unreachable(None))
+    import time
+
+    time.sleep(0.02)
+    with pytest.raises(ConnectionLost):
+        scheduler.tick()
+    assert queued(app) == 0 and scheduler.schedule["e"].total_run_count == 0
+    scheduler.elector = None  # the broker is back (no lease here): the entry runs
+    time.sleep(0.02)
+    scheduler.tick()
+    assert queued(app) == 1
+
+
 def test_a_run_another_beat_sent_is_not_sent_again(app):
     from celery.transport.lease import Claim
 

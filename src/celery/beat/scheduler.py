@@ -204,7 +204,11 @@ class Scheduler:
                 continue
             due, next_in = self.is_due(entry)
             if due:
-                self._run(entry)
+                try:
+                    self._run(entry)
+                except BaseException:
+                    self._heap = None  # rebuilt next tick: the popped entry is not lost
+                    raise
             heapq.heappush(heap, (time.time() + max(next_in, 0.0), next(self._seq), name))
         if not heap:
             return self.max_interval
