@@ -23,7 +23,7 @@ from celery import Celery, states
 from celery.events import EventReceiver
 from celery.events.state import State
 from celery.exceptions import CeleryError, EventCaptureTimeout
-from tests.conftest import flushed_redis_url
+from tests.conftest import flushed_redis_url, stop_process
 
 REDIS_DB = 11
 ROOT = Path(__file__).resolve().parents[2]
@@ -278,17 +278,6 @@ def _upstream_worker(python: Path, url: str) -> subprocess.Popen:
         cwd=INTEROP_DIR, env=interop_env(url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out.decode() if isinstance(out, bytes) else (out or "")
-
-
 @pytest.mark.redis
 def test_state_follows_an_upstream_worker_with_events(upstream_python, app, url):
     capture = Capture(app, wakeup=False)
@@ -301,7 +290,7 @@ def test_state_follows_an_upstream_worker_with_events(upstream_python, app, url)
         assert until(lambda: "task-succeeded" in capture.types(), seconds=30)
     finally:
         capture.stop()
-        output = _stop(worker)
+        output = stop_process(worker).decode()
     state = capture.state
     (node,) = [w for w in state.workers.values() if w.hostname.startswith("upstream-ev@")]
     assert node.alive and node.freq == 2.0 and node.sw_ident == "py-celery"
@@ -333,7 +322,7 @@ def test_events_dump_shows_an_upstream_worker(upstream_python, app, url):
         if dump is not None:
             dump.send_signal(signal.SIGTERM)
             code = dump.wait(30)
-        output = _stop(worker)
+        output = stop_process(worker).decode()
     assert code == 0, "".join(lines)
     assert any(line.startswith("upstream-ev@") and " heartbeat: " in line for line in lines)
     assert any(f"task received: interop.add({result.id}) args=(4, 5) kwargs={{}}" in line

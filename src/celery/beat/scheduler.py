@@ -189,7 +189,7 @@ class Scheduler:
         heapq.heapify(heap)
         self._heap = heap
 
-    def tick(self, *args: Any, **kwargs: Any) -> float:
+    def tick(self) -> float:
         """Send every entry that is due; the seconds until one may be due next (at most
         ``max_interval``). Raises LostLease when a claim found the lease lost."""
         if self._heap is None or not self.schedules_equal(self.old_schedulers, self.schedule):

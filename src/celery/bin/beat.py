@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .base import CLIContext, user_error
-from .worker import LOG_LEVELS, _loglevel, setup_logging
+from .worker import logfile_option, loglevel_option, setup_logging
 
 __all__ = ["beat"]
 
@@ -43,16 +43,8 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
     metavar="SECONDS",
     help="Most seconds between two looks at the schedule [beat_max_loop_interval, 300].",
 )
-@click.option(
-    "-l",
-    "--loglevel",
-    default="WARNING",
-    show_default=True,
-    callback=_loglevel,
-    metavar="LEVEL",
-    help=f"One of {', '.join(LOG_LEVELS)} (any case).",
-)
-@click.option("-f", "--logfile", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
+@loglevel_option
+@logfile_option
 @click.pass_obj
 def beat(obj: CLIContext, schedule_filename: str | None, scheduler: str | None,
          max_interval: float | None, loglevel: int, logfile: str | None) -> None:

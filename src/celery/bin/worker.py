@@ -42,6 +42,21 @@ def _loglevel(ctx: click.Context, param: click.Parameter, value: str) -> int:
     return getattr(logging, name)
 
 
+#: ``-l/--loglevel`` and ``-f/--logfile``: the worker's, and beat's (bin/beat.py).
+loglevel_option = click.option(
+    "-l",
+    "--loglevel",
+    default="WARNING",
+    show_default=True,
+    callback=_loglevel,
+    metavar="LEVEL",
+    help=f"One of {', '.join(LOG_LEVELS)} (any case).",
+)
+logfile_option = click.option(
+    "-f", "--logfile", type=click.Path(dir_okay=False), help="Log here instead of stderr."
+)
+
+
 def _pool(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None and value.lower() not in POOLS:
         raise click.BadParameter(
@@ -121,18 +136,8 @@ def _processes(ctx: click.Context, param: click.Parameter, value: str | None) ->
     metavar="NAME",
     help="Node name; %h, %n, %d expand to host name, name, domain [celery@%h].",
 )
-@click.option(
-    "-l",
-    "--loglevel",
-    default="WARNING",
-    show_default=True,
-    callback=_loglevel,
-    metavar="LEVEL",
-    help=f"One of {', '.join(LOG_LEVELS)} (any case).",
-)
-@click.option(
-    "-f", "--logfile", type=click.Path(dir_okay=False), help="Log here instead of stderr."
-)
+@loglevel_option
+@logfile_option
 @click.option(
     "--prefetch-multiplier",
     type=int,
