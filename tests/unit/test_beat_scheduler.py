@@ -301,3 +301,26 @@ def test_entry_next_and_update_keep_celerys_shape(app):
     entry.update(ScheduleEntry(name="e", task="beattest.add", schedule=7, kwargs={"a": 1}, app=app))
     assert entry.schedule == schedule(7) and entry.kwargs == {"a": 1}
     assert dict(entry)["name"] == "e"
+
+
+def test_stop_from_a_signal_handler_wakes_the_sleep_at_once(app, tmp_path):
+    """``celery beat`` stops from its SIGTERM handler: stop() there takes no lock (an
+    Event.set could deadlock against the main thread's Event.wait) and wakes the sleep,
+    which here would otherwise last the whole 60 s max interval."""
+    import signal
+    import time
+
+    app.conf.beat_schedule = {"rare": {"task": "beattest.add", "schedule": 3600.0,
+                                       "args": (1, 1)}}
+    service = Service(app, max_interval=60, schedule_filename=str(tmp_path / "s"))
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: service.stop())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        started = time.monotonic()
+        service.start()
+        took = time.monotonic() - started
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert took < 10, took
+    assert service._is_stopped.is_set()

@@ -3,15 +3,21 @@ the same in a thread of a worker (``celery worker -B``).
 
 Each turn: keep or ask for the leader lease (beat/leader.py); if this beat holds it,
 ``scheduler.tick()`` sends what is due; then sleep until the next entry is due or the lease
-needs attention, whichever is first. ``stop`` (any thread, or a signal handler) sets an
-event the sleep waits on, so beat stops at once, syncs its schedule and gives the lease up.
+needs attention, whichever is first. ``stop`` (any thread, or a signal handler) sets a flag
+and writes a byte to a pipe the sleep selects on, so beat stops at once, syncs its schedule
+and gives the lease up. It takes no lock: a ``threading.Event.set`` in a signal handler
+deadlocks when the signal lands while the main thread holds the event's lock inside
+``Event.wait``, which is where beat spends its time.
 A broker that cannot be reached is logged and retried with backoff; beat keeps running.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import signals
@@ -41,7 +47,14 @@ class Service:
         self.max_interval = max_interval or app.conf.beat_max_loop_interval or None
         self.schedule_filename = schedule_filename or app.conf.beat_schedule_filename
         self.scheduler_cls = scheduler_cls or app.conf.beat_scheduler or self.scheduler_cls
-        self._is_shutdown = threading.Event()
+        # stop() may run in a signal handler: it sets this plain flag (one store, seen by
+        # the loop at its next check) and wakes the sleep through the pipe, taking no lock.
+        # The pipe lives as long as this object, so a late stop() never writes to a
+        # descriptor number that was closed and reused.
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
         self._is_stopped = threading.Event()
         self._scheduler: Scheduler | None = None
         self.elector: Elector | None = None
@@ -73,13 +86,15 @@ class Service:
             signals.beat_init.send(sender=self)
             if embedded_process:
                 signals.beat_embedded_init.send(sender=self)
-            while not self._is_shutdown.is_set():
+            while not self._stopping:
                 delay = self._turn(scheduler, self.elector)
-                if delay > 0:
-                    self._is_shutdown.wait(delay)
+                if delay > 0 and not self._stopping:
+                    select.select([self._wake_r], [], [], delay)
         except (KeyboardInterrupt, SystemExit):
-            self._is_shutdown.set()
+            self._stopping = True
         finally:
+            if self._stopping:
+                logger.info("beat: Shutting down...")
             self.sync()
 
     def _turn(self, scheduler: Scheduler, elector: Elector) -> float:
@@ -114,11 +129,20 @@ class Service:
             self._is_stopped.set()
 
     def stop(self, wait: bool = False) -> None:
-        """Ask beat to stop (any thread); with ``wait``, until it has."""
-        logger.info("beat: Shutting down...")
-        self._is_shutdown.set()
+        """Ask beat to stop (any thread, or a signal handler without ``wait``); with
+        ``wait``, until it has."""
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:  # the pipe is full of earlier wake-ups: the loop is awake
+            pass
         if wait:
             self._is_stopped.wait()
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 class EmbeddedService(threading.Thread):
