@@ -95,7 +95,8 @@ def test_bench_json_on_the_default_sqlite_broker(tmp_path: Path) -> None:
     assert report["cpu_per_task_us"] > 0
     assert report["worker"] | {"pid": None} == {
         "mode": "process", "pid": None, "loop_workers": 1, "loop_concurrency": 100,
-        "sync_workers": 2, "prefetch_multiplier": 4}
+        "sync_workers": 2, "prefetch_multiplier": 4,
+        "task_events": False}
     assert_worker_gone(report)
     app = Celery("check", broker=f"sqlite:///{tmp_path}/celery-broker.db", set_as_current=False)
     try:

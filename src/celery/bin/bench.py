@@ -139,6 +139,8 @@ class Plan:
     results: bool
     #: "process" (a child ``celery worker``), "thread" (memory:// only) or "external".
     worker_mode: str
+    #: The worker sends task events (``-E``); external workers: as they were started.
+    task_events: bool = False
     #: The worker's sizes (None for external workers: unknown).
     loop_workers: int | None = None
     loop_concurrency: int | None = None
@@ -184,6 +186,9 @@ def make_plan(obj: CLIContext, app: Celery, opts: dict[str, Any]) -> tuple[Plan,
             raise user_error("--external-worker: a memory:// broker is private to this process")
         if not opts["queue"]:
             raise user_error("--external-worker needs --queue, the queue those workers consume")
+        if opts["task_events"]:
+            raise user_error("--task-events starts the bench's worker with -E: external "
+                             "workers keep the options they were started with")
         mode = "external"
     elif memory_broker:
         mode = "thread"
@@ -203,6 +208,7 @@ def make_plan(obj: CLIContext, app: Celery, opts: dict[str, Any]) -> tuple[Plan,
         async_cpu_ms=opts["async_cpu_ms"], mix=opts["mix"],
         payload_bytes=opts["payload_bytes"], in_flight=opts["in_flight"], queue=queue,
         timeout=opts["timeout"], results=results, worker_mode=mode,
+        task_events=opts["task_events"],
         **({} if mode == "external" else _worker_sizes(conf, opts)),
     )
     unused = [name for name, value, applies in (
@@ -281,6 +287,7 @@ class _ChildWorker(_Workers):
             f"--loop-workers={plan.loop_workers}", f"--loop-concurrency={plan.loop_concurrency}",
             f"--sync-workers={plan.sync_workers}",
             f"--prefetch-multiplier={plan.prefetch_multiplier}",
+            *(["-E"] if plan.task_events else []),
         ]
         self.log_path = scratch / "worker.log"
 
@@ -341,6 +348,7 @@ class _ThreadWorker(_Workers):
             app, hostname=f"bench{os.getpid()}@thread", queues=[plan.queue],
             loop_workers=plan.loop_workers, loop_concurrency=plan.loop_concurrency,
             sync_workers=plan.sync_workers, prefetch_multiplier=plan.prefetch_multiplier,
+            task_events=plan.task_events,
         )
         self.error: BaseException | None = None
         self._finished = threading.Event()
@@ -431,6 +439,7 @@ def header(plan: Plan, app: Celery, notes: list[str]) -> list[str]:
         f"  broker   {mask_url(app.broker_url)}",
         f"  results  {results}",
         f"  queue    {plan.queue} (purged at the end)",
+        *(["  events   task events on (-E)"] if plan.task_events else []),
         *(f"  note     {note}" for note in notes),
     ]
 
@@ -738,7 +747,8 @@ class _Run:
             "purged": self.purged,
             "worker": {"mode": plan.worker_mode, "pid": self.worker.pid, **{
                 name: getattr(plan, name) for name in
-                ("loop_workers", "loop_concurrency", "sync_workers", "prefetch_multiplier")}},
+                ("loop_workers", "loop_concurrency", "sync_workers", "prefetch_multiplier",
+                 "task_events")}},
             "workload": {"sync_tasks": plan.tasks - plan.async_tasks, **{
                 name: getattr(plan, name) for name in
                 ("async_tasks", "io_ms", "async_cpu_ms", "cpu_ms", "mix", "payload_bytes",
@@ -785,6 +795,8 @@ class _Run:
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0,
               metavar="SECONDS", help="Give up when no task has finished for this long [60].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+@click.option("--task-events", is_flag=True,
+              help="Start the worker with -E: it sends task events (what they cost).")
 @click.option("--external-worker", is_flag=True,
               help="Start no worker: use the workers already consuming --queue.")
 @click.pass_obj
