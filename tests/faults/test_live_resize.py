@@ -120,7 +120,8 @@ def test_app_control_and_the_cli_get_upstream_replies_and_bad_arguments_one_line
         assert out.returncode == 0, out.stderr
         assert out.stdout.splitlines() == [f"->  {name}: OK", "    pool will grow"]
         out = subprocess.run([sys.executable, "-m", "celery", "-A", "faultapp", "control",
-                              "pool_shrink", "-5", "-d", name, "-t", "5"], env=cli, cwd=tmp_path,
+                              "-d", name, "-t", "5", "pool_shrink", "--", "-5"], env=cli,
+                             cwd=tmp_path,
                              capture_output=True, text=True, timeout=60)
         assert out.stdout.splitlines() == [f"->  {name}: ERROR",
                                            "    n must be at least 1, not -5"], out

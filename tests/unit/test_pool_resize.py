@@ -293,3 +293,38 @@ def test_the_autoscaler_grows_to_the_demand_and_shrinks_after_the_keepalive():
     sizes.scale(111.0)
     assert sizes.threads == 1  # min
     assert sizes.info() == {"max": 6, "min": 1, "current": 1, "qty": 0}
+
+
+# -- --autoscale on the command line, and the worker's checks ----------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [("10,3", (10, 3)), ("3,10", (10, 3)), ("4", (4, 0)),
+                                            ("1,0", (1, 0))])
+def test_the_autoscale_option_reads_max_and_min(text, expected):
+    from celery.bin.worker import _autoscale
+
+    assert _autoscale(None, None, text) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["a,b", "1,2,3", "0", "-1,2", "5,-1", ""])
+def test_a_bad_autoscale_option_is_one_usage_error(text):
+    import click
+
+    from celery.bin.worker import _autoscale
+
+    with pytest.raises(click.BadParameter):
+        _autoscale(None, None, text)  # type: ignore[arg-type]
+
+
+def test_a_worker_with_autoscale_starts_with_min_threads_and_a_window_for_max():
+    from celery import Celery
+    from celery.exceptions import ImproperlyConfigured
+    from celery.worker import Worker
+
+    app = Celery("t", broker="memory://", set_as_current=False)
+    worker = Worker(app, loop_workers=1, loop_concurrency=10, sync_workers=8, autoscale=(6, 2))
+    assert worker.sync_workers == 2 and worker.window == 4 * (10 + 6)
+    assert "autoscaled 2..6" in worker.concurrency_text
+    for bad in [(2, 3), (0, 0), (5, -1), ("x", 1), (5000, 1)]:
+        with pytest.raises(ImproperlyConfigured):
+            Worker(app, autoscale=bad)
