@@ -123,6 +123,22 @@ def test_growing_while_a_shrink_is_pending_keeps_the_threads(run):
     assert live(ex) == 3
 
 
+def test_a_thread_abandoned_while_a_shrink_is_pending_counts_as_one_leaving(run):
+    gauge = Gauge()
+    ex, rec = run(2, 2)
+    reqs = [request(n, gauge.body) for n in range(2)]
+    ex.submit(0, reqs)
+    wait_until(lambda: gauge.now == 2)
+    ex.resize(1)
+    ex.abandon(reqs[0], "terminated")  # no replacement: the pool is shrinking anyway
+    assert ex._excess == 0 and live(ex) == 2
+    gauge.gate.set()
+    assert rec.all_done.wait(5)
+    wait_until(lambda: live(ex) == 1)
+    ex.submit(0, [request(9)])
+    wait_until(lambda: len(rec.done) == 3)
+
+
 def test_a_shrink_and_growth_cycle_under_a_burst_runs_every_request_once(run):
     ex, rec = run(4, 3000)
     for start in range(0, 3000, 100):

@@ -91,11 +91,11 @@ class Worker:
         if self.autoscale is not None:
             sync_workers = self.autoscale[1]
         self.sync_workers = _count(sync_workers, default_sync, 1, "sync_workers")
-        if self.loop_workers + (self.autoscale or (self.sync_workers,))[0] == 0:
+        threads = self.autoscale[0] if self.autoscale else self.sync_workers  # at most
+        if self.loop_workers + threads == 0:
             raise ImproperlyConfigured("A worker needs at least one loop worker or one sync worker")
         self.multiplier = _count(prefetch_multiplier, conf.worker_prefetch_multiplier, 4,
                                  "prefetch_multiplier")
-        threads = self.autoscale[0] if self.autoscale else self.sync_workers
         self.window = prefetch_window(self.multiplier,
                                       self.loop_workers * self.loop_concurrency + threads)
         self.autoscale_keepalive = _keepalive()

@@ -46,7 +46,8 @@ class ThreadExecutor:
     less worker CPU, docs/performance.md). ``_lock`` guards ``_pending``, ``_idle`` (the
     wake-up queues of threads waiting for a token, or about to), ``_woken`` (tokens not yet
     followed by a take), ``_running`` (thread ident -> request), ``_retiring``,
-    ``_threads``, ``_wakes``, ``_spawned``, ``size`` and ``_excess``.
+    ``_threads``, ``_wakes``, ``_spawned``, ``size`` and ``_excess`` (``size`` is written
+    only by ``resize``, on the consumer's loop thread, which alone reads it unlocked).
 
     Resizing (``resize``, consumer loop): growing starts threads that take pending requests
     at once; shrinking stops idle threads first (a ``_STOP`` token), and for the rest counts
