@@ -55,13 +55,15 @@ def pool_stats(app: Celery, name: str) -> dict:
     return ask(app, name, "stats")
 
 
-def test_grow_and_shrink_under_load_lose_and_repeat_no_task(redis, tmp_path, report):
+@pytest.mark.parametrize("acks_late", [False, True], ids=["early_ack", "acks_late"])
+def test_grow_and_shrink_under_load_lose_and_repeat_no_task(acks_late, redis, tmp_path, report):
     url, log, env, app = redis
+    env = faultapp_env(url, url, log, acks_late=acks_late)
     name = node()
     worker = Worker(env, "-n", name, *OPTIONS, cwd=tmp_path).wait_ready()
     sent = 3000
     try:
-        ids = [app.send_task("fault.sync" if n % 2 else "fault.async", (0.002,)).id
+        ids = [app.send_task("fault.sync" if n % 2 else "fault.async", (0.005,)).id
                for n in range(sent)]
         steps = [("pool_grow", 3, None, "pool will grow"),
                  ("pool_shrink", 4, None, "pool will shrink"),
@@ -73,6 +75,7 @@ def test_grow_and_shrink_under_load_lose_and_repeat_no_task(redis, tmp_path, rep
             time.sleep(0.3)
             arguments = {"n": n} if kind is None else {"n": n, "pool": kind}
             assert ask(app, name, command, **arguments) == {"ok": answer}
+        assert Executions.read(log).lost(ids), "every task ended before the last resize"
         stats = pool_stats(app, name)
         assert stats["pool"]["sync-workers"] == 3
         assert stats["pool"]["loop-concurrency"] == 1
