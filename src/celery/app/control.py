@@ -173,6 +173,24 @@ class Control:
         return self.broadcast("time_limit", {"task_name": task_name, "soft": soft, "hard": hard},
                               destination, **kwargs)
 
+    def pool_grow(self, n: int = 1, destination: Sequence[str] | None = None,
+                  **kwargs: Any) -> list[Reply] | None:
+        """Grow each worker's pool by ``n`` sync threads (``pool="loop"``: ``n`` more async
+        tasks at once per loop worker)."""
+        return self.broadcast("pool_grow", {"n": n, **_pool_kind(kwargs)}, destination,
+                              **kwargs)
+
+    def pool_shrink(self, n: int = 1, destination: Sequence[str] | None = None,
+                    **kwargs: Any) -> list[Reply] | None:
+        """Shrink each worker's pool by ``n`` (running tasks finish first)."""
+        return self.broadcast("pool_shrink", {"n": n, **_pool_kind(kwargs)}, destination,
+                              **kwargs)
+
+    def autoscale(self, max: int, min: int, destination: Sequence[str] | None = None,
+                  **kwargs: Any) -> list[Reply] | None:
+        """Change the range of workers started with ``--autoscale``."""
+        return self.broadcast("autoscale", {"max": max, "min": min}, destination, **kwargs)
+
     async def aping(self, destination: Sequence[str] | None = None, timeout: float = 1.0,
                     **kwargs: Any) -> list[Reply]:
         return await self.abroadcast("ping", {}, destination, reply=True, timeout=timeout,
@@ -265,3 +283,9 @@ class Inspect:
 
     def clock(self) -> dict[str, Any] | None:
         return self._request("clock")
+
+
+def _pool_kind(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``pool`` argument of pool_grow/pool_shrink, taken out of ``kwargs`` when given."""
+    kind = kwargs.pop("pool", None)
+    return {} if kind is None else {"pool": kind}

@@ -61,6 +61,28 @@ def _queue(args: tuple[str, ...]) -> dict[str, Any]:
     return {"queue": args[0]}
 
 
+def _pool(args: tuple[str, ...]) -> dict[str, Any]:
+    if len(args) > 2 or (len(args) == 2 and args[1] not in ("threads", "loop")):
+        raise click.UsageError("usage: pool_grow|pool_shrink [N=1] [threads|loop]")
+    try:
+        arguments: dict[str, Any] = {"n": int(args[0]) if args else 1}
+    except ValueError:
+        raise click.UsageError(f"N is a whole number, not {args[0]!r}") from None
+    if len(args) == 2:
+        arguments["pool"] = args[1]
+    return arguments
+
+
+def _autoscale(args: tuple[str, ...]) -> dict[str, Any]:
+    if len(args) not in (1, 2):
+        raise click.UsageError("usage: autoscale MAX [MIN]")
+    try:
+        numbers = [int(a) for a in args]
+    except ValueError:
+        raise click.UsageError("MAX and MIN are whole numbers") from None
+    return {"max": numbers[0], "min": numbers[1] if len(numbers) > 1 else None}
+
+
 #: Action name -> how its command-line arguments become the command's arguments.
 INSPECT_ACTIONS: dict[str, Callable[[tuple[str, ...]], dict[str, Any]]] = {
     "ping": _nothing, "stats": _nothing, "active": _nothing, "reserved": _nothing,
@@ -71,7 +93,8 @@ INSPECT_ACTIONS: dict[str, Callable[[tuple[str, ...]], dict[str, Any]]] = {
 CONTROL_ACTIONS: dict[str, Callable[[tuple[str, ...]], dict[str, Any]]] = {
     "revoke": _ids("task_id"), "terminate": _terminate, "rate_limit": _rate_limit,
     "time_limit": _time_limit, "shutdown": _nothing, "add_consumer": _queue,
-    "cancel_consumer": _queue,
+    "cancel_consumer": _queue, "pool_grow": _pool, "pool_shrink": _pool,
+    "autoscale": _autoscale,
 }
 
 

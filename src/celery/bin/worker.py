@@ -80,6 +80,25 @@ def _count(ctx: click.Context, param: click.Parameter, value: int | None) -> int
     return value
 
 
+def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None
+               ) -> tuple[int, int] | None:
+    """``MAX,MIN`` (or ``MAX``: min 0) as ``(max, min)``; given the other way round, the
+    larger is max, as in Celery."""
+    if value is None:
+        return None
+    parts = value.split(",")
+    try:
+        numbers = sorted((int(p) for p in parts), reverse=True)
+    except ValueError:
+        raise click.BadParameter(f"expected MAX,MIN whole numbers, not {value!r}") from None
+    if len(numbers) > 2:
+        raise click.BadParameter(f"expected MAX,MIN (two numbers at most), not {value!r}")
+    high, low = numbers[0], numbers[1] if len(numbers) == 2 else 0
+    if low < 0 or high < 1:
+        raise click.BadParameter(f"needs MAX >= 1 and MIN >= 0, not {value!r}")
+    return high, low
+
+
 def _processes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
@@ -121,6 +140,14 @@ def _processes(ctx: click.Context, param: click.Parameter, value: str | None) ->
     type=int,
     callback=_count,
     help="Celery's option: same as --sync-workers.",
+)
+@click.option(
+    "--autoscale",
+    callback=_autoscale,
+    metavar="MAX,MIN",
+    help="Grow the sync threads (def tasks) up to MAX while tasks wait, and shrink them "
+    "back to MIN when idle (after AUTOSCALE_KEEPALIVE seconds, 30); starts with MIN and "
+    "replaces --sync-workers.",
 )
 @click.option(
     "-Q",
@@ -221,6 +248,7 @@ def worker(
     loop_inline: bool | None,
     sync_workers: int | None,
     concurrency: int | None,
+    autoscale: tuple[int, int] | None,
     queues: list[str] | None,
     hostname: str | None,
     loglevel: int,
@@ -274,6 +302,7 @@ def worker(
         "task_events": task_events,
         "heartbeat": not without_heartbeat,
         "heartbeat_interval": heartbeat_interval,
+        "autoscale": autoscale,
     }
     state_db = statedb or conf.worker_state_db or None
     # Built in the supervisor too: a bad size or setting fails here, once, on one line.
@@ -414,10 +443,13 @@ def banner(app: Celery, instance: Any, options: dict[str, Any], loglevel: int,
     tasks = sorted(name for name in app.tasks if show_internal or not name.startswith("celery."))
     queues = getattr(instance, "queues", None) or options["queues"] or [conf.task_default_queue]
     loops, syncs = options["loop_workers"], options["sync_workers"]
+    scaled = options.get("autoscale")
+    sync_text = (f"{scaled[1]}..{scaled[0]} sync workers (autoscale)" if scaled
+                 else f"{syncs} sync {pluralize(syncs, 'worker')}")
     concurrency = (
         f"{loops} loop {pluralize(loops, 'worker')}"
         f"{' (inline)' if options.get('loop_inline') else ''} × {options['loop_concurrency']}"
-        f" + {syncs} sync {pluralize(syncs, 'worker')}"
+        f" + {sync_text}"
     )
     from .. import VERSION_BANNER
 

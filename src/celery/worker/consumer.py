@@ -610,6 +610,16 @@ class Consumer:
                                                  TaskRevokedError("terminated"))
         self._on_outcomes([self.results.hand_over(outcome, False)])
 
+    def resized(self, window: int) -> None:
+        """An executor was resized (worker/pool.py): fetch within ``window`` from now on,
+        start for us the waiting requests that new threads take, and hand over more."""
+        self.window = window
+        self.eta_hold_max = max(ETA_HOLD_MAX, window)
+        for lane in self.lanes.values():
+            lane.rebalance(self._start)
+        self._dispatch()
+        self._room.set()
+
     def reset_rate_limit(self, name: str) -> None:
         """The task's ``rate_limit`` changed: rebuild its limiter, keeping who waits."""
         old = self._limits.by_name.pop(name, None)

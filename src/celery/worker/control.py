@@ -276,6 +276,37 @@ class ControlServer:
         logger.info("New time limits for tasks of type %s: soft=%s hard=%s", task_name, soft, hard)
         return ok("time limits set successfully")
 
+    # Pool commands: worker/pool.py resizes; a bad argument is a one-line error reply.
+    def do_pool_grow(self, n: Any = 1, pool: Any = None, **_: Any) -> dict[str, Any]:
+        return self._resize("pool_grow", n, pool)
+
+    def do_pool_shrink(self, n: Any = 1, pool: Any = None, **_: Any) -> dict[str, Any]:
+        return self._resize("pool_shrink", n, pool)
+
+    def _resize(self, command: str, n: Any, pool: Any) -> dict[str, Any]:
+        sizes = self.worker.pool
+        if sizes is None:
+            return nok("the pool is not running")
+        try:
+            grown = command == "pool_grow"
+            kind = sizes.grow(n, pool) if grown else sizes.shrink(n, pool)
+        except ValueError as exc:
+            logger.error("Remote control: %s refused: %s", command, exc)
+            return nok(str(exc))
+        what = "loop concurrency" if kind == "loop" else "pool"
+        return ok(f"{what} will {'grow' if grown else 'shrink'}")
+
+    def do_autoscale(self, max: Any = None, min: Any = None, **_: Any) -> dict[str, Any]:
+        sizes = self.worker.pool
+        try:
+            if sizes is None:
+                raise ValueError("the pool is not running")
+            high, low = sizes.update_autoscale(max, min)
+        except ValueError as exc:
+            logger.error("Remote control: autoscale refused: %s", exc)
+            return nok(str(exc))
+        return ok(f"autoscale now max={high} min={low}")
+
     def do_shutdown(self, msg: str = "Got shutdown from remote", **_: Any) -> Any:
         logger.warning(msg)
         self.worker.stop()
@@ -314,17 +345,21 @@ class ControlServer:
         consumer, worker = self.consumer, self.worker
         usage = resource.getrusage(resource.RUSAGE_SELF)
         url = self.app.broker_url
-        return {
+        sizes = worker.pool
+        loop_concurrency = sizes.loop_concurrency if sizes else worker.loop_concurrency
+        sync_workers = sizes.threads if sizes else worker.sync_workers
+        autoscaler = sizes.info() if sizes else None
+        stats = {
             "total": dict(consumer.total),
             "pid": os.getpid(),
             "clock": str(self.clock),
             "uptime": int(time.time() - consumer.started_at),
             "pool": {
                 "implementation": "celery-asyncio:loop+threads",
-                "max-concurrency": worker.loop_workers * worker.loop_concurrency + worker.sync_workers,
+                "max-concurrency": worker.loop_workers * loop_concurrency + sync_workers,
                 "loop-workers": worker.loop_workers,
-                "loop-concurrency": worker.loop_concurrency,
-                "sync-workers": worker.sync_workers,
+                "loop-concurrency": loop_concurrency,
+                "sync-workers": sync_workers,
                 "processes": [os.getpid()],
             },
             "broker": {"transport": url.split(":", 1)[0], "url": _masked(url)},
@@ -333,6 +368,9 @@ class ControlServer:
                        "maxrss": usage.ru_maxrss, "nvcsw": usage.ru_nvcsw,
                        "nivcsw": usage.ru_nivcsw},
         }
+        if autoscaler is not None:  # as upstream: only with --autoscale
+            stats["autoscaler"] = autoscaler
+        return stats
 
     def do_active(self, safe: bool = False, **_: Any) -> list[dict[str, Any]]:
         return [req.info(bool(safe), self.hostname) for req in self.consumer.requests()["active"]]

@@ -18,6 +18,11 @@ this view lags the executor by one request: one runs before the consumer starts 
 its outcome comes first, ``settle`` says it never started, which acks it then; nothing is
 lost or acked twice.
 
+A resized executor (worker/pool.py) changes ``starts`` in place. Growing, ``rebalance``
+starts as many waiting requests as the new threads take. Shrinking, the threads beyond the
+new size exit as they finish their task instead of taking the next, so a settle starts the
+next waiting request only while fewer than ``starts`` run.
+
 Used on the consumer's loop thread only; the executors' own hand-offs are thread-safe.
 """
 
@@ -43,12 +48,18 @@ class Lane:
         self.running: dict[Request, None] = {}
         #: Handed over but waiting in the executor for a thread, in the executor's order.
         self.unstarted: deque[Request] = deque()
+        #: How many of ``unstarted`` each group has.
+        self.waiting = [0] * len(executor.groups)
+
+    def demand(self) -> int:
+        """Requests here that want to run: held, waiting in the executor or running."""
+        return len(self.held) + len(self.running)
 
     def hand_over(self, group: int, batch: list[Request], start: Callable[[Request], None]) -> None:
         """Submit ``batch`` to ``group``; ``start`` those that start at once (all, unless
         the group's threads are busy: the rest wait in ``unstarted``)."""
         starts = self.executor.starts[group]
-        waiting = any(r.slot == group for r in self.unstarted)
+        waiting = self.waiting[group] > 0
         for req in batch:
             req.slot = group
             self.running[req] = None
@@ -58,21 +69,35 @@ class Lane:
             else:
                 waiting = True
                 self.unstarted.append(req)
+                self.waiting[group] += 1
             self.used[group] += 1
         self.executor.submit(group, batch)
 
     def settle(self, req: Request, start: Callable[[Request], None]) -> bool:
         """``req`` is settled (its slot freed): True if it had started. If it had, its
-        thread takes the next request waiting in its group, which starts for us too."""
-        self.used[req.slot] -= 1
-        if req in self.unstarted:
+        thread takes the next request waiting in its group, which starts for us too (unless
+        the group shrank and its thread exits instead)."""
+        group = req.slot
+        self.used[group] -= 1
+        if self.waiting[group] and req in self.unstarted:
             self.unstarted.remove(req)
+            self.waiting[group] -= 1
             return False
-        nxt = next((r for r in self.unstarted if r.slot == req.slot), None)
-        if nxt is not None:
-            self.unstarted.remove(nxt)
-            start(nxt)
+        if self.waiting[group] and self.used[group] - self.waiting[group] < self.executor.starts[group]:
+            self._start_next(group, start)
         return True
+
+    def rebalance(self, start: Callable[[Request], None]) -> None:
+        """After a resize: start the waiting requests that the threads added take now."""
+        for group, starts in enumerate(self.executor.starts):
+            while self.waiting[group] and self.used[group] - self.waiting[group] < starts:
+                self._start_next(group, start)
+
+    def _start_next(self, group: int, start: Callable[[Request], None]) -> None:
+        nxt = next(r for r in self.unstarted if r.slot == group)
+        self.unstarted.remove(nxt)
+        self.waiting[group] -= 1
+        start(nxt)
 
     def withdraw(self, wanted: set[str] | None = None) -> list[Request]:
         """Take back from the executor the unstarted requests whose id is in ``wanted``
@@ -93,10 +118,12 @@ class Lane:
         for req in taken:
             self._forget(req)
         self.unstarted.clear()
+        self.waiting = [0] * len(self.waiting)
         return taken
 
     def _forget(self, req: Request) -> None:
         self.unstarted.remove(req)
+        self.waiting[req.slot] -= 1
         del self.running[req]
         self.used[req.slot] -= 1
 

@@ -21,17 +21,19 @@ from .control import ControlServer
 from .events import WorkerEvents
 from .executor.loop import LoopExecutor, new_event_loop
 from .executor.threads import ThreadExecutor
+from .pool import MAX_THREADS, UNLIMITED_WINDOW, Kind, Pool, prefetch_window
 from .tracer import Tracer
 
 if TYPE_CHECKING:
     from ..app.base import Celery
 
-__all__ = ["Worker", "expand_hostname"]
+__all__ = ["UNLIMITED_WINDOW", "Worker", "expand_hostname"]
 
 logger = logging.getLogger("celery.worker")
 
-#: No upper limit asked (prefetch multiplier 0): still cap what one worker holds.
-UNLIMITED_WINDOW = 65536
+#: Seconds the demand must stay below the pool's size before ``--autoscale`` shrinks it
+#: (upstream Celery's ``AUTOSCALE_KEEPALIVE`` environment variable, same default).
+AUTOSCALE_KEEPALIVE_DEFAULT = 30.0
 
 
 def expand_hostname(name: str | None, host: str | None = None) -> str:
@@ -70,7 +72,8 @@ class Worker:
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
                  state_db: str | None = None, task_events: bool | None = None,
-                 heartbeat: bool = True, heartbeat_interval: float | None = None) -> None:
+                 heartbeat: bool = True, heartbeat_interval: float | None = None,
+                 autoscale: tuple[int, int] | None = None) -> None:
         conf = app.conf
         self.app = app
         self.hostname = hostname or expand_hostname(None)
@@ -85,13 +88,21 @@ class Worker:
                 f"loop_inline runs async tasks on the consumer's own event loop: it needs "
                 f"exactly one loop worker, not {self.loop_workers}")
         default_sync = conf.worker_sync_workers or conf.worker_concurrency or os.cpu_count() or 1
+        #: ``(max, min)`` sync threads (``--autoscale``): the worker starts with min.
+        self.autoscale = _autoscale(autoscale)
+        if self.autoscale is not None:
+            sync_workers = self.autoscale[1]
         self.sync_workers = _count(sync_workers, default_sync, 1, "sync_workers")
-        if self.loop_workers + self.sync_workers == 0:
+        threads = self.autoscale[0] if self.autoscale else self.sync_workers  # at most
+        if self.loop_workers + threads == 0:
             raise ImproperlyConfigured("A worker needs at least one loop worker or one sync worker")
-        multiplier = _count(prefetch_multiplier, conf.worker_prefetch_multiplier, 4,
-                            "prefetch_multiplier")
-        concurrency = self.loop_workers * self.loop_concurrency + self.sync_workers
-        self.window = concurrency * multiplier if multiplier else UNLIMITED_WINDOW
+        self.multiplier = _count(prefetch_multiplier, conf.worker_prefetch_multiplier, 4,
+                                 "prefetch_multiplier")
+        self.window = prefetch_window(self.multiplier,
+                                      self.loop_workers * self.loop_concurrency + threads)
+        self.autoscale_keepalive = _keepalive()
+        #: The executors' sizes while running (``pool_grow``, ``autoscale``; worker/pool.py).
+        self.pool: Pool | None = None
         self.ready_callback = ready_callback
         self.max_tasks_per_child = _count(max_tasks_per_child, conf.worker_max_tasks_per_child, 0,
                                           "max_tasks_per_child") or None
@@ -121,8 +132,10 @@ class Worker:
     @property
     def concurrency_text(self) -> str:
         inline = " (inline)" if self.loop_inline else ""
+        sync = (f"autoscaled {self.autoscale[1]}..{self.autoscale[0]}" if self.autoscale
+                else str(self.sync_workers))
         return (f"{self.loop_workers} loop workers{inline} × {self.loop_concurrency} + "
-                f"{self.sync_workers} sync workers")
+                f"{sync} sync workers")
 
     # -- running -------------------------------------------------------------------------
 
@@ -171,6 +184,14 @@ class Worker:
         consumer.events = events = WorkerEvents(
             app, transport, self.hostname, tracer, consumer.event_counts,
             task_events=self.task_events, heartbeat=self.heartbeat, freq=self.heartbeat_interval)
+        # Resizes what a plain pool_grow names: the threads, unless the worker was started
+        # for async tasks only.
+        kind: Kind = "loop" if self.sync_workers == 0 and not self.autoscale and self.loop_workers \
+            else "threads"
+        pool = Pool(consumer, loop_exec, sync_exec, loop_workers=self.loop_workers,
+                    multiplier=self.multiplier, autoscale=self.autoscale,
+                    keepalive=self.autoscale_keepalive, kind=kind)
+        self.pool = pool
         control = ControlServer(self, consumer)
         with self._lock:
             self._loop, self._consumer = loop, consumer
@@ -182,12 +203,14 @@ class Worker:
         loop_exec.start()
         sync_exec.start()
         serving = asyncio.create_task(control.run(), name="remote-control")
+        scaling = asyncio.create_task(pool.run_autoscaler(), name="autoscaler")
         try:
             await consumer.run()
         finally:
+            scaling.cancel()
             control.stop()
             serving.cancel()  # at its wait for commands, or mid-reply: either is safe
-            await asyncio.gather(serving, return_exceptions=True)
+            await asyncio.gather(serving, scaling, return_exceptions=True)
             await control.close()
             await events.close()  # worker-offline, before the broker connection goes
             if self._heartbeats is not None:
@@ -312,6 +335,33 @@ async def _check_backend(backend: Any) -> None:
 #: The exit status of a worker process that stopped to be replaced (max tasks or memory per
 #: child); the ``celery worker`` supervisor then starts a fresh one.
 RECYCLE_EXIT_CODE = 75
+
+
+def _autoscale(value: Any) -> tuple[int, int] | None:
+    """``(max, min)`` checked (None: no autoscaling)."""
+    if value is None:
+        return None
+    try:
+        high, low = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(f"autoscale must be (max, min) whole numbers, not {value!r}") \
+            from None
+    if low < 0 or not 1 <= high <= MAX_THREADS or low > high:
+        raise ImproperlyConfigured(f"autoscale needs 1 <= max <= {MAX_THREADS} and "
+                                   f"0 <= min <= max, not max={high} min={low}")
+    return high, low
+
+
+def _keepalive() -> float:
+    text = os.environ.get("AUTOSCALE_KEEPALIVE")
+    try:
+        value = float(text) if text else AUTOSCALE_KEEPALIVE_DEFAULT
+    except ValueError:
+        raise ImproperlyConfigured(f"AUTOSCALE_KEEPALIVE must be a number of seconds, not "
+                                   f"{text!r}") from None
+    if value <= 0:
+        raise ImproperlyConfigured(f"AUTOSCALE_KEEPALIVE must be positive, not {text!r}")
+    return value
 
 
 def _count(value: int | None, default: int | None, fallback: int, name: str, minimum: int = 0) -> int:

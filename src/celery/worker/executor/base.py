@@ -29,13 +29,19 @@ class Executor(Protocol):
     loop worker; a single group for the sync threads); the consumer never submits more
     requests to a group than its capacity. ``starts`` says how many of a group's requests
     run at once; the others wait in the executor, taken in the order they were submitted
-    (worker/lanes.py).
+    (worker/lanes.py). Both lists change in place when the executor is resized.
     """
 
     groups: list[int]
     starts: list[int]
+    #: The size ``resize`` last set: threads (sync), or tasks at once per loop (loop).
+    size: int
 
     def start(self) -> None: ...
+
+    def resize(self, size: int) -> None:
+        """Change ``size`` while running (consumer loop): ``groups`` and ``starts`` change
+        in place; nothing running is interrupted (worker/pool.py)."""
 
     def submit(self, group: int, requests: Sequence[Request]) -> None: ...
 

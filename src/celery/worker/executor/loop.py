@@ -169,6 +169,18 @@ class LoopExecutor:
         self._workers = [_LoopWorker(i, tracer, on_done, inline) for i in range(count)]
         self.groups = [concurrency] * count
         self.starts = self.groups  # every request handed over starts at once
+        #: Async tasks each loop worker runs at once.
+        self.size = concurrency
+
+    def resize(self, concurrency: int) -> None:
+        """Run up to ``concurrency`` tasks on each loop from now on (consumer loop). Only
+        the consumer counts them: it hands over more at once, or none until the tasks
+        running beyond the new size have ended; no running task is cancelled."""
+        if concurrency < 1:
+            raise ValueError(f"a loop runs at least one task at once, not {concurrency}")
+        self.size = concurrency
+        for group in range(len(self.groups)):
+            self.groups[group] = concurrency  # in place: the consumer's lane reads the list
 
     def start(self) -> None:
         for w in self._workers:

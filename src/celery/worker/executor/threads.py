@@ -46,7 +46,14 @@ class ThreadExecutor:
     less worker CPU, docs/performance.md). ``_lock`` guards ``_pending``, ``_idle`` (the
     wake-up queues of threads waiting for a token, or about to), ``_woken`` (tokens not yet
     followed by a take), ``_running`` (thread ident -> request), ``_retiring``,
-    ``_threads``, ``_wakes`` and ``_spawned``.
+    ``_threads``, ``_wakes``, ``_spawned``, ``size`` and ``_excess`` (``size`` is written
+    only by ``resize``, on the consumer's loop thread, which alone reads it unlocked).
+
+    Resizing (``resize``, consumer loop): growing starts threads that take pending requests
+    at once; shrinking stops idle threads first (a ``_STOP`` token), and for the rest counts
+    an ``_excess``: the next threads to come for a request after finishing their task exit
+    instead, so no running task is interrupted and none is taken and then dropped. The
+    check sits in ``_take``, under the lock it already holds: no cost per task.
 
     A thread stuck in a task past its hard time limit cannot be stopped from outside (we
     never inject exceptions into threads). ``abandon`` starts a replacement thread, so the
@@ -58,8 +65,13 @@ class ThreadExecutor:
         self.tracer = tracer
         self.on_done = on_done
         #: Requests handed over at most (running or waiting), and run at once.
-        self.groups = [count * (1 + QUEUE_PER_THREAD)] if count > 0 else []
-        self.starts = [count] if count > 0 else []
+        #: One group, even with no thread yet: ``resize`` may add some.
+        self.groups = [count * (1 + QUEUE_PER_THREAD)]
+        self.starts = [count]
+        #: Threads wanted (not counting threads abandoned while stuck in a task).
+        self.size = count
+        #: Running threads still to exit after their task, to reach ``size`` (shrinking).
+        self._excess = 0
         self._pending: collections.deque[_request.Request] = collections.deque()
         self._lock = threading.Lock()
         self._woken = 0
@@ -84,8 +96,41 @@ class ThreadExecutor:
         return thread
 
     def start(self) -> None:
-        for thread in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.start()
+
+    def resize(self, count: int) -> None:
+        """Run ``count`` threads from now on (consumer loop; the lane follows ``starts``).
+
+        Growing starts new threads, which take pending requests at once; shrinking stops
+        idle threads now and lets busy ones exit after their current task."""
+        if count < 0:
+            raise ValueError(f"a thread count cannot be negative ({count})")
+        started: list[threading.Thread] = []
+        stopped: list[_Wake] = []
+        with self._lock:
+            change, self.size = count - self.size, count
+            if change > 0:
+                kept = min(change, self._excess)  # threads due to exit stay instead
+                self._excess -= kept
+                started = [self._new_thread() for _ in range(change - kept)]
+            elif change < 0:
+                while change < 0 and self._idle:
+                    stopped.append(self._idle.pop(0))  # the one idle longest first
+                    change += 1
+                self._excess -= change
+            # In place: the consumer's lane reads these lists.
+            self.groups[0] = count * (1 + QUEUE_PER_THREAD)
+            self.starts[0] = count
+            wake = self._wake_one()
+        for w in stopped:
+            w.put(_STOP)
+        for thread in started:
+            thread.start()
+        if wake is not None:
+            wake.put(True)
 
     def abandon(self, req: _request.Request, why: str) -> None:
         """Replace the thread running ``req`` (its hard time limit struck, or it was
@@ -97,11 +142,16 @@ class ThreadExecutor:
             if stuck is None or stuck in self._retiring:
                 return  # it finished meanwhile, or was already replaced
             self._retiring.add(stuck)
-            thread = self._new_thread()  # idle from its start
+            thread = None
+            if self._excess:  # shrinking anyway: this one leaves instead of a later one
+                self._excess -= 1
+            else:
+                thread = self._new_thread()  # idle from its start
             wake = self._wake_one()
         logger.warning("Replacing the sync worker thread running %s[%s] (%s); it exits when "
                        "the task returns", req.name, req.id, why)
-        thread.start()
+        if thread is not None:
+            thread.start()
         if wake is not None:
             wake.put(True)
 
@@ -130,15 +180,23 @@ class ThreadExecutor:
             return self._idle.pop()
         return None
 
-    def _take(self, me: int, wake: _Wake, woken: bool) -> _request.Request | None:
-        """The next pending request for thread ``me`` (None: it goes idle, to be woken on
-        ``wake``), waking the next idle thread when more wait."""
+    def _take(self, me: int, wake: _Wake, woken: bool) -> _request.Request | bool:
+        """The next pending request for thread ``me``, waking the next idle thread when
+        more wait; else True: it goes idle, to be woken on ``wake``; or False: it exits
+        (the pool shrinks)."""
         with self._lock:
             if woken:
                 self._woken -= 1
+            if self._excess:
+                self._excess -= 1
+                self._forget_thread(wake)
+                other = self._wake_one()  # a token meant for us goes to another thread
+                if other is not None:
+                    other.put(True)
+                return False
             if not self._pending:
                 self._idle.append(wake)
-                return None
+                return True
             req = self._pending.popleft()
             self._running[me] = req
             other = self._wake_one()
@@ -146,12 +204,25 @@ class ThreadExecutor:
             other.put(True)
         return req
 
+    def _forget_thread(self, wake: _Wake) -> None:
+        """Under ``_lock``: the thread of ``wake`` exits; ``stop`` no longer waits for it."""
+        index = next(i for i, w in enumerate(self._wakes) if w is wake)
+        del self._wakes[index], self._threads[index]
+
     def _run(self, wake: _Wake) -> None:
+        try:
+            self._serve(wake)
+        finally:
+            with self._lock:
+                if any(w is wake for w in self._wakes):
+                    self._forget_thread(wake)
+
+    def _serve(self, wake: _Wake) -> None:
         run, done = self.tracer.run_sync, self.on_done
         me = threading.get_ident()
         while wake.get() is not _STOP:
             woken = True
-            while (req := self._take(me, wake, woken)) is not None:
+            while not isinstance(req := self._take(me, wake, woken), bool):
                 woken = False
                 start = time.monotonic()
                 try:
@@ -169,6 +240,8 @@ class ThreadExecutor:
                 done(outcome, alone)
                 if retire:  # replaced while stuck: a fresh thread does our share now
                     return
+            if req is False:  # the pool shrank
+                return
 
     def cancel_all(self) -> list[_request.Request]:
         """Threads cannot be interrupted (the consumer requeues what they run); the requests
