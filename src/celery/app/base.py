@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .connection import BrokerConnection
     from .control import Control
     from .events import Events
+    from .loader import Loader
 
 __all__ = ["DEFAULT_BROKER_URL", "Celery", "gen_task_name"]
 
@@ -283,6 +284,13 @@ class Celery:
                     self._control = Control(self)
         return self._control
 
+    @property
+    def loader(self) -> Loader:
+        """Celery's ``app.loader``: only ``import_default_modules()`` (app/loader.py)."""
+        from .loader import Loader
+
+        return Loader(self)
+
     def connection_for_read(self, url: str | None = None, **_ignored: Any) -> BrokerConnection:
         """A ``BrokerConnection`` naming the broker (``url`` or the app's): it opens nothing
         and is accepted, and ignored, by ``app.events.Receiver`` (app/connection.py)."""
@@ -308,6 +316,11 @@ class Celery:
             with self._setup_lock:
                 if self._transport is None:
                     from ..transport.registry import transport_for_url
+
+                    if self.conf.broker_use_ssl:
+                        raise ImproperlyConfigured(
+                            "broker_use_ssl is not supported: put TLS in the broker URL "
+                            "(rediss://...?ssl_cert_reqs=required, or amqps://)")
 
                     self._transport = transport_for_url(
                         self.broker_url,

@@ -193,6 +193,42 @@ class Control:
                         **kwargs: Any) -> list[Reply] | None:
         return self.broadcast("cancel_consumer", {"queue": queue}, destination, **kwargs)
 
+    # Events: our workers answer these once they send events; upstream workers do now.
+    def enable_events(self, destination: Sequence[str] | None = None,
+                      **kwargs: Any) -> list[Reply] | None:
+        """Ask the workers to start sending task events (``-E`` at run time)."""
+        return self.broadcast("enable_events", {}, destination, **kwargs)
+
+    def disable_events(self, destination: Sequence[str] | None = None,
+                       **kwargs: Any) -> list[Reply] | None:
+        return self.broadcast("disable_events", {}, destination, **kwargs)
+
+    def heartbeat(self, destination: Sequence[str] | None = None,
+                  **kwargs: Any) -> list[Reply] | None:
+        """Ask the workers to send a heartbeat event now."""
+        return self.broadcast("heartbeat", {}, destination, **kwargs)
+
+    # Pool commands: our workers have a fixed set of threads and refuse these with an
+    # error reply naming the setting to change (worker/control.py); upstream's prefork
+    # workers obey them.
+    def pool_grow(self, n: int = 1, destination: Sequence[str] | None = None,
+                  **kwargs: Any) -> list[Reply] | None:
+        return self.broadcast("pool_grow", {"n": n}, destination, **kwargs)
+
+    def pool_shrink(self, n: int = 1, destination: Sequence[str] | None = None,
+                    **kwargs: Any) -> list[Reply] | None:
+        return self.broadcast("pool_shrink", {"n": n}, destination, **kwargs)
+
+    def autoscale(self, max: int, min: int, destination: Sequence[str] | None = None,  # noqa: A002
+                  **kwargs: Any) -> list[Reply] | None:
+        return self.broadcast("autoscale", {"max": max, "min": min}, destination, **kwargs)
+
+    def pool_restart(self, modules: Sequence[str] | None = None, reload: bool = False,
+                     reloader: Any = None, destination: Sequence[str] | None = None,
+                     **kwargs: Any) -> list[Reply] | None:
+        return self.broadcast("pool_restart", {"modules": list(modules or []), "reload": reload,
+                                               "reloader": reloader}, destination, **kwargs)
+
     def inspect(self, destination: Sequence[str] | None = None, timeout: float = 1.0,
                 callback: Callable[[Reply], Any] | None = None, limit: int | None = None,
                 pattern: str | None = None, matcher: str | None = None,
