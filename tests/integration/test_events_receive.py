@@ -329,15 +329,3 @@ def test_events_dump_shows_an_upstream_worker(upstream_python, app, url):
                for line in lines), "".join(lines) + output[-2000:]
     assert any(f"task succeeded: interop.add({result.id}) args=(4, 5) kwargs={{}}" in line
                and "result=9" in line for line in lines)
-
-
-@pytest.mark.redis
-def test_our_worker_answers_event_commands_as_a_worker_without_events(app, caplog):
-    from .worker_harness import running_worker
-
-    with running_worker(app, hostname="ours-ev@test", loop_workers=0, sync_workers=1):
-        assert app.control.broadcast("heartbeat", reply=True, timeout=2.0) == \
-            [{"ours-ev@test": None}]
-        assert app.control.broadcast("enable_events", reply=True, timeout=2.0) == \
-            [{"ours-ev@test": {"error": "event dispatcher unavailable"}}]
-    assert not [r for r in caplog.records if "unknown command" in r.getMessage()]

@@ -49,7 +49,8 @@ _TASK_OPTION_NAMES = (
     "track_started", "max_retries", "default_retry_delay", "time_limit", "soft_time_limit",
     "rate_limit", "expires", "store_errors_even_if_ignored", "typing",
     "autoretry_for", "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max",
-    "retry_jitter", "reject_on_worker_lost", "acks_on_failure_or_timeout",
+    "retry_jitter", "reject_on_worker_lost", "acks_on_failure_or_timeout", "send_events",
+    "resultrepr_maxsize",
 )
 
 
@@ -109,6 +110,9 @@ class Celery:
         self.clock = LamportClock()
         #: ``app.GroupResult``: made on first use (an assignment; a race makes two alike).
         self._group_result_cls: Any = None
+        #: The dispatcher of ``task-sent`` events: made on first use (an assignment; a race
+        #: makes two alike, both usable).
+        self._sent_dispatcher: Any = None
         #: Each task's plain-send template and what it was made from (app/template.py).
         self._templates: dict[str, tuple[tuple[Any, ...], Template | None]] = {}
         #: Celery's app signals: ``on_configure`` and ``on_after_configure`` (``source``: the
@@ -494,6 +498,8 @@ class Celery:
         self.transport.publish(message)
         if publishing:
             _after_publish(name, message)
+        if self.conf._data["task_send_sent_event"]:
+            self.portal.call(self._send_sent_events([(name, message)]))
         return self._sent(task_id, name, options, message.headers.get("ignore_result"))
 
     async def asend_task(self, name: str, args: Sequence[Any] | None = None,
@@ -505,6 +511,8 @@ class Celery:
         await self.transport.apublish(message)
         if publishing:
             _after_publish(name, message)
+        if self.conf._data["task_send_sent_event"]:
+            await self._send_sent_events([(name, message)])
         return self._sent(task_id, name, options, message.headers.get("ignore_result"))
 
     def _publish_many(self, items: Sequence[tuple[str, Message]]) -> None:
@@ -518,6 +526,8 @@ class Celery:
             self.portal.call(self.transport.apublish_many([m for _, m in items]))
         for name, message in signalled:
             _after_publish(name, message)
+        if items and self.conf._data["task_send_sent_event"]:
+            self.portal.call(self._send_sent_events(items))
 
     async def _apublish_many(self, items: Sequence[tuple[str, Message]]) -> None:
         """``_publish_many`` on the running event loop (never blocks it)."""
@@ -528,6 +538,29 @@ class Celery:
             await self.transport.apublish_many([m for _, m in items])
         for name, message in signalled:
             _after_publish(name, message)
+        if items and self.conf._data["task_send_sent_event"]:
+            await self._send_sent_events(items)
+
+    async def _send_sent_events(self, items: Sequence[tuple[str, Message]]) -> None:
+        """``task-sent`` events (``task_send_sent_event``) for messages just published, as
+        Celery's producer sends them; a task whose ``send_events`` is False sends none.
+        Never raises: an event the broker does not take is logged and counted
+        (events/dispatcher.py)."""
+        dispatcher = self._sent_dispatcher
+        if dispatcher is None:
+            dispatcher = self._sent_dispatcher = self.events.Dispatcher()
+        for name, message in items:
+            task = self.tasks.get(name)
+            if task is not None and not task.send_events:
+                continue
+            headers = message.headers
+            await dispatcher.asend(
+                "task-sent", uuid=headers.get("id"), root_id=headers.get("root_id"),
+                parent_id=headers.get("parent_id"), name=name, args=headers.get("argsrepr"),
+                kwargs=headers.get("kwargsrepr"), retries=headers.get("retries") or 0,
+                eta=headers.get("eta"), expires=headers.get("expires"),
+                queue=message.routing_key, exchange=message.exchange,
+                routing_key=message.routing_key)
 
     @property
     def Task(self) -> type[Task]:  # noqa: N802 - Celery's name

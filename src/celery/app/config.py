@@ -90,10 +90,14 @@ DEFAULTS: dict[str, Any] = {
     "control_exchange": "celery",
     "control_queue_ttl": 300.0,
     "control_queue_expires": 10.0,
-    # events (receiving: celery/events/; our worker sends none yet)
+    # events (celery/events/, worker/events.py)
+    "worker_send_task_events": False,
+    "task_send_sent_event": False,
     "event_exchange": "celeryev",
     "event_serializer": "json",
     "event_queue_prefix": "celeryev",
+    "event_queue_ttl": 5.0,
+    "event_queue_expires": 60.0,
     # beat (celery/beat/)
     "beat_schedule": {},
     "beat_scheduler": "celery.beat:PersistentScheduler",

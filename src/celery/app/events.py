@@ -1,13 +1,13 @@
-"""``app.events``: the event receiver and state bound to an app (Celery's ``app.events``).
-
-Only the receiving side exists: our worker sends no events yet, and there is no
-``Dispatcher`` here.
-"""
+"""``app.events``: the event dispatcher, receiver and state bound to an app (Celery's
+``app.events``)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..events.dispatcher import EventDispatcher
 from ..events.receiver import EventReceiver
 from ..events.state import State as _State
 
@@ -32,6 +32,23 @@ class Events:
         ``Connection``), which is ignored: the app's broker is used."""
         return EventReceiver(channel, handlers=handlers, routing_key=routing_key,
                              node_id=node_id, app=self.app, **kwargs)
+
+    def Dispatcher(self, connection: Any = None, hostname: str | None = None,  # noqa: N802
+                   enabled: bool = True, channel: Any = None, buffer_while_offline: bool = True,
+                   **kwargs: Any) -> EventDispatcher:
+        """An ``EventDispatcher`` of this app; ``send`` publishes at once (through the
+        app's portal loop). ``connection``/``channel`` are ignored: the app's broker is used."""
+        return EventDispatcher(connection, hostname=hostname, enabled=enabled,
+                               buffer_while_offline=buffer_while_offline, app=self.app,
+                               **kwargs)
+
+    @contextlib.contextmanager
+    def default_dispatcher(self, hostname: str | None = None, enabled: bool = True,
+                           buffer_while_offline: bool = False) -> Iterator[EventDispatcher]:
+        """``with app.events.default_dispatcher() as d: d.send(...)``, as in Celery."""
+        with self.Dispatcher(hostname=hostname, enabled=enabled,
+                             buffer_while_offline=buffer_while_offline) as dispatcher:
+            yield dispatcher
 
     def State(self, *args: Any, **kwargs: Any) -> _State:  # noqa: N802 - Celery's name
         """A new ``celery.events.state.State`` (the app is not involved)."""

@@ -56,12 +56,16 @@ class Task(Generic[P, R]):
     store_errors_even_if_ignored: bool | None = None
     acks_late: bool | None = None
     track_started: bool | None = None
+    #: Longest repr of a result in a ``task-succeeded`` event (``-E``).
+    resultrepr_maxsize: int = 1024
     max_retries: int | None = 3
     default_retry_delay: float = 180
     time_limit: float | None = None
     soft_time_limit: float | None = None
     rate_limit: str | None = None
     expires: float | dt.datetime | None = None
+    #: The worker sends this task's events when task events are on (``-E``); False: never.
+    send_events: bool = True
     #: Automatic retries (Celery's names): exceptions that retry the task, those that never
     #: do, the retry() arguments, and exponential backoff with jitter.
     autoretry_for: tuple[type[BaseException], ...] = ()

@@ -171,7 +171,19 @@ def _processes(ctx: click.Context, param: click.Parameter, value: str | None) ->
     type=click.Path(dir_okay=False),
     help="Keep revoked task ids in this file across restarts [worker_state_db].",
 )
-@click.option("-E", "--task-events", is_flag=True, help="Send task events (not implemented yet).")
+@click.option("-E", "--task-events", "--events", "task_events", is_flag=True, default=None,
+              help="Send task events, for monitors such as Flower and celery events "
+                   "[worker_send_task_events].")
+@click.option("--without-heartbeat", is_flag=True,
+              help="Send no worker-online/heartbeat/offline events.")
+@click.option("--heartbeat-interval", type=float, metavar="SECONDS",
+              help="Seconds between two worker heartbeats [2].")
+@click.option("--without-gossip", is_flag=True,
+              help="Accepted for compatibility: this worker never gossips (it does not "
+                   "follow other workers' events).")
+@click.option("--without-mingle", is_flag=True,
+              help="Accepted for compatibility: this worker never mingles (it does not ask "
+                   "other workers for revoked ids at start; --statedb keeps its own).")
 @click.option(
     "-B",
     "--beat",
@@ -218,7 +230,11 @@ def worker(
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
     statedb: str | None,
-    task_events: bool,
+    task_events: bool | None,
+    without_heartbeat: bool,
+    heartbeat_interval: float | None,
+    without_gossip: bool,
+    without_mingle: bool,
     embed_beat: bool,
     schedule_filename: str | None,
     scheduler: str | None,
@@ -237,10 +253,6 @@ def worker(
             raise user_error(f"worker_processes: {exc}") from None
     number = slot.number if slot else 0
     setup_logging(app, loglevel, expand_index(logfile, number) if logfile else None)
-    if task_events and slot is None:
-        logging.getLogger("celery.worker").warning(
-            "-E/--task-events: task events are not implemented yet; none will be sent"
-        )
     from ..worker.worker import Worker, expand_hostname
 
     sync = sync_workers if sync_workers is not None else concurrency
@@ -259,6 +271,9 @@ def worker(
         "loop_inline": conf.worker_loop_inline if loop_inline is None else loop_inline,
         "sync_workers": sync,
         "prefetch_multiplier": prefetch_multiplier,
+        "task_events": task_events,
+        "heartbeat": not without_heartbeat,
+        "heartbeat_interval": heartbeat_interval,
     }
     state_db = statedb or conf.worker_state_db or None
     # Built in the supervisor too: a bad size or setting fails here, once, on one line.
@@ -416,6 +431,8 @@ def banner(app: Celery, instance: Any, options: dict[str, Any], loglevel: int,
         f"  results:     {mask_url(conf.result_backend) or 'disabled'}",
         f"  concurrency: {concurrency}",
         f"  queues:      {', '.join(queues)}",
+        "  task events: " + ("ON" if getattr(instance, "task_events", False)
+                             else "OFF (enable -E to monitor tasks in this worker)"),
         "",
         "[tasks]",
         *(f"  . {name}" for name in tasks),

@@ -1,13 +1,11 @@
-"""Monitoring events: receive what workers and clients publish (``EventReceiver``), keep a
-picture of the cluster (``events.state.State``), print them (``events.dumper``).
-
-Our worker sends no events yet; upstream Celery workers (``-E``) and clients
-(``task_send_sent_event``) do, and these read them.
-"""
+"""Monitoring events: send them (``EventDispatcher``; a worker's in worker/events.py),
+receive what workers and clients publish (``EventReceiver``), keep a picture of the cluster
+(``events.state.State``), print them (``events.dumper``)."""
 
 from __future__ import annotations
 
+from .dispatcher import EventDispatcher
 from .event import EVENT_EXCHANGE_NAME, Event, group_from
 from .receiver import EventReceiver
 
-__all__ = ["EVENT_EXCHANGE_NAME", "Event", "EventReceiver", "group_from"]
+__all__ = ["EVENT_EXCHANGE_NAME", "Event", "EventDispatcher", "EventReceiver", "group_from"]

@@ -154,8 +154,12 @@ class Mailbox(Protocol):
     Every coroutine may be awaited on any event loop.
     """
 
-    async def fanout_publish(self, exchange: str, payload: str) -> None:
-        """Deliver ``payload`` to every current subscriber of ``exchange``."""
+    async def fanout_publish(self, exchange: str, payload: str,
+                             routing_key: str | None = None) -> None:
+        """Deliver ``payload`` to every current subscriber of ``exchange``. A
+        ``routing_key`` (events: ``task.multi``) goes where kombu puts it: on Redis the
+        channel ``<exchange>/<routing key>``; elsewhere only in the envelope's
+        ``delivery_info``, which subscribers filter on."""
         ...
 
     async def fanout_subscribe(self, exchange: str,

@@ -701,9 +701,10 @@ class FilesystemTransport:
 
     # -- remote control: FilesystemMailbox (filesystem_mailbox.py) does the work ----------
 
-    async def fanout_publish(self, exchange: str, payload: str) -> None:
+    async def fanout_publish(self, exchange: str, payload: str,
+                             routing_key: str | None = None) -> None:
         """Write a payload file for the current subscribers; prune the old ones. Any loop."""
-        await self._mailbox.fanout_publish(exchange, payload)
+        await self._mailbox.fanout_publish(exchange, payload, routing_key)
 
     async def fanout_subscribe(self, exchange: str,
                                routing_key: str | None = None) -> FanoutSubscription:

@@ -103,8 +103,10 @@ class FilesystemMailbox:
 
     # -- fanout --------------------------------------------------------------------------
 
-    async def fanout_publish(self, exchange: str, payload: str) -> None:
-        """Write a payload file for the current subscribers; prune the old ones. Any loop."""
+    async def fanout_publish(self, exchange: str, payload: str,
+                             routing_key: str | None = None) -> None:
+        """Write a payload file for the current subscribers; prune the old ones. Any loop.
+        ``routing_key`` is not kept apart here: it is in the envelope's delivery_info."""
         await self._io.run(self._fanout_write, exchange, payload.encode())
 
     def _fanout_write(self, exchange: str, data: bytes) -> None:

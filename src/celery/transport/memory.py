@@ -287,8 +287,10 @@ class MemoryTransport:
 
     # -- remote control (Mailbox) ---------------------------------------------------------
 
-    async def fanout_publish(self, exchange: str, payload: str) -> None:
-        """Append ``payload`` to the buffer of every current subscription of ``exchange``."""
+    async def fanout_publish(self, exchange: str, payload: str,
+                             routing_key: str | None = None) -> None:
+        """Append ``payload`` to the buffer of every current subscription of ``exchange``
+        (``routing_key`` is not kept apart: it is in the envelope's delivery_info)."""
         broker = self._broker
         with broker.lock:
             for subscription in broker.subscribers.get(exchange, ()):

@@ -67,9 +67,13 @@ class RedisMailbox:
 
         def _bound(self, members: Iterable[bytes | str], routing_key: str) -> list[str]: ...
 
-    async def fanout_publish(self, exchange: str, payload: str) -> None:
-        """PUBLISH to the exchange's channel (every subscriber gets it, none later)."""
+    async def fanout_publish(self, exchange: str, payload: str,
+                             routing_key: str | None = None) -> None:
+        """PUBLISH to the exchange's channel, or with ``routing_key`` to
+        ``<channel>/<routing key>`` as kombu does (every subscriber gets it, none later)."""
         channel = self.fanout_prefix + exchange
+        if routing_key:
+            channel = f"{channel}/{routing_key}"
         await self._run("broadcast", lambda c: c.publish(channel, payload), self.max_retries, 0.1)
 
     async def fanout_subscribe(self, exchange: str,

@@ -578,8 +578,10 @@ class SQLiteTransport:
 
     # -- remote control (Mailbox) ---------------------------------------------------------
 
-    async def fanout_publish(self, exchange: str, payload: str) -> None:
-        """Insert the payload for the current subscribers; prune ones older than FANOUT_KEEP."""
+    async def fanout_publish(self, exchange: str, payload: str,
+                             routing_key: str | None = None) -> None:
+        """Insert the payload for the current subscribers; prune ones older than FANOUT_KEEP
+        (``routing_key`` is not kept apart: it is in the envelope's delivery_info)."""
         await self.db.awrite("fanout_publish", _fanout_insert, exchange, payload, time.time())
         self._mailbox_wakeup.notify()
 

@@ -28,6 +28,7 @@ from ..messaging.serialization import accept_set
 from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
 from .canvas import ConsumerCanvas
 from .duties import every, restore_interval
+from .events import WorkerEvents
 from .executor.base import Executor
 from .flusher import Flusher
 from .handoff import HandoffPause
@@ -66,7 +67,8 @@ class Consumer:
     def __init__(self, app: Celery, transport: Transport, queues: Sequence[str], window: int,
                  loop_executor: Executor, sync_executor: Executor, hostname: str,
                  on_ready: Callable[[], Any] | None = None, max_tasks: int | None = None,
-                 max_memory_kb: int | None = None, state_db: str | None = None) -> None:
+                 max_memory_kb: int | None = None, state_db: str | None = None,
+                 events: WorkerEvents | None = None) -> None:
         self.app = app
         self.transport = transport
         self.backend = app.backend
@@ -138,6 +140,13 @@ class Consumer:
         self.total: dict[str, int] = {}
         self.started_at = time.time()
         self._handoff = HandoffPause()  # the next fetch's pause after an early hand-off
+        #: Task and worker events (worker/events.py); each hook tests ``task_events`` first.
+        self.events = events if events is not None else WorkerEvents(
+            app, transport, hostname, None, self.event_counts, heartbeat=False)
+
+    def event_counts(self) -> tuple[int, int]:
+        """``(active, processed)`` for worker events: requests running, tasks finished."""
+        return sum(len(lane.running) for lane in self.lanes.values()), self.processed
 
     # -- main coroutine ------------------------------------------------------------------
 
@@ -265,6 +274,9 @@ class Consumer:
                          "rejected and discarded. Is the module that defines it imported by the "
                          "worker?", name, task_id)
             self._reject(delivery)
+            if self.events.task_events:
+                self.events.dispatcher.send("task-failed", uuid=task_id,
+                                            exception=f"NotRegistered({name!r})")
             signals.task_unknown.send(sender=self, name=name, id=task_id, message=msg,
                                       exc=NotRegistered(name))
             return
@@ -289,6 +301,8 @@ class Consumer:
         req.limits = req.time_limits(hard, soft)
         if self._log_info:
             logger.info("Task %s[%s] received", name, task_id)
+        if self.events.task_events:
+            self.events.received(req)
         if signals.task_received.receivers:
             signals.task_received.send(sender=self, request=req)
         if self._discarded(req):
@@ -379,6 +393,8 @@ class Consumer:
         report = self.canvas.ended(req, states.REVOKED, TaskRevokedError(reason))
         self._store_then(req, payload, states.REVOKED, "acks", report)
         self.flusher.needed.set()
+        if self.events.task_events:
+            self.events.task("task-revoked", req, terminated=False, signum=None, expired=expired)
         if signals.task_revoked.receivers:
             signals.task_revoked.send(sender=req.task, request=req, terminated=False, signum=None,
                                       expired=expired)
@@ -421,6 +437,8 @@ class Consumer:
         req.started_at = time.time()
         if not req.acks_late:
             self.flusher.acks.append(req.delivery)
+        if self.events.task_events:
+            self.events.task("task-started", req)
         if req.limits[0] is not None:
             req.watchdog = asyncio.get_running_loop().call_later(
                 req.limits[0], self._time_limit_hit, req)
@@ -489,6 +507,8 @@ class Consumer:
             return
         self.processed += 1
         self.total[req.name] = self.total.get(req.name, 0) + 1
+        if self.events.task_events:
+            self.events.task_outcome(outcome)
         settle = None  # acks_late: settled once the result is written
         if outcome.settle == "requeue":  # raise Reject(requeue=True)
             self._give_back(req)
@@ -522,6 +542,7 @@ class Consumer:
             signals.task_failure.send(sender=req.task, task_id=req.id, exception=exc, args=None,
                                       kwargs=None, traceback=None, einfo=None)
         outcome = Outcome(req, states.FAILURE, payload, float(hard or 0), settle=settle)
+        outcome.event_fields = {"exception": repr(exc), "traceback": None}
         outcome.chord_report = self.canvas.ended(req, states.FAILURE, exc)
         self._on_outcomes([self.results.hand_over(outcome, False)])
 
@@ -579,6 +600,8 @@ class Consumer:
         payload = self._revoked_payload(req, "terminated")
         req.halt.set()
         self.lanes[req.task.is_async].executor.abandon(req, "terminated")
+        if self.events.task_events:
+            self.events.task("task-revoked", req, terminated=True, signum=signum, expired=False)
         if signals.task_revoked.receivers:
             signals.task_revoked.send(sender=req.task, request=req, terminated=True, signum=signum,
                                       expired=False)

@@ -285,17 +285,31 @@ class ControlServer:
         self.worker.stop()
         return NO_REPLY
 
-    # Event commands: this worker sends no events yet (celery/events/ only receives), so it
-    # answers as upstream's worker does without an event dispatcher, instead of logging
-    # them as unknown (a receiver's wakeup and Flower send them).
+    # Event commands (worker/events.py), with Celery's replies. A receiver's wakeup
+    # (``heartbeat``) asks for a heartbeat now; Flower polls ``enable_events``.
     def do_heartbeat(self, **_: Any) -> None:
-        return None
+        events = self.consumer.events
+        if events.dispatcher.enabled:
+            logger.debug("Heartbeat requested by remote.")
+            events.worker("worker-heartbeat")
 
     def do_enable_events(self, **_: Any) -> dict[str, Any]:
-        return nok("event dispatcher unavailable")
+        events = self.consumer.events
+        if not events.available:
+            return nok("event dispatcher unavailable")
+        if events.enable_tasks():
+            logger.info("Events of group {task} enabled by remote.")
+            return ok("task events enabled")
+        return ok("task events already enabled")
 
     def do_disable_events(self, **_: Any) -> dict[str, Any]:
-        return nok("event dispatcher unavailable")
+        events = self.consumer.events
+        if not events.available:
+            return nok("event dispatcher unavailable")
+        if events.disable_tasks():
+            logger.info("Events of group {task} disabled by remote.")
+            return ok("task events disabled")
+        return ok("task events already disabled")
 
     def do_clock(self, **_: Any) -> dict[str, Any]:
         return {"clock": self.clock}

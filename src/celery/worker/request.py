@@ -197,6 +197,9 @@ class Outcome:
     #: The chord report of a chord member (worker/canvas.py PendingReport), made by the
     #: consumer once the result is stored; None for a task in no chord.
     chord_report: Any = None
+    #: With task events on (worker/events.py), what the task's event says of how it ended,
+    #: made on the thread that ran it: ``result`` (a repr), or ``exception``/``traceback``.
+    event_fields: dict[str, Any] | None = None
 
 
 def _seconds(value: Any) -> float | None:

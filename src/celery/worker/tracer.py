@@ -40,7 +40,7 @@ from ..app.task import Context
 from ..canvas.effects import Duty, adrive, drive
 from ..canvas.followups import after_end, after_success
 from ..exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
-from ..messaging.protocol import TaskBody, decode_body
+from ..messaging.protocol import TaskBody, decode_body, saferepr
 from ..utils.einfo import ExceptionInfo
 from .canvas import PendingReport
 from .request import Outcome, Request
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from ..transport.base import Transport
 
 __all__ = ["Tracer"]
+
+#: Longest repr of a result in a ``task-succeeded`` event (Celery's ``Task.resultrepr_maxsize``).
+RESULTREPR_MAXSIZE = 1024
 
 logger = logging.getLogger("celery.worker.tracer")
 
@@ -75,6 +78,12 @@ class Tracer:
         self.track_started = track_started
         self.interim: Callable[[Outcome], None] | None = None
         self._log_info = logger.isEnabledFor(logging.INFO)
+        #: Task events are on (worker/events.py writes it on the consumer's loop; executor
+        #: threads read it): outcomes then carry their event's fields.
+        self.event_fields = False
+        #: Sends a task event from any thread (worker/events.py: through the consumer
+        #: loop's ``call_soon_threadsafe``, in call order); set with ``event_fields``.
+        self.send_event: Callable[..., None] | None = None
 
     def _begin(self, req: Request, start: float) -> tuple[TaskBody, Context] | Outcome:
         """Decode the body and build the request context; a FAILURE Outcome if it won't decode."""
@@ -120,6 +129,7 @@ class Tracer:
                 if not req.halt.claim("thread"):  # a cold shutdown requeued its message
                     return self._dropped(req, start)
                 error = None
+                self._retry_event(req, exc)
                 if exc.message_to_send is not None and self.transport is not None:
                     try:
                         self.transport.publish(exc.message_to_send)
@@ -168,6 +178,7 @@ class Tracer:
             return self._end(req, body, await adrive(self._failure(req, exc, start, ctx), app))
         except Retry as exc:
             error = None
+            self._retry_event(req, exc)
             if exc.message_to_send is not None and self.transport is not None:
                 try:
                     await self.transport.apublish(exc.message_to_send)
@@ -289,7 +300,11 @@ class Tracer:
                 return self._failed(req, exc, start, ctx)
         if signals.task_success.receivers:
             signals.task_success.send(sender=req.task, result=value)
-        return Outcome(req, states.SUCCESS, payload, runtime)
+        outcome = Outcome(req, states.SUCCESS, payload, runtime)
+        if self.event_fields:
+            maxsize = getattr(req.task, "resultrepr_maxsize", None) or RESULTREPR_MAXSIZE
+            outcome.event_fields = {"result": saferepr(value, maxsize)}
+        return outcome
 
     def _errored(self, req: Request, exc: Exception, start: float, ctx: Any) -> Outcome:
         """The Outcome of a task that raised: Ignore, Reject, or a failure."""
@@ -323,6 +338,16 @@ class Tracer:
             signals.task_retry.send(sender=req.task, request=ctx, reason=exc, einfo=einfo)
         return Outcome(req, states.RETRY, payload, runtime)
 
+    def _retry_event(self, req: Request, exc: Retry) -> None:
+        """``task-retried``, sent before the retry's message is: a worker that takes that
+        message sends ``task-received`` after it, so monitors see the retry first (the
+        consumer would see this outcome only after the new run may have ended)."""
+        send = self.send_event
+        if self.event_fields and send is not None:
+            reason = exc.exc if exc.exc is not None else exc
+            send("task-retried", req, exception=saferepr(reason),
+                 traceback=ExceptionInfo.of(exc).traceback)
+
     def _failed(self, req: Request, exc: BaseException, start: float, ctx: Any,
                 logged: bool = False) -> Outcome:
         runtime = time.monotonic() - start
@@ -338,7 +363,10 @@ class Tracer:
                                       args=getattr(ctx, "args", None),
                                       kwargs=getattr(ctx, "kwargs", None),
                                       traceback=exc.__traceback__, einfo=einfo)
-        return Outcome(req, states.FAILURE, payload, runtime, einfo=einfo)
+        outcome = Outcome(req, states.FAILURE, payload, runtime, einfo=einfo)
+        if self.event_fields:
+            outcome.event_fields = {"exception": saferepr(exc), "traceback": einfo.traceback}
+        return outcome
 
     def _encode_error(self, req: Request, state: str, exc: BaseException, tb: str | None,
                       ctx: Any) -> bytes:

@@ -18,6 +18,7 @@ from ..utils import gil
 from ..utils.text import mask_url
 from .consumer import Consumer
 from .control import ControlServer
+from .events import WorkerEvents
 from .executor.loop import LoopExecutor, new_event_loop
 from .executor.threads import ThreadExecutor
 from .tracer import Tracer
@@ -68,7 +69,8 @@ class Worker:
                  ready_callback: Callable[[], Any] | None = None,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
-                 state_db: str | None = None) -> None:
+                 state_db: str | None = None, task_events: bool | None = None,
+                 heartbeat: bool = True, heartbeat_interval: float | None = None) -> None:
         conf = app.conf
         self.app = app
         self.hostname = hostname or expand_hostname(None)
@@ -97,6 +99,16 @@ class Worker:
                                            0, "max_memory_per_child") or None
         #: File keeping revoked task ids across restarts (``--statedb``), or None.
         self.state_db = state_db or conf.worker_state_db or None
+        #: Task events (``-E``, ``worker_send_task_events``), and worker heartbeats unless
+        #: ``--without-heartbeat`` (worker/events.py).
+        self.task_events = bool(conf.worker_send_task_events if task_events is None
+                                else task_events)
+        self.heartbeat = heartbeat
+        if heartbeat_interval is not None and heartbeat_interval <= 0:
+            raise ImproperlyConfigured(
+                f"heartbeat_interval must be more than 0 seconds, got {heartbeat_interval}")
+        self.heartbeat_interval = heartbeat_interval
+        self._heartbeats: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
         self._signals = 0
@@ -156,6 +168,9 @@ class Worker:
                             max_tasks=self.max_tasks_per_child,
                             max_memory_kb=self.max_memory_per_child, state_db=self.state_db)
         consumer_box.append(consumer)
+        consumer.events = events = WorkerEvents(
+            app, transport, self.hostname, tracer, consumer.event_counts,
+            task_events=self.task_events, heartbeat=self.heartbeat, freq=self.heartbeat_interval)
         control = ControlServer(self, consumer)
         with self._lock:
             self._loop, self._consumer = loop, consumer
@@ -174,6 +189,9 @@ class Worker:
             serving.cancel()  # at its wait for commands, or mid-reply: either is safe
             await asyncio.gather(serving, return_exceptions=True)
             await control.close()
+            await events.close()  # worker-offline, before the broker connection goes
+            if self._heartbeats is not None:
+                await asyncio.gather(self._heartbeats, return_exceptions=True)
             self._remove_signals(loop)
             loop_exec.stop(5.0)
             sync_exec.stop(0.0 if self._signals > 1 else 5.0)
@@ -209,6 +227,10 @@ class Worker:
         if gil_warning:
             logger.warning("%s: %s", self.hostname, gil_warning)
         signals.worker_ready.send(sender=self)
+        consumer = self._consumer
+        if consumer is not None:  # worker-online, then a heartbeat every 2 s
+            self._heartbeats = asyncio.get_running_loop().create_task(
+                consumer.events.run(), name="worker-heartbeats")
         if self.ready_callback is not None:
             self.ready_callback()  # under a supervisor: the byte that says this one is ready
         # Last: whoever reads the log (a supervisor's test, an operator) may count on the
