@@ -13,11 +13,14 @@ installs them): skipped locally without them, failed under CI=true.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,6 +78,7 @@ def until(check: Callable[[], Any], seconds: float = 30.0, every: float = 0.25,
 @pytest.fixture(scope="module")
 def url() -> str:
     need_browser_stack()
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # no screenshot from an earlier run
     return flushed_redis_url(REDIS_DB)
 
 
@@ -258,7 +262,7 @@ def test_revoke_button_revokes_the_task_on_the_worker(browser, flower, client, w
     revoked = until(lambda: task_id in ((client.control.inspect(timeout=2).revoked() or {})
                                         .get(WORKER) or []), 20)
     assert revoked, f"{task_id} not in the worker's revoked list:\n{worker.output[-3000:]}"
-    browser.save_screenshot(str(ARTIFACTS / "task-revoke.png"))
+    browser.save_screenshot(str(ARTIFACTS / "task-revoked.png"))
     assert until(lambda: held.state == states.REVOKED, 20), held.state
 
 
@@ -289,3 +293,43 @@ def test_pool_buttons_report_why_our_worker_refuses(browser, flower, worker):
     browser.find_element(By.ID, "worker-pool-grow").click()
     message = toast(browser)
     assert "pool_grow is not supported" in message and "--sync-workers" in message, message
+
+
+# -- upstream's Flower ---------------------------------------------------------------------
+
+
+def test_upstream_flower_lists_our_worker(env, worker, sent):
+    """Flower running on upstream Celery (its own venv) sees our worker: online through
+    its events, and its stats and queues through remote control."""
+    from tests.compat.test_upstream_interop import _upstream_python
+
+    python = _upstream_python()
+    if subprocess.run([str(python), "-c", "import flower"], capture_output=True).returncode:
+        install = subprocess.run([str(python), "-m", "pip", "install", "-q", "flower==2.2.0"],
+                                 capture_output=True, text=True, timeout=600)
+        if install.returncode:
+            message = f"could not install flower into {python}: {install.stderr[-500:]}"
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+    port = free_port()
+    proc = CommandProcess([str(python), "-m", "celery", "-A", "flowerapp", "flower",
+                           f"--port={port}", "--address=127.0.0.1"], cwd=APPS,
+                          env=dict(env, PYTHONPATH=str(APPS)))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_for_line("Visit me at", timeout=60)
+        status = until(lambda: get_json(f"{base}/api/workers?status=true").get(WORKER), 20)
+        assert status is True, f"upstream Flower does not see {WORKER} online:\n{proc.output}"
+        info = get_json(f"{base}/api/workers?refresh=true&workername={WORKER}")[WORKER]
+        assert info["stats"]["pid"] == worker.proc.pid
+        assert [q["name"] for q in info["active_queues"]] == ["celery"]
+        # "flowerapp.add [rate_limit=7]" after the rate-limit test: names come first.
+        assert "flowerapp.add" in {entry.split(" ")[0] for entry in info["registered"]}
+    finally:
+        assert proc.stop() == 0, proc.output
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)

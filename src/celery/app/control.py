@@ -193,7 +193,7 @@ class Control:
                         **kwargs: Any) -> list[Reply] | None:
         return self.broadcast("cancel_consumer", {"queue": queue}, destination, **kwargs)
 
-    # Events: our workers answer these once they send events; upstream workers do now.
+    # Events: ask the workers to start or stop sending task events, or to beat now.
     def enable_events(self, destination: Sequence[str] | None = None,
                       **kwargs: Any) -> list[Reply] | None:
         """Ask the workers to start sending task events (``-E`` at run time)."""
