@@ -125,3 +125,13 @@ def test_abortable_result_and_task(app: Celery) -> None:
     assert not job.is_aborted(task_id="job-2")
     assert job.apply(task_id="job-1").get() == "aborted"
     assert job.apply(task_id="job-3").get() == "ran"
+
+
+def test_bugreport_names_our_package_and_masks_passwords() -> None:
+    import celery
+
+    app = Celery("report", broker="redis://:secret@localhost:6379/0", set_as_current=False)
+    report = app.bugreport()
+    assert celery.VERSION_BANNER in report
+    assert "broker:redis://:**@localhost:6379/0" in report and "secret" not in report
+    assert "results:disabled" in report

@@ -288,6 +288,20 @@ class Celery:
                     self._control = Control(self)
         return self._control
 
+    def bugreport(self) -> str:
+        """Versions and URLs to paste into a bug report (Celery's ``app.bugreport()``;
+        Flower's error page shows it). Passwords are masked."""
+        import platform
+
+        from .. import VERSION_BANNER
+        from ..utils.text import mask_url
+
+        return (f"software -> celery:{VERSION_BANNER} "
+                f"py:{platform.python_version()} ({platform.python_implementation()})\n"
+                f"platform -> system:{platform.system()} arch:{platform.machine()}\n"
+                f"settings -> broker:{mask_url(self.broker_url)} "
+                f"results:{mask_url(self.conf.result_backend) or 'disabled'}\n")
+
     @property
     def loader(self) -> Loader:
         """Celery's ``app.loader``: only ``import_default_modules()`` (app/loader.py)."""
