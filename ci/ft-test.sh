@@ -49,9 +49,18 @@ print(f"ci/ft-test.sh: {sys.version.split()[0]} free-threaded, GIL off after imp
       file=sys.stderr)
 EOF
 
+# Left out of this pass, on purpose: the Flower tests. They drive Flower (a tornado app)
+# and headless Chromium against our worker and CLI; what they exercise of ours (remote
+# control, events, the CLI) runs in this pass through its own tests, and .venv-ft gets no
+# Flower, tornado or selenium (Flower is installed next to our package by ci/setup.sh for
+# the GIL pass only), so under CI=true they would fail here for a missing package, not for
+# a threading bug. Skipping them also keeps ~20 s of browser time out of this pass.
+not_here=(--ignore=tests/integration/test_flower_browser.py
+          --ignore=tests/integration/test_flower_install.py)
+
 start=$SECONDS
 status=0
-.venv-ft/bin/python -m pytest -q -p no:cacheprovider tests "$@" || status=$?
+.venv-ft/bin/python -m pytest -q -p no:cacheprovider "${not_here[@]}" tests "$@" || status=$?
 say "the free-threaded pass took $((SECONDS - start))s (pytest exit $status)"
 if [ "$status" -eq 5 ]; then
     say "pytest collected no tests (exit 5); that is a failure"

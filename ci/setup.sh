@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine (run as root, Python 3.11+ installed):
 # the .venv with the package and its dev tools, and the Redis and RabbitMQ servers the
-# tests and the main job use, running on 127.0.0.1. Safe to run again: steps already
+# tests and the main job use, running on 127.0.0.1; Flower, selenium and Chromium for the
+# Flower browser test. Safe to run again: steps already
 # done are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,8 +71,8 @@ setup_venv() {
         log ".venv is up to date with pyproject.toml"
         return 0
     fi
-    log "installing the package and its dev dependencies into .venv"
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    log "installing the package and its dev and flower dependencies into .venv"
+    .venv/bin/python -m pip install -q -e ".[dev,flower]"
     echo "$want" > "$stamp"
 }
 
@@ -121,6 +122,28 @@ setup_rabbitmq() {
     wait_for "RabbitMQ" port_open 5672
 }
 
+# -- Flower and the browser its test drives (tests/integration/test_flower_browser.py) -----
+
+FLOWER_VERSION=2.2.0
+
+setup_flower() {
+    # Flower requires upstream celery, which would replace our package: its own runtime
+    # dependencies come from our [flower] extra (setup_venv), Flower itself without deps.
+    # pip then reports that flower's "celery" requirement is missing; that is expected.
+    if ! .venv/bin/python -c 'import flower' 2>/dev/null; then
+        log "installing flower $FLOWER_VERSION into .venv with --no-deps"
+        .venv/bin/python -m pip install -q --no-deps "flower==$FLOWER_VERSION"
+    fi
+    if ! .venv/bin/python -c 'import selenium' 2>/dev/null; then
+        log "installing selenium into .venv"
+        .venv/bin/python -m pip install -q "selenium>=4.20"
+    fi
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        log "installing chromium and chromium-driver"
+        apt_install chromium chromium-driver
+    fi
+}
+
 setup_venv
 # `ci/setup.sh --venv-only`: what the main job needs (it runs on the embedded SQLite broker).
 if [ "${1:-}" = "--venv-only" ]; then
@@ -128,3 +151,4 @@ if [ "${1:-}" = "--venv-only" ]; then
 fi
 setup_redis
 setup_rabbitmq
+setup_flower

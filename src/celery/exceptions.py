@@ -22,8 +22,11 @@
     │   ├── ContentDisallowed         content type not in accept_content
     │   ├── DecodeError               payload could not be decoded
     │   └── InvalidMessage            decoded, but not a protocol v2 task message
-    └── OperationalError
-        └── ConnectionLost            a broker/backend connection failed
+    ├── OperationalError
+    │   └── ConnectionLost            a broker/backend connection failed
+    └── BackendError                  Celery's name; our backends raise ConnectionLost
+        ├── BackendGetMetaError
+        └── BackendStoreError
 
 Celery's names are kept so that ``except celery.exceptions.X`` works unchanged.
 Transports and backends convert their driver's exceptions into these at their boundary.
@@ -34,6 +37,9 @@ from __future__ import annotations
 import builtins
 
 __all__ = [
+    "BackendError",
+    "BackendGetMetaError",
+    "BackendStoreError",
     "CeleryError",
     "ChordError",
     "ConnectionLost",
@@ -194,3 +200,19 @@ class OperationalError(CeleryError):
 
 class ConnectionLost(OperationalError):
     """The connection to a broker or result backend was lost or refused."""
+
+
+class BackendError(CeleryError):
+    """Celery's error for a failed result backend operation.
+
+    Kept so that code written for Celery imports and catches it (Flower does); our
+    backends report a failed connection as ``ConnectionLost`` instead.
+    """
+
+
+class BackendGetMetaError(BackendError):
+    """Celery's error for a failed read of a task's state."""
+
+
+class BackendStoreError(BackendError):
+    """Celery's error for a failed write of a task's state."""

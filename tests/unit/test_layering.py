@@ -27,6 +27,7 @@ LAYERS = {
     "celery.events": 3,
     "celery.app": 4,
     "celery.worker": 5,
+    "celery.contrib": 5,
     "celery.beat": 5,
     "celery.bin": 6,
     "celery.__main__": 7,

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .connection import BrokerConnection
     from .control import Control
     from .events import Events
+    from .loader import Loader
 
 __all__ = ["DEFAULT_BROKER_URL", "Celery", "gen_task_name"]
 
@@ -287,6 +288,27 @@ class Celery:
                     self._control = Control(self)
         return self._control
 
+    def bugreport(self) -> str:
+        """Versions and URLs to paste into a bug report (Celery's ``app.bugreport()``;
+        Flower's error page shows it). Passwords are masked."""
+        import platform
+
+        from .. import VERSION_BANNER
+        from ..utils.text import mask_url
+
+        return (f"software -> celery:{VERSION_BANNER} "
+                f"py:{platform.python_version()} ({platform.python_implementation()})\n"
+                f"platform -> system:{platform.system()} arch:{platform.machine()}\n"
+                f"settings -> broker:{mask_url(self.broker_url)} "
+                f"results:{mask_url(self.conf.result_backend) or 'disabled'}\n")
+
+    @property
+    def loader(self) -> Loader:
+        """Celery's ``app.loader``: only ``import_default_modules()`` (app/loader.py)."""
+        from .loader import Loader
+
+        return Loader(self)
+
     def connection_for_read(self, url: str | None = None, **_ignored: Any) -> BrokerConnection:
         """A ``BrokerConnection`` naming the broker (``url`` or the app's): it opens nothing
         and is accepted, and ignored, by ``app.events.Receiver`` (app/connection.py)."""
@@ -312,6 +334,11 @@ class Celery:
             with self._setup_lock:
                 if self._transport is None:
                     from ..transport.registry import transport_for_url
+
+                    if self.conf.broker_use_ssl:
+                        raise ImproperlyConfigured(
+                            "broker_use_ssl is not supported: put TLS in the broker URL "
+                            "(rediss://...?ssl_cert_reqs=required, or amqps://)")
 
                     self._transport = transport_for_url(
                         self.broker_url,

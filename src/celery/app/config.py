@@ -17,6 +17,9 @@ DEFAULTS: dict[str, Any] = {
     # broker
     "broker_url": None,
     "broker_transport_options": {},
+    # Celery's TLS setting: not read by our transports (TLS comes from a rediss:// URL and
+    # its ssl_* query options, or amqps://), so app.transport refuses a value here.
+    "broker_use_ssl": None,
     "broker_connection_retry": True,
     "broker_connection_retry_on_startup": True,
     "broker_connection_max_retries": 100,

@@ -211,6 +211,29 @@ class Control:
                         **kwargs: Any) -> list[Reply] | None:
         return self.broadcast("cancel_consumer", {"queue": queue}, destination, **kwargs)
 
+    # Events: ask the workers to start or stop sending task events, or to beat now.
+    def enable_events(self, destination: Sequence[str] | None = None,
+                      **kwargs: Any) -> list[Reply] | None:
+        """Ask the workers to start sending task events (``-E`` at run time)."""
+        return self.broadcast("enable_events", {}, destination, **kwargs)
+
+    def disable_events(self, destination: Sequence[str] | None = None,
+                       **kwargs: Any) -> list[Reply] | None:
+        return self.broadcast("disable_events", {}, destination, **kwargs)
+
+    def heartbeat(self, destination: Sequence[str] | None = None,
+                  **kwargs: Any) -> list[Reply] | None:
+        """Ask the workers to send a heartbeat event now."""
+        return self.broadcast("heartbeat", {}, destination, **kwargs)
+
+    # Our workers refuse pool_restart with the reason (they do not reload task modules);
+    # upstream's obey it.
+    def pool_restart(self, modules: Sequence[str] | None = None, reload: bool = False,
+                     reloader: Any = None, destination: Sequence[str] | None = None,
+                     **kwargs: Any) -> list[Reply] | None:
+        return self.broadcast("pool_restart", {"modules": list(modules or []), "reload": reload,
+                                               "reloader": reloader}, destination, **kwargs)
+
     def inspect(self, destination: Sequence[str] | None = None, timeout: float = 1.0,
                 callback: Callable[[Reply], Any] | None = None, limit: int | None = None,
                 pattern: str | None = None, matcher: str | None = None,

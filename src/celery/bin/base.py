@@ -15,7 +15,14 @@ from ..exceptions import CeleryError
 if TYPE_CHECKING:
     from ..app.base import Celery
 
-__all__ = ["AppLoadError", "CLIContext", "CeleryGroup", "find_app", "user_error"]
+__all__ = [
+    "AppLoadError",
+    "CLIContext",
+    "CeleryCommand",
+    "CeleryGroup",
+    "find_app",
+    "user_error",
+]
 
 
 class AppLoadError(click.ClickException):
@@ -187,8 +194,38 @@ class CLIContext:
             self._app.close()
 
 
+class CeleryCommand(click.Command):
+    """Base class for a ``celery`` subcommand (Celery's name, used by plugins like Flower).
+
+    A plain click command: ``ctx.obj`` is the ``CLIContext`` (``ctx.obj.app`` loads the
+    app given by ``-A``), and the group turns library errors into one ``Error:`` line.
+    """
+
+
 class CeleryGroup(click.Group):
-    """The ``celery`` group: library errors a user can fix become one ``Error:`` line."""
+    """The ``celery`` group: library errors a user can fix become one ``Error:`` line.
+
+    Commands it does not have itself come from the ``celery.commands`` entry points
+    (bin/plugins.py), imported on first use.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from .plugins import plugin_entry_points
+
+        return sorted(set(super().list_commands(ctx)) | set(plugin_entry_points()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        from .plugins import load_plugin, plugin_entry_points
+
+        entry_point = plugin_entry_points().get(cmd_name)
+        if entry_point is None:
+            return None
+        command = load_plugin(entry_point)
+        self.add_command(command, cmd_name)  # load once
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         from ..exceptions import TimeoutError as CeleryTimeoutError

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ..exceptions import CeleryError
+
 __all__ = ["Portal", "new_event_loop"]
 
 T = TypeVar("T")
@@ -20,6 +22,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what still runs on a stopped loop and let it unwind (2 s at most), so that
+    threads blocked in ``Portal.call`` get an answer instead of waiting on a dead loop
+    (and their own cancel then never reaches a closed loop)."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending, timeout=2))
 
 
 class Portal:
@@ -61,6 +74,7 @@ class Portal:
         try:
             loop.run_forever()
         finally:
+            _cancel_pending(loop)
             loop.close()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
@@ -78,6 +92,11 @@ class Portal:
         future = self.submit(coro)
         try:
             return future.result(timeout)
+        except concurrent.futures.CancelledError:
+            if self._loop is None:  # stop() ran while this call waited
+                raise CeleryError(f"{self._name} was stopped (the app was closed) while this "
+                                  f"call waited on it") from None
+            raise
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise

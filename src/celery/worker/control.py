@@ -407,10 +407,7 @@ class ControlServer:
         return lines
 
     def do_active_queues(self, **_: Any) -> list[dict[str, Any]]:
-        return [{"name": q, "exchange": {"name": q, "type": "direct", "durable": True,
-                                         "auto_delete": False}, "routing_key": q,
-                 "durable": True, "exclusive": False, "auto_delete": False,
-                 "no_ack": False} for q in self.consumer.queues]
+        return [queue_as_dict(q) for q in self.consumer.queues]
 
     async def do_add_consumer(self, queue: str, **_: Any) -> dict[str, Any]:
         if await self.consumer.add_queue(queue):
@@ -421,6 +418,12 @@ class ControlServer:
     def do_cancel_consumer(self, queue: str, **_: Any) -> dict[str, Any]:
         self.consumer.cancel_queue(queue)
         return ok(f"no longer consuming from {queue}")
+
+    # Flower's "restart pool" button: refused with the reason, never acknowledged without
+    # effect (pool_grow/pool_shrink/autoscale are served above: worker/pool.py).
+    def do_pool_restart(self, **_: Any) -> dict[str, Any]:
+        return nok("pool_restart is not supported: restart the worker (celery-asyncio "
+                   "workers do not reload task modules)")
 
     def do_conf(self, with_defaults: bool = False, **_: Any) -> dict[str, Any]:
         from ..app.config import DEFAULTS
@@ -436,6 +439,19 @@ class ControlServer:
         from .. import __version__
 
         return ok(f"software -> celery-asyncio:{__version__}\nbroker -> {_masked(self.app.broker_url)}")
+
+
+def queue_as_dict(name: str) -> dict[str, Any]:
+    """A queue we consume, with every key of kombu's ``Queue.as_dict(recurse=True)`` (what
+    upstream's ``active_queues`` replies; Flower's worker page reads them all)."""
+    exchange = {"name": name, "type": "direct", "arguments": None, "durable": True,
+                "passive": False, "auto_delete": False, "delivery_mode": None,
+                "no_declare": False}
+    return {"name": name, "exchange": exchange, "routing_key": name, "queue_arguments": None,
+            "binding_arguments": None, "consumer_arguments": None, "durable": True,
+            "exclusive": False, "auto_delete": False, "no_ack": False, "alias": None,
+            "bindings": [], "no_declare": None, "expires": None, "message_ttl": None,
+            "max_length": None, "max_length_bytes": None, "max_priority": None}
 
 
 def _masked(value: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Optional extras kept under Celery's import paths (``celery.contrib.abortable``)."""
