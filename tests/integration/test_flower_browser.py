@@ -298,11 +298,11 @@ def test_pool_buttons_resize_our_worker(browser, flower, worker, client):
     assert threads() == 2
     page_text(browser, f"{flower}/worker/{WORKER}", "Pool size")
     browser.find_element(By.ID, "worker-pool-grow").click()
-    assert "pool will grow" in toast(browser)
+    assert f"Growing '{WORKER}' worker's pool by 1" in toast(browser)
     worker.wait_for_line("Sync threads: 2 -> 3", timeout=10)
     assert threads() == 3
     browser.find_element(By.ID, "worker-pool-shrink").click()
-    assert "pool will shrink" in toast(browser)
+    assert f"Shrinking '{WORKER}' worker's pool by 1" in toast(browser)
     assert threads() == 2
 
 
