@@ -271,6 +271,38 @@ def test_worker_cli_flags_and_banner(url, tmp_path):
     assert beats[0]["freq"] == 0.5 and beats[0]["hostname"] == "cli-ev@test"
 
 
+def test_a_killed_worker_stops_being_alive_in_state_after_two_missed_heartbeats(url, tmp_path):
+    """kill -9 sends no worker-offline: ``State`` tells the worker is gone once its last
+    heartbeat is older than twice its ``freq`` (Celery's expiry rule)."""
+    app_file = tmp_path / "evkill.py"
+    app_file.write_text(f"from celery import Celery\napp = Celery('evkill', broker='{url}')\n")
+    client = make_app(url)
+    capture = Capture(client, wakeup=False)
+    time.sleep(0.3)
+    proc = CommandProcess(
+        [sys.executable, "-m", "celery", "-A", "evkill", "worker", "-n", "kill-ev@test",
+         "--heartbeat-interval", "0.5", "--loop-workers", "0", "--sync-workers", "1"],
+        cwd=tmp_path)
+    try:
+        assert until(lambda: len(of_type(capture, "worker-heartbeat")) >= 2, seconds=30), \
+            proc.output
+        node = capture.state.workers["kill-ev@test"]
+        assert node.alive
+        proc.proc.kill()
+        proc.proc.wait(10)
+        killed_at = time.monotonic()
+        assert until(lambda: not node.alive, seconds=5)
+        gone_after = time.monotonic() - killed_at
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+        capture.stop()
+        client.close()
+    assert not of_type(capture, "worker-offline")
+    assert gone_after <= 1.5  # 2 x 0.5 s after the last heartbeat, which came before the kill
+    assert capture.state.alive_workers() == []
+
+
 def test_events_are_dropped_not_waited_for_when_the_broker_is_away():
     """A dispatcher whose broker cannot be reached drops events, counts them and says so
     once; ``send`` never waits. Real connection refusals (nothing listens on port 1)."""
