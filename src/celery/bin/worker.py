@@ -206,6 +206,19 @@ def _processes(ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="With -B: beat's scheduler class [beat_scheduler].",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics on this port (with --processes N, process i serves "
+    "PORT+i-1; 0: any free port, logged); needs the 'metrics' extra [worker_metrics_port, "
+    "default: off].",
+)
+@click.option(
+    "--metrics-host",
+    metavar="HOST",
+    help="Address the metrics endpoint listens on [worker_metrics_host, default 127.0.0.1].",
+)
+@click.option(
     "--processes",
     callback=_processes,
     metavar="N|auto",
@@ -239,6 +252,8 @@ def worker(
     schedule_filename: str | None,
     scheduler: str | None,
     processes: int | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Start a worker."""
     if sync_workers is not None and concurrency is not None and sync_workers != concurrency:
@@ -274,6 +289,7 @@ def worker(
         "task_events": task_events,
         "heartbeat": not without_heartbeat,
         "heartbeat_interval": heartbeat_interval,
+        **metrics_options(conf, metrics_port, metrics_host, slot, processes),
     }
     state_db = statedb or conf.worker_state_db or None
     # Built in the supervisor too: a bad size or setting fails here, once, on one line.
@@ -310,6 +326,36 @@ def worker(
         if beat is not None:
             beat.stop()
     sys.exit(code)
+
+
+def metrics_options(conf: Any, port: int | None, host: str | None, slot: Any,
+                    processes: int | None) -> dict[str, Any]:
+    """The Worker's ``metrics_port``/``metrics_host``: option, else setting. Each process
+    of ``--processes N`` is a whole worker with its own endpoint: process i (1 to N) serves
+    port + i - 1 (port 0 stays 0: each picks a free port)."""
+    if port is None and conf.worker_metrics_port is not None:
+        from ..worker.metrics import check_port
+
+        port = check_port(conf.worker_metrics_port)
+    index, total = (slot.index, slot.total) if slot is not None else (1, processes or 1)
+    if port:
+        if port + total - 1 > 65535:
+            raise user_error(f"--metrics-port {port}: {total} processes would need ports up "
+                             f"to {port + total - 1}, past 65535")
+        port += index - 1
+    return {"metrics_port": port, "metrics_host": host or conf.worker_metrics_host}
+
+
+def metrics_line(options: dict[str, Any], processes: int) -> list[str]:
+    """The banner's line on the metrics endpoint, if there is one."""
+    port = options.get("metrics_port")
+    if port is None:
+        return []
+    host = options.get("metrics_host") or "127.0.0.1"
+    if not port:
+        return [f"  metrics:     http://{host}:<any free port>/metrics"]
+    ports = f"{port}-{port + processes - 1}" if processes > 1 else str(port)
+    return [f"  metrics:     http://{host}:{ports}/metrics"]
 
 
 def supervise(obj: CLIContext, total: int, names: list[str]) -> int:
@@ -433,6 +479,7 @@ def banner(app: Celery, instance: Any, options: dict[str, Any], loglevel: int,
         f"  queues:      {', '.join(queues)}",
         "  task events: " + ("ON" if getattr(instance, "task_events", False)
                              else "OFF (enable -E to monitor tasks in this worker)"),
+        *metrics_line(options, len(names or ())),
         "",
         "[tasks]",
         *(f"  . {name}" for name in tasks),

@@ -21,6 +21,7 @@ from .control import ControlServer
 from .events import WorkerEvents
 from .executor.loop import LoopExecutor, new_event_loop
 from .executor.threads import ThreadExecutor
+from .metrics import WorkerMetrics, check_port, require_prometheus_client
 from .tracer import Tracer
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ class Worker:
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
                  state_db: str | None = None, task_events: bool | None = None,
-                 heartbeat: bool = True, heartbeat_interval: float | None = None) -> None:
+                 heartbeat: bool = True, heartbeat_interval: float | None = None,
+                 metrics_port: int | None = None, metrics_host: str | None = None) -> None:
         conf = app.conf
         self.app = app
         self.hostname = hostname or expand_hostname(None)
@@ -108,6 +110,14 @@ class Worker:
             raise ImproperlyConfigured(
                 f"heartbeat_interval must be more than 0 seconds, got {heartbeat_interval}")
         self.heartbeat_interval = heartbeat_interval
+        #: The Prometheus endpoint's port (``--metrics-port``; 0: any free one), or None.
+        port = conf.worker_metrics_port if metrics_port is None else metrics_port
+        self.metrics_port = None if port is None else check_port(port)
+        self.metrics_host = metrics_host or conf.worker_metrics_host or "127.0.0.1"
+        if self.metrics_port is not None:  # fail here, in a supervisor too, not in a child
+            require_prometheus_client(self.metrics_port)
+        #: The worker's metrics while ``run`` runs with a metrics port (worker/metrics.py).
+        self.metrics: WorkerMetrics | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
@@ -128,6 +138,9 @@ class Worker:
 
     def run(self) -> int:
         """Run until a signal or ``stop()``; returns the process exit code."""
+        if self.metrics_port is not None:  # before connecting: a port in use fails at once
+            self.metrics = WorkerMetrics(self.hostname)
+            self.metrics.serve(self.metrics_host, self.metrics_port)
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
@@ -137,6 +150,8 @@ class Worker:
             asyncio.set_event_loop(None)
             loop.close()
             self._restore_signals()
+            if self.metrics is not None:
+                self.metrics.close()
 
     async def _main(self) -> int:
         app = self.app
@@ -170,7 +185,10 @@ class Worker:
         consumer_box.append(consumer)
         consumer.events = events = WorkerEvents(
             app, transport, self.hostname, tracer, consumer.event_counts,
-            task_events=self.task_events, heartbeat=self.heartbeat, freq=self.heartbeat_interval)
+            task_events=self.task_events, heartbeat=self.heartbeat, freq=self.heartbeat_interval,
+            metrics=self.metrics)
+        if self.metrics is not None:
+            self.metrics.attach(consumer, loop_exec, sync_exec)
         control = ControlServer(self, consumer)
         with self._lock:
             self._loop, self._consumer = loop, consumer
@@ -190,6 +208,8 @@ class Worker:
             await asyncio.gather(serving, return_exceptions=True)
             await control.close()
             await events.close()  # worker-offline, before the broker connection goes
+            if self.metrics is not None:
+                self.metrics.detach()
             if self._heartbeats is not None:
                 await asyncio.gather(self._heartbeats, return_exceptions=True)
             self._remove_signals(loop)

@@ -170,6 +170,11 @@ class LoopExecutor:
         self.groups = [concurrency] * count
         self.starts = self.groups  # every request handed over starts at once
 
+    @property
+    def loops(self) -> list[asyncio.AbstractEventLoop]:
+        """Each loop worker's event loop, by index (the metrics' lag probes run on them)."""
+        return [w.loop for w in self._workers]
+
     def start(self) -> None:
         for w in self._workers:
             w.start()
