@@ -366,8 +366,9 @@ def _consumer_counts(sources: _Sources) -> tuple[int, int, int, int, dict[str, i
         if answer.set_running_or_notify_cancel():  # False: the scrape gave up waiting
             answer.set_result((consumer.inflight, consumer.reserved, consumer.window,
                                consumer.eta_held,
-                               {"async": len(consumer.lanes[True].running),
-                                "sync": len(consumer.lanes[False].running)}))
+                               {kind: len(lane.running) - len(lane.unstarted)  # started
+                                for kind, lane in (("async", consumer.lanes[True]),
+                                                   ("sync", consumer.lanes[False]))}))
 
     try:
         sources.loop.call_soon_threadsafe(read)
