@@ -465,3 +465,37 @@ def test_scrapes_in_parallel_with_tasks(app):
             t.join(10)
     assert not errors, errors[0]
     assert len(seen) >= 3
+
+
+def test_task_events_switch_on_and_off_while_metrics_keep_counting(app):
+    """Metrics turn the consumer's hooks on, not task events: ``enable_events`` still
+    enables them (not "already enabled"), ``disable_events`` stops them, and the metrics
+    count throughout."""
+    from tests.integration.test_events_receive import Capture
+
+    capture = Capture(app, wakeup=False)
+    time.sleep(0.3)
+    try:
+        with running_worker(app, hostname=HOST, metrics_port=0, loop_workers=0,
+                            sync_workers=1) as worker:
+            port = port_of(worker)
+            before = app.send_task("metrics.add", (1, 1))
+            assert before.get(timeout=10) == 2
+            reply = app.control.broadcast("enable_events", reply=True, timeout=2.0)
+            assert reply == [{HOST: {"ok": "task events enabled"}}]
+            on = app.send_task("metrics.add", (2, 2))
+            assert on.get(timeout=10) == 4
+            assert until(lambda: any(e.get("uuid") == on.id and e["type"] == "task-succeeded"
+                                     for e in list(capture.events)), seconds=10)
+            reply = app.control.broadcast("disable_events", reply=True, timeout=2.0)
+            assert reply == [{HOST: {"ok": "task events disabled"}}]
+            after = app.send_task("metrics.add", (3, 3))
+            assert after.get(timeout=10) == 6
+            assert until(lambda: value(scrape(port), "celery_tasks_succeeded_total",
+                                       name="metrics.add") == 3)
+            time.sleep(0.5)
+    finally:
+        capture.stop()
+    with capture.lock:
+        uuids = {e.get("uuid") for e in capture.events}
+    assert on.id in uuids and before.id not in uuids and after.id not in uuids

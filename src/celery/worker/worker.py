@@ -146,12 +146,12 @@ class Worker:
         try:
             return loop.run_until_complete(self._main())
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             loop.run_until_complete(loop.shutdown_asyncgens())
             asyncio.set_event_loop(None)
             loop.close()
             self._restore_signals()
-            if self.metrics is not None:
-                self.metrics.close()
 
     async def _main(self) -> int:
         app = self.app
