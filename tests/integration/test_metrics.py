@@ -433,6 +433,20 @@ def test_cli_processes_each_serve_port_plus_index(url, tmp_path):
         client.close()
 
 
+def test_cli_processes_with_a_port_in_use_fail_at_once_in_the_supervisor(url, tmp_path):
+    write_app(tmp_path, url)
+    first = free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first + 1))
+        taken.listen()
+        started = time.monotonic()
+        line = error_line(run_cli(tmp_path, "--processes", "2", "--metrics-port", str(first)))
+        took = time.monotonic() - started
+    assert line == (f"Error: --metrics-port {first + 1}: cannot serve metrics on "
+                    f"127.0.0.1:{first + 1}: Address already in use"), line
+    assert took < 10, took  # no process was started (each would fail 3 times, with backoff)
+
+
 def test_scrapes_in_parallel_with_tasks(app):
     """Several scrapers hammering the endpoint while tasks run: every scrape answers and
     the counts only grow."""

@@ -302,6 +302,7 @@ def worker(
         if total > 1 or recycling:
             names = [expand_hostname(process_name(template, i if total > 1 else 0))
                      for i in range(1, total + 1)]
+            probe_metrics_ports(options, total)
             if not obj.quiet:
                 click.echo(banner(app, instance, options, loglevel, names))
             sys.exit(supervise(obj, total, names))
@@ -344,6 +345,17 @@ def metrics_options(conf: Any, port: int | None, host: str | None, slot: Any,
                              f"to {port + total - 1}, past 65535")
         port += index - 1
     return {"metrics_port": port, "metrics_host": host or conf.worker_metrics_host}
+
+
+def probe_metrics_ports(options: dict[str, Any], processes: int) -> None:
+    """In the supervisor: each process's metrics port can be listened on now, or one line
+    (rather than every process failing to start, three times each)."""
+    port = options.get("metrics_port")
+    if port:
+        from ..worker.metrics import probe_port
+
+        for index in range(processes):
+            probe_port(options["metrics_host"], port + index)
 
 
 def metrics_line(options: dict[str, Any], processes: int) -> list[str]:

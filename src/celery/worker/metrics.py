@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .executor.threads import ThreadExecutor
     from .request import Outcome, Request
 
-__all__ = ["LagProbe", "WorkerMetrics", "require_prometheus_client"]
+__all__ = ["LagProbe", "WorkerMetrics", "check_port", "probe_port", "require_prometheus_client"]
 
 logger = logging.getLogger("celery.worker.metrics")
 
@@ -78,6 +79,23 @@ def check_port(port: Any, what: str = "--metrics-port/worker_metrics_port") -> i
     if not 0 <= number <= 65535:
         raise ImproperlyConfigured(f"{what}: {number} is not a port number (0 to 65535)")
     return number
+
+
+def _cannot_serve(host: str, port: int, why: object) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"--metrics-port {port}: cannot serve metrics on {host}:{port}: {why}")
+
+
+def probe_port(host: str, port: int) -> None:
+    """Check that ``host:port`` can be listened on now (bind, then let go):
+    ImproperlyConfigured, in ``serve``'s words, if not. For a supervisor, whose processes
+    each serve a port of their own: one line at once, rather than each process failing."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            sock.bind((host, port))
+    except OSError as exc:
+        raise _cannot_serve(host, port, exc.strerror or exc) from None
 
 
 class LagProbe:
@@ -206,12 +224,9 @@ class WorkerMetrics:
         try:
             server, thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            why = exc.strerror or str(exc) or type(exc).__name__
-            raise ImproperlyConfigured(
-                f"--metrics-port {port}: cannot serve metrics on {host}:{port}: {why}") from None
+            raise _cannot_serve(host, port, exc.strerror or exc) from None
         except (OverflowError, ValueError) as exc:  # a port out of range, a bad address
-            raise ImproperlyConfigured(
-                f"--metrics-port {port}: cannot serve metrics on {host}:{port}: {exc}") from None
+            raise _cannot_serve(host, port, exc) from None
         thread.name = "metrics-http"
         self._server, self._thread = server, thread
         self.address = (host, server.server_address[1])
