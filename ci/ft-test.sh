@@ -2,8 +2,10 @@
 # The free-threaded pass: the whole test suite again, on a free-threaded CPython built by
 # ci/ft-python.sh (cached outside the checkout), in .venv-ft with the package's default
 # extras ([redis,uvloop,msgpack]: their C extensions are built from source by pip where PyPI
-# has no free-threaded wheel). The GIL must stay off: PYTHON_GIL is left unset, and the tests
-# in tests/integration/test_free_threading.py check it in a running worker.
+# has no free-threaded wheel), and [metrics] (prometheus-client: pure Python, no required
+# dependencies; tests/integration/test_metrics.py fails under CI without it). The GIL must
+# stay off: PYTHON_GIL is left unset, and the tests in tests/integration/test_free_threading.py
+# check it in a running worker.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +34,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
     say "installing the package with its default extras and the test tools into .venv-ft"
     # hypothesis: its newest releases build a Rust part from crates.io for interpreters
     # without a wheel; a release with a pure-Python wheel does for the tests.
-    .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,uvloop,msgpack]" \
+    .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,uvloop,msgpack,metrics]" \
         "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7"
     echo "$want" > "$stamp"
 fi

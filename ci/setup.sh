@@ -71,6 +71,7 @@ setup_venv() {
         log ".venv is up to date with pyproject.toml"
         return 0
     fi
+    # [dev] includes the [metrics] extra (prometheus-client): the metrics tests need it
     log "installing the package and its dev and flower dependencies into .venv"
     .venv/bin/python -m pip install -q -e ".[dev,flower]"
     echo "$want" > "$stamp"

@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
     "worker_proc_alive_timeout": 4.0,
     "worker_state_db": None,
     "worker_gc_threshold": 10_000,
+    # ours: the Prometheus endpoint (worker/metrics.py; needs the ``metrics`` extra); None: off
+    "worker_metrics_port": None,
+    "worker_metrics_host": "127.0.0.1",
     # remote control
     "control_exchange": "celery",
     "control_queue_ttl": 300.0,

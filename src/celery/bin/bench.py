@@ -146,6 +146,8 @@ class Plan:
     loop_concurrency: int | None = None
     sync_workers: int | None = None
     prefetch_multiplier: int | None = None
+    #: More ``celery worker`` arguments for the worker the bench starts (``--worker-arg``).
+    worker_args: tuple[str, ...] = ()
 
     @property
     def async_tasks(self) -> int:
@@ -181,6 +183,9 @@ def make_plan(obj: CLIContext, app: Celery, opts: dict[str, Any]) -> tuple[Plan,
                          "queue is purged at the end; use a queue of its own")
     _ = (app.transport, app.backend)  # a bad URL fails here, before any output
     memory_broker = urlsplit(app.broker_url).scheme == "memory"
+    if opts["worker_args"] and (opts["external_worker"] or memory_broker):
+        raise user_error("--worker-arg: only for the worker process the bench starts (not "
+                         "with --external-worker or a memory:// broker)")
     if opts["external_worker"]:
         if memory_broker:
             raise user_error("--external-worker: a memory:// broker is private to this process")
@@ -209,6 +214,7 @@ def make_plan(obj: CLIContext, app: Celery, opts: dict[str, Any]) -> tuple[Plan,
         payload_bytes=opts["payload_bytes"], in_flight=opts["in_flight"], queue=queue,
         timeout=opts["timeout"], results=results, worker_mode=mode,
         task_events=opts["task_events"],
+        worker_args=tuple(opts["worker_args"]),
         **({} if mode == "external" else _worker_sizes(conf, opts)),
     )
     unused = [name for name, value, applies in (
@@ -286,7 +292,7 @@ class _ChildWorker(_Workers):
             "worker", "-Q", plan.queue, "-n", f"bench{os.getpid()}@%h", "-l", "WARNING",
             f"--loop-workers={plan.loop_workers}", f"--loop-concurrency={plan.loop_concurrency}",
             f"--sync-workers={plan.sync_workers}",
-            f"--prefetch-multiplier={plan.prefetch_multiplier}",
+            f"--prefetch-multiplier={plan.prefetch_multiplier}", *plan.worker_args,
             *(["-E"] if plan.task_events else []),
         ]
         self.log_path = scratch / "worker.log"
@@ -797,6 +803,9 @@ class _Run:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
 @click.option("--task-events", is_flag=True,
               help="Start the worker with -E: it sends task events (what they cost).")
+@click.option("--worker-arg", "worker_args", multiple=True, metavar="ARG",
+              help="One more argument for the worker the bench starts, e.g. "
+                   "--worker-arg=--metrics-port=9808 (repeatable).")
 @click.option("--external-worker", is_flag=True,
               help="Start no worker: use the workers already consuming --queue.")
 @click.pass_obj

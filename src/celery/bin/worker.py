@@ -20,6 +20,7 @@ from .supervisor import (
     resolve_processes,
     watch_supervisor,
 )
+from .worker_metrics import metrics_line, metrics_options, probe_metrics_ports
 
 if TYPE_CHECKING:
     from ..app.base import Celery
@@ -233,6 +234,19 @@ def _processes(ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="With -B: beat's scheduler class [beat_scheduler].",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics on this port (with --processes N, process i serves "
+    "PORT+i-1; 0: any free port, logged); needs the 'metrics' extra [worker_metrics_port, "
+    "default: off].",
+)
+@click.option(
+    "--metrics-host",
+    metavar="HOST",
+    help="Address the metrics endpoint listens on [worker_metrics_host, default 127.0.0.1].",
+)
+@click.option(
     "--processes",
     callback=_processes,
     metavar="N|auto",
@@ -267,6 +281,8 @@ def worker(
     schedule_filename: str | None,
     scheduler: str | None,
     processes: int | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Start a worker."""
     if sync_workers is not None and concurrency is not None and sync_workers != concurrency:
@@ -303,6 +319,7 @@ def worker(
         "heartbeat": not without_heartbeat,
         "heartbeat_interval": heartbeat_interval,
         "autoscale": autoscale,
+        **metrics_options(conf, metrics_port, metrics_host, slot, processes),
     }
     state_db = statedb or conf.worker_state_db or None
     # Built in the supervisor too: a bad size or setting fails here, once, on one line.
@@ -315,6 +332,7 @@ def worker(
         if total > 1 or recycling:
             names = [expand_hostname(process_name(template, i if total > 1 else 0))
                      for i in range(1, total + 1)]
+            probe_metrics_ports(options, total)
             if not obj.quiet:
                 click.echo(banner(app, instance, options, loglevel, names))
             sys.exit(supervise(obj, total, names))
@@ -465,6 +483,7 @@ def banner(app: Celery, instance: Any, options: dict[str, Any], loglevel: int,
         f"  queues:      {', '.join(queues)}",
         "  task events: " + ("ON" if getattr(instance, "task_events", False)
                              else "OFF (enable -E to monitor tasks in this worker)"),
+        *metrics_line(options, len(names or ())),
         "",
         "[tasks]",
         *(f"  . {name}" for name in tasks),

@@ -140,7 +140,8 @@ class Consumer:
         self.total: dict[str, int] = {}
         self.started_at = time.time()
         self._handoff = HandoffPause()  # the next fetch's pause after an early hand-off
-        #: Task and worker events (worker/events.py); each hook tests ``task_events`` first.
+        #: Task and worker events, and metrics (worker/events.py); each hook tests
+        #: ``task_events`` first.
         self.events = events if events is not None else WorkerEvents(
             app, transport, hostname, None, self.event_counts, heartbeat=False)
 
@@ -275,8 +276,7 @@ class Consumer:
                          "worker?", name, task_id)
             self._reject(delivery)
             if self.events.task_events:
-                self.events.dispatcher.send("task-failed", uuid=task_id,
-                                            exception=f"NotRegistered({name!r})")
+                self.events.unknown(name, task_id)
             signals.task_unknown.send(sender=self, name=name, id=task_id, message=msg,
                                       exc=NotRegistered(name))
             return

@@ -8,7 +8,10 @@
 with ``-E``/``worker_send_task_events`` or after the ``enable_events`` control command; the
 consumer calls ``task`` from its hooks (``task-retried`` comes from the thread that ran the
 task, before the retry's message is sent), and the dispatcher (``events/dispatcher.py``)
-sends the events of one loop turn as one ``task.multi`` message.
+sends the events of one loop turn as one ``task.multi`` message. The same hooks feed the
+worker's Prometheus metrics (``--metrics-port``, worker/metrics.py) when it has them: the
+consumer's one test per hook (``task_events``) is true while events are sent or metrics
+kept, and ``sending`` says which.
 
 Thread-safety: everything runs on the consumer's loop, except that executor threads read
 ``tracer.event_fields`` (a plain bool written here): a task ending just as events are
@@ -31,6 +34,7 @@ from ..transport.base import CAP_BROADCAST
 
 if TYPE_CHECKING:
     from ..app.base import Celery
+    from .metrics import WorkerMetrics
     from .request import Outcome, Request
     from .tracer import Tracer
 
@@ -53,7 +57,8 @@ class WorkerEvents:
 
     def __init__(self, app: Celery, transport: Any, hostname: str, tracer: Tracer | None,
                  counts: Callable[[], tuple[int, int]], task_events: bool = False,
-                 heartbeat: bool = True, freq: float | None = None) -> None:
+                 heartbeat: bool = True, freq: float | None = None,
+                 metrics: WorkerMetrics | None = None) -> None:
         self.tracer = tracer
         self.counts = counts
         self.freq = float(freq or HEARTBEAT_INTERVAL)
@@ -66,8 +71,13 @@ class WorkerEvents:
             app=app, hostname=hostname, transport=transport, groups={"worker"},
             buffer_group={"task"}, loop=asyncio.get_running_loop(),
             enabled=self.available and (heartbeat or task_events))
-        #: Whether task events are sent now: the consumer's hooks test this first.
-        self.task_events = False
+        #: The worker's Prometheus metrics (worker/metrics.py), told of every task hook.
+        self.metrics = metrics
+        #: Whether task events are sent now.
+        self.sending = False
+        #: Whether the consumer's task hooks run: task events are sent or metrics kept. The
+        #: consumer's hooks test this first (with neither, that one test is all they cost).
+        self.task_events = metrics is not None
         if task_events and self.available:
             self.enable_tasks()
         self._stop = asyncio.Event()
@@ -76,11 +86,11 @@ class WorkerEvents:
 
     def enable_tasks(self) -> bool:
         """Send task events from now on; False if they were on already (or cannot be)."""
-        if self.task_events or not self.available:
+        if self.sending or not self.available:
             return False
         self.dispatcher.groups.add("task")
         self.dispatcher.enable()
-        self.task_events = True
+        self.sending = self.task_events = True
         if self.tracer is not None:
             self.tracer.send_event = self._from_thread
             self.tracer.event_fields = True
@@ -88,10 +98,11 @@ class WorkerEvents:
 
     def disable_tasks(self) -> bool:
         """Stop sending task events; False if they were off already."""
-        if not self.task_events:
+        if not self.sending:
             return False
         self.dispatcher.groups.discard("task")
-        self.task_events = False
+        self.sending = False
+        self.task_events = self.metrics is not None
         if self.tracer is not None:
             self.tracer.event_fields = False
         if not self.heartbeat:
@@ -131,7 +142,9 @@ class WorkerEvents:
     # -- task events (consumer hooks; only called when ``task_events`` is on) --------------
 
     def task(self, type: str, req: Request, **fields: Any) -> None:  # noqa: A002
-        if req.task.send_events:
+        if self.metrics is not None:
+            self.metrics.task(type, req)
+        if self.sending and req.task.send_events:
             self.dispatcher.send(type, uuid=req.id, **fields)
 
     def _from_thread(self, type: str, req: Request, **fields: Any) -> None:  # noqa: A002
@@ -141,11 +154,22 @@ class WorkerEvents:
             functools.partial(self._send_if_on, type, req, fields))
 
     def _send_if_on(self, type: str, req: Request, fields: dict[str, Any]) -> None:  # noqa: A002
-        if self.task_events:
-            self.task(type, req, **fields)
+        # Not through ``task``: metrics count a retry by its outcome (RETRY), once.
+        if self.sending and req.task.send_events:
+            self.dispatcher.send(type, uuid=req.id, **fields)
+
+    def unknown(self, name: str, task_id: str) -> None:
+        """A message for a task not registered here (rejected)."""
+        if self.metrics is not None:
+            self.metrics.unknown(name)
+        if self.sending:
+            self.dispatcher.send("task-failed", uuid=task_id,
+                                 exception=f"NotRegistered({name!r})")
 
     def received(self, req: Request) -> None:
-        if not req.task.send_events:
+        if self.metrics is not None:
+            self.metrics.received(req)
+        if not (self.sending and req.task.send_events):
             return
         headers = req.delivery.message.headers
         self.dispatcher.send(
@@ -156,6 +180,10 @@ class WorkerEvents:
 
     def task_outcome(self, outcome: Outcome) -> None:
         """The event of a finished request, by its state."""
+        if self.metrics is not None:
+            self.metrics.outcome(outcome)
+        if not self.sending:
+            return
         req, state, info = outcome.request, outcome.state, outcome.event_fields or {}
         if state == states.SUCCESS:
             self.task("task-succeeded", req, result=info.get("result"), runtime=outcome.runtime)

@@ -21,6 +21,7 @@ from .control import ControlServer
 from .events import WorkerEvents
 from .executor.loop import LoopExecutor, new_event_loop
 from .executor.threads import ThreadExecutor
+from .metrics import WorkerMetrics, check_port, require_prometheus_client
 from .pool import MAX_THREADS, UNLIMITED_WINDOW, Kind, Pool, prefetch_window
 from .tracer import Tracer
 
@@ -73,7 +74,8 @@ class Worker:
                  max_memory_per_child: int | None = None,
                  state_db: str | None = None, task_events: bool | None = None,
                  heartbeat: bool = True, heartbeat_interval: float | None = None,
-                 autoscale: tuple[int, int] | None = None) -> None:
+                 autoscale: tuple[int, int] | None = None,
+                 metrics_port: int | None = None, metrics_host: str | None = None) -> None:
         conf = app.conf
         self.app = app
         self.hostname = hostname or expand_hostname(None)
@@ -119,6 +121,14 @@ class Worker:
             raise ImproperlyConfigured(
                 f"heartbeat_interval must be more than 0 seconds, got {heartbeat_interval}")
         self.heartbeat_interval = heartbeat_interval
+        #: The Prometheus endpoint's port (``--metrics-port``; 0: any free one), or None.
+        port = conf.worker_metrics_port if metrics_port is None else metrics_port
+        self.metrics_port = None if port is None else check_port(port)
+        self.metrics_host = metrics_host or conf.worker_metrics_host or "127.0.0.1"
+        if self.metrics_port is not None:  # fail here, in a supervisor too, not in a child
+            require_prometheus_client(self.metrics_port)
+        #: The worker's metrics while ``run`` runs with a metrics port (worker/metrics.py).
+        self.metrics: WorkerMetrics | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
@@ -141,11 +151,16 @@ class Worker:
 
     def run(self) -> int:
         """Run until a signal or ``stop()``; returns the process exit code."""
+        if self.metrics_port is not None:  # before connecting: a port in use fails at once
+            self.metrics = WorkerMetrics(self.hostname)
+            self.metrics.serve(self.metrics_host, self.metrics_port)
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
             return loop.run_until_complete(self._main())
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             loop.run_until_complete(loop.shutdown_asyncgens())
             asyncio.set_event_loop(None)
             loop.close()
@@ -183,7 +198,10 @@ class Worker:
         consumer_box.append(consumer)
         consumer.events = events = WorkerEvents(
             app, transport, self.hostname, tracer, consumer.event_counts,
-            task_events=self.task_events, heartbeat=self.heartbeat, freq=self.heartbeat_interval)
+            task_events=self.task_events, heartbeat=self.heartbeat, freq=self.heartbeat_interval,
+            metrics=self.metrics)
+        if self.metrics is not None:
+            self.metrics.attach(consumer, loop_exec, sync_exec)
         # Resizes what a plain pool_grow names: the threads, unless the worker was started
         # for async tasks only.
         kind: Kind = "loop" if self.sync_workers == 0 and not self.autoscale and self.loop_workers \
@@ -213,6 +231,8 @@ class Worker:
             await asyncio.gather(serving, scaling, return_exceptions=True)
             await control.close()
             await events.close()  # worker-offline, before the broker connection goes
+            if self.metrics is not None:
+                self.metrics.detach()
             if self._heartbeats is not None:
                 await asyncio.gather(self._heartbeats, return_exceptions=True)
             self._remove_signals(loop)

@@ -182,6 +182,11 @@ class LoopExecutor:
         for group in range(len(self.groups)):
             self.groups[group] = concurrency  # in place: the consumer's lane reads the list
 
+    @property
+    def loops(self) -> list[asyncio.AbstractEventLoop]:
+        """Each loop worker's event loop, by index (the metrics' lag probes run on them)."""
+        return [w.loop for w in self._workers]
+
     def start(self) -> None:
         for w in self._workers:
             w.start()

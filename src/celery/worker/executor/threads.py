@@ -155,6 +155,13 @@ class ThreadExecutor:
         if wake is not None:
             wake.put(True)
 
+    def utilisation(self) -> tuple[int, int]:
+        """(threads running a task, threads), not counting threads replaced while stuck in
+        a task (``abandon``); any thread (the metrics read it on a scrape's thread)."""
+        with self._lock:
+            busy = sum(1 for ident in self._running if ident not in self._retiring)
+            return busy, self.starts[0] if self.starts else 0
+
     def withdraw(self, req: _request.Request) -> bool:
         """Take back a request no thread has taken yet (True); False if one has."""
         with self._lock:
