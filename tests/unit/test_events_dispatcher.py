@@ -1,4 +1,4 @@
-"""``EventDispatcher`` on the in-process broker: batching per loop turn into ``task.multi``,
+"""``EventDispatcher`` on the in-process broker: batching within the flush delay into ``task.multi``,
 order kept across groups, the backlog bound, client-mode sends, groups and enable/disable;
 and the events our receiver reads back from what it sends."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from celery import Celery
 from celery.events import EventReceiver
-from celery.events.dispatcher import MULTI_MAX, EventDispatcher
+from celery.events.dispatcher import FLUSH_DELAY, MULTI_MAX, EventDispatcher
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ async def received(app: Celery, coro: Any) -> list[tuple[str | None, Any]]:
     return out
 
 
-def test_a_loop_turns_task_events_go_as_one_task_multi_message(app):
+def test_task_events_within_the_flush_delay_go_as_one_task_multi_message(app):
     async def main() -> list[tuple[str | None, Any]]:
         dispatcher = EventDispatcher(app=app, hostname="w@x", buffer_group={"task"},
                                      loop=asyncio.get_running_loop())
@@ -52,7 +52,10 @@ def test_a_loop_turns_task_events_go_as_one_task_multi_message(app):
                 dispatcher.send("task-received", uuid=str(i))
             dispatcher.send("worker-heartbeat", freq=2.0)
             dispatcher.send("task-succeeded", uuid="0", result="1")
-            await asyncio.sleep(0)  # the turn ends: one flush
+            await asyncio.sleep(0)  # a loop turn: still buffered
+            assert len(dispatcher._buffer) == 5
+            await asyncio.sleep(FLUSH_DELAY * 2)  # the delay is over: one flush
+            assert not dispatcher._buffer and dispatcher.sent == 5
             dispatcher.send("task-started", uuid="9")
             await dispatcher.aclose()
 

@@ -12,9 +12,11 @@ sent together as one message whose body is the JSON list of them and whose routi
 Two ways to run, chosen by ``loop``:
 
 * **On a loop** (the worker: ``loop`` is its running event loop). ``send`` must be called on
-  that loop; it never waits. Events gather in a buffer that is flushed once per loop turn
-  (``loop.call_soon``), so the tasks that end in one turn cost one publish between them. One
-  publishing task drains the messages in order. Fire-and-forget: a broker that cannot take
+  that loop; it never waits. Events gather in a buffer that is flushed ``flush_delay``
+  seconds after its first event (``FLUSH_DELAY``, 20 ms), or at once when it holds
+  ``MULTI_MAX`` events, so a busy worker's events go a few hundred per publish: a publish
+  per task would cost more than the events themselves (a worker's loop turn often ends a
+  single task). One publishing task drains the messages in order. Fire-and-forget: a broker that cannot take
   them, or a backlog beyond ``max_pending`` events, drops events (oldest first), counted in
   ``dropped`` and logged once per outage; the worker never waits for a monitor.
 * **Without a loop** (clients: ``app.events.Dispatcher()``, ``task_send_sent_event``).
@@ -52,6 +54,10 @@ logger = logging.getLogger("celery.events")
 MAX_PENDING = 10_000
 #: Events in one ``<group>.multi`` message, at most.
 MULTI_MAX = 500
+#: Seconds events wait in the buffer for others to go with them (on a loop).
+FLUSH_DELAY = 0.02
+#: Events' JSON, compact (receivers parse any spacing); stateless, so shared by threads.
+_JSON = json.JSONEncoder(separators=(",", ":"))
 #: Seconds ``close`` waits for what is still buffered (worker-offline included).
 CLOSE_TIMEOUT = 2.0
 
@@ -67,7 +73,7 @@ class EventDispatcher:
                  buffer_group: Iterable[str] | None = None, buffer_limit: int = 24,
                  on_send_buffered: Callable[[], Any] | None = None,
                  loop: asyncio.AbstractEventLoop | None = None, transport: Any = None,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, flush_delay: float = FLUSH_DELAY) -> None:
         if app is None:
             from .._state import get_current_app
 
@@ -89,6 +95,7 @@ class EventDispatcher:
         self.clock = app.clock
         self.loop = loop
         self.max_pending = max_pending
+        self.flush_delay = flush_delay
         self.on_enabled: set[Callable[[], Any]] = set()
         self.on_disabled: set[Callable[[], Any]] = set()
         #: Events dropped: the broker could not take them, or too many waited.
@@ -97,6 +104,7 @@ class EventDispatcher:
         self.sent = 0
         self._buffer: list[dict[str, Any]] = []  # events of this loop turn, in order
         self._flush_due = False
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._outgoing: deque[tuple[str, str, int]] = deque()  # (routing key, payload, events)
         self._pending = 0  # events in _outgoing
         self._publisher: asyncio.Task[None] | None = None
@@ -130,10 +138,13 @@ class EventDispatcher:
         if self.loop is None:
             self._send_now(event)
             return
-        self._buffer.append(event)
-        if not self._flush_due:
+        buffer = self._buffer
+        buffer.append(event)
+        if len(buffer) >= MULTI_MAX:
+            self.flush()
+        elif not self._flush_due:
             self._flush_due = True
-            self.loop.call_soon(self.flush)
+            self._flush_timer = self.loop.call_later(self.flush_delay, self._flush_later)
 
     async def asend(self, type: str, blind: bool = False,  # noqa: A002 - Celery's name
                     utcoffset: Callable[[], float] = utcoffset,
@@ -177,15 +188,22 @@ class EventDispatcher:
             self._buffer.append(event)
             self.flush()
 
+    def _flush_later(self) -> None:
+        self._flush_timer = None
+        self.flush()
+
     def flush(self, errors: bool = True, groups: bool = True) -> None:
         """Hand what is buffered to the publisher (on a loop; nothing to do without one)."""
         self._flush_due = False
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if not self._buffer:
             return
         events, self._buffer = self._buffer, []
-        for routing_key, batch in _messages(events, self.buffer_group):
-            self._outgoing.append((routing_key, self._payload(routing_key, batch), len(batch)))
-            self._pending += len(batch)
+        for routing_key, body, count in _messages(events, self.buffer_group):
+            self._outgoing.append((routing_key, self._payload(routing_key, body), count))
+            self._pending += count
         while self._pending > self.max_pending and self._outgoing:
             _, _, count = self._outgoing.popleft()
             self._pending -= count
@@ -227,7 +245,7 @@ class EventDispatcher:
 
     def _payload(self, routing_key: str, body: Any) -> str:
         message = Message(
-            body=json.dumps(body).encode(), content_type="application/json",
+            body=_JSON.encode(body).encode(), content_type="application/json",
             content_encoding="utf-8", headers={"hostname": self.hostname},
             properties={"delivery_mode": self.delivery_mode}, exchange=self.exchange,
             routing_key=routing_key)
@@ -301,26 +319,27 @@ def _group_of(type: str) -> str:  # noqa: A002
 
 
 def _messages(events: list[dict[str, Any]],
-              buffer_group: set[str]) -> Iterable[tuple[str, Any]]:
-    """``(routing key, body)`` per message for ``events`` in order: runs of events of a
-    ``buffer_group`` as ``<group>.multi`` lists (at most MULTI_MAX each), others alone."""
+              buffer_group: set[str]) -> Iterable[tuple[str, Any, int]]:
+    """``(routing key, body, events in it)`` per message for ``events`` in order: runs of
+    events of a ``buffer_group`` as ``<group>.multi`` lists (at most MULTI_MAX each), others
+    alone."""
     run: list[dict[str, Any]] = []
     run_group = ""
     for event in events:
         group = _group_of(event["type"])
         if group in buffer_group:
             if run and (group != run_group or len(run) >= MULTI_MAX):
-                yield f"{run_group}.multi", run
+                yield f"{run_group}.multi", run, len(run)
                 run = []
             run_group = group
             run.append(event)
             continue
         if run:
-            yield f"{run_group}.multi", run
+            yield f"{run_group}.multi", run, len(run)
             run = []
-        yield routing_key_of(event["type"]), event
+        yield routing_key_of(event["type"]), event, 1
     if run:
-        yield f"{run_group}.multi", run
+        yield f"{run_group}.multi", run, len(run)
 
 
 def _default_hostname() -> str:
