@@ -23,6 +23,7 @@ from celery import Celery, states
 from tests.conftest import flushed_redis_url, stop_process
 from tests.integration.test_events_receive import Capture, until
 
+from .outcome_tasks import register_outcome_tasks
 from .worker_harness import CommandProcess, running_worker
 
 REDIS_DB = 5
@@ -42,23 +43,7 @@ def url() -> str:
 def make_app(url: str, **conf: Any) -> Celery:
     app = Celery("evsend", broker=url, backend=url, set_as_current=False, **conf)
 
-    @app.task(name="evsend.add")
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="evsend.aadd")
-    async def aadd(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="evsend.boom")
-    def boom() -> None:
-        raise ValueError("boom")
-
-    @app.task(name="evsend.again", bind=True, max_retries=1, default_retry_delay=0)
-    def again(self: Any) -> str:
-        if self.request.retries < 1:
-            raise self.retry(exc=KeyError("once more"))
-        return "done"
+    register_outcome_tasks(app, "evsend")
 
     @app.task(name="evsend.quiet", send_events=False)
     def quiet() -> int:

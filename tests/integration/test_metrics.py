@@ -21,6 +21,7 @@ from celery import Celery
 from celery.exceptions import Reject
 from tests.conftest import IN_CI, flushed_redis_url
 
+from .outcome_tasks import register_outcome_tasks
 from .worker_harness import CommandProcess, running_worker
 
 try:
@@ -48,24 +49,7 @@ def url() -> str:
 def make_app(url: str, **conf: Any) -> Celery:
     app = Celery("metrics", broker=url, backend=url, set_as_current=False, **conf)
 
-    @app.task(name="metrics.add")
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name="metrics.aadd")
-    async def aadd(x: int, y: int) -> int:
-        await asyncio.sleep(0)
-        return x + y
-
-    @app.task(name="metrics.boom")
-    def boom() -> None:
-        raise ValueError("boom")
-
-    @app.task(name="metrics.again", bind=True, max_retries=1, default_retry_delay=0)
-    def again(self: Any) -> str:
-        if self.request.retries < 1:
-            raise self.retry(exc=KeyError("once more"))
-        return "done"
+    register_outcome_tasks(app, "metrics")
 
     @app.task(name="metrics.refuse")
     def refuse() -> None:

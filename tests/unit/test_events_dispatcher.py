@@ -148,3 +148,23 @@ def test_a_serializer_other_than_json_is_refused_with_one_line(app):
     app.conf.event_serializer = "pickle"
     with pytest.raises(ValueError, match="event_serializer 'pickle' is not supported"):
         EventDispatcher(app=app)
+
+
+def test_celery_arguments_not_implemented_here_are_warned_of_once(app, caplog):
+    from celery.events import dispatcher as module
+
+    module._WARNED.clear()
+    with caplog.at_level("WARNING", logger="celery.events"):
+        for _ in range(2):
+            dispatcher = EventDispatcher(app=app, buffer_while_offline=True, buffer_limit=5)
+            dispatcher.disable()  # nothing to publish: only the arguments are looked at
+            dispatcher.send("task-sent", retry=True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "EventDispatcher: buffer_while_offline=True is accepted but not implemented: events "
+        "the broker does not take are dropped and counted, never kept for later",
+        "EventDispatcher: buffer_limit/on_send_buffered is accepted but not implemented: on a "
+        "loop, events are flushed 20 ms after the first, or at 500",
+        "EventDispatcher: send(retry=..., retry_policy=...) is accepted but not implemented: "
+        "an event is published once; a failure drops it (counted)",
+    ]

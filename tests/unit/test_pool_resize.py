@@ -15,7 +15,7 @@ from celery.worker.executor.threads import ThreadExecutor
 from celery.worker.lanes import Lane
 from celery.worker.pool import Pool, prefetch_window
 
-from .test_thread_executor import Recorder, request
+from .executor_doubles import request
 
 
 def live(ex: ThreadExecutor) -> int:
@@ -28,23 +28,6 @@ def wait_until(predicate, timeout: float = 5.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
-
-
-@pytest.fixture
-def run():
-    made = []
-
-    def start(count: int, expected: int) -> tuple[ThreadExecutor, Recorder]:
-        rec = Recorder()
-        rec.expected = expected
-        ex = ThreadExecutor(rec, rec.on_done, count)  # type: ignore[arg-type]
-        ex.start()
-        made.append(ex)
-        return ex, rec
-
-    yield start
-    for ex in made:
-        ex.stop(5)
 
 
 class Gauge:

@@ -99,8 +99,6 @@ DEFAULTS: dict[str, Any] = {
     "event_exchange": "celeryev",
     "event_serializer": "json",
     "event_queue_prefix": "celeryev",
-    "event_queue_ttl": 5.0,
-    "event_queue_expires": 60.0,
     # beat (celery/beat/)
     "beat_schedule": {},
     "beat_scheduler": "celery.beat:PersistentScheduler",

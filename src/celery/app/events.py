@@ -34,7 +34,8 @@ class Events:
                              node_id=node_id, app=self.app, **kwargs)
 
     def Dispatcher(self, connection: Any = None, hostname: str | None = None,  # noqa: N802
-                   enabled: bool = True, channel: Any = None, buffer_while_offline: bool = True,
+                   enabled: bool = True, channel: Any = None,
+                   buffer_while_offline: bool | None = None,
                    **kwargs: Any) -> EventDispatcher:
         """An ``EventDispatcher`` of this app; ``send`` publishes at once (through the
         app's portal loop). ``connection``/``channel`` are ignored: the app's broker is used."""

@@ -67,10 +67,11 @@ class EventDispatcher:
     ``enable()``/``disable()``, ``flush()``, ``close()``, usable as a context manager."""
 
     def __init__(self, connection: Any = None, hostname: str | None = None,
-                 enabled: bool = True, channel: Any = None, buffer_while_offline: bool = True,
+                 enabled: bool = True, channel: Any = None,
+                 buffer_while_offline: bool | None = None,
                  app: Celery | None = None, serializer: str | None = None,
                  groups: Iterable[str] | None = None, delivery_mode: int = 1,
-                 buffer_group: Iterable[str] | None = None, buffer_limit: int = 24,
+                 buffer_group: Iterable[str] | None = None, buffer_limit: int | None = None,
                  on_send_buffered: Callable[[], Any] | None = None,
                  loop: asyncio.AbstractEventLoop | None = None, transport: Any = None,
                  max_pending: int = MAX_PENDING, flush_delay: float = FLUSH_DELAY) -> None:
@@ -112,6 +113,12 @@ class EventDispatcher:
         self.enabled = enabled
         if not enabled:
             self.disable()
+        if buffer_while_offline:
+            _not_implemented("buffer_while_offline=True", "events the broker does not take "
+                             "are dropped and counted, never kept for later")
+        if buffer_limit is not None or on_send_buffered is not None:
+            _not_implemented("buffer_limit/on_send_buffered", "on a loop, events are flushed "
+                             f"{FLUSH_DELAY * 1000:.0f} ms after the first, or at {MULTI_MAX}")
 
     # -- Celery's API --------------------------------------------------------------------
 
@@ -132,6 +139,9 @@ class EventDispatcher:
         """Send the event ``type`` with ``fields`` (stamped with hostname, utcoffset, pid and
         the app's clock; ``blind``: no clock), if enabled and its group is one of
         ``groups`` (all groups when ``groups`` is empty)."""
+        if retry or retry_policy is not None:
+            _not_implemented("send(retry=..., retry_policy=...)",
+                             "an event is published once; a failure drops it (counted)")
         event = self._event(type, blind, utcoffset, Event, fields)
         if event is None:
             return
@@ -295,6 +305,18 @@ class EventDispatcher:
             self._failing = True
             logger.warning("Events: dropped %d event(s): %s (dropping silently until "
                            "publishing works again)", count, " ".join(why.split()))
+
+
+#: Celery arguments accepted but not implemented here, warned of once each (any thread:
+#: a set's add of a str is one operation under its own lock in free-threaded builds too,
+#: and at worst a second warning is logged).
+_WARNED: set[str] = set()
+
+
+def _not_implemented(what: str, instead: str) -> None:
+    if what not in _WARNED:
+        _WARNED.add(what)
+        logger.warning("EventDispatcher: %s is accepted but not implemented: %s", what, instead)
 
 
 _default_utcoffset = utcoffset

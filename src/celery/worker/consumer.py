@@ -28,7 +28,6 @@ from ..messaging.serialization import accept_set
 from ..transport.base import CAP_DELAYED, CAP_EARLY, EARLY_ACKED, EARLY_ALONE, EARLY_KEPT
 from .canvas import ConsumerCanvas
 from .duties import every, restore_interval
-from .events import WorkerEvents
 from .executor.base import Executor
 from .flusher import Flusher
 from .handoff import HandoffPause
@@ -42,6 +41,7 @@ from .state import RevokedIds, resident_kb
 if TYPE_CHECKING:
     from ..app.base import Celery
     from ..transport.base import Delivery, Transport
+    from .events import WorkerEvents
 
 __all__ = ["Consumer"]
 
@@ -68,7 +68,7 @@ class Consumer:
                  loop_executor: Executor, sync_executor: Executor, hostname: str,
                  on_ready: Callable[[], Any] | None = None, max_tasks: int | None = None,
                  max_memory_kb: int | None = None, state_db: str | None = None,
-                 events: WorkerEvents | None = None) -> None:
+                 *, events: WorkerEvents) -> None:
         self.app = app
         self.transport = transport
         self.backend = app.backend
@@ -142,8 +142,7 @@ class Consumer:
         self._handoff = HandoffPause()  # the next fetch's pause after an early hand-off
         #: Task and worker events, and metrics (worker/events.py); each hook tests
         #: ``task_events`` first.
-        self.events = events if events is not None else WorkerEvents(
-            app, transport, hostname, None, self.event_counts, heartbeat=False)
+        self.events = events
 
     def event_counts(self) -> tuple[int, int]:
         """``(active, processed)`` for worker events: requests running, tasks finished."""

@@ -321,22 +321,18 @@ class ControlServer:
             events.worker("worker-heartbeat")
 
     def do_enable_events(self, **_: Any) -> dict[str, Any]:
-        events = self.consumer.events
-        if not events.available:
-            return nok("event dispatcher unavailable")
-        if events.enable_tasks():
-            logger.info("Events of group {task} enabled by remote.")
-            return ok("task events enabled")
-        return ok("task events already enabled")
+        return self._switch_task_events(self.consumer.events.enable_tasks, "enabled")
 
     def do_disable_events(self, **_: Any) -> dict[str, Any]:
-        events = self.consumer.events
-        if not events.available:
+        return self._switch_task_events(self.consumer.events.disable_tasks, "disabled")
+
+    def _switch_task_events(self, switch: Callable[[], bool], done: str) -> dict[str, Any]:
+        if not self.consumer.events.available:
             return nok("event dispatcher unavailable")
-        if events.disable_tasks():
-            logger.info("Events of group {task} disabled by remote.")
-            return ok("task events disabled")
-        return ok("task events already disabled")
+        if switch():
+            logger.info("Events of group {task} %s by remote.", done)
+            return ok(f"task events {done}")
+        return ok(f"task events already {done}")
 
     def do_clock(self, **_: Any) -> dict[str, Any]:
         return {"clock": self.clock}

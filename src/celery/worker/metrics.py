@@ -284,6 +284,7 @@ class WorkerMetrics:
         return child
 
     def received(self, req: Request) -> None:
+        req.received_at = time.monotonic()
         self._child(self._received, req.name).inc()
 
     def task(self, type: str, req: Request) -> None:  # noqa: A002 - the event's type

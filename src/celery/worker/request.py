@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +72,9 @@ class Request:
     id: str
     acks_late: bool
     store_result: bool
-    received_at: float = field(default_factory=time.monotonic)
+    #: ``time.monotonic()`` when it was accepted: set by the metrics' hook (worker/metrics.py),
+    #: the only reader, so that a worker without metrics makes no clock call for it.
+    received_at: float = 0.0
     #: Index of the executor slot group that runs it (loop worker number, or -1 for threads).
     slot: int = -1
     #: (hard, soft) time limits in seconds, None for none; set by the consumer on accept.

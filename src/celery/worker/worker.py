@@ -191,15 +191,16 @@ class Worker:
         loop_exec = LoopExecutor(tracer, on_done, self.loop_workers, self.loop_concurrency,
                                  inline=self.loop_inline)
         sync_exec = ThreadExecutor(tracer, on_done, self.sync_workers)
+        events = WorkerEvents(
+            app, transport, self.hostname, tracer, lambda: consumer_box[0].event_counts(),
+            task_events=self.task_events, heartbeat=self.heartbeat, freq=self.heartbeat_interval,
+            metrics=self.metrics)
         consumer = Consumer(app, transport, self.queues, self.window, loop_exec, sync_exec,
                             self.hostname, on_ready=self._on_ready,
                             max_tasks=self.max_tasks_per_child,
-                            max_memory_kb=self.max_memory_per_child, state_db=self.state_db)
+                            max_memory_kb=self.max_memory_per_child, state_db=self.state_db,
+                            events=events)
         consumer_box.append(consumer)
-        consumer.events = events = WorkerEvents(
-            app, transport, self.hostname, tracer, consumer.event_counts,
-            task_events=self.task_events, heartbeat=self.heartbeat, freq=self.heartbeat_interval,
-            metrics=self.metrics)
         if self.metrics is not None:
             self.metrics.attach(consumer, loop_exec, sync_exec)
         # Resizes what a plain pool_grow names: the threads, unless the worker was started
