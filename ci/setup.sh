@@ -104,7 +104,7 @@ setup_redis() {
     wait_for "Redis" redis_up
 }
 
-# -- RabbitMQ (not used by the tests yet; the AMQP transport will need it) -----------------
+# -- RabbitMQ (the AMQP transport's tests: tests/conftest.py fresh_amqp_vhost) -----------------
 
 setup_rabbitmq() {
     if port_open 5672; then

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -54,6 +55,35 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     """A flushed Redis database for this test; the db number comes from the module's
     ``REDIS_DB`` (so modules worked on in parallel don't trample each other), default 9."""
     return flushed_redis_url(getattr(request.module, "REDIS_DB", 9))
+
+
+AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1")
+AMQP_PORT = int(os.environ.get("TEST_AMQP_PORT", "5672"))
+
+
+def fresh_amqp_vhost(vhost: str) -> str:
+    """URL of RabbitMQ virtual host ``vhost`` (user guest) after deleting and re-creating it,
+    so it holds no queue, exchange or message of an earlier test. One ``rabbitmqctl eval``
+    (about a second): the server's own CLI, since the management plugin may be off."""
+    need_server("RabbitMQ", AMQP_HOST, AMQP_PORT)
+    name = vhost.encode().hex()  # an Erlang binary literal that needs no escaping
+    code = (f"V = binary:decode_hex(<<\"{name}\">>), "
+            "catch rabbit_vhost:delete(V, <<\"guest\">>), "
+            "rabbit_vhost:add(V, <<\"guest\">>), "
+            "rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, V, <<\".*\">>, "
+            "<<\".*\">>, <<\".*\">>, <<\"guest\">>).")
+    done = subprocess.run(["rabbitmqctl", "-q", "eval", code], capture_output=True, text=True,
+                          timeout=60)
+    if done.returncode != 0 or done.stdout.strip() != "ok":
+        pytest.fail(f"could not make RabbitMQ vhost {vhost!r}: {done.stdout}{done.stderr}")
+    return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
+
+
+@pytest.fixture
+def amqp_url(request: pytest.FixtureRequest) -> str:
+    """A fresh RabbitMQ virtual host for this test, named by the module's ``AMQP_VHOST``
+    (modules worked on in parallel don't trample each other), default ``celery-test``."""
+    return fresh_amqp_vhost(getattr(request.module, "AMQP_VHOST", "celery-test"))
 
 
 def kill_clients_named(client, name: str) -> int:
