@@ -534,10 +534,11 @@ async def test_a_lone_message_settled_when_handed_over_costs_one_command(transpo
 
 
 async def test_blocking_waits_keep_a_connection_each_and_replace_a_killed_one(
-        redis_url, raw):
+        redis_url, raw, caplog):
     """One blocking wait per queue key (the priority sub-queues), each on a connection kept
     between fetches (redis_aio.Popper); one the server closed is replaced before that key is
-    waited on again, and the message still comes; aclose closes them all."""
+    waited on again, and the message still comes, once; aclose closes them all."""
+    caplog.set_level(logging.DEBUG, logger="celery.transport.redis")  # why a wait failed
     name = f"ttest-{uuid.uuid4().hex[:8]}"  # only this transport's connections are counted
     transport = RedisTransport(redis_url, transport_options={"client_name": name})
     keys = len(transport.priority_steps)
@@ -555,8 +556,15 @@ async def test_blocking_waits_keep_a_connection_each_and_replace_a_killed_one(
         assert sorted(waits()) == sorted(first)
         assert kill_clients_named(raw, name) >= keys
         handed = []
-        got = await fetch_while_pushing(transport, raw, [transport.envelope_of(task("t", 7))[1]],
-                                        lambda d: handed.append(d) or True)
+        early = lambda d: handed.append(d) or True  # noqa: E731
+        try:
+            got = await fetch_while_pushing(
+                transport, raw, [transport.envelope_of(task("t", 7))[1]], early)
+        except ConnectionLost:
+            # A wait that breaks again within the same fetch ends it with ConnectionLost (the
+            # consumer backs off, then fetches again). Seen once, in the free-threaded CI pass
+            # on a loaded machine; what the wait had taken went back to the queue first.
+            got = await transport.fetch(["celery"], 10, 5, early=early)
         assert bodies(handed) == [[7]] and got == []
         again = waits()
         assert len(again) == keys and not set(again) & set(first)
