@@ -38,6 +38,7 @@ import builtins
 
 __all__ = [
     "BackendError",
+    "CDeprecationWarning",
     "BackendGetMetaError",
     "BackendStoreError",
     "CeleryError",
@@ -66,6 +67,10 @@ __all__ = [
     "TimeLimitExceeded",
     "TimeoutError",
 ]
+
+
+class CDeprecationWarning(DeprecationWarning):
+    """Something Celery 5 still accepts and will drop (an old setting name)."""
 
 
 class CeleryError(Exception):

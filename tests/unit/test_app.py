@@ -48,10 +48,15 @@ def test_defaults_use_celery_names(app):
 
 
 def test_config_from_object_module_object_and_namespace(app):
-    app.config_from_object("tests.apps.settings_module")
+    # Without a namespace its upper-case names are Celery 3's (CELERY_RESULT_BACKEND),
+    # mixed with new ones: refused with the renames, as Celery 5 does.
+    with pytest.raises(ImproperlyConfigured, match="CELERY_RESULT_BACKEND -> result_backend"):
+        app.config_from_object("tests.apps.settings_module")
+    app.config_from_object({"broker_url": "redis://127.0.0.1:6379/3",
+                            "task_default_queue": "from-module", "SECRET_KEY": "not a setting"})
     assert app.conf.broker_url == "redis://127.0.0.1:6379/3"
     assert app.conf.task_default_queue == "from-module"
-    assert app.conf.result_backend is None  # uppercase names need a namespace
+    assert "SECRET_KEY" not in app.conf and app.conf.result_backend is None
 
     other = Celery("ns", set_as_current=False)
     other.config_from_object("tests.apps.settings_module", namespace="CELERY")
@@ -74,6 +79,92 @@ def test_env_broker_url_is_read(monkeypatch):
     monkeypatch.setenv("CELERY_BROKER_URL", "valkey://127.0.0.1:6379/2")
     app = Celery("env", set_as_current=False)
     assert app.broker_url == "valkey://127.0.0.1:6379/2"
+    app.close()
+
+
+def test_env_urls_win_over_the_apps_own_as_in_celery(monkeypatch):
+    monkeypatch.setenv("CELERY_BROKER_URL", "valkey://127.0.0.1:6379/2")
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/5")
+    app = Celery("env", broker="redis://127.0.0.1:6379/0", backend="file:///tmp/x",
+                 set_as_current=False)
+    app.conf.broker_url = "memory://later"
+    assert app.broker_url == "valkey://127.0.0.1:6379/2"
+    assert app.backend.url == "redis://127.0.0.1:6379/5"
+    app.close()
+
+
+def test_old_upper_case_names_map_to_new_ones_with_a_deprecation_warning(caplog):
+    from celery.app import config
+    from celery.exceptions import CDeprecationWarning
+
+    config._warned_old.discard("CELERYD_PREFETCH_MULTIPLIER")
+    config._warned_old.discard("BROKER_URL")
+
+    class Old:
+        BROKER_URL = "redis://127.0.0.1:6379/1"
+        CELERY_ACKS_LATE = True
+        CELERYD_PREFETCH_MULTIPLIER = 1
+        CELERY_RESULT_BACKEND = "redis://127.0.0.1:6379/4"
+        CELERY_TASK_RESULT_EXPIRES = 60
+        OTHER_CONSTANT = 5  # not a setting: left alone
+
+    app = Celery("old", set_as_current=False)
+    with pytest.warns(CDeprecationWarning) as record:
+        app.config_from_object(Old)
+    assert ("The 'CELERYD_PREFETCH_MULTIPLIER' setting is deprecated (Celery 6 drops it): use "
+            "'worker_prefetch_multiplier' instead") in [str(w.message) for w in record]
+    conf = app.conf
+    assert conf.broker_url == "redis://127.0.0.1:6379/1" and conf.task_acks_late is True
+    assert conf.worker_prefetch_multiplier == 1 and conf.result_expires == 60
+    assert conf.result_backend == "redis://127.0.0.1:6379/4" and "OTHER_CONSTANT" not in conf
+    assert "'BROKER_URL' setting is deprecated" in caplog.text  # logged too, once
+    logged = caplog.text.count("BROKER_URL")
+    app.config_from_object(Old)
+    assert caplog.text.count("BROKER_URL") == logged
+    # As keyword arguments too; an old name beside its own new name: the new one wins.
+    other = Celery("old2", set_as_current=False, CELERY_ACKS_LATE=True, task_acks_late=False)
+    assert other.conf.task_acks_late is False
+    with pytest.raises(ImproperlyConfigured, match="rename: CELERY_ACKS_LATE -> task_acks_late"):
+        Celery("mixed", set_as_current=False, CELERY_ACKS_LATE=True, task_track_started=True)
+    app.close()
+    other.close()
+
+
+def test_config_from_envvar(monkeypatch):
+    app = Celery("envvar", set_as_current=False)
+    monkeypatch.delenv("PROJ_CONFIG", raising=False)
+    with pytest.raises(ImproperlyConfigured, match="'PROJ_CONFIG' is not set"):
+        app.config_from_envvar("PROJ_CONFIG")
+    assert app.config_from_envvar("PROJ_CONFIG", silent=True) is False
+    monkeypatch.setenv("PROJ_CONFIG", "no.such.module")
+    with pytest.raises(ImproperlyConfigured, match="no.such.module"):
+        app.config_from_envvar("PROJ_CONFIG")
+    monkeypatch.setenv("PROJ_CONFIG", "tests.apps.settings_module")
+    app.close()
+    app = Celery("envvar2", set_as_current=False, namespace="CELERY")
+    assert app.config_from_envvar("PROJ_CONFIG") is True
+    assert app.conf.result_backend == "redis://127.0.0.1:6379/4"
+    assert app.conf.task_serializer == "msgpack"
+    app.close()
+
+
+def test_unknown_and_unimplemented_settings_are_named_once_at_finalize(caplog):
+    app = Celery("typos", set_as_current=False, task_acks_lates=True, task_protocol=2,
+                 task_compression="gzip", worker_prefetch_multiplier=2,
+                 task_annotations={"tasks.add": {"rate_limit": "10/s"}})
+    assert app.conf.problems() == [
+        "The setting 'task_annotations' = {'tasks.add': {'rate_limit': '10/s'}} is not "
+        "implemented by celery-asyncio (task attributes are set on the task (its decorator "
+        "options) instead)",
+        "Unknown setting 'task_acks_lates': neither Celery nor celery-asyncio reads it; "
+        "did you mean 'task_acks_late'?",
+        "The setting 'task_compression' is not implemented by celery-asyncio: it has no "
+        "effect (docs/configuration.md lists what is read)",
+    ]
+    app.finalize()
+    app.finalize()
+    assert caplog.text.count("task_compression") == 1
+    assert caplog.text.count("did you mean 'task_acks_late'") == 1
     app.close()
 
 
@@ -237,3 +328,14 @@ def test_exceptions_module_keeps_celery_names():
     for name in ("TimeoutError", "NotRegistered", "Retry", "Reject", "Ignore",
                  "SoftTimeLimitExceeded", "TimeLimitExceeded", "MaxRetriesExceededError"):
         assert issubclass(getattr(exc, name), exc.CeleryError)
+
+
+def test_every_setting_read_is_in_docs_configuration():
+    from pathlib import Path
+
+    from celery.app.config import DEFAULTS, UNIMPLEMENTED
+
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    rows = {line.split("`")[1]: line for line in doc.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(DEFAULTS)
+    assert all("not implemented" in rows[key] for key in UNIMPLEMENTED)

@@ -6,6 +6,7 @@ import datetime as dt
 import importlib
 import inspect
 import logging
+import os
 import sys
 import threading
 import zoneinfo
@@ -20,7 +21,7 @@ from ..signals import Signal
 from ..utils.clocks import LamportClock
 from ..utils.portal import Portal
 from . import builtins as _builtins  # noqa: F401 - every app gets the built-in tasks
-from .config import Settings, import_object
+from .config import Settings, import_object, map_old_names
 from .registry import TaskRegistry
 from .routes import Router
 from .task import Task, add_autoretry
@@ -87,7 +88,7 @@ class Celery:
         self.namespace = namespace
         if config_source is not None:
             self.config_from_object(config_source, namespace=namespace)
-        self.conf.update(settings)
+        self.conf.update(map_old_names(settings))
         if broker:
             self.conf.broker_url = broker
         if backend:
@@ -144,6 +145,21 @@ class Celery:
         self.conf.load_object(obj, namespace=namespace or self.namespace)
         self._reset_lazy()
 
+    def config_from_envvar(self, variable_name: str, silent: bool = False,
+                           force: bool = False) -> bool:
+        """Read settings from the module the environment variable ``variable_name`` names
+        (``CELERY_CONFIG_MODULE=proj.celeryconfig``). Unset: False if ``silent``, else
+        ImproperlyConfigured."""
+        module_name = os.environ.get(variable_name)
+        if not module_name:
+            if silent:
+                return False
+            raise ImproperlyConfigured(
+                f"The environment variable {variable_name!r} is not set: it should name "
+                "the module to read settings from")
+        self.config_from_object(module_name, silent=silent, force=force)
+        return True
+
     def _reset_lazy(self) -> None:
         with self._setup_lock:
             self._router = None
@@ -176,6 +192,8 @@ class Celery:
             if self._finalized:
                 return
             self._finalized = True
+            for line in self.conf.problems():  # once per app: finalize runs once
+                logger.warning("%s", line)
             self.on_configure.send(sender=self)
             self.on_after_configure.send(sender=self, source=self.conf)
             for name in tuple(self.conf.imports or ()) + tuple(self.conf.include or ()):

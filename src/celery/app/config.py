@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import importlib
+import logging
 import os
+import threading
+import warnings
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
-from ..exceptions import ImproperlyConfigured
+from ..exceptions import CDeprecationWarning, ImproperlyConfigured
+from .setting_names import CELERY_SETTINGS, OLD_NAMES
 
-__all__ = ["DEFAULTS", "Settings"]
+__all__ = ["DEFAULTS", "Settings", "map_old_names"]
+
+logger = logging.getLogger("celery.app")
 
 #: Every setting this package reads, with Celery's default.
 DEFAULTS: dict[str, Any] = {
@@ -164,26 +171,100 @@ class Settings(MutableMapping[str, Any]):
 
         With ``namespace="CELERY"`` only names like ``CELERY_BROKER_URL`` are read, each
         mapped to its lowercase setting (``broker_url``). Without a namespace, lowercase
-        names are read as they are.
+        names are read as they are, and Celery 3's upper-case names (``BROKER_URL``,
+        ``CELERY_ACKS_LATE``) as Celery 5 reads them (``map_old_names``); other upper-case
+        names (a module's own constants) are not settings.
         """
         items = obj.items() if isinstance(obj, Mapping) else ((k, getattr(obj, k)) for k in dir(obj))
         prefix = f"{namespace.upper()}_" if namespace else None
+        found: dict[str, Any] = {}
         for key, value in items:
-            if key.startswith("_"):
+            if not isinstance(key, str) or key.startswith("_"):
                 continue
             if prefix:
-                if not key.startswith(prefix):
-                    continue
-                self._data[key[len(prefix):].lower()] = value
-            elif key.islower():
-                self._data[key] = value
+                if key.startswith(prefix):
+                    self._data[key[len(prefix):].lower()] = value
+            elif key.islower() or key in OLD_NAMES:
+                found[key] = value
+        self._data.update(map_old_names(found))
 
     def apply_env(self, environ: Mapping[str, str] = os.environ) -> None:
-        """Read the environment variables Celery reads (CELERY_BROKER_URL, ...)."""
+        """The environment variables Celery reads win over every other source, as in
+        Celery: ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` (``celery -b`` and
+        ``--result-backend`` set them for the processes the command starts)."""
         for env, key in (("CELERY_BROKER_URL", "broker_url"),
                          ("CELERY_RESULT_BACKEND", "result_backend")):
-            if environ.get(env) and not self._data.get(key):
+            if environ.get(env):
                 self._data[key] = environ[env]
+
+    def problems(self) -> list[str]:
+        """One line for each setting given that this package does not act on: one of
+        ``UNIMPLEMENTED`` set to another value than its default, a Celery setting it does
+        not read (it has no effect), or a name Celery does not know (a misspelling, with
+        the likely intended name)."""
+        lines = [f"The setting {key!r} = {self._data[key]!r} is not implemented by "
+                 f"celery-asyncio ({why})"
+                 for key, why in UNIMPLEMENTED.items() if self._data.get(key) != DEFAULTS[key]]
+        for key in sorted(k for k in self._data if k not in DEFAULTS and isinstance(k, str)):
+            if key in CELERY_SETTINGS:
+                lines.append(f"The setting {key!r} is not implemented by celery-asyncio: it has "
+                             "no effect (docs/configuration.md lists what is read)")
+            elif key.islower() and not key.startswith("_"):
+                close = difflib.get_close_matches(key, DEFAULTS, n=1, cutoff=0.75)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                lines.append(f"Unknown setting {key!r}: neither Celery nor celery-asyncio "
+                             f"reads it{hint}")
+        return lines
+
+
+#: Settings accepted (they have Celery's default) whose other values this package does not
+#: act on: ``Settings.problems`` names each one set to something else, with what to know.
+UNIMPLEMENTED: dict[str, str] = {
+    "task_annotations": "task attributes are set on the task (its decorator options) instead",
+    "task_protocol": "only protocol 2 (Celery 4 and later) is sent and read",
+    "worker_redirect_stdouts": "a task's print() goes to the worker's own stdout",
+    "worker_proc_alive_timeout": "there is no prefork pool; --processes children are "
+                                 "supervised by their parent",
+    "worker_cancel_long_running_tasks_on_connection_loss": "running tasks always finish; "
+                                                           "see docs/reliability.md",
+}
+
+
+#: Old setting names already warned about (once per process; any thread: the lock).
+_warned_old: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def map_old_names(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with Celery 3's upper-case names (``OLD_NAMES``) renamed to the current
+    ones, each warned about once (a log line and a CDeprecationWarning), as Celery 5 does.
+
+    Raises:
+        ImproperlyConfigured: old and new names are mixed (Celery 5 refuses that too),
+        except an old name given beside its own new name (the new one wins).
+    """
+    old = [k for k in settings if k in OLD_NAMES]
+    if not old:
+        return dict(settings)
+    new = [k for k in settings if k not in OLD_NAMES and (k in DEFAULTS or k in CELERY_SETTINGS)]
+    mixed = sorted(k for k in old if OLD_NAMES[k] not in settings)
+    if new and mixed:
+        renames = ", ".join(f"{k} -> {OLD_NAMES[k]}" for k in mixed)
+        raise ImproperlyConfigured(
+            f"The settings mix Celery's old upper-case names with the new ones; rename: "
+            f"{renames}")
+    out = {k: v for k, v in settings.items() if k not in OLD_NAMES}
+    for key in old:
+        out.setdefault(OLD_NAMES[key], settings[key])
+        with _warned_lock:
+            if key in _warned_old:
+                continue
+            _warned_old.add(key)
+        message = (f"The {key!r} setting is deprecated (Celery 6 drops it): use "
+                   f"{OLD_NAMES[key]!r} instead")
+        logger.warning("%s", message)
+        warnings.warn(message, CDeprecationWarning, stacklevel=4)
+    return out
 
 
 def import_object(path: str) -> Any:

@@ -177,10 +177,12 @@ class CLIContext:
         if self.config:
             app.config_from_object(self.config)
         # Command-line URLs win over the app's own settings, as in Celery.
+        # As Celery's CLI: the environment variables (which win over the app's settings,
+        # Settings.apply_env) carry them into the processes this command starts too.
         if self.broker:
-            app.conf.broker_url = self.broker
+            os.environ["CELERY_BROKER_URL"] = app.conf.broker_url = self.broker
         if self.result_backend:
-            app.conf.result_backend = self.result_backend
+            os.environ["CELERY_RESULT_BACKEND"] = app.conf.result_backend = self.result_backend
         return app
 
     def echo(self, message: str = "") -> None:
