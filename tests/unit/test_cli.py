@@ -231,8 +231,10 @@ def test_call_with_unreachable_broker_is_one_error_line(project: Path) -> None:
 def test_call_rejects_bad_arguments_before_connecting(
     option: str, value: str, fragment: str
 ) -> None:
-    result = runner().invoke(celery_group, ["-b", UNREACHABLE, "call", "t", option, value])
-    assert result.exit_code == 1
+    # (-b sets CELERY_BROKER_URL in this process, as Celery's CLI does: env= restores it)
+    result = runner().invoke(celery_group, ["-b", UNREACHABLE, "call", "t", option, value],
+                             env={"CELERY_BROKER_URL": None})
+    assert result.exit_code == 1 and "CELERY_BROKER_URL" not in os.environ
     assert result.stderr.startswith("Error: ")
     assert fragment in result.stderr and option in result.stderr
 
