@@ -118,6 +118,14 @@ def set_default_app(app: Celery) -> None:
         _default_app = app
 
 
+def swap_default_app(app: Celery | None) -> Celery | None:
+    """Make ``app`` the default app; returns the one it replaced (to put back later)."""
+    global _default_app
+    with _apps_lock:
+        before, _default_app = _default_app, app
+    return before
+
+
 def get_current_app() -> Celery:
     """The app of the running task, else the default (first created, or set_default) app."""
     task = current_task_var.get()

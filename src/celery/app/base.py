@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..backends.base import ResultBackend
     from ..result import AsyncResult
     from ..transport.base import Transport
+    from ..worker.worker import AppWorker
     from .connection import BrokerConnection
     from .control import Control
     from .events import Events
@@ -620,6 +621,23 @@ class Celery:
 
         kwargs.setdefault("app", self)
         return signature(*args, **kwargs)
+
+    @property
+    def Worker(self) -> type[AppWorker]:  # noqa: N802 - Celery's name
+        """The worker class of this app (Celery's ``app.Worker``): ``app.Worker(
+        concurrency=2, loglevel="info").start()`` runs a worker until it is stopped."""
+        from ..worker.worker import AppWorker
+
+        return type("Worker", (AppWorker,), {"app_bound": self})
+
+    def set_current(self) -> None:
+        """Make this the app used where none is named (Celery's; here the same as
+        ``set_default``: one default app per process)."""
+        _state.set_default_app(self)
+
+    def set_default(self) -> None:
+        """Make this the default app."""
+        _state.set_default_app(self)
 
     # -- lifecycle -----------------------------------------------------------------------
 

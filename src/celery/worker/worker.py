@@ -395,3 +395,56 @@ def _count(value: int | None, default: int | None, fallback: int, name: str, min
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
     return number
 
+
+
+#: Celery's pools by name: how many sync threads each gives (None: ``concurrency``).
+_POOLS = {"solo": 1, "threads": None, "thread": None}
+#: Pools this package does not have: threads run their tasks instead (a warning says so).
+_OTHER_POOLS = ("prefork", "processes", "eventlet", "gevent", "custom")
+#: WorkController arguments that have no effect here (a warning each, when given).
+_NO_EFFECT = ("logfile", "without_mingle", "without_gossip", "optimization", "beat",
+              "pidfile", "statedb_path", "schedule_filename", "scheduler")
+
+
+class AppWorker(Worker):
+    """``app.Worker``: a worker of one app taking Celery's ``WorkController`` arguments
+    (``concurrency``, ``pool``, ``loglevel``, ``queues``, ``without_heartbeat``,
+    ``send_events``, ...) as well as this package's, started with ``start()``."""
+
+    app_bound: Celery  # set on the subclass app.Worker makes
+
+    def __init__(self, app: Celery | None = None, hostname: str | None = None,
+                 **kwargs: Any) -> None:
+        app = app or self.app_bound
+        concurrency = kwargs.pop("concurrency", None)
+        pool = kwargs.pop("pool", None) or kwargs.pop("pool_cls", None)
+        if isinstance(pool, str) and pool.lower() in _OTHER_POOLS:
+            logger.warning("Worker(pool=%r): there is no such pool here; %s sync threads run "
+                           "def tasks (and loop workers async def ones)", pool,
+                           concurrency or "the default number of")
+        elif pool is not None:
+            if not isinstance(pool, str) or pool.lower() not in _POOLS:
+                raise ImproperlyConfigured(f"Unknown worker pool {pool!r}: use 'solo' or "
+                                           "'threads' (or sync_workers=N)")
+            concurrency = _POOLS[pool.lower()] or concurrency
+        if concurrency is not None:
+            kwargs.setdefault("sync_workers", int(concurrency))
+        loglevel = kwargs.pop("loglevel", None)
+        if loglevel is not None:
+            logging.getLogger("celery").setLevel(
+                loglevel.upper() if isinstance(loglevel, str) else loglevel)
+        if "queues" in kwargs and isinstance(kwargs["queues"], str):
+            kwargs["queues"] = [q.strip() for q in kwargs["queues"].split(",") if q.strip()]
+        if kwargs.pop("without_heartbeat", False):
+            kwargs["heartbeat"] = False
+        if "send_events" in kwargs:
+            kwargs["task_events"] = bool(kwargs.pop("send_events"))
+        for name in _NO_EFFECT:
+            if name in kwargs and kwargs.pop(name) not in (None, False):
+                logger.warning("Worker(%s=...) has no effect here (docs/cli.md lists what "
+                               "the worker takes)", name)
+        super().__init__(app, hostname=hostname, **kwargs)
+
+    def start(self) -> int:
+        """Run until stopped (Celery's name for ``run``)."""
+        return self.run()
