@@ -176,9 +176,9 @@ class CLIContext:
     def _configure(self, app: Celery) -> Celery:
         if self.config:
             app.config_from_object(self.config)
-        # Command-line URLs win over the app's own settings, as in Celery.
-        # As Celery's CLI: the environment variables (which win over the app's settings,
-        # Settings.apply_env) carry them into the processes this command starts too.
+        # Command-line URLs win over the app's own settings, as in Celery; as Celery's CLI,
+        # the environment variables (which win over the app's settings, Settings.apply_env)
+        # carry them into the processes this command starts too.
         if self.broker:
             os.environ["CELERY_BROKER_URL"] = app.conf.broker_url = self.broker
         if self.result_backend:

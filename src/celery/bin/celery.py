@@ -17,8 +17,10 @@ from .bench import bench
 from .call import call
 from .control import control, inspect, status
 from .events import events
+from .multi import multi
 from .purge import purge
 from .result import result
+from .shell import report, shell
 from .worker import worker
 
 __all__ = ["celery", "main"]
@@ -101,7 +103,8 @@ def celery(
     ctx.call_on_close(obj.close)
 
 
-for _command in (worker, beat, call, result, purge, status, inspect, control, bench, events):
+for _command in (worker, beat, call, result, purge, status, inspect, control, bench, events,
+                 multi, shell, report):
     celery.add_command(_command)
 
 

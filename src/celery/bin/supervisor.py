@@ -122,6 +122,24 @@ def expand_index(text: str, number: int) -> str:
     return "".join(out)
 
 
+def node_format(text: str, nodename: str, number: int = 0) -> str:
+    """A file name for node ``nodename`` (``name@host``), as Celery expands ``--pidfile``
+    and ``--logfile``: ``%p`` the whole node name, ``%n`` its name, ``%h`` its host, ``%d``
+    the host's domain, ``%i``/``%I`` the process index (``expand_index``), ``%%`` a %."""
+    name, _, host = nodename.partition("@")
+    values = {"p": nodename, "n": name, "h": host, "d": host.partition(".")[2],
+              "i": str(number), "I": f"-{number}" if number else "", "%": "%"}
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "%" and i + 1 < len(text) and text[i + 1] in values:
+            out.append(values[text[i + 1]])
+            i += 2
+            continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
 def process_name(template: str, number: int) -> str:
     """The node name template (``-n``, before ``%h``/``%n``/``%d``) of process ``number``:
     with ``%i``/``%I`` in it they are expanded; without them, process 2 of ``celery@%h`` is

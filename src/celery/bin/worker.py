@@ -15,6 +15,7 @@ from .supervisor import (
     Supervisor,
     child_slot,
     expand_index,
+    node_format,
     parent_command,
     process_name,
     resolve_processes,
@@ -247,6 +248,33 @@ def _processes(ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="Address the metrics endpoint listens on [worker_metrics_host, default 127.0.0.1].",
 )
 @click.option(
+    "-X",
+    "--exclude-queues",
+    multiple=True,
+    callback=_queues,
+    metavar="QUEUE[,QUEUE]",
+    help="Queues not to consume, of those the worker would (-Q, else task_queues, else "
+    "the default queue).",
+)
+@click.option("--purge", "--discard", "purge", is_flag=True,
+              help="Delete every waiting message of the queues this worker consumes, "
+                   "then start.")
+@click.option("--time-limit", type=float, metavar="SECONDS",
+              help="Hard time limit of each task [task_time_limit].")
+@click.option("--soft-time-limit", type=float, metavar="SECONDS",
+              help="Soft time limit of each task [task_soft_time_limit].")
+@click.option("--pidfile", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the worker's pid to FILE, refused when a running process holds "
+                   "it, removed at exit (%n, %h, %i expand as in --logfile).")
+@click.option("-D", "--detach", is_flag=True,
+              help="Run in the background, in a session of its own: the command returns "
+                   "once the worker started; its output goes to --logfile (else nowhere). "
+                   "Under systemd, do not detach (examples/deploy/).")
+@click.option("-O", "optimization", type=click.Choice(["default", "fair"],
+                                                       case_sensitive=False),
+              help="Accepted for compatibility: tasks always go to the first free worker "
+                   "slot, which is what -O fair asks of Celery's prefork pool.")
+@click.option(
     "--processes",
     callback=_processes,
     metavar="N|auto",
@@ -280,6 +308,13 @@ def worker(
     embed_beat: bool,
     schedule_filename: str | None,
     scheduler: str | None,
+    exclude_queues: list[str] | None,
+    purge: bool,
+    time_limit: float | None,
+    soft_time_limit: float | None,
+    pidfile: str | None,
+    detach: bool,
+    optimization: str | None,
     processes: int | None,
     metrics_port: int | None,
     metrics_host: str | None,
@@ -289,6 +324,15 @@ def worker(
         raise click.UsageError("--concurrency is another name for --sync-workers; give only one")
     app = obj.app
     conf = app.conf
+    if detach:
+        from ..worker.worker import expand_hostname
+
+        nodename = expand_hostname(process_name(hostname or "celery@%h", 0))
+        sys.exit(detach_worker(obj, logfile, node_format(pidfile, nodename) if pidfile else None))
+    if time_limit is not None:
+        conf.task_time_limit = time_limit
+    if soft_time_limit is not None:
+        conf.task_soft_time_limit = soft_time_limit
     slot = child_slot()
     if slot is None and processes is None:
         try:
@@ -297,7 +341,7 @@ def worker(
             raise user_error(f"worker_processes: {exc}") from None
     number = slot.number if slot else 0
     setup_logging(app, loglevel, expand_index(logfile, number) if logfile else None)
-    from ..worker.worker import Worker, expand_hostname
+    from ..worker.worker import Worker, default_queues, expand_hostname
 
     sync = sync_workers if sync_workers is not None else concurrency
     if sync is None:
@@ -305,6 +349,10 @@ def worker(
     if sync is None:
         sync = conf.worker_concurrency or os.cpu_count() or 1
     template = hostname or "celery@%h"
+    if exclude_queues:
+        queues = [q for q in queues or default_queues(conf) if q not in exclude_queues]
+        if not queues:
+            raise click.UsageError("-X/--exclude-queues leaves no queue to consume")
     options: dict[str, Any] = {
         "hostname": expand_hostname(process_name(template, number)),
         "queues": queues,
@@ -327,6 +375,9 @@ def worker(
                       max_memory_per_child=max_memory_per_child,
                       state_db=expand_index(state_db, number) if state_db else None)
     if slot is None:
+        take_pidfile(pidfile, options["hostname"])
+        if purge:
+            purge_queues(app, instance.queues)
         recycling = bool(instance.max_tasks_per_child or instance.max_memory_per_child)
         total = processes or 1
         if total > 1 or recycling:
@@ -357,6 +408,79 @@ def worker(
         if beat is not None:
             beat.stop()
     sys.exit(code)
+
+
+def take_pidfile(path: str | None, nodename: str) -> None:
+    """``--pidfile``: written now (``node_format``), removed when the process exits
+    (atexit: a kill -9 leaves it behind, and the next start replaces it)."""
+    if not path:
+        return
+    import atexit
+
+    from .pidfile import Pidfile, PidfileError
+
+    lock = Pidfile(node_format(path, nodename))
+    try:
+        lock.acquire()
+    except PidfileError as exc:
+        raise user_error(str(exc)) from None
+    atexit.register(lock.release)
+
+
+def purge_queues(app: Celery, queues: list[str]) -> None:
+    """``--purge``: empty the queues this worker is about to consume, saying how much went."""
+    transport = app.transport
+    count = sum(app.portal.call(transport.purge(name)) for name in queues)
+    click.echo(f"Purged {count} {pluralize(count, 'message')} from {len(queues)} "
+               f"{pluralize(len(queues), 'queue')} ({', '.join(queues)}).")
+
+
+def detach_worker(obj: CLIContext, logfile: str | None, pidfile: str | None) -> int:
+    """``--detach``: run this same command without it, in a new session with no terminal
+    (stdin from /dev/null, output to ``--logfile`` or nowhere), and return once it started:
+    with ``pidfile`` (expanded), once it wrote its pid there (past every check at start; up to
+    ``DETACH_WAIT``), else after ``DETACH_SETTLE``; an error if it exited before."""
+    import subprocess
+    import time
+
+    from . import celery as celery_command
+
+    argv = celery_command.MAIN_ARGV
+    if argv is None:
+        raise user_error("--detach runs the same command again in a new process: use it "
+                         "from the celery command line")
+    args = [a for a in argv if a not in ("-D", "--detach")]
+    log = open(expand_index(logfile, 0), "ab") if logfile else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        child = subprocess.Popen(parent_command(args), cwd=celery_command.MAIN_CWD,
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True)
+    finally:
+        if logfile:
+            log.close()  # type: ignore[union-attr]
+    from .pidfile import PidfileError, read_pid
+
+    def pid_written() -> bool:
+        try:
+            return read_pid(pidfile) == child.pid if pidfile else False
+        except PidfileError:
+            return False
+
+    deadline = time.monotonic() + (DETACH_WAIT if pidfile else DETACH_SETTLE)
+    while time.monotonic() < deadline and not pid_written():
+        code = child.poll()
+        if code is not None:
+            where = f"; see {logfile}" if logfile else " (add --logfile to see why)"
+            raise user_error(f"The detached worker exited at once with status {code}{where}")
+        time.sleep(0.05)
+    obj.echo(f"Worker started in the background (pid {child.pid}).")
+    return 0
+
+
+#: How long ``--detach`` watches the worker it started before it returns (seconds)
+#: without ``--pidfile``; with one, how long it waits at most for the pid to be written.
+DETACH_SETTLE = 1.0
+DETACH_WAIT = 30.0
 
 
 def supervise(obj: CLIContext, total: int, names: list[str]) -> int:

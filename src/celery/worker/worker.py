@@ -79,7 +79,7 @@ class Worker:
         conf = app.conf
         self.app = app
         self.hostname = hostname or expand_hostname(None)
-        self.queues = list(queues or [conf.task_default_queue])
+        self.queues = list(queues or default_queues(conf))
         self.loop_workers = _count(loop_workers, conf.worker_loop_workers, 1, "loop_workers")
         self.loop_concurrency = _count(loop_concurrency, conf.worker_loop_concurrency, 100,
                                        "loop_concurrency", minimum=1)
@@ -334,6 +334,21 @@ class Worker:
             if handler is not None:  # None: set outside Python, cannot be put back
                 signal.signal(sig, handler)
         self._saved_signals.clear()
+
+
+def default_queues(conf: Any) -> list[str]:
+    """The queues a worker consumes without ``-Q``, as Celery's: every queue of
+    ``task_queues`` (a list of queues or names, or a mapping by name), else the default
+    queue."""
+    declared = conf.task_queues or ()
+    if isinstance(declared, dict):
+        declared = declared.keys()
+    names: list[str] = []
+    for queue in declared:
+        name = queue if isinstance(queue, str) else getattr(queue, "name", None)
+        if name and name not in names:
+            names.append(name)
+    return names or [conf.task_default_queue]
 
 
 #: How long the check of the result backend at start may take (seconds).
