@@ -159,3 +159,39 @@ def test_shell_command_and_report(habits):
     assert ran.stdout.strip() == "habitsapp.add habitsapp ['chain', 'chord', 'group']"
     report = celery(folder, "report")
     assert report.returncode == 0 and "sqlite:///" in report.stdout
+
+
+def test_sighup_restarts_the_worker_after_its_running_tasks(habits):
+    app, folder = habits
+    add, nap = app.tasks["habitsapp.add"], app.tasks["habitsapp.nap"]
+    worker = start_worker(folder, "--pidfile=w.pid", "-l", "info")
+    try:
+        assert add.delay(1, 1).get(timeout=20) == 2
+        running = nap.delay(1)
+        time.sleep(0.3)  # (the nap is under way)
+        worker.send_signal(signal.SIGHUP)
+        assert running.get(timeout=20) == "woke"  # finished, not lost nor run twice
+        assert add.delay(2, 3).get(timeout=30) == 5  # the restarted worker
+        assert worker.poll() is None and read_pid(str(folder / "w.pid")) == worker.pid
+    finally:
+        output = stop_process(worker)
+    assert worker.returncode == 0, output
+    assert "SIGHUP: restarting: finishing running tasks" in output
+    assert "worker: restarting:" in output
+
+
+def test_sighup_to_the_supervisor_restarts_its_processes(habits):
+    app, folder = habits
+    add = app.tasks["habitsapp.add"]
+    worker = start_worker(folder, "--processes=2", "-l", "info")
+    try:
+        assert add.delay(1, 1).get(timeout=30) == 2
+        worker.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert [r.get(timeout=30) for r in [add.delay(i, 1) for i in range(4)]] == [1, 2, 3, 4]
+        assert worker.poll() is None
+    finally:
+        output = stop_process(worker)
+    assert worker.returncode == 0, output
+    assert "supervisor: SIGHUP: restarting 2 worker processes" in output
+    assert output.count("recycled; starting a new one") == 2, output

@@ -237,10 +237,11 @@ class Supervisor:
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         try:
             codes = await asyncio.gather(*(self._slot(i) for i in range(1, self.total + 1)))
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         if self.failure:
             return 1
@@ -251,6 +252,18 @@ class Supervisor:
         logger.warning("supervisor: %s: passing it on to %d worker %s", sig.name, live,
                        "process" if live == 1 else "processes")
         self._pass_on(sig)
+
+    def _on_hup(self) -> None:
+        """SIGHUP: each worker process restarts (it finishes its tasks and exits as recycled;
+        ``_slot`` starts it again); the supervisor keeps running."""
+        assert self._stop is not None
+        if self._stop.is_set():
+            return
+        live = [p for p in self._children.values() if p.returncode is None]
+        logger.warning("supervisor: SIGHUP: restarting %d worker %s", len(live),
+                       "process" if len(live) == 1 else "processes")
+        for proc in live:
+            self._send(proc, signal.SIGHUP)
 
     def _pass_on(self, sig: signal.Signals) -> None:
         """Stop: no process is started again, and each running one gets ``sig``."""

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["worker"]
 
+logger = logging.getLogger("celery.worker")
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: ``-P`` values we accept; ``None`` is the default. Everything runs on asyncio + threads.
 POOLS = ("asyncio", "threads")
@@ -407,7 +409,26 @@ def worker(
     finally:
         if beat is not None:
             beat.stop()
+    if instance.restart and slot is None:
+        restart_command()  # SIGHUP: this same command again, in this process
     sys.exit(code)
+
+
+def restart_command() -> None:
+    """Replace this process with the same ``celery`` command (SIGHUP's restart, as Celery's
+    worker: same pid, so a pidfile and a supervisor such as systemd keep following it)."""
+    from . import celery as celery_command
+
+    argv = celery_command.MAIN_ARGV
+    if argv is None:
+        logger.error("worker: cannot restart: not started from the celery command line")
+        return
+    logger.warning("worker: restarting: %s", " ".join(parent_command(argv)))
+    logging.shutdown()
+    if celery_command.MAIN_CWD:
+        os.chdir(celery_command.MAIN_CWD)
+    command = parent_command(argv)
+    os.execv(command[0], command)
 
 
 def take_pidfile(path: str | None, nodename: str) -> None:

@@ -133,6 +133,9 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Consumer | None = None
         self._signals = 0
+        #: SIGHUP asked for a restart: ``run`` then returns RECYCLE_EXIT_CODE after a warm
+        #: shutdown, and the command starts the worker again (bin/worker.py).
+        self.restart = False
         #: Signal handlers from before run(), restored when it returns (main thread only).
         self._saved_signals: dict[signal.Signals, Any] = {}
         # Guards _loop/_consumer/_stop_requested between run() and stop() from other threads.
@@ -245,7 +248,7 @@ class Worker:
                 self._loop = self._consumer = None
         logger.info("%s: shut down after %d tasks", self.hostname, consumer.processed)
         signals.worker_shutdown.send(sender=self)
-        return RECYCLE_EXIT_CODE if consumer.recycle else 0
+        return RECYCLE_EXIT_CODE if consumer.recycle or self.restart else 0
 
     async def _connect(self, transport: Any) -> None:
         conf = self.app.conf
@@ -308,12 +311,26 @@ class Worker:
                            "their messages", signame)
             consumer.cold_stop()
 
+    def _on_hup(self) -> None:
+        """SIGHUP: restart, as Celery's worker does (a warm shutdown, then the same command
+        starts again: bin/worker.py). A second one while stopping is logged and ignored."""
+        consumer = self._consumer
+        if consumer is None or self.restart or self._signals:
+            logger.warning("worker: SIGHUP ignored: already stopping")
+            return
+        self.restart = True
+        logger.warning("worker: SIGHUP: restarting: finishing running tasks, then starting "
+                       "again")
+        consumer.stop_fetching()
+
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._saved_signals[sig] = signal.getsignal(sig)
             loop.add_signal_handler(sig, self._on_signal, sig.name)
+        self._saved_signals[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
 
     def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop stops serving signals; until ``run`` returns (connections closing), one
@@ -321,7 +338,7 @@ class Worker:
         end the process by the signal instead of its exit status. Main thread."""
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
             signal.signal(sig, self._late_signal)
 
