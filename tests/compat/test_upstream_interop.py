@@ -78,6 +78,9 @@ def test_our_client_and_upstream_worker(upstream_python, url):
     try:
         assert add.delay(20, 22).get(timeout=60) == 42
         assert app.send_task("interop.add", (1, 2), priority=5).get(timeout=30) == 3
+        # compressed as kombu does: upstream's worker decompresses ours
+        assert [app.send_task("interop.add", (n, 1), compression=method).get(timeout=30)
+                for n, method in ((1, "zlib"), (2, "bzip2"), (3, "xz"))] == [2, 3, 4]
         with pytest.raises(ValueError, match="from us"):
             app.send_task("interop.fail", ("from us",)).get(timeout=30)
         r = app.send_task("interop.echo_request", (1, "two"), {"k": [3]})
@@ -170,3 +173,4 @@ def test_upstream_client_and_our_worker(upstream_python, url):
     assert out["fail"] == ["ValueError", ["from upstream"]]
     assert out["echo"] == {"id": out["echo_id"], "args": [1, "two"], "kwargs": {"k": [3]},
                            "root_id": out["echo_id"]}
+    assert out["compressed"] == [2, 4, 6]  # upstream's gzip, bzip2 and lzma bodies

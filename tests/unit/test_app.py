@@ -150,20 +150,20 @@ def test_config_from_envvar(monkeypatch):
 
 def test_unknown_and_unimplemented_settings_are_named_once_at_finalize(caplog):
     app = Celery("typos", set_as_current=False, task_acks_lates=True, task_protocol=2,
-                 task_compression="gzip", worker_prefetch_multiplier=2,
+                 result_compression="gzip", worker_prefetch_multiplier=2,
                  task_annotations={"tasks.add": {"rate_limit": "10/s"}})
     assert app.conf.problems() == [
         "The setting 'task_annotations' = {'tasks.add': {'rate_limit': '10/s'}} is not "
         "implemented by celery-asyncio (task attributes are set on the task (its decorator "
         "options) instead)",
+        "The setting 'result_compression' is not implemented by celery-asyncio: it has no "
+        "effect (docs/configuration.md lists what is read)",
         "Unknown setting 'task_acks_lates': neither Celery nor celery-asyncio reads it; "
         "did you mean 'task_acks_late'?",
-        "The setting 'task_compression' is not implemented by celery-asyncio: it has no "
-        "effect (docs/configuration.md lists what is read)",
     ]
     app.finalize()
     app.finalize()
-    assert caplog.text.count("task_compression") == 1
+    assert caplog.text.count("result_compression") == 1
     assert caplog.text.count("did you mean 'task_acks_late'") == 1
     app.close()
 

@@ -455,6 +455,7 @@ class Celery:
             name, args or (), kwargs or {},
             task_id=task_id,
             serializer=_pick(layers, "serializer", conf["task_serializer"]),
+            compression=_pick(layers, "compression", conf["task_compression"]),
             queue=_pick(layers, "routing_key", queue),
             exchange=_pick(layers, "exchange", "") or "",
             priority=_pick(layers, "priority", conf["task_default_priority"]),

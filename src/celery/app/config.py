@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "result_chord_expires": None,
     # tasks
     "task_serializer": "json",
+    "task_compression": None,
     "accept_content": ["json"],
     "task_default_queue": "celery",
     "task_default_exchange": None,

@@ -104,7 +104,7 @@ def plain_send(app: Celery, task: Task, args: Any, kwargs: Any) -> tuple[str, bo
         return None
     conf = app.conf._data
     if conf["task_routes"] or task.expires is not None or current_task_var.get() is not None \
-            or conf["task_send_sent_event"]:
+            or conf["task_send_sent_event"] or conf["task_compression"]:
         return None
     if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
         return None

@@ -108,7 +108,8 @@ class ConsumerCanvas:
     def _context(self, req: Request) -> Any:
         msg = req.delivery.message
         try:
-            body = decode_body(msg.body, msg.content_type, msg.content_encoding, self.accept)
+            body = decode_body(msg.body, msg.content_type, msg.content_encoding, self.accept,
+                               msg.headers.get("compression"))
         except Exception:  # undecodable: it has no follow-ups we could read
             return None
         embed = body.embed

@@ -133,7 +133,8 @@ class Request:
             msg = self.delivery.message
             try:
                 body = decode_body(msg.body, msg.content_type, msg.content_encoding,
-                                   frozenset({msg.content_type}))  # accepted on receipt
+                                   frozenset({msg.content_type}),  # accepted on receipt
+                                   h.get("compression"))
                 args, kwargs = body.args, body.kwargs
             except Exception:  # shown as their reprs: inspect must not fail on one message
                 pass

@@ -89,7 +89,8 @@ class Tracer:
         """Decode the body and build the request context; a FAILURE Outcome if it won't decode."""
         msg = req.delivery.message
         try:
-            body = decode_body(msg.body, msg.content_type, msg.content_encoding, self.accept)
+            body = decode_body(msg.body, msg.content_type, msg.content_encoding, self.accept,
+                               msg.headers.get("compression"))
         except Exception as exc:  # one line says it all: the traceback would be ours
             logger.error("Task %s[%s] cannot run: its message body is invalid: %s", req.name,
                          req.id, exc)

@@ -14,4 +14,6 @@ except Exception as exc:  # noqa: BLE001 - we report what upstream raised
 r = app.send_task("interop.echo_request", (1, "two"), {"k": [3]})
 out["echo"] = r.get(timeout=30)
 out["echo_id"] = r.id
+out["compressed"] = [app.send_task("interop.add", (n, n), compression=method).get(timeout=30)
+                     for n, method in ((1, "gzip"), (2, "bzip2"), (3, "lzma"))]
 json.dump(out, sys.stdout)
