@@ -1,4 +1,5 @@
-"""Serializers (json, msgpack, pickle), kombu-compatible, and the accept-content check.
+"""Serializers (json, msgpack, yaml, pickle), kombu-compatible, and the accept-content
+check.
 
 JSON follows kombu's encoding of rich types: datetime, date, time, UUID, Decimal and bytes
 are written as ``{"__type__": name, "__value__": value}`` and decoded back to the same type
@@ -138,6 +139,31 @@ def _msgpack_decode(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
+# -- yaml (PyYAML's safe dumper and loader, as kombu) ------------------------------------------
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise ImproperlyConfigured("The yaml serializer needs PyYAML: pip install pyyaml") \
+            from None
+    return yaml
+
+
+def _yaml_encode(obj: Any) -> bytes:
+    return _yaml().safe_dump(obj, allow_unicode=True).encode("utf-8")
+
+
+def _yaml_decode(data: bytes) -> Any:
+    """PyYAML's safe loader (plain data only: no Python objects), within the JSON bounds of
+    ``messaging/limits.py`` (its parser recurses per level of nesting too)."""
+    yaml = _yaml()
+    text = data.decode("utf-8")
+    if len(text) > limits.QUICK:
+        limits.check(text, "YAML payload")
+    return yaml.safe_load(text)
+
+
 # -- pickle ----------------------------------------------------------------------------------
 
 def _pickle_encode(obj: Any) -> bytes:
@@ -156,6 +182,7 @@ def register(serializer: Serializer) -> None:
 
 register(Serializer("json", "application/json", "utf-8", _json_encode, json_loads))
 register(Serializer("msgpack", "application/x-msgpack", "binary", _msgpack_encode, _msgpack_decode))
+register(Serializer("yaml", "application/x-yaml", "utf-8", _yaml_encode, _yaml_decode))
 register(Serializer("pickle", "application/x-python-serialize", "binary", _pickle_encode, pickle.loads))
 # kombu also accepts these aliases for msgpack.
 _by_content_type["application/msgpack"] = registry["msgpack"]
