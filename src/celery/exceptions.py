@@ -49,6 +49,7 @@ __all__ = [
     "EventCaptureTimeout",
     "Ignore",
     "ImproperlyConfigured",
+    "SecurityError",
     "IncompleteStream",
     "InvalidMessage",
     "InvalidSignature",
@@ -75,6 +76,10 @@ class CDeprecationWarning(DeprecationWarning):
 
 class CeleryError(Exception):
     """Root of all celery-asyncio errors."""
+
+
+class SecurityError(CeleryError):
+    """A signed message that cannot be trusted: unknown signer, bad signature, bad key."""
 
 
 class ImproperlyConfigured(CeleryError):

@@ -22,6 +22,7 @@ LAYERS = {
     "celery.messaging": 1,
     "celery.transport": 2,
     "celery.backends": 2,
+    "celery.security": 2,
     "celery.canvas": 3,
     "celery.result": 3,
     "celery.events": 3,

@@ -623,6 +623,17 @@ class Celery:
         kwargs.setdefault("app", self)
         return signature(*args, **kwargs)
 
+    def setup_security(self, allowed_serializers: Any = None, key: str | None = None,
+                       key_password: str | bytes | None = None, cert: str | None = None,
+                       store: str | None = None, digest: str | None = None,
+                       serializer: str = "json") -> None:
+        """Sign the messages this app sends and verify those it runs (Celery's; the
+        ``auth`` serializer of ``celery.security``, which needs ``cryptography``)."""
+        from ..security import setup_security
+
+        setup_security(allowed_serializers, key, key_password, cert, store, digest,
+                       serializer, app=self)
+
     @property
     def Worker(self) -> type[AppWorker]:  # noqa: N802 - Celery's name
         """The worker class of this app (Celery's ``app.Worker``): ``app.Worker(

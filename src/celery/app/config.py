@@ -119,6 +119,12 @@ DEFAULTS: dict[str, Any] = {
     "beat_lease_name": None,
     # ours: an entry naming a task this app does not register: "skip" it or "send" by name
     "beat_unregistered_tasks": "skip",
+    # message signing (celery/security/, app.setup_security)
+    "security_key": None,
+    "security_key_password": None,
+    "security_certificate": None,
+    "security_cert_store": None,
+    "security_digest": "sha256",
     # misc
     "timezone": None,
     "enable_utc": True,

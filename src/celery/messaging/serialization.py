@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ..exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured
+from ..exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured, SecurityError
 from . import limits
 
 __all__ = [
@@ -244,7 +244,7 @@ def loads(
         if isinstance(data, str):
             data = data.encode(content_encoding or "utf-8")
         return ser.decode(data)
-    except DecodeError:
+    except (DecodeError, ContentDisallowed, SecurityError):
         raise
     except Exception as exc:  # RecursionError, MemoryError, ...: the payload's fault
         raise DecodeError(f"Could not decode {content_type} payload: {exc}") from exc
