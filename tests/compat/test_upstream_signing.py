@@ -10,17 +10,17 @@ import sys
 
 import pytest
 
+from ..conftest import flushed_redis_url
 from ..signing_keys import make_signer
-from .test_upstream_interop import INTEROP_DIR, _env, url  # noqa: F401 - the url fixture
-from .test_upstream_interop import upstream_python as upstream_python_fixture
+from .test_upstream_interop import INTEROP_DIR, REDIS_DB, _env, _upstream_python
 
 pytestmark = pytest.mark.upstream
 
 
 @pytest.fixture(scope="module")
-def upstream_python(upstream_python_fixture):  # noqa: F811
+def upstream_python():
     """Upstream Celery's venv with the cryptography package its signing needs."""
-    python = upstream_python_fixture
+    python = _upstream_python()
     if subprocess.run([str(python), "-c", "import cryptography"]).returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "cryptography"], check=True,
                        timeout=600)
@@ -34,7 +34,8 @@ print(json.dumps(app.send_task("signed.add", (20, 22)).get(timeout=30)))
 """
 
 
-def test_signed_both_ways(upstream_python, url, tmp_path):
+def test_signed_both_ways(upstream_python, tmp_path):
+    url = flushed_redis_url(REDIS_DB)
     make_signer(tmp_path, "upstream", trusted=True)
     make_signer(tmp_path, "ours", trusted=True)
     env = dict(_env(url), SIGNED_DIR=str(tmp_path))
