@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,13 +34,20 @@ UPSTREAM_REQUIREMENT = "celery[redis]>=5.5,<6"
 
 
 def _upstream_python() -> Path:
+    """The upstream venv's python, made on first use. A marker written after its install
+    succeeded says it is whole: one without it (an install that failed or was cut off) is
+    made again from scratch instead of being used half-built."""
     python = VENV / "bin" / "python"
-    if python.exists():
+    marker = VENV / ".installed"
+    if python.exists() and marker.exists() and marker.read_text() == UPSTREAM_REQUIREMENT:
         return python
     try:
+        if VENV.exists():
+            shutil.rmtree(VENV)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", UPSTREAM_REQUIREMENT],
                        check=True, capture_output=True, timeout=600)
+        marker.write_text(UPSTREAM_REQUIREMENT)
     except (subprocess.SubprocessError, OSError) as exc:
         message = f"could not make the upstream Celery venv at {VENV}: {exc}"
         if IN_CI:

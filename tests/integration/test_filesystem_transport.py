@@ -31,7 +31,6 @@ from celery.transport.filesystem import (
 from celery.transport.registry import transport_for_url
 
 ROOT = Path(__file__).resolve().parents[2]
-UPSTREAM_VENV = Path(os.environ.get("UPSTREAM_CELERY_VENV", ROOT / ".cache" / "upstream-celery"))
 OUR_NAME = re.compile(r"[0-9]_[0-9]{19}_[0-9a-f]{32}\.celery\.msg\Z")
 
 
@@ -615,10 +614,9 @@ print(app.send_task("proj.tasks.add", (2, 3)).id)
 
 @pytest.fixture
 def upstream_python() -> Path:
-    python = UPSTREAM_VENV / "bin" / "python"
-    if not python.exists():
-        pytest.skip(f"no upstream Celery venv at {UPSTREAM_VENV} (tests/compat makes it)")
-    return python
+    from tests.compat.test_upstream_interop import _upstream_python
+
+    return _upstream_python()  # made here if tests/compat has not made it yet
 
 
 @pytest.mark.upstream
