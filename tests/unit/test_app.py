@@ -339,3 +339,16 @@ def test_every_setting_read_is_in_docs_configuration():
     rows = {line.split("`")[1]: line for line in doc.splitlines() if line.startswith("| `")}
     assert set(rows) == set(DEFAULTS)
     assert all("not implemented" in rows[key] for key in UNIMPLEMENTED)
+
+
+def test_custom_bootsteps_fail_naming_what_to_use_instead(app):
+    from celery import bootsteps
+
+    class Probe(bootsteps.StartStopStep):  # defining one works, as modules do at import
+        requires = ("celery.worker.components:Pool",)
+
+    with pytest.raises(ImproperlyConfigured, match=r"app.steps\['worker'\].add\(Probe\): "
+                       "custom bootsteps are not supported .* worker_init"):
+        app.steps["worker"].add(Probe)
+    with pytest.raises(ImproperlyConfigured, match="Probe: custom bootsteps"):
+        Probe(None)

@@ -623,6 +623,14 @@ class Celery:
         kwargs.setdefault("app", self)
         return signature(*args, **kwargs)
 
+    @property
+    def steps(self) -> dict[str, Any]:
+        """Celery's ``app.steps``: adding a custom bootstep fails with what to use instead
+        (``celery.bootsteps``)."""
+        from ..bootsteps import StepSet
+
+        return {"worker": StepSet("worker"), "consumer": StepSet("consumer")}
+
     def setup_security(self, allowed_serializers: Any = None, key: str | None = None,
                        key_password: str | bytes | None = None, cert: str | None = None,
                        store: str | None = None, digest: str | None = None,
