@@ -52,9 +52,11 @@ def test_queue_objects_of_real_kombu_and_ours_read_alike(Q, X):
     # a queue with no exchange gets the default exchange and routing key (Queues._add)
     assert topology.queue("plain").bindings == ((ExchangeDecl("celery"), "celery", {}),)
     multi = topology.queue("multi")
-    assert [(e.name, key) for e, key, _ in multi.bindings] == [
-        ("celery", "celery"), ("media", "a.#"), ("other", "b")]
-    assert [e.name for e in multi.exchanges] == ["celery", "media", "other"]
+    # routed by the default exchange, declared with its bindings only (as kombu does)
+    assert multi.exchange == ExchangeDecl("celery")
+    assert [(e.name, key) for e, key, _ in multi.bindings] == [("media", "a.#"), ("other", "b")]
+    assert [e.name for e in multi.exchanges] == ["media", "other"]
+    assert topology.target("", "multi") == ("", "multi")
     # publishing: direct queues through the default exchange, others to their exchange
     assert topology.target("", "plain") == ("", "plain")
     assert topology.target("", "video") == ("media", "media.video")

@@ -76,11 +76,11 @@ Binding = tuple[ExchangeDecl, str, Mapping[str, Any]]
 class QueueDecl:
     """One queue as ``queue.declare`` sends it, with its bindings.
 
-    ``bindings`` lists every ``queue.bind`` made after the declare: first the binding to the
-    queue's own exchange (``exchange``/``routing_key``, kombu's ``Queue.exchange`` and
-    ``Queue.routing_key``) when that exchange has a name, then the queue's extra
-    ``binding(...)`` entries. ``exchange``/``routing_key`` are what publishing to the queue
-    by name uses (``Topology.target``).
+    ``bindings`` lists every ``queue.bind`` made after the declare: the queue's extra
+    ``binding(...)`` entries when it has some, else the binding to its own exchange
+    (``exchange``/``routing_key``, kombu's ``Queue.exchange`` and ``Queue.routing_key``) when
+    that exchange has a name, as kombu declares a Celery queue. ``exchange``/``routing_key``
+    are what publishing to the queue by name uses (``Topology.target``).
     """
 
     name: str
@@ -119,9 +119,7 @@ class QueueDecl:
     def exchanges(self) -> tuple[ExchangeDecl, ...]:
         """The exchanges to declare with this queue, in kombu's order, each once."""
         seen: dict[str, ExchangeDecl] = {}
-        candidates = ([self.exchange] if self.exchange is not None else []) + \
-            [exchange for exchange, _, _ in self.bindings]
-        for exchange in candidates:
+        for exchange, _, _ in self.bindings:
             if exchange.declarable and exchange.name not in seen:
                 seen[exchange.name] = exchange
         return tuple(seen.values())
@@ -341,11 +339,13 @@ class Topology:
                            "(quorum queues have no x-max-priority)")
             else:
                 arguments["x-max-priority"] = d.max_priority
-        bindings: list[Binding] = []
-        if own.name:
+        extra = sorted(getattr(queue, "bindings", None) or (), key=_binding_order)
+        bindings: list[Binding] = [_binding(entry, where) for entry in extra]
+        if own.name and not bindings:
+            # A queue with bindings routes by the default exchange (Queues._add gives it one)
+            # but is declared without it: kombu's bound copy of a queue with bindings drops
+            # its exchange, so upstream never declares that binding.
             bindings.append((own, routing_key, dict(getattr(queue, "binding_arguments", None) or {})))
-        for extra in sorted(getattr(queue, "bindings", None) or (), key=_binding_order):
-            bindings.append(_binding(extra, where))
         return QueueDecl(
             name=name, durable=durable, auto_delete=auto_delete, exclusive=exclusive,
             arguments=arguments, bindings=tuple(bindings), exchange=own, routing_key=routing_key,
