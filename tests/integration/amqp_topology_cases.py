@@ -30,3 +30,43 @@ def cases(Queue: Any, Exchange: Any, binding: Any) -> dict[str, dict[str, Any]]:
         "dict-form": {"task_default_queue": "dictq", "task_queues": {
             "dictq": {"exchange": "dictx", "exchange_type": "topic", "routing_key": "d.#"}}},
     }
+
+
+def route_cases(Queue: Any, Exchange: Any, binding: Any) -> list[tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]]:  # noqa: N803
+    """``(settings, [(task name, apply_async options), ...])``: sends whose exchange and routing
+    key upstream's ``send_task_message`` picks and ``Topology.target`` must pick alike."""
+    mixed = {
+        "task_queues": [
+            Queue("celery"),
+            Queue("feeds", Exchange("feeds", type="topic"), "feed.#"),
+            Queue("bcast", Exchange("bcast", type="fanout")),
+            Queue("video", Exchange("media"), "media.video"),
+            Queue("multi", [binding(Exchange("m1", type="topic"), routing_key="a.#")]),
+        ],
+        "task_routes": {
+            "r.feeds": {"queue": "feeds"},
+            "r.key": {"queue": "feeds", "routing_key": "feed.special"},
+            "r.obj": {"queue": Queue("routed", Exchange("rx", type="topic"), "r.#")},
+            "r.ex": {"exchange": "media", "routing_key": "media.video"},
+            "r.str": "video",
+        },
+    }
+    sends = [
+        ("t", {}), ("t", {"queue": "feeds"}), ("t", {"queue": "feeds", "routing_key": "feed.x"}),
+        ("t", {"queue": "bcast"}), ("t", {"queue": "video"}),
+        ("t", {"queue": "video", "routing_key": "media.other"}), ("t", {"queue": "multi"}),
+        ("t", {"queue": "nowhere"}), ("t", {"exchange": "media", "routing_key": "media.video"}),
+        ("t", {"exchange": "media"}), ("t", {"routing_key": "foo"}),
+        ("r.feeds", {}), ("r.key", {}), ("r.obj", {}), ("r.ex", {}), ("r.str", {}),
+        ("r.feeds", {"routing_key": "feed.override"}),
+    ]
+    topic_default = {"task_default_queue": "work", "task_default_exchange": "tasks",
+                     "task_default_exchange_type": "topic", "task_default_routing_key": "task.default"}
+    return [
+        ({}, [("t", {}), ("t", {"queue": "other"}), ("t", {"routing_key": "k"})]),
+        (mixed, sends),
+        (topic_default, [("t", {}), ("t", {"queue": "other"}), ("t", {"routing_key": "task.k"}),
+                         ("t", {"queue": "work", "routing_key": "task.k"})]),
+        ({"task_create_missing_queue_exchange_type": "topic"},
+         [("t", {"queue": "fresh"}), ("t", {"queue": "fresh", "routing_key": "fresh.k"})]),
+    ]

@@ -437,6 +437,7 @@ class Celery:
             task_id=task_id,
             serializer=_pick(layers, "serializer", conf["task_serializer"]),
             queue=_pick(layers, "routing_key", queue),
+            routed_queue=queue,
             exchange=_pick(layers, "exchange", "") or "",
             priority=_pick(layers, "priority", conf["task_default_priority"]),
             reply_to=get("reply_to"),

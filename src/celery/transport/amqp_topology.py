@@ -380,25 +380,35 @@ class Topology:
     def target(self, exchange: str, routing_key: str, *, queue: str | None = None) -> tuple[str, str]:
         """``(exchange, routing key)`` to publish to, as upstream's ``send_task_message`` picks.
 
-        ``exchange`` is ``Message.exchange`` (``""`` when the sender named none) and
-        ``routing_key`` is ``Message.routing_key``: the queue name, or the routing key the
-        sender gave. ``queue``, when the caller still knows it, is the queue the message was
-        routed to (then ``routing_key`` is taken as a key the sender gave).
+        ``exchange`` is ``Message.exchange`` (``""`` when the sender named none),
+        ``routing_key`` is ``Message.routing_key`` and ``queue`` is ``Message.queue``: the
+        queue the route chose when the sender also gave a routing key (then ``routing_key`` is
+        that key), else ``None`` (then ``routing_key`` is the queue's name).
 
-        A named exchange is used as given. Otherwise the message goes to its queue: straight
-        through the default exchange (``""``, key = queue name) when the queue's exchange is
-        direct, else to the queue's exchange with the sender's key, the queue's binding key or
-        ``task_default_routing_key``.
+        As upstream: a message for a queue whose exchange is direct goes straight to the
+        queue through the server's default exchange (``""``, key = queue name) unless the
+        sender named both an exchange and a key; a message for a topic/fanout/headers queue
+        goes to the queue's exchange with the sender's key, else the queue's binding key;
+        a named exchange is used as given.
         """
-        if exchange:
-            return exchange, routing_key
-        decl = self.queue(queue or routing_key)
+        if queue is None:
+            if exchange and not self._known(routing_key):
+                return exchange, routing_key  # a key for a named exchange, no queue to go by
+            queue, given = routing_key, ""
+        else:
+            given = routing_key
+        decl = self.queue(queue)
         own = decl.exchange
-        if own is None or own.type == "direct":
+        if (not exchange or not given) and (own is None or own.type == "direct"):
             return "", decl.name
-        given = routing_key if queue and routing_key != queue else ""
-        return own.name or self._defaults.exchange.name, \
-            given or decl.routing_key or self._defaults.routing_key
+        if not exchange:
+            assert own is not None  # a queue without an exchange is direct, handled above
+            return own.name or self._defaults.exchange.name, \
+                given or decl.routing_key or self._defaults.routing_key
+        return exchange, given
+
+    def _known(self, name: str) -> bool:
+        return name in self.queues or name in self._aliases
 
     def delivery_mode(self, exchange: str, routing_key: str, *, queue: str | None = None) -> int:
         """Delivery mode for a message sent to a queue: its exchange's ``delivery_mode``, else
