@@ -245,7 +245,8 @@ class Topology:
                  default_exchange: ExchangeDecl, default_routing_key: str,
                  create_missing: bool = True, missing_queue_type: str = "classic",
                  missing_exchange_type: str | None = None, max_priority: int | None = None,
-                 default_delivery_mode: int = 2) -> None:
+                 default_delivery_mode: int = 2, detect_quorum: bool = True) -> None:
+        self.detect_quorum = detect_quorum
         self._defaults = _Defaults(default_exchange, default_routing_key, max_priority,
                                    create_missing, missing_queue_type, missing_exchange_type)
         self.default_queue = default_queue
@@ -284,7 +285,8 @@ class Topology:
                        create_missing=bool(_setting(conf, "task_create_missing_queues", True)),
                        missing_queue_type=missing_type, missing_exchange_type=missing_exchange_type,
                        max_priority=max_priority,
-                       default_delivery_mode=_int_setting(delivery_mode, "task_default_delivery_mode"))
+                       default_delivery_mode=_int_setting(delivery_mode, "task_default_delivery_mode"),
+                       detect_quorum=bool(_setting(conf, "worker_detect_quorum_queues", True)))
         objects = _queue_objects(_setting(conf, "task_queues"))
         if not objects and default_queue:
             from ..kombu_compat import Queue
@@ -308,7 +310,8 @@ class Topology:
                         default_routing_key=d.routing_key, create_missing=d.create_missing,
                         missing_queue_type=d.missing_queue_type,
                         missing_exchange_type=d.missing_exchange_type,
-                        max_priority=d.max_priority, default_delivery_mode=self.default_delivery_mode)
+                        max_priority=d.max_priority, default_delivery_mode=self.default_delivery_mode,
+                        detect_quorum=self.detect_quorum)
 
     def _decl(self, queue: Any, where: str) -> QueueDecl:
         """A ``QueueDecl`` from a kombu-like queue, with ``Queues._add``'s defaults applied."""
@@ -425,6 +428,13 @@ class Topology:
         """Whether any queue in ``task_queues`` (or the default queue) is a quorum queue:
         Celery 5.5 then turns global QoS off. See :meth:`uses_quorum` for consumed queues."""
         return any(q.quorum for q in self.queues.values())
+
+    def global_qos(self, consumed: Iterable[str] = ()) -> bool:
+        """Whether the worker's ``basic.qos`` is global (RabbitMQ's per-channel prefetch, as
+        upstream on RabbitMQ), or per consumer: Celery 5.5 turns global QoS off when it finds
+        a quorum queue (``worker_detect_quorum_queues``, default on), since quorum queues do
+        not support it; the prefetch count is then fixed for each consumer."""
+        return not (self.detect_quorum and self.uses_quorum(consumed))
 
     def uses_quorum(self, consumed: Iterable[str] = ()) -> bool:
         """Whether a quorum queue is declared or among ``consumed`` (a worker's ``-Q``), as
