@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .amqp_topology import QUEUE_TYPES, QueueDecl, Topology, declare_queue
 
@@ -55,8 +55,8 @@ def delayed_routing_key(countdown: int, routing_key: str) -> str:
     return ".".join(f"{countdown:0{BITS}b}") + f".{routing_key}"
 
 
-def _level_arguments(level: int, queue_type: str) -> dict[str, object]:
-    arguments: dict[str, object] = {
+def _level_arguments(level: int, queue_type: str) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
         "x-queue-type": queue_type,
         "x-overflow": "reject-publish",
         "x-message-ttl": 2 ** level * 1000,
