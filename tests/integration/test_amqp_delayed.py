@@ -131,3 +131,30 @@ def test_global_qos_is_off_when_a_quorum_queue_is_in_use():
     assert not Topology.from_conf(conf).global_qos(["fresh"])
     conf["worker_detect_quorum_queues"] = False
     assert Topology.from_conf(conf).global_qos(["fresh"])
+
+
+def test_a_task_message_with_an_eta_is_parked_as_upstream_parks_it():
+    import datetime as dt
+
+    from celery import Celery
+    from celery.transport.amqp_delayed import parked_target
+
+    app = Celery("ours", broker="memory://", set_as_current=False)
+    app.conf.task_default_queue = "qfeeds"
+    app.conf.task_queues = [
+        Queue("qfeeds", Exchange("qfeeds", type="topic"), "qf.#",
+              queue_arguments={"x-queue-type": "quorum"})]
+    topology = Topology.from_conf(app.conf)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    eta = now + dt.timedelta(seconds=5, milliseconds=300)
+    message, _ = app._prepare("t", (), {}, None, {"eta": eta})
+    assert parked_target(topology, message, now=now) == ("celery_delayed_27", "0." * 25 + "1.0.1.qf.#")
+    # a routing key the sender gave does not change the parking key (upstream's rule)
+    message, _ = app._prepare("t", (), {}, None, {"eta": eta, "routing_key": "qf.other"})
+    assert message.queue == "qfeeds"
+    assert parked_target(topology, message, now=now) == ("celery_delayed_27", "0." * 25 + "1.0.1.qf.#")
+    plain, _ = app._prepare("t", (), {}, None, {})
+    assert parked_target(topology, plain, now=now) is None
+    classic = Topology.default()
+    message, _ = app._prepare("t", (), {}, None, {"queue": "celery", "eta": eta})
+    assert parked_target(classic, message, now=now) is None

@@ -16,6 +16,7 @@ Here: the declarations (``declare_native_delayed_delivery``, names and arguments
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from collections.abc import Iterable
@@ -26,8 +27,10 @@ from .amqp_topology import QUEUE_TYPES, QueueDecl, Topology, declare_queue
 if TYPE_CHECKING:
     import aio_pika.abc
 
+    from ..messaging.protocol import Message
+
 __all__ = ["DELAYED_DELIVERY_EXCHANGE", "MAX_LEVEL", "declare_native_delayed_delivery",
-           "delayed_routing_key", "level_name", "native_delay_target"]
+           "delayed_routing_key", "level_name", "native_delay_target", "parked_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +104,15 @@ async def _bind_queue(channel: aio_pika.abc.AbstractChannel, decl: QueueDecl) ->
 
 async def declare_native_delayed_delivery(channel: aio_pika.abc.AbstractChannel, topology: Topology,
                                           queues: Iterable[str], *,
-                                          queue_type: str = "quorum") -> None:
-    """Declare the delay levels and bind ``queues`` (already declared) to the delivery
-    exchange, as an upstream Celery 5.5 worker does at start when it uses quorum queues
-    (``queue_type`` is ``broker_native_delayed_delivery_queue_type``).
+                                          queue_type: str | None = None) -> None:
+    """Declare the delay levels and bind ``queues`` to the delivery exchange, as an upstream
+    Celery 5.5 worker does at start when it uses quorum queues (``topology.uses_quorum``).
+    ``queue_type`` defaults to the topology's ``broker_native_delayed_delivery_queue_type``.
 
     Must be called on the loop that owns ``channel``; on a robust channel the declarations
     are made again after a reconnect.
     """
+    queue_type = queue_type or topology.delayed_queue_type
     if queue_type not in QUEUE_TYPES:
         raise ValueError(f"broker_native_delayed_delivery_queue_type must be 'classic' or "
                          f"'quorum', not {queue_type!r}")
@@ -136,3 +140,21 @@ def native_delay_target(topology: Topology, queue: str, countdown: float) -> tup
     if int(countdown) < 1:
         return None
     return level_name(MAX_LEVEL), delayed_routing_key(int(countdown), decl.routing_key)
+
+
+def parked_target(topology: Topology, message: Message, *,
+                  now: dt.datetime | None = None) -> tuple[str, str] | None:
+    """``native_delay_target`` for a task message: the countdown is what is left until its
+    ``eta`` header (a naive time is UTC); ``None`` for a message without one, or one sent to
+    a named exchange (upstream parks only messages routed to a queue)."""
+    eta = message.headers.get("eta") if message.headers else None
+    if not eta or message.exchange:
+        return None
+    try:
+        due = dt.datetime.fromisoformat(eta)
+    except (TypeError, ValueError):
+        return None  # the worker meets the bad header and rejects the message, once
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=dt.UTC)
+    countdown = (due - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    return native_delay_target(topology, message.queue or message.routing_key, countdown)

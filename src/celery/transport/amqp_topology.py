@@ -245,8 +245,13 @@ class Topology:
                  default_exchange: ExchangeDecl, default_routing_key: str,
                  create_missing: bool = True, missing_queue_type: str = "classic",
                  missing_exchange_type: str | None = None, max_priority: int | None = None,
-                 default_delivery_mode: int = 2, detect_quorum: bool = True) -> None:
+                 default_delivery_mode: int = 2, detect_quorum: bool = True,
+                 delayed_queue_type: str = "quorum") -> None:
+        #: ``worker_detect_quorum_queues``: see :meth:`global_qos`.
         self.detect_quorum = detect_quorum
+        #: ``broker_native_delayed_delivery_queue_type``: the type of the delay levels'
+        #: queues (``transport/amqp_delayed.py``).
+        self.delayed_queue_type = delayed_queue_type
         self._defaults = _Defaults(default_exchange, default_routing_key, max_priority,
                                    create_missing, missing_queue_type, missing_exchange_type)
         self.default_queue = default_queue
@@ -286,7 +291,9 @@ class Topology:
                        missing_queue_type=missing_type, missing_exchange_type=missing_exchange_type,
                        max_priority=max_priority,
                        default_delivery_mode=_int_setting(delivery_mode, "task_default_delivery_mode"),
-                       detect_quorum=bool(_setting(conf, "worker_detect_quorum_queues", True)))
+                       detect_quorum=bool(_setting(conf, "worker_detect_quorum_queues", True)),
+                       delayed_queue_type=_queue_type(conf, "broker_native_delayed_delivery_queue_type",
+                                                      "quorum"))
         objects = _queue_objects(_setting(conf, "task_queues"))
         if not objects and default_queue:
             from ..kombu_compat import Queue
@@ -311,7 +318,8 @@ class Topology:
                         missing_queue_type=d.missing_queue_type,
                         missing_exchange_type=d.missing_exchange_type,
                         max_priority=d.max_priority, default_delivery_mode=self.default_delivery_mode,
-                        detect_quorum=self.detect_quorum)
+                        detect_quorum=self.detect_quorum,
+                        delayed_queue_type=self.delayed_queue_type)
 
     def _decl(self, queue: Any, where: str) -> QueueDecl:
         """A ``QueueDecl`` from a kombu-like queue, with ``Queues._add``'s defaults applied."""
@@ -442,8 +450,8 @@ class Topology:
         return self.quorum or any(self.queue(name).quorum for name in consumed)
 
 
-def _queue_type(conf: Any, key: str) -> str:
-    value = _setting(conf, key, "classic")
+def _queue_type(conf: Any, key: str, default: str = "classic") -> str:
+    value = _setting(conf, key, default)
     if value not in QUEUE_TYPES:
         raise ImproperlyConfigured(f"{key} must be 'classic' or 'quorum', not {value!r}")
     return str(value)
