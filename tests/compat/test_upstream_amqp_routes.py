@@ -13,10 +13,11 @@ import subprocess
 from pathlib import Path
 
 import kombu
+import kombu.common
 import pytest
 
 from celery import Celery
-from celery.kombu_compat import Exchange, Queue, binding
+from celery.kombu_compat import Broadcast, Exchange, Queue, binding
 from celery.transport.amqp_topology import Topology
 
 from ..integration.amqp_topology_cases import route_cases
@@ -29,13 +30,14 @@ import json
 from celery import Celery
 from celery.signals import before_task_publish
 from kombu import Exchange, Queue, binding
+from kombu.common import Broadcast
 from amqp_topology_cases import route_cases
 seen = []
 @before_task_publish.connect
 def record(exchange=None, routing_key=None, **kwargs):
     seen.append([getattr(exchange, "name", exchange) or "", routing_key or ""])
 out = []
-for settings, sends in route_cases(Queue, Exchange, binding):
+for settings, sends in route_cases(Queue, Exchange, binding, Broadcast):
     app = Celery("up", broker="memory://", set_as_current=False)
     app.conf.update(settings)
     for name, options in sends:
@@ -55,8 +57,9 @@ def upstream_targets():
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("classes", [(Queue, Exchange, binding),
-                                     (kombu.Queue, kombu.Exchange, kombu.binding)],
+@pytest.mark.parametrize("classes", [(Queue, Exchange, binding, Broadcast),
+                                     (kombu.Queue, kombu.Exchange, kombu.binding,
+                                      kombu.common.Broadcast)],
                          ids=["kombu_compat", "kombu"])
 def test_target_matches_upstream_send_task_message(upstream_targets, classes):
     cases = route_cases(*classes)
@@ -74,3 +77,4 @@ def test_target_matches_upstream_send_task_message(upstream_targets, classes):
     # the cases reach every kind of answer, so the comparison is not vacuous
     flat = {tuple(pair) for answers in upstream_targets for pair in answers}
     assert ("", "celery") in flat and ("feeds", "feed.x") in flat and ("bcast", "celery") in flat
+    assert ("everyone", "celery") in flat  # a Broadcast queue, found by its alias

@@ -27,12 +27,15 @@ def cases(Queue: Any, Exchange: Any, binding: Any) -> dict[str, dict[str, Any]]:
         "bindings": {"task_default_queue": "multi", "task_queues": [
             Queue("multi", [binding(Exchange("m1", type="topic"), routing_key="a.#"),
                             binding(Exchange("m2", type="direct", durable=False), routing_key="b")])]},
+        "headers": {"task_default_queue": "hdrs", "task_queues": [
+            Queue("hdrs", Exchange("hdrs", type="headers"),
+                  binding_arguments={"x-match": "all", "kind": "report"})]},
         "dict-form": {"task_default_queue": "dictq", "task_queues": {
             "dictq": {"exchange": "dictx", "exchange_type": "topic", "routing_key": "d.#"}}},
     }
 
 
-def route_cases(Queue: Any, Exchange: Any, binding: Any) -> list[tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]]:  # noqa: N803
+def route_cases(Queue: Any, Exchange: Any, binding: Any, Broadcast: Any) -> list[tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]]:  # noqa: N803
     """``(settings, [(task name, apply_async options), ...])``: sends whose exchange and routing
     key upstream's ``send_task_message`` picks and ``Topology.target`` must pick alike."""
     mixed = {
@@ -42,6 +45,7 @@ def route_cases(Queue: Any, Exchange: Any, binding: Any) -> list[tuple[dict[str,
             Queue("bcast", Exchange("bcast", type="fanout")),
             Queue("video", Exchange("media"), "media.video"),
             Queue("multi", [binding(Exchange("m1", type="topic"), routing_key="a.#")]),
+            Broadcast("everyone"),
         ],
         "task_routes": {
             "r.feeds": {"queue": "feeds"},
@@ -58,7 +62,7 @@ def route_cases(Queue: Any, Exchange: Any, binding: Any) -> list[tuple[dict[str,
         ("t", {"queue": "nowhere"}), ("t", {"exchange": "media", "routing_key": "media.video"}),
         ("t", {"exchange": "media"}), ("t", {"routing_key": "foo"}),
         ("r.feeds", {}), ("r.key", {}), ("r.obj", {}), ("r.ex", {}), ("r.str", {}),
-        ("r.feeds", {"routing_key": "feed.override"}),
+        ("r.feeds", {"routing_key": "feed.override"}), ("t", {"queue": "everyone"}),
     ]
     topic_default = {"task_default_queue": "work", "task_default_exchange": "tasks",
                      "task_default_exchange_type": "topic", "task_default_routing_key": "task.default"}

@@ -134,12 +134,15 @@ def test_ours_and_upstreams_declarations_are_identical_in_either_order(upstream_
     assert ours == upstream
     # the listing shows what each case is about, so equality above is not vacuous
     by_name = {q["name"]: q for q in ours["queues"]}
-    assert set(by_name) == {"celery", "feeds", "bcast", "prio", "qq", "ttl", "multi", "dictq"}
+    assert set(by_name) == {"celery", "feeds", "bcast", "prio", "qq", "ttl", "multi", "hdrs",
+                            "dictq"}
     assert by_name["qq"]["type"] == "quorum"
     assert by_name["prio"]["arguments"] == [["x-max-priority", "integer", 10]]
     assert ["x-dead-letter-exchange", "longstr", "dlx"] in by_name["ttl"]["arguments"]
     assert {"source_name": "feeds", "destination_name": "feeds", "destination_kind": "queue",
             "routing_key": "feed.#", "arguments": []} in ours["bindings"]
+    (headers,) = [b for b in ours["bindings"] if b["source_name"] == "hdrs"]
+    assert headers["arguments"] == [["kind", "longstr", "report"], ["x-match", "longstr", "all"]]
 
 
 def test_a_mismatched_declaration_is_refused_by_the_server(amqp_url):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import kombu
+import kombu.common
 import pytest
 
 from celery.app.config import Settings
@@ -155,3 +156,21 @@ def test_kombu_compat_matches_kombu_attributes():
         theirs.exchange.name, theirs.exchange.type, theirs.exchange.durable)
     with pytest.raises(TypeError, match="settings only"):
         Queue("q", channel=object())
+
+
+@pytest.mark.parametrize("Broadcast", [kombu.common.Broadcast, __import__("celery.kombu_compat").kombu_compat.Broadcast],
+                         ids=["kombu", "kombu_compat"])
+def test_broadcast_queues_are_per_process_and_found_by_their_alias(Broadcast):
+    declared = Broadcast("everyone")
+    topology = Topology.from_conf(conf(task_queues=[declared]))
+    decl = topology.queue("everyone")
+    assert decl.name == declared.name and decl.name.startswith("bcast.")
+    assert decl.broadcast and decl.auto_delete
+    assert decl.bindings == ((ExchangeDecl("everyone", "fanout"), "celery", {}),)
+    assert topology.target("", "everyone") == ("everyone", "celery")
+    assert not topology.queue("celery").broadcast
+
+
+def test_a_passive_exchange_is_checked_not_declared():
+    topology = Topology.from_conf(conf(task_queues=[Queue("q", Exchange("x", passive=True))]))
+    assert topology.queue("q").bindings[0][0].passive

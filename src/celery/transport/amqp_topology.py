@@ -55,6 +55,8 @@ class ExchangeDecl:
     arguments: Mapping[str, Any] = field(default_factory=dict)
     delivery_mode: int | None = None
     no_declare: bool = False
+    #: kombu's ``Exchange(passive=True)``: only checked to exist (a passive declare).
+    passive: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arguments", _frozen(self.arguments))
@@ -94,6 +96,9 @@ class QueueDecl:
     alias: str | None = None
     consumer_arguments: Mapping[str, Any] = field(default_factory=dict)
     no_declare: bool = False
+    #: A ``Broadcast`` queue (one per process, behind a fanout exchange): consumers declare
+    #: it, publishers only declare its exchange, as upstream's producer skips Broadcast queues.
+    broadcast: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arguments", _frozen(self.arguments))
@@ -183,6 +188,7 @@ def _exchange_decl(exchange: Any, where: str) -> ExchangeDecl:
         arguments=dict(getattr(exchange, "arguments", None) or {}),
         delivery_mode=None if delivery_mode is None else int(delivery_mode),
         no_declare=bool(getattr(exchange, "no_declare", False)),
+        passive=bool(getattr(exchange, "passive", False)),
     )
 
 
@@ -363,6 +369,7 @@ class Topology:
             alias=getattr(queue, "alias", None) or None,
             consumer_arguments=dict(getattr(queue, "consumer_arguments", None) or {}),
             no_declare=bool(getattr(queue, "no_declare", False)),
+            broadcast=any(cls.__name__ == "Broadcast" for cls in type(queue).__mro__),
         )
 
     # -- reading ----------------------------------------------------------------------------
@@ -525,7 +532,8 @@ async def declare_queue(channel: aio_pika.abc.AbstractChannel,
     for exchange in decl.exchanges:
         await channel.declare_exchange(
             exchange.name, exchange.type, durable=exchange.durable,
-            auto_delete=exchange.auto_delete, arguments=dict(exchange.arguments) or None)
+            auto_delete=exchange.auto_delete, passive=exchange.passive,
+            arguments=dict(exchange.arguments) or None)
     queue = await channel.declare_queue(
         decl.name, durable=decl.durable, exclusive=decl.exclusive, auto_delete=decl.auto_delete,
         arguments=dict(decl.arguments) or None)
