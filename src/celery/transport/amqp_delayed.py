@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import threading
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
     from ..messaging.protocol import Message
 
-__all__ = ["DELAYED_DELIVERY_EXCHANGE", "MAX_LEVEL", "declare_native_delayed_delivery",
+__all__ = ["DELAYED_DELIVERY_EXCHANGE", "MAX_LEVEL", "DelayedDelivery", "declare_native_delayed_delivery",
            "delayed_routing_key", "level_name", "native_delay_target", "parked_target"]
 
 logger = logging.getLogger(__name__)
@@ -156,5 +158,47 @@ def parked_target(topology: Topology, message: Message, *,
         return None  # the worker meets the bad header and rejects the message, once
     if due.tzinfo is None:
         due = due.replace(tzinfo=dt.UTC)
-    countdown = (due - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    # Whole seconds, as upstream's int(countdown); the 0.1 s allows for the time between the
+    # eta being set from a countdown and this publish, so countdown=1 still parks 1 s.
+    countdown = (due - (now or dt.datetime.now(dt.UTC))).total_seconds() + 0.1
     return native_delay_target(topology, message.queue or message.routing_key, countdown)
+
+
+class DelayedDelivery:
+    """Native delayed delivery for one transport: declares the delay levels and binds a queue
+    the first time a channel needs it (a consumer starting on a queue, or a publisher parking
+    a message for one), so no parked message meets a missing exchange or binding.
+
+    Thread-safe: the table of what each channel has done is guarded by ``_lock``; a channel's
+    declarations run on its own loop (the caller's).
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self._lock = threading.Lock()
+        self._done: weakref.WeakKeyDictionary[object, set[str]] = weakref.WeakKeyDictionary()
+
+    async def ensure(self, channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
+        """Make ``queue`` reachable through ``celery_delayed_delivery`` when the topology uses
+        quorum queues, as an upstream worker does at start."""
+        if not self.topology.uses_quorum([queue]):  # upstream: detect_quorum_queues, not the flag
+            return
+        with self._lock:
+            done = self._done.setdefault(channel, set())
+            if queue in done:
+                return
+            levels = not done
+        if levels:
+            await _declare_levels(channel, self.topology.delayed_queue_type)
+        await _bind_queue(channel, self.topology.queue(queue))
+        with self._lock:
+            done.add(queue)
+
+    async def park(self, channel: aio_pika.abc.AbstractChannel,
+                   message: Message) -> tuple[str, str] | None:
+        """Where to publish ``message`` if it is to be parked (``parked_target``), after making
+        sure the levels and its queue's binding exist; ``None`` to publish as usual."""
+        target = parked_target(self.topology, message)
+        if target is not None:
+            await self.ensure(channel, message.queue or message.routing_key)
+        return target

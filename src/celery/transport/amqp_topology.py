@@ -24,7 +24,8 @@ from ..exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     import aio_pika.abc
 
-__all__ = ["ExchangeDecl", "QueueDecl", "Topology", "declare_queue", "queue_arguments"]
+__all__ = ["ExchangeDecl", "QueueDecl", "Topology", "declare_exchanges", "declare_queue",
+           "queue_arguments"]
 
 logger = logging.getLogger(__name__)
 
@@ -529,14 +530,22 @@ async def declare_queue(channel: aio_pika.abc.AbstractChannel,
     """
     if decl.no_declare:
         return await channel.get_queue(decl.name, ensure=True)
-    for exchange in decl.exchanges:
-        await channel.declare_exchange(
-            exchange.name, exchange.type, durable=exchange.durable,
-            auto_delete=exchange.auto_delete, passive=exchange.passive,
-            arguments=dict(exchange.arguments) or None)
+    await declare_exchanges(channel, decl)
     queue = await channel.declare_queue(
         decl.name, durable=decl.durable, exclusive=decl.exclusive, auto_delete=decl.auto_delete,
         arguments=dict(decl.arguments) or None)
     for exchange, routing_key, arguments in decl.bindings:
         await queue.bind(exchange.name, routing_key, arguments=dict(arguments) or None)
     return queue
+
+
+async def declare_exchanges(channel: aio_pika.abc.AbstractChannel, decl: QueueDecl) -> None:
+    """Declare only ``decl``'s exchanges: what a publisher declares for a ``Broadcast``
+    queue, whose per-process queue only its consumers make. Call on the channel's loop."""
+    if decl.no_declare:
+        return
+    for exchange in decl.exchanges:
+        await channel.declare_exchange(
+            exchange.name, exchange.type, durable=exchange.durable,
+            auto_delete=exchange.auto_delete, passive=exchange.passive,
+            arguments=dict(exchange.arguments) or None)

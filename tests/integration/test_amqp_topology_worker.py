@@ -1,0 +1,66 @@
+"""Our client and workers on RabbitMQ with a Celery topology beyond the default queue:
+a topic queue reached with a routing key the sender gives, a countdown task parked in the
+broker (Celery 5.5's native delayed delivery on a quorum queue) and a Broadcast queue that
+every worker gets each message of."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from celery import Celery
+from celery.kombu_compat import Broadcast, Exchange, Queue
+from tests.conftest import fresh_amqp_vhost
+from tests.faults.procs import Worker, wait_until
+
+pytestmark = pytest.mark.amqp
+AMQP_VHOST = "celery-topo-worker"
+
+
+def _seen(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_topic_routing_native_delay_and_broadcast_with_two_workers(tmp_path: Path) -> None:
+    url = fresh_amqp_vhost(AMQP_VHOST)
+    log = tmp_path / "seen.log"
+    env = {"TOPOW_BROKER": url, "TOPOW_BACKEND": f"db+sqlite:///{tmp_path}/results.db",
+           "TOPOW_LOG": str(log)}
+    options = ("--loop-workers=1", "--sync-workers=1", "-Q", "feeds,qwork,everyone")
+    workers = [Worker(env, *options, "-n", f"w{i}@%h", cwd=tmp_path,
+                      app="amqp_topo_worker_app") for i in (1, 2)]
+    client = Celery("client", broker=url, backend=env["TOPOW_BACKEND"], set_as_current=False)
+    client.conf.task_queues = [  # as the workers' app declares them
+        Queue("feeds", Exchange("feeds", type="topic"), "feed.#"),
+        Queue("qwork", Exchange("qwork", type="topic"), "qw.#",
+              queue_arguments={"x-queue-type": "quorum"}),
+        Broadcast("everyone"),
+    ]
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        # a routing key given with the queue: published to the topic exchange with that key
+        topic = client.send_task("topo.where", ("topic",), queue="feeds",
+                                 routing_key="feed.special").get(timeout=30)
+        assert (topic["exchange"], topic["routing_key"]) == ("feeds", "feed.special")
+        # quorum queue on a topic exchange: the countdown is parked in celery_delayed_27
+        sent = time.time()
+        parked = client.send_task("topo.where", ("parked",), queue="qwork",
+                                  countdown=1).get(timeout=30)
+        assert time.time() - sent >= 0.9
+        assert parked["routing_key"] == "0." * 27 + "1.qw.#"
+        # Broadcast: one message, run by both workers (each has a queue of its own)
+        client.send_task("topo.where", ("all",), queue="everyone")
+        wait_until(lambda: len([s for s in _seen(log) if s["tag"] == "all"]) == 2, 30,
+                   "both workers to run the broadcast task")
+        hosts = {s["hostname"].split("@")[0] for s in _seen(log) if s["tag"] == "all"}
+        assert hosts == {"w1", "w2"}
+    finally:
+        client.close()
+        for worker in workers:
+            worker.stop(30)
+    for worker in workers:
+        assert "Traceback" not in worker.output, worker.output
