@@ -16,7 +16,8 @@ from celery.kombu_compat import Broadcast, Exchange, Queue
 app = Celery("amqp_topo_worker_app", broker=os.environ["TOPOW_BROKER"],
              backend=os.environ.get("TOPOW_BACKEND") or None, set_as_current=False)
 app.conf.task_queues = [
-    Queue("feeds", Exchange("feeds", type="topic"), "feed.#"),
+    Queue("feeds", Exchange("feeds", type="topic"), "feed.#",
+          consumer_arguments={"x-priority": 5}),
     Queue("qwork", Exchange("qwork", type="topic"), "qw.#",
           queue_arguments={"x-queue-type": "quorum"}),
     Broadcast("everyone"),

@@ -1,11 +1,12 @@
 """Our client and workers on RabbitMQ with a Celery topology beyond the default queue:
 a topic queue reached with a routing key the sender gives, a countdown task parked in the
-broker (Celery 5.5's native delayed delivery on a quorum queue) and a Broadcast queue that
-every worker gets each message of."""
+broker (Celery 5.5's native delayed delivery on a quorum queue), a Broadcast queue that
+every worker gets each message of, and consumer arguments (x-priority) on basic.consume."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -58,6 +59,12 @@ def test_topic_routing_native_delay_and_broadcast_with_two_workers(tmp_path: Pat
                    "both workers to run the broadcast task")
         hosts = {s["hostname"].split("@")[0] for s in _seen(log) if s["tag"] == "all"}
         assert hosts == {"w1", "w2"}
+        # consumer_arguments reach basic.consume: both workers consume feeds with x-priority 5
+        listed = subprocess.run(["rabbitmqctl", "-q", "list_consumers", "-p", AMQP_VHOST,
+                                 "queue_name", "arguments", "--formatter", "json"],
+                                capture_output=True, text=True, timeout=60, check=True)
+        feeds = [c["arguments"] for c in json.loads(listed.stdout) if c["queue_name"] == "feeds"]
+        assert feeds == [[["x-priority", "byte", 5]]] * 2, feeds
     finally:
         client.close()
         for worker in workers:

@@ -221,7 +221,8 @@ class AMQPTransport:
                     del self._consuming[dead]
                 global_qos = self.topology.global_qos()
                 consuming = self._consuming[loop] = Consuming(
-                    self.connections, self._declare_on, global_qos)
+                    self.connections, self._declare_on, global_qos,
+                    lambda name: self.topology.queue(name).consumer_arguments)
             return consuming
 
     def set_prefetch(self, count: int) -> None:

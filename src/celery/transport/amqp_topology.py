@@ -14,6 +14,7 @@ A ``Topology`` is immutable once built, so any thread or loop may read it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -483,13 +484,15 @@ def _check_quorum(where: str, arguments: Mapping[str, Any], *, durable: bool, ex
 
 
 _warned: set[str] = set()
+_warned_lock = threading.Lock()  # guards _warned: topologies are built in any thread
 
 
 def _warn_once(message: str) -> None:
-    # Set operations from several threads only risk a duplicate warning, never a lost one.
-    if message not in _warned:
+    with _warned_lock:
+        if message in _warned:
+            return
         _warned.add(message)
-        logger.warning(message)
+    logger.warning(message)
 
 
 def _binding_order(entry: Any) -> tuple[str, str]:
