@@ -1,7 +1,8 @@
 """Our client and workers on RabbitMQ with a Celery topology beyond the default queue:
 a topic queue reached with a routing key the sender gives, a countdown task parked in the
 broker (Celery 5.5's native delayed delivery on a quorum queue), a Broadcast queue that
-every worker gets each message of, and consumer arguments (x-priority) on basic.consume."""
+every worker gets each message of, and consumer arguments (x-priority) on basic.consume.
+Upstream Celery's client parks a countdown task for our workers too."""
 
 from __future__ import annotations
 
@@ -14,11 +15,23 @@ import pytest
 
 from celery import Celery
 from celery.kombu_compat import Broadcast, Exchange, Queue
+from tests.compat.test_upstream_interop import _upstream_python
 from tests.conftest import fresh_amqp_vhost
 from tests.faults.procs import Worker, wait_until
 
 pytestmark = pytest.mark.amqp
 AMQP_VHOST = "celery-topo-worker"
+
+
+UPSTREAM_PARK = """
+import sys
+from celery import Celery
+from kombu import Exchange, Queue
+app = Celery("up", broker=sys.argv[1], set_as_current=False)
+app.conf.task_queues = [Queue("qwork", Exchange("qwork", type="topic"), "qw.#",
+                              queue_arguments={"x-queue-type": "quorum"})]
+app.send_task("topo.where", ("upstream",), queue="qwork", countdown=2)
+"""
 
 
 def _seen(log: Path) -> list[dict]:
@@ -53,6 +66,15 @@ def test_topic_routing_native_delay_and_broadcast_with_two_workers(tmp_path: Pat
                                   countdown=1).get(timeout=30)
         assert time.time() - sent >= 0.9
         assert parked["routing_key"] == "0." * 27 + "1.qw.#"
+        # upstream Celery 5.x parks its countdown task the same way; our worker's levels and
+        # binding bring it in
+        done = subprocess.run([str(_upstream_python()), "-c", UPSTREAM_PARK, url],
+                              capture_output=True, text=True, timeout=120, env={})
+        assert done.returncode == 0, done.stderr[-2000:]
+        wait_until(lambda: any(s["tag"] == "upstream" for s in _seen(log)), 30,
+                   "the task upstream parked to run")
+        (upstream,) = [s for s in _seen(log) if s["tag"] == "upstream"]
+        assert upstream["routing_key"] == "0." * 26 + "1.0.qw.#"
         # Broadcast: one message, run by both workers (each has a queue of its own)
         client.send_task("topo.where", ("all",), queue="everyone")
         wait_until(lambda: len([s for s in _seen(log) if s["tag"] == "all"]) == 2, 30,
