@@ -214,6 +214,10 @@ class Consuming:
                 await queue.cancel(tag)
             except driver_errors():
                 pass
+        # Deliveries the server sent before its cancel-ok are still on their way through
+        # aio-pika's tasks: let them reach the buffers first.
+        for _ in range(5):
+            await asyncio.sleep(0)
         return await self._return_buffered(list(self._buffers))
 
 
