@@ -63,6 +63,7 @@ def route_cases(Queue: Any, Exchange: Any, binding: Any, Broadcast: Any) -> list
         ("t", {"exchange": "media"}), ("t", {"routing_key": "foo"}),
         ("r.feeds", {}), ("r.key", {}), ("r.obj", {}), ("r.ex", {}), ("r.str", {}),
         ("r.feeds", {"routing_key": "feed.override"}), ("t", {"queue": "everyone"}),
+        ("t", {"queue": "feeds", "routing_key": "feeds"}),  # a key equal to the queue's name
     ]
     topic_default = {"task_default_queue": "work", "task_default_exchange": "tasks",
                      "task_default_exchange_type": "topic", "task_default_routing_key": "task.default"}

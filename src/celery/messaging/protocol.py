@@ -50,8 +50,9 @@ class Message:
     #: Where the message is to go: exchange and routing_key (the queue on Redis).
     exchange: str = ""
     routing_key: str = "celery"
-    #: The queue the sender's route chose, when it differs from ``routing_key`` (a routing key
-    #: was given too); not sent. AMQP publishes by it as upstream does (``Topology.target``).
+    #: The queue the sender's route chose when a routing key was given too (then
+    #: ``routing_key`` is that key), else None; not sent. AMQP publishes by both as upstream
+    #: does (``Topology.target``).
     queue: str | None = None
 
     @property
@@ -197,7 +198,8 @@ def build_task_message(
     """Build a complete protocol v2 task message.
 
     ``queue`` is the routing key (the queue's name unless the sender gave a key);
-    ``routed_queue`` the queue the route chose, kept in ``Message.queue`` when it differs.
+    ``routed_queue`` the queue the route chose when the sender gave a key, kept in
+    ``Message.queue``.
     """
     task_id = task_id or uuid4_str()
     kwargs = dict(kwargs or {})
@@ -214,7 +216,7 @@ def build_task_message(
         properties=properties,
         exchange=exchange,
         routing_key=queue,
-        queue=routed_queue if routed_queue != queue else None,
+        queue=routed_queue,
     )
 
 
