@@ -128,6 +128,10 @@ class Consuming:
     async def _check_cancelled(self, channel: AbstractRobustChannel) -> None:
         """Consumers the server cancelled (their queue was deleted): declare the queue
         again and consume anew."""
+        try:  # (just reconnected: aio-pika restores the consumers first)
+            await asyncio.wait_for(channel.ready(), 1.0)  # type: ignore[attr-defined]
+        except TimeoutError:
+            return
         underlay: Any = await channel.get_underlay_channel()
         live = underlay.consumers  # aiormq's table; the server's Basic.Cancel removes from it
         gone = [name for name, (_, tag) in self._consumers.items() if tag not in live]
