@@ -354,16 +354,28 @@ class Celery:
                 if self._transport is None:
                     from ..transport.registry import transport_for_url
 
-                    if self.conf.broker_use_ssl:
+                    url = self.broker_url
+                    amqp = url.split("://", 1)[0].lower() in ("amqp", "amqps", "pyamqp")
+                    if self.conf.broker_use_ssl and not amqp:
                         raise ImproperlyConfigured(
                             "broker_use_ssl is not supported: put TLS in the broker URL "
                             "(rediss://...?ssl_cert_reqs=required, or amqps://)")
+                    extra: dict[str, Any] = {}
+                    if amqp:
+                        from ..transport.amqp_topology import Topology
 
+                        conf = self.conf
+                        extra = dict(
+                            topology=Topology.from_conf(conf), heartbeat=conf.broker_heartbeat,
+                            use_ssl=conf.broker_use_ssl, portal=self.portal,
+                            publish_retry=conf.task_publish_retry,
+                            publish_retry_policy=conf.task_publish_retry_policy)
                     self._transport = transport_for_url(
-                        self.broker_url,
+                        url,
                         transport_options=dict(self.conf.broker_transport_options or {}),
                         connection_timeout=self.conf.broker_connection_timeout,
                         max_connections=self.conf.broker_pool_limit,
+                        **extra,
                     )
         return self._transport
 
@@ -441,6 +453,7 @@ class Celery:
         queue = _pick(layers, "queue", conf["task_default_queue"])
         if not isinstance(queue, str):
             queue = getattr(queue, "name", str(queue))
+        routing_key = _pick(layers, "routing_key")  # a key given beside the queue (AMQP)
         countdown, eta = get("countdown"), get("eta")
         if countdown is not None:
             eta = self.now() + dt.timedelta(seconds=countdown)
@@ -456,7 +469,8 @@ class Celery:
             task_id=task_id,
             serializer=_pick(layers, "serializer", conf["task_serializer"]),
             compression=_pick(layers, "compression", conf["task_compression"]),
-            queue=_pick(layers, "routing_key", queue),
+            queue=routing_key or queue,
+            routed_queue=queue if routing_key else None,
             exchange=_pick(layers, "exchange", "") or "",
             priority=_pick(layers, "priority", conf["task_default_priority"]),
             reply_to=get("reply_to"),
