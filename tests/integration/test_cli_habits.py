@@ -184,14 +184,24 @@ def test_sighup_to_the_supervisor_restarts_its_processes(habits):
     app, folder = habits
     add = app.tasks["habitsapp.add"]
     worker = start_worker(folder, "--processes=2", "-l", "info")
+    seen: list[str] = []
+
+    def wait_ready(count: int) -> None:  # each process logs "<node> ready: ..." last
+        assert worker.stdout is not None
+        while sum(" ready: consuming" in line for line in seen) < count:
+            line = worker.stdout.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+
     try:
+        wait_ready(2)
         assert add.delay(1, 1).get(timeout=30) == 2
         worker.send_signal(signal.SIGHUP)
-        time.sleep(1)
+        wait_ready(4)  # both started again
         assert [r.get(timeout=30) for r in [add.delay(i, 1) for i in range(4)]] == [1, 2, 3, 4]
         assert worker.poll() is None
     finally:
-        output = stop_process(worker)
+        output = "".join(seen) + stop_process(worker)
     assert worker.returncode == 0, output
     assert "supervisor: SIGHUP: restarting 2 worker processes" in output
     assert output.count("recycled; starting a new one") == 2, output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -324,6 +325,10 @@ def worker(
     """Start a worker."""
     if sync_workers is not None and concurrency is not None and sync_workers != concurrency:
         raise click.UsageError("--concurrency is another name for --sync-workers; give only one")
+    # SIGHUP restarts a running worker (Worker._on_hup, the supervisor's _on_hup); until
+    # their handlers are in place, one must not end the starting process (its default
+    # action). Ignored dispositions pass to the processes the supervisor starts: the same.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     app = obj.app
     conf = app.conf
     if detach:
