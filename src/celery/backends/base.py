@@ -34,6 +34,14 @@ BACKENDS: dict[str, str] = {
     "file": ".filesystem:FilesystemBackend",
 }
 
+#: django-celery-results' backend aliases: refused with the reason (docs/django.md).
+_DJANGO_CELERY_RESULTS = ("django-db", "django-cache")
+_DJANGO_CELERY_RESULTS_ERROR = (
+    "result_backend {url!r} (django-celery-results) is not supported: that package's "
+    "backends subclass upstream Celery's backend classes and use kombu, and it requires "
+    "celery>=5,<6, which would replace celery-asyncio; choose a result backend of ours "
+    "(redis://, db+sqlite://, file://; see docs/django.md)")
+
 _SAFE_MODULES = {"builtins", "exceptions", "celery.exceptions"}
 
 
@@ -428,6 +436,8 @@ def backend_for_url(url: str | None, conf: Conf, **options: Any) -> ResultBacken
     ``conf`` and ``options`` (``portal``, ``confirm_published``, ...) go to its constructor."""
     if not url or url == "disabled":
         return DisabledBackend(conf, None, **options)
+    if url.split("://")[0].lower() in _DJANGO_CELERY_RESULTS:
+        raise ImproperlyConfigured(_DJANGO_CELERY_RESULTS_ERROR.format(url=url))
     if url in BACKENDS or "://" not in url:
         raise ImproperlyConfigured(
             f"Invalid result backend URL {url!r}; known schemes: {', '.join(sorted(BACKENDS))}"
