@@ -38,8 +38,9 @@ BACKENDS: dict[str, str] = {
 _DJANGO_CELERY_RESULTS = ("django-db", "django-cache")
 _DJANGO_CELERY_RESULTS_ERROR = (
     "result_backend {url!r} (django-celery-results) is not supported: that package's "
-    "backends subclass upstream Celery's backend classes and use kombu, and it requires "
-    "celery>=5,<6, which would replace celery-asyncio; choose a result backend of ours "
+    "backend subclasses upstream Celery's BaseDictBackend (another contract than ours) "
+    "and the package requires celery>=5.2.3,<6.0, which pip would install over "
+    "celery-asyncio; choose a result backend of ours "
     "(redis://, db+sqlite://, file://; see docs/django.md)")
 
 _SAFE_MODULES = {"builtins", "exceptions", "celery.exceptions"}

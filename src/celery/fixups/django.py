@@ -114,7 +114,7 @@ class DjangoWorkerFixup:
     """Closes Django's database connections (and caches) before and after each task, as
     Celery's worker does, so a task never inherits a broken or timed-out connection.
 
-    ``CELERY_DB_REUSE_MAX`` (Django settings or the app's) keeps connections for that many
+    ``db_reuse_max`` (``CELERY_DB_REUSE_MAX`` in Django settings) keeps connections for that many
     tasks per thread, as Celery's setting does per process. Handlers run on the thread that
     runs the task (def) or on a loop thread (async def); the reuse counters are per thread,
     in a dict under ``_counts_lock``.
@@ -126,7 +126,7 @@ class DjangoWorkerFixup:
         self.app = app
         self._db = importlib.import_module("django.db")
         self._cache = importlib.import_module("django.core.cache")
-        reuse = getattr(settings, "CELERY_DB_REUSE_MAX", None)
+        reuse = app.conf.get("db_reuse_max") or getattr(settings, "CELERY_DB_REUSE_MAX", None)
         self.db_reuse_max: int | None = int(reuse) if reuse else None
         self._counts: dict[int, int] = {}
         self._counts_lock = threading.Lock()
