@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from .. import _state
 from .._state import current_request, current_task_var
 from ..exceptions import ImproperlyConfigured
-from ..messaging.protocol import Message, build_task_message, uuid4_str
 from ..fixups import apply_builtin_fixups
+from ..messaging.protocol import Message, build_task_message, uuid4_str
 from ..signals import Signal
 from ..utils.clocks import LamportClock
 from ..utils.portal import Portal
