@@ -32,16 +32,14 @@ BACKENDS: dict[str, str] = {
     "db+sqlite": ".database:DatabaseBackend",
     "cache+memory": ".memory:MemoryBackend",
     "file": ".filesystem:FilesystemBackend",
+    # django-celery-results' alias, no "://": rows of its tables through Django's ORM.
+    "django-db": ".django:DjangoBackend",
 }
 
-#: django-celery-results' backend aliases: refused with the reason (docs/django.md).
-_DJANGO_CELERY_RESULTS = ("django-db", "django-cache")
-_DJANGO_CELERY_RESULTS_ERROR = (
-    "result_backend {url!r} (django-celery-results) is not supported: that package's "
-    "backend subclasses upstream Celery's BaseDictBackend (another contract than ours) "
-    "and the package requires celery>=5.2.3,<6.0, which pip would install over "
-    "celery-asyncio; choose a result backend of ours "
-    "(redis://, db+sqlite://, file://; see docs/django.md)")
+#: django-celery-results' cache backend: not built (docs/django.md).
+_DJANGO_CACHE_ERROR = (
+    "result_backend {url!r} (django-celery-results' Django-cache backend) is not supported: "
+    "use 'django-db' (its database tables, docs/django.md) or redis://")
 
 _SAFE_MODULES = {"builtins", "exceptions", "celery.exceptions"}
 
@@ -437,8 +435,10 @@ def backend_for_url(url: str | None, conf: Conf, **options: Any) -> ResultBacken
     ``conf`` and ``options`` (``portal``, ``confirm_published``, ...) go to its constructor."""
     if not url or url == "disabled":
         return DisabledBackend(conf, None, **options)
-    if url.split("://")[0].lower() in _DJANGO_CELERY_RESULTS:
-        raise ImproperlyConfigured(_DJANGO_CELERY_RESULTS_ERROR.format(url=url))
+    if url.lower() == "django-db":
+        return load_class(BACKENDS["django-db"], __package__)(conf, url, **options)
+    if url.split("://")[0].lower() == "django-cache":
+        raise ImproperlyConfigured(_DJANGO_CACHE_ERROR.format(url=url))
     if url in BACKENDS or "://" not in url:
         raise ImproperlyConfigured(
             f"Invalid result backend URL {url!r}; known schemes: {', '.join(sorted(BACKENDS))}"
