@@ -39,6 +39,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
     .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,uvloop,msgpack,metrics]" \
         "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7" \
         "pyyaml>=6" "django>=4.2" "psycopg>=3.1"
+    # django-celery-results requires upstream celery: without its dependencies (ci/setup.sh).
+    .venv-ft/bin/python -m pip install -q --no-deps "django-celery-results==2.6.0"
     echo "$want" > "$stamp"
 fi
 say ".venv-ft ready in $((SECONDS - start))s"

@@ -153,6 +153,19 @@ setup_postgres() {
         grep -q 1 || psql -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test'
 }
 
+# -- django-celery-results (the django-db result backend's tests) ---------------------------
+
+DJANGO_CELERY_RESULTS_VERSION=2.6.0
+
+setup_django_results() {
+    # It requires upstream celery, which would replace our package: installed without its
+    # dependencies (Django comes from the [django] extra); we use its models and migrations.
+    if ! .venv/bin/python -c 'import django_celery_results' 2>/dev/null; then
+        log "installing django-celery-results $DJANGO_CELERY_RESULTS_VERSION into .venv with --no-deps"
+        .venv/bin/python -m pip install -q --no-deps "django-celery-results==$DJANGO_CELERY_RESULTS_VERSION"
+    fi
+}
+
 # -- Flower and the browser its test drives (tests/integration/test_flower_browser.py) -----
 
 FLOWER_VERSION=2.2.0
@@ -183,4 +196,5 @@ fi
 setup_redis
 setup_rabbitmq
 setup_postgres
+setup_django_results
 setup_flower

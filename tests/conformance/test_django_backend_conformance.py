@@ -8,17 +8,18 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from celery import Celery, states
-from tests.conftest import need_server
+from tests.conftest import need_module, need_server
 
 from .backend_suite import BackendSuite
 
-pytest.importorskip("django")
-pytest.importorskip("django_celery_results")
-psycopg = pytest.importorskip("psycopg")
+need_module("django", "the django extra")
+need_module("django_celery_results", "pip install django-celery-results --no-deps")
+psycopg: Any = need_module("psycopg", "the django extra")
 
 SETTINGS = "tests.apps.django_results_settings"
 

@@ -65,8 +65,8 @@ def test_django_fixup_sets_up_django_and_discovers_installed_apps() -> None:
         """, EXAMPLE, DJANGO_SETTINGS_MODULE="proj.settings")
     assert "fixup ['DjangoFixup']" in out
     assert "ready-before False" in out and "ready-after True" in out  # setup at finalize
-    assert ("tasks demoapp.tasks.abump demoapp.tasks.bump demoapp.tasks.connection_open "
-            "proj.celery.debug_task") in out
+    assert ("tasks demoapp.tasks.abump demoapp.tasks.aconnection_open demoapp.tasks.bump "
+            "demoapp.tasks.connection_open proj.celery.debug_task") in out
     assert "task-class True" in out
     # config_from_object("django.conf:settings", namespace="CELERY") read CELERY_TASK_*.
     assert "settings 1800 True" in out
@@ -111,11 +111,28 @@ def test_db_reuse_max_keeps_connections_for_that_many_tasks(tmp_path: Path) -> N
     assert "open [True, True, True, False]" in out
 
 
-@pytest.mark.parametrize("url", ["django-db", "django-cache"])
-def test_django_celery_results_backends_are_refused_with_the_reason(url: str) -> None:
-    app = Celery("a", broker="memory://", backend=url, set_as_current=False, fixups=[])
+def test_django_cache_backend_is_refused_with_the_reason() -> None:
+    app = Celery("a", broker="memory://", backend="django-cache", set_as_current=False, fixups=[])
     try:
-        with pytest.raises(ImproperlyConfigured, match="django-celery-results.*BaseDictBackend"):
+        with pytest.raises(ImproperlyConfigured, match="django-cache.*not supported.*django-db"):
             _ = app.backend
     finally:
         app.close()
+
+
+def test_django_db_backend_says_what_it_needs(tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    out = _python(f"""
+        import django
+        from django.conf import settings
+        settings.configure(DATABASES={{"default": {{"ENGINE": "django.db.backends.sqlite3",
+                                                   "NAME": {str(tmp_path / "db.sqlite3")!r}}}}})
+        from celery import Celery
+        from celery.exceptions import ImproperlyConfigured
+        try:
+            Celery("a", broker="memory://", backend="django-db", fixups=[]).backend
+        except ImproperlyConfigured as exc:
+            print("refused:", exc)
+        """, tmp_path)
+    assert "refused: result_backend 'django-db' stores into django-celery-results' tables" in out
+    assert "INSTALLED_APPS" in out

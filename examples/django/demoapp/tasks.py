@@ -1,5 +1,6 @@
 """Tasks that use the ORM: a def task with the sync ORM, an async def task with the async ORM."""
 
+from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.models import F
 
@@ -31,3 +32,10 @@ def connection_open() -> bool:
     """Whether this thread's database connection was open when the task began (the worker
     closes it around each task, as Celery's does)."""
     return connection.connection is not None
+
+
+@shared_task
+async def aconnection_open() -> bool:
+    """Whether the connection of asgiref's thread (where the async ORM runs) was open when
+    this async task began (the worker closes it after each async task)."""
+    return await sync_to_async(lambda: connection.connection is not None)()

@@ -1,4 +1,5 @@
-"""Settings of the example project: PostgreSQL through psycopg 3, Celery's CELERY_* settings.
+"""Settings of the example project: PostgreSQL through psycopg 3, Celery's CELERY_* settings,
+results in the database through django-celery-results' tables.
 
 The database and broker come from the environment so the test suite can point them at its
 own; the defaults suit a local PostgreSQL with trust authentication.
@@ -19,6 +20,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    # Task results as rows of its tables (result_backend "django-db", docs/django.md);
+    # installed with `pip install django-celery-results --no-deps`.
+    "django_celery_results",
     "demoapp",
 ]
 
@@ -35,6 +39,7 @@ DATABASES = {
 }
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "sqlite:///celery-broker.db")
-CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "db+sqlite:///celery-results.db")
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
 CELERY_TASK_TRACK_STARTED = True
 CELERY_TASK_TIME_LIMIT = 30 * 60
