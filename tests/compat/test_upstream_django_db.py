@@ -25,7 +25,7 @@ psycopg: Any = need_module("psycopg", "the django extra")
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("UPSTREAM_DJANGO_VENV", ROOT / ".cache" / "upstream-django"))
 REQUIREMENTS = ["celery>=5.5,<6", "django>=4.2,<6", "django-celery-results==2.6.0",
-                "psycopg[binary]>=3.1"]
+                "psycopg>=3.1"]  # pure Python: also on free-threaded builds
 SETTINGS = "tests.apps.django_results_settings"
 
 
