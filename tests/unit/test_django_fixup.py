@@ -136,3 +136,37 @@ def test_django_db_backend_says_what_it_needs(tmp_path: Path) -> None:
         """, tmp_path)
     assert "refused: result_backend 'django-db' stores into django-celery-results' tables" in out
     assert "INSTALLED_APPS" in out
+
+
+def test_delay_on_commit_sends_when_the_transaction_commits(tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    out = _python(f"""
+        import django
+        from django.conf import settings
+        settings.configure(DATABASES={{"default": {{"ENGINE": "django.db.backends.sqlite3",
+                                                   "NAME": {str(tmp_path / "db.sqlite3")!r}}}}})
+        django.setup()
+        from django.db import transaction
+        from celery import Celery
+
+        app = Celery("a", broker="memory://", task_cls="celery.contrib.django.task:DjangoTask",
+                     fixups=[], task_always_eager=True)
+        ran = []
+
+        @app.task
+        def note(x):
+            ran.append(x)
+
+        with transaction.atomic():
+            print("returned", note.delay_on_commit(1))
+            print("inside", ran)
+        print("after", ran)
+        try:
+            with transaction.atomic():
+                note.apply_async_on_commit((2,))
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        print("rolled-back", ran)
+        """, tmp_path)
+    assert out.split("\n")[:4] == ["returned None", "inside []", "after [1]", "rolled-back [1]"]
