@@ -32,6 +32,8 @@ want=$(cat pyproject.toml ci/ft-test.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
     ! .venv-ft/bin/python -c 'import celery.bin.celery, pytest' 2>/dev/null; then
     say "installing the package with its default extras and the test tools into .venv-ft"
+    # psycopg without its [binary] C extension (the Django test's PostgreSQL driver): the
+    # pure-Python one loads the system's libpq with ctypes and leaves the GIL off.
     # hypothesis: its newest releases build a Rust part from crates.io for interpreters
     # without a wheel; a release with a pure-Python wheel does for the tests.
     # amqp: aio-pika for the RabbitMQ transport; kombu (pure Python): the reference the AMQP
@@ -39,7 +41,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
     # the deploy example's compose file.
     .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,amqp,uvloop,msgpack,metrics]" \
         "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7" \
-        "kombu>=5.3" "pyyaml>=6"
+        "kombu>=5.3" "pyyaml>=6" "django>=4.2" "psycopg>=3.1"
+    # django-celery-results requires upstream celery: without its dependencies (ci/setup.sh).
+    .venv-ft/bin/python -m pip install -q --no-deps "django-celery-results==2.6.0"
     echo "$want" > "$stamp"
 fi
 say ".venv-ft ready in $((SECONDS - start))s"

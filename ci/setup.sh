@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine (run as root, Python 3.11+ installed):
-# the .venv with the package and its dev tools, and the Redis and RabbitMQ servers the
+# the .venv with the package and its dev tools, and the Redis, RabbitMQ and PostgreSQL servers the
 # tests and the main job use, running on 127.0.0.1; Flower, selenium and Chromium for the
 # Flower browser test. Safe to run again: steps already
 # done are skipped.
@@ -123,6 +123,49 @@ setup_rabbitmq() {
     wait_for "RabbitMQ" port_open 5672
 }
 
+# -- PostgreSQL (tests/integration/test_django.py: the Django example's database) -----------
+
+postgres_up() { port_open 5432 && psql -h 127.0.0.1 -U postgres -d postgres -c 'SELECT 1'; }
+
+setup_postgres() {
+    if postgres_up >/dev/null 2>&1; then
+        log "PostgreSQL is already answering on 127.0.0.1:5432"
+    else
+        if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+            log "installing postgresql"
+            apt_install postgresql postgresql-client
+        fi
+        local version
+        version=$(ls /etc/postgresql | sort -V | tail -1)
+        # The tests connect as postgres without a password, over TCP on 127.0.0.1.
+        local hba=/etc/postgresql/$version/main/pg_hba.conf
+        if ! grep -qE '^host +all +all +127\.0\.0\.1/32 +trust' "$hba"; then
+            log "trusting local connections in $hba"
+            printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' |
+                cat - "$hba" > "$hba.new" && mv "$hba.new" "$hba"
+        fi
+        log "starting PostgreSQL $version"
+        pg_ctlcluster "$version" main start || pg_ctlcluster "$version" main reload ||
+            log "pg_ctlcluster exited with status $?"
+        wait_for "PostgreSQL" postgres_up
+    fi
+    psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" |
+        grep -q 1 || psql -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test'
+}
+
+# -- django-celery-results (the django-db result backend's tests) ---------------------------
+
+DJANGO_CELERY_RESULTS_VERSION=2.6.0
+
+setup_django_results() {
+    # It requires upstream celery, which would replace our package: installed without its
+    # dependencies (Django comes from the [django] extra); we use its models and migrations.
+    if ! .venv/bin/python -c 'import django_celery_results' 2>/dev/null; then
+        log "installing django-celery-results $DJANGO_CELERY_RESULTS_VERSION into .venv with --no-deps"
+        .venv/bin/python -m pip install -q --no-deps "django-celery-results==$DJANGO_CELERY_RESULTS_VERSION"
+    fi
+}
+
 # -- Flower and the browser its test drives (tests/integration/test_flower_browser.py) -----
 
 FLOWER_VERSION=2.2.0
@@ -152,4 +195,6 @@ if [ "${1:-}" = "--venv-only" ]; then
 fi
 setup_redis
 setup_rabbitmq
+setup_postgres
+setup_django_results
 setup_flower

@@ -37,6 +37,18 @@ def need_server(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+def need_module(name: str, install: str) -> object:
+    """Import ``name``; skip (locally) or fail (under CI) when it is not installed, saying how
+    to install it (``install``)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"{name} is not installed ({install})"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: tests needing a package must not skip)")
+        pytest.skip(message, allow_module_level=True)
+
+
 def flushed_redis_url(db: int) -> str:
     """URL of Redis database ``db`` after emptying it."""
     need_server("Redis", REDIS_HOST, REDIS_PORT)

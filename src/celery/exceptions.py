@@ -39,6 +39,7 @@ import builtins
 __all__ = [
     "BackendError",
     "CDeprecationWarning",
+    "FixupWarning",
     "BackendGetMetaError",
     "BackendStoreError",
     "CeleryError",
@@ -72,6 +73,10 @@ __all__ = [
 
 class CDeprecationWarning(DeprecationWarning):
     """Something Celery 5 still accepts and will drop (an old setting name)."""
+
+
+class FixupWarning(UserWarning):
+    """A fix-up (``celery.fixups.django``) that was asked for cannot be applied."""
 
 
 class CeleryError(Exception):

@@ -27,6 +27,9 @@ LAYERS = {
     "celery.result": 3,
     "celery.events": 3,
     "celery.app": 4,
+    # Fix-ups are applied by the app when it is made; Django's task class is the app's.
+    "celery.fixups": 4,
+    "celery.contrib.django": 4,
     "celery.worker": 5,
     "celery.contrib": 5,
     "celery.beat": 5,

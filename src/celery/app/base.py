@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _state
 from .._state import current_request, current_task_var
 from ..exceptions import ImproperlyConfigured
+from ..fixups import apply_builtin_fixups
 from ..messaging.protocol import Message, build_task_message, uuid4_str
 from ..signals import Signal
 from ..utils.clocks import LamportClock
@@ -82,6 +83,7 @@ class Celery:
         namespace: str | None = None,
         set_as_current: bool = True,
         task_cls: type[Task] | str | None = None,
+        fixups: Iterable[Any] | None = None,
         **settings: Any,
     ) -> None:
         self.main = main
@@ -126,6 +128,8 @@ class Celery:
         self.on_after_finalize = Signal("app.on_after_finalize")
         if set_as_current:
             _state.set_default_app(self)
+        #: Celery's fix-ups (``celery.fixups``): Django's when DJANGO_SETTINGS_MODULE is set.
+        self.fixups: list[Any] = apply_builtin_fixups(self) if fixups is None else list(fixups)
         _state.register_app(self)
 
     def __repr__(self) -> str:
@@ -169,7 +173,9 @@ class Celery:
     def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
                            related_name: str = "tasks", force: bool = False) -> None:
         """Import ``<package>.<related_name>`` for each package (now if ``force``, else when
-        the app is finalized: first access to ``app.tasks`` or worker start)."""
+        the app is finalized: first access to ``app.tasks`` or worker start). Without
+        ``packages``: Django's ``INSTALLED_APPS`` under the Django fix-up, as Celery; else
+        the ``imports`` setting."""
         self._pending_autodiscover.append((packages, related_name))
         if force or self._finalized:
             self._run_autodiscover()
@@ -178,6 +184,8 @@ class Celery:
         pending, self._pending_autodiscover = self._pending_autodiscover, []
         for packages, related_name in pending:
             pkgs = packages() if callable(packages) else packages
+            if pkgs is None and self.fixups:  # as Celery: Django's INSTALLED_APPS
+                pkgs = [pkg for fixup in self.fixups for pkg in fixup.autodiscover_tasks()]
             for pkg in pkgs or self.conf.imports or ():
                 module = f"{pkg}.{related_name}" if related_name else pkg
                 try:
@@ -197,6 +205,8 @@ class Celery:
                 logger.warning("%s", line)
             self.on_configure.send(sender=self)
             self.on_after_configure.send(sender=self, source=self.conf)
+            for fixup in self.fixups:  # Django: django.setup() before any task module
+                fixup.on_import_modules()
             for name in tuple(self.conf.imports or ()) + tuple(self.conf.include or ()):
                 importlib.import_module(name)
             self._run_autodiscover()

@@ -143,6 +143,9 @@ DEFAULTS: dict[str, Any] = {
     "enable_utc": True,
     "imports": (),
     "include": (),
+    # The Django fix-up's (Celery reads it as CELERY_DB_REUSE_MAX): keep Django's database
+    # connections for that many tasks per worker thread instead of closing them after each.
+    "db_reuse_max": None,
 }
 
 
@@ -195,16 +198,24 @@ class Settings(MutableMapping[str, Any]):
         ``CELERY_ACKS_LATE``) as Celery 5 reads them (``map_old_names``); other upper-case
         names (a module's own constants) are not settings.
         """
-        items = obj.items() if isinstance(obj, Mapping) else ((k, getattr(obj, k)) for k in dir(obj))
         prefix = f"{namespace.upper()}_" if namespace else None
+
+        def wanted(key: Any) -> bool:
+            if not isinstance(key, str) or key.startswith("_"):
+                return False
+            return key.startswith(prefix) if prefix else (key.islower() or key in OLD_NAMES)
+
+        if isinstance(obj, Mapping):
+            items = [(k, v) for k, v in obj.items() if wanted(k)]
+        else:
+            # Names are filtered before they are read: Django's LazySettings lists names
+            # that its __getattr__ refuses (lower-case ones of the defaults module).
+            items = [(k, getattr(obj, k)) for k in dir(obj) if wanted(k) and hasattr(obj, k)]
         found: dict[str, Any] = {}
         for key, value in items:
-            if not isinstance(key, str) or key.startswith("_"):
-                continue
             if prefix:
-                if key.startswith(prefix):
-                    self._data[key[len(prefix):].lower()] = value
-            elif key.islower() or key in OLD_NAMES:
+                self._data[key[len(prefix):].lower()] = value
+            else:
                 found[key] = value
         self._data.update(map_old_names(found))
 

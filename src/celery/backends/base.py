@@ -32,7 +32,14 @@ BACKENDS: dict[str, str] = {
     "db+sqlite": ".database:DatabaseBackend",
     "cache+memory": ".memory:MemoryBackend",
     "file": ".filesystem:FilesystemBackend",
+    # django-celery-results' alias, no "://": rows of its tables through Django's ORM.
+    "django-db": ".django:DjangoBackend",
 }
+
+#: django-celery-results' cache backend: not built (docs/django.md).
+_DJANGO_CACHE_ERROR = (
+    "result_backend {url!r} (django-celery-results' Django-cache backend) is not supported: "
+    "use 'django-db' (its database tables, docs/django.md) or redis://")
 
 _SAFE_MODULES = {"builtins", "exceptions", "celery.exceptions"}
 
@@ -428,6 +435,10 @@ def backend_for_url(url: str | None, conf: Conf, **options: Any) -> ResultBacken
     ``conf`` and ``options`` (``portal``, ``confirm_published``, ...) go to its constructor."""
     if not url or url == "disabled":
         return DisabledBackend(conf, None, **options)
+    if url.lower() == "django-db":
+        return load_class(BACKENDS["django-db"], __package__)(conf, url, **options)
+    if url.split("://")[0].lower() == "django-cache":
+        raise ImproperlyConfigured(_DJANGO_CACHE_ERROR.format(url=url))
     if url in BACKENDS or "://" not in url:
         raise ImproperlyConfigured(
             f"Invalid result backend URL {url!r}; known schemes: {', '.join(sorted(BACKENDS))}"

@@ -157,6 +157,11 @@ class Worker:
         if self.metrics_port is not None:  # before connecting: a port in use fails at once
             self.metrics = WorkerMetrics(self.hostname)
             self.metrics.serve(self.metrics_host, self.metrics_port)
+        # Before the loop runs, as Celery's (sync) start: handlers may use libraries that
+        # refuse to run inside an event loop (Django's ORM raises SynchronousOnlyOperation).
+        self.app.finalize()
+        signals.worker_init.send(sender=self)
+        signals.worker_process_init.send(sender=self)
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
@@ -171,9 +176,6 @@ class Worker:
 
     async def _main(self) -> int:
         app = self.app
-        self.app.finalize()
-        signals.worker_init.send(sender=self)
-        signals.worker_process_init.send(sender=self)
         transport = app.transport
         backend = app.backend
         await self._connect(transport)

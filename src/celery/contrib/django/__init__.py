@@ -1,0 +1,1 @@
+"""Django helpers (Celery's ``celery.contrib.django``)."""
