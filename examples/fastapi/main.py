@@ -8,10 +8,9 @@ one request waits for a slow task, the same process keeps answering others.
 
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException
-
 from celery.exceptions import TimeoutError as ResultTimeout
 from celery.result import AsyncResult
+from fastapi import FastAPI, HTTPException
 
 from .tasks import add, app, fail, slow_echo
 

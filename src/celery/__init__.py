@@ -12,8 +12,13 @@ from .utils import gil as _gil
 _gil.keep_off()
 _gil.watch()
 
-__version__ = "0.1.0"
-VERSION_BANNER = f"{__version__} (celery-asyncio)"
+#: This release of celery-asyncio (the distribution's version).
+__asyncio_version__ = "0.1.0"
+#: The Celery release whose API and wire formats this package follows, as Celery's own
+#: ``__version__``: libraries written for Celery read it to decide what they may use
+#: (sentry-sdk's CeleryIntegration refuses a Celery older than 4.4.7).
+__version__ = "5.5.0"
+VERSION_BANNER = f"{__asyncio_version__} (celery-asyncio)"
 
 __all__ = [
     "AsyncResult",

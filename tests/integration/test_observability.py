@@ -1,0 +1,97 @@
+"""OpenTelemetry's Celery instrumentation and sentry-sdk's CeleryIntegration, unchanged, on our
+worker (tests/integration/observability_run.py runs each in a process of its own, with
+in-memory exporters, against a real worker on Redis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..conftest import IN_CI, flushed_redis_url
+
+REDIS_DB = 5
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.redis
+
+
+def _need(module: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        if IN_CI:  # CI installs the 'observability' extra (ci/setup.sh, ci/ft-test.sh)
+            pytest.fail(f"{module} is not installed, and CI=true: install "
+                        "celery-asyncio[observability]")
+        pytest.skip(f"{module} is not installed (the 'observability' extra)")
+
+
+def observe(mode: str) -> dict[str, Any]:
+    url = flushed_redis_url(REDIS_DB)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "tests.integration.observability_run", mode,
+                           url], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, f"{done.stdout}\n{done.stderr}"
+    return json.loads(lines[-1][len("RESULT "):])  # type: ignore[no-any-return]
+
+
+def _span(spans: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    found = [span for span in spans if span["name"] == name]
+    assert len(found) == 1, (name, [span["name"] for span in spans])
+    return found[0]
+
+
+def test_opentelemetry_traces_a_send_and_its_execution_as_one_trace() -> None:
+    _need("opentelemetry.instrumentation.celery")
+    found = observe("otel")
+    # Its dependency check wants a distribution named "celery" (docs/monitoring.md).
+    assert found["refused_without_skip_dep_check"] is True
+    spans, ids = found["spans"], found["ids"]
+    for name, task_id in (("observed.add", ids["add"]), ("observed.aadd", ids["aadd"]),
+                          ("observed.boom", ids["boom"])):
+        producer = _span(spans, f"apply_async/{name}")
+        consumer = _span(spans, f"run/{name}")
+        assert producer["kind"] == "PRODUCER" and consumer["kind"] == "CONSUMER"
+        for span in (producer, consumer):
+            assert span["attributes"]["celery.task_name"] == name
+            assert span["attributes"]["messaging.message.id"] == task_id
+        # The worker's span continues the sender's trace (traceparent travelled in the
+        # message's headers and came back as a request attribute).
+        assert consumer["trace_id"] == producer["trace_id"]
+        assert consumer["parent_id"] == producer["span_id"]
+        assert consumer["attributes"]["celery.action"] == "run"
+        assert consumer["attributes"]["celery.hostname"]
+    assert _span(spans, "run/observed.add")["attributes"]["celery.state"] == "SUCCESS"
+    failed = _span(spans, "run/observed.boom")
+    assert failed["attributes"]["celery.state"] == "FAILURE"
+    assert failed["status"] == "ERROR"
+    [exception] = [event for event in failed["events"] if event["name"] == "exception"]
+    assert exception["attributes"]["exception.type"] == "ValueError"
+    assert exception["attributes"]["exception.message"] == "boom 7"
+
+
+def test_sentry_captures_a_task_error_with_the_task_name_in_the_senders_trace() -> None:
+    _need("sentry_sdk")
+    found = observe("sentry")
+    recorded, ids = found["recorded"], found["ids"]
+    [error] = [item for item in recorded if item["item"] == "event"]
+    [value] = error["exception"]["values"]
+    assert (value["type"], value["value"]) == ("ValueError", "boom 7")
+    assert value["mechanism"] == {"type": "celery", "handled": False}
+    assert error["tags"]["celery_task_id"] == ids["boom"]
+    assert error["extra"]["celery-job"]["task_name"] == "observed.boom"
+    assert error["transaction"] == "observed.boom"
+    # The worker's transaction for the task continues the trace the sender was in.
+    runs = {item["transaction"]: item for item in recorded
+            if item["item"] == "transaction" and item["transaction"].startswith("observed.")}
+    assert set(runs) == {"observed.boom", "observed.add"}
+    assert runs["observed.boom"]["contexts"]["trace"]["op"] == "queue.task.celery"
+    assert runs["observed.boom"]["contexts"]["trace"]["trace_id"] == ids["sent_trace"]
+    assert error["contexts"]["trace"]["trace_id"] == ids["sent_trace"]
