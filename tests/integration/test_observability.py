@@ -95,3 +95,64 @@ def test_sentry_captures_a_task_error_with_the_task_name_in_the_senders_trace() 
     assert runs["observed.boom"]["contexts"]["trace"]["op"] == "queue.task.celery"
     assert runs["observed.boom"]["contexts"]["trace"]["trace_id"] == ids["sent_trace"]
     assert error["contexts"]["trace"]["trace_id"] == ids["sent_trace"]
+
+
+def test_a_replaced_build_tracer_wraps_each_def_task_execution(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """As Sentry replaces it: built once per task, called as Celery calls a tracer; one that
+    raises, or never runs the execution, costs the task nothing; async def tasks bypass it."""
+    from celery import Celery, signals
+    from celery.app import trace
+
+    from .worker_harness import running_worker
+
+    url = flushed_redis_url(REDIS_DB)
+    app = Celery("hooked", broker=url, backend=url)
+    built: list[str] = []
+    calls: list[tuple[str, str, tuple[Any, ...], str | None]] = []
+    original = trace.build_tracer
+
+    def build_tracer(name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
+        built.append(name)
+        inner = original(name, task, *args, **kwargs)
+
+        def traced(uuid: str, args: Any, kwargs: Any, request: Any = None) -> Any:
+            mode = args[0]
+            calls.append((name, uuid, tuple(args), request.get("id")))
+            if mode == "raise":
+                raise RuntimeError("tracer bug")
+            if mode == "skip":
+                return None
+            return inner(uuid, args, kwargs, request)
+
+        return traced
+
+    @app.task(name="hooked.echo")
+    def echo(mode: str) -> str:
+        return mode
+
+    @app.task(name="hooked.aecho")
+    async def aecho(mode: str) -> str:
+        return mode
+
+    prerun: list[tuple[str, str | None]] = []
+
+    def on_prerun(task_id: str, task: Any, **_: Any) -> None:
+        prerun.append((task_id, task.request.id))
+
+    monkeypatch.setattr(trace, "build_tracer", build_tracer)
+    signals.task_prerun.connect(on_prerun)
+    try:
+        with running_worker(app):
+            results = [echo.delay(mode) for mode in ("run", "raise", "skip", "run")]
+            assert [r.get(timeout=10) for r in results] == ["run", "raise", "skip", "run"]
+            assert aecho.delay("async").get(timeout=10) == "async"
+    finally:
+        signals.task_prerun.disconnect(on_prerun)
+        app.close()
+    assert built == ["hooked.echo"]
+    assert sorted(calls) == sorted(("hooked.echo", r.id, (mode,), r.id) for r, mode in
+                                   zip(results, ("run", "raise", "skip", "run"), strict=True))
+    assert "the tracer" in caplog.text and "RuntimeError('tracer bug')" in caplog.text
+    # task_prerun sees the execution's own request; each def task ran once.
+    assert len(prerun) == 5 and all(task_id == seen for task_id, seen in prerun)
