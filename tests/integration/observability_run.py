@@ -1,7 +1,7 @@
 """Run OpenTelemetry's Celery instrumentation or sentry-sdk's CeleryIntegration against a real
 worker (in a thread) on Redis, in a process of its own, and print what they recorded as JSON.
 
-``python -m tests.integration.observability_run otel|sentry REDIS_URL``
+``python -m tests.integration.observability_run otel|sentry|sentry-beat REDIS_URL``
 
 Both libraries patch process-wide state (signal receivers; Task, Celery and
 ``celery.app.trace`` functions): run here, they never reach the other tests' processes.
@@ -34,6 +34,11 @@ def make_app(url: str) -> Celery:
     @app.task(name="observed.boom")
     def boom(x: int) -> None:
         raise ValueError(f"boom {x}")
+
+    @app.task(name="observed.aboom")
+    async def aboom(x: int) -> None:
+        await asyncio.sleep(0)
+        raise KeyError(f"aboom {x}")
 
     return app
 
@@ -103,9 +108,23 @@ def run_sentry(url: str) -> dict[str, Any]:
     sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", transport=RecordingTransport,
                     integrations=[CeleryIntegration()], traces_sample_rate=1.0,
                     default_integrations=False)
+    from celery.signals import task_failure
+
+    # docs/monitoring.md's recipe for async def tasks, which the integration does not see.
+    def report_async_failure(sender: Any, exception: BaseException, **_: Any) -> None:
+        if sender.is_async:
+            sentry_sdk.capture_exception(exception)
+
+    task_failure.connect(report_async_failure, weak=False)
     app = make_app(url)
     ids: dict[str, str] = {}
     with running_worker(app):
+        async_failed = app.tasks["observed.aboom"].delay(9)
+        ids["aboom"] = async_failed.id
+        try:
+            async_failed.get(timeout=10)
+        except KeyError:
+            pass
         with sentry_sdk.start_transaction(name="web-request", op="http.server") as outer:
             failed = app.tasks["observed.boom"].delay(7)
             ids["sent_trace"] = outer.trace_id
@@ -119,9 +138,54 @@ def run_sentry(url: str) -> dict[str, Any]:
     return {"ids": ids, "recorded": recorded}
 
 
+def run_sentry_beat(url: str) -> dict[str, Any]:
+    """Sentry Crons through our beat Scheduler: check-ins for an interval and a crontab entry,
+    in progress when sent, then OK or ERROR as the worker reports them."""
+    import time
+    from datetime import timedelta
+
+    import sentry_sdk
+    from sentry_sdk.envelope import Envelope
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.transport import Transport
+
+    from celery.beat import Scheduler
+    from celery.schedules import crontab, schedule
+
+    checkins: list[dict[str, Any]] = []
+
+    class RecordingTransport(Transport):
+        def capture_envelope(self, envelope: Envelope) -> None:
+            for item in envelope.items:
+                if item.type == "check_in" and item.payload.json is not None:
+                    checkins.append(item.payload.json)
+
+    sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", transport=RecordingTransport,
+                    integrations=[CeleryIntegration(monitor_beat_tasks=True)],
+                    default_integrations=False)
+    app = make_app(url)
+    app.conf.beat_schedule = {
+        "add-every-minute": {"task": "observed.add", "schedule": schedule(timedelta(minutes=1)),
+                             "args": (1, 2)},
+        "boom-hourly": {"task": "observed.boom", "schedule": crontab(minute="5"), "args": (3,)},
+    }
+    with running_worker(app):
+        scheduler = Scheduler(app)
+        for name in ("add-every-minute", "boom-hourly"):
+            scheduler.apply_entry(scheduler.schedule[name])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            sentry_sdk.flush(1)
+            if sum(c["status"] != "in_progress" for c in checkins) >= 2:
+                break
+            time.sleep(0.1)
+    return {"checkins": checkins}
+
+
 def main() -> None:
     mode, url = sys.argv[1], sys.argv[2]
-    found = run_otel(url) if mode == "otel" else run_sentry(url)
+    runs = {"otel": run_otel, "sentry": run_sentry, "sentry-beat": run_sentry_beat}
+    found = runs[mode](url)
     print("RESULT " + json.dumps(found, default=str))
 
 
