@@ -100,6 +100,10 @@ def test_sentry_captures_a_task_error_with_the_task_name_in_the_senders_trace() 
             if item["item"] == "transaction" and item["transaction"].startswith("observed.")}
     assert set(runs) == {"observed.boom", "observed.add"}  # not observed.aboom (async def)
     assert runs["observed.boom"]["contexts"]["trace"]["op"] == "queue.task.celery"
+    [process] = [span for span in runs["observed.boom"]["spans"] if span["op"] == "queue.process"]
+    assert process["data"]["messaging.message.id"] == ids["boom"]
+    assert process["data"]["messaging.system"] == "redis"
+    assert process["data"]["messaging.destination.name"] == "celery"
     assert runs["observed.boom"]["contexts"]["trace"]["trace_id"] == ids["sent_trace"]
     assert error["contexts"]["trace"]["trace_id"] == ids["sent_trace"]
 
