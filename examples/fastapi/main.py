@@ -47,9 +47,11 @@ async def add_later(x: int, y: int) -> dict[str, str]:
 
 @api.get("/tasks/{task_id}")
 async def task_state(task_id: str) -> dict[str, object]:
-    """A task's state, and its result once it has one (does not wait)."""
+    """A task's state, and its result once it has one (does not wait). ``astate()`` reads
+    the result store without blocking the loop (``result.state`` would); once the state is
+    ready it is kept, so ``result.result`` reads nothing more."""
     result = AsyncResult(task_id, app=app)
-    state = result.state
+    state = await result.astate()
     body: dict[str, object] = {"task_id": task_id, "state": state}
     if state == "SUCCESS":
         body["result"] = result.result

@@ -75,6 +75,8 @@ async def test_handlers_await_task_results(served: str) -> None:
                 break
             await asyncio.sleep(0.05)
         assert state == {"task_id": task_id, "state": "SUCCESS", "result": 2}
+        unknown = (await client.get("/tasks/no-such-task")).json()
+        assert unknown == {"task_id": "no-such-task", "state": "PENDING"}
         failed = await client.get("/fail", params={"message": "no luck"})
         assert failed.status_code == 500
         assert "ValueError('no luck')" in failed.json()["detail"]
