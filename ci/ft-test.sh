@@ -3,7 +3,10 @@
 # ci/ft-python.sh (cached outside the checkout), in .venv-ft with the package's default
 # extras ([redis,amqp,uvloop,msgpack]: their C extensions are built from source by pip where PyPI
 # has no free-threaded wheel), and [metrics] (prometheus-client: pure Python, no required
-# dependencies; tests/integration/test_metrics.py fails under CI without it). The GIL must
+# dependencies; tests/integration/test_metrics.py fails under CI without it), [fastapi] and
+# [observability] (the FastAPI example's and the tracing libraries' tests fail under CI
+# without them; the tracing libraries run in processes of their own there, so a C extension
+# of theirs that turned the GIL on would not reach the rest of the suite). The GIL must
 # stay off: PYTHON_GIL is left unset, and the tests in tests/integration/test_free_threading.py
 # check it in a running worker.
 # Extra arguments go to pytest.
@@ -35,11 +38,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
     # psycopg without its [binary] C extension (the Django test's PostgreSQL driver): the
     # pure-Python one loads the system's libpq with ctypes and leaves the GIL off.
     # hypothesis: its newest releases build a Rust part from crates.io for interpreters
-    # without a wheel; a release with a pure-Python wheel does for the tests.
+    # without a wheel; a release with a pure-Python wheel does for the tests. pydantic-core
+    # (FastAPI's, through pydantic) likewise: its newest releases may have no free-threaded
+    # wheel yet, and building one needs crates.io; pip then takes the newest pydantic whose
+    # pydantic-core has one.
     # amqp: aio-pika for the RabbitMQ transport; kombu (pure Python): the reference the AMQP
     # topology tests compare our declarations with; pyyaml: the yaml serializer's tests and
     # the deploy example's compose file.
-    .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,amqp,uvloop,msgpack,metrics]" \
+    .venv-ft/bin/python -m pip install -q --only-binary=hypothesis,pydantic-core -e ".[redis,amqp,uvloop,msgpack,metrics,fastapi,observability]" \
         "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7" \
         "kombu>=5.3" "pyyaml>=6" "django>=4.2" "psycopg>=3.1"
     # django-celery-results requires upstream celery: without its dependencies (ci/setup.sh).

@@ -61,7 +61,9 @@ if OURS:
 
 
 def version() -> str:
-    return f"{'celery-asyncio' if OURS else 'celery'} {celery.__version__}"
+    if OURS:  # our __version__ is the Celery release we follow; ours is __asyncio_version__
+        return f"celery-asyncio {celery.__asyncio_version__}"
+    return f"celery {celery.__version__}"
 
 
 def worker_command(python: str, args: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .utils import gil as _gil
 
@@ -12,8 +12,25 @@ from .utils import gil as _gil
 _gil.keep_off()
 _gil.watch()
 
-__version__ = "0.1.0"
-VERSION_BANNER = f"{__version__} (celery-asyncio)"
+#: This release of celery-asyncio (the distribution's version).
+__asyncio_version__ = "0.1.0"
+#: The Celery release whose API and wire formats this package follows, as Celery's own
+#: ``__version__``: libraries written for Celery read it to decide what they may use
+#: (sentry-sdk's CeleryIntegration refuses a Celery older than 4.4.7).
+__version__ = "5.5.0"
+VERSION_BANNER = f"{__asyncio_version__} (celery-asyncio)"
+
+
+class version_info_t(NamedTuple):  # noqa: N801 - Celery's name
+    major: int
+    minor: int
+    micro: int
+    releaselevel: str
+    serial: str
+
+
+#: ``__version__`` as a tuple, as Celery's ``celery.VERSION`` (``celery.VERSION >= (5, 0)``).
+VERSION = version_info = version_info_t(5, 5, 0, "", "")
 
 __all__ = [
     "AsyncResult",

@@ -42,6 +42,16 @@ def make_request(headers: dict | None = None, acks_late: bool = True) -> Request
     return Request(delivery, add, "units.add", "id-1", acks_late, True)
 
 
+def test_headers_of_the_senders_own_are_request_attributes_that_replace_nothing() -> None:
+    headers = {**HEADERS, "traceparent": "00-abc-def-01", "retries": 5, "hostname": "forged",
+               "soft_deadline": 1.0, "children": ["forged"], "halt": "forged"}
+    ctx = make_request(headers).context([1, 2], {}, {}, "worker@host")
+    assert ctx.traceparent == "00-abc-def-01"  # type: ignore[attr-defined]
+    assert ctx.get("traceparent") == "00-abc-def-01"
+    assert ctx.retries == 5 and ctx.hostname == "worker@host"
+    assert ctx.soft_deadline is None and ctx.children == [] and ctx.halt is None
+
+
 def test_context_has_every_field_celery_fills() -> None:
     req = make_request()
     ctx = req.context([1, 2], {"k": 1}, EMBED, "worker@host")
@@ -55,6 +65,7 @@ def test_context_has_every_field_celery_fills() -> None:
         "delivery_info": {"routing_key": "celery"}, "hostname": "worker@host",
         "headers": req.headers, "properties": req.delivery.message.properties,
         "is_eager": False, "called_directly": False, "acks_late": True, "children": [],
+        "lang": "py",  # every header is a request attribute, as in Celery
     }
     assert ctx.as_dict() == expected
     assert ctx.get("root_id") == "root-1" and ctx.get("nothing", "dflt") == "dflt"

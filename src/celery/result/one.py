@@ -147,6 +147,11 @@ class AsyncResult(ResultBase):
 
     status = state
 
+    async def astate(self) -> str:
+        """``state`` for the running event loop: reads the result store without blocking it.
+        A ready state is kept, so ``result``, ``traceback``, ... then read nothing more."""
+        return (await self._aget_meta())["status"]
+
     @property
     def result(self) -> Any:
         """The return value, or the exception when the task failed (no exception raised)."""

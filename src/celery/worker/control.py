@@ -432,9 +432,9 @@ class ControlServer:
         return out
 
     def do_report(self, **_: Any) -> dict[str, Any]:
-        from .. import __version__
+        from .. import __asyncio_version__
 
-        return ok(f"software -> celery-asyncio:{__version__}\nbroker -> {_masked(self.app.broker_url)}")
+        return ok(f"software -> celery-asyncio:{__asyncio_version__}\nbroker -> {_masked(self.app.broker_url)}")
 
 
 def queue_as_dict(name: str) -> dict[str, Any]:

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Halt", "Outcome", "Request"]
 
+#: Request attributes the worker sets itself: a message header of the same name never
+#: becomes one.
+_WORKER_ONLY = frozenset({"children", "halt", "soft_deadline"})
+
 logger = logging.getLogger("celery.worker.consumer")
 
 
@@ -162,7 +166,7 @@ class Request:
         h = dict(self.headers)
         g = h.get
         props = dict(self.delivery.message.properties)
-        return Context.of({  # a dict display: cheaper than 30 keyword arguments
+        fields = {  # a dict display: cheaper than 30 keyword arguments
             "id": self.id, "task": self.name, "args": args, "kwargs": kwargs,
             "retries": g("retries", 0) or 0, "eta": g("eta"), "expires": g("expires"),
             "group": g("group"), "group_index": g("group_index"),
@@ -176,7 +180,14 @@ class Request:
             "delivery_info": self.delivery.delivery_info, "hostname": hostname, "headers": h,
             "properties": props, "is_eager": False, "called_directly": False,
             "acks_late": self.acks_late,
-        })
+        }
+        # Every header is a request attribute, as in Celery: the sender's own
+        # (``apply_async(headers=...)``, a tracer's ``traceparent``) included; none replaces
+        # the fields above.
+        for key, value in h.items():
+            if key not in fields and key not in _WORKER_ONLY:
+                fields[key] = value
+        return Context.of(fields)
 
 
 @dataclass(slots=True)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
 from .._state import current_request, current_task_var
+from ..app import trace
 from ..app.handlers import before_start_call, handler_calls, overridden_handlers
 from ..app.task import Context
 from ..canvas.effects import Duty, adrive, drive
@@ -55,7 +56,9 @@ __all__ = ["Tracer"]
 #: Longest repr of a result in a ``task-succeeded`` event (Celery's ``Task.resultrepr_maxsize``).
 RESULTREPR_MAXSIZE = 1024
 
-logger = logging.getLogger("celery.worker.tracer")
+# Celery's name for the task execution log lines (logging configurations, and integrations
+# such as sentry-sdk's, refer to it).
+logger = logging.getLogger("celery.app.trace")
 
 
 class Tracer:
@@ -104,6 +107,11 @@ class Tracer:
         soft = req.limits[1]
         if soft is not None:
             ctx.soft_deadline = start + soft
+        return body, ctx
+
+    def _started(self, req: Request, body: TaskBody, ctx: Context) -> None:
+        """``task_prerun`` and the STARTED state, once ``task.request`` is this execution's
+        (as Celery sends it: receivers such as OpenTelemetry's read the request there)."""
         task = req.task
         if signals.task_prerun.receivers:
             signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=body.args,
@@ -113,7 +121,6 @@ class Tracer:
             meta = self.backend.prepare_meta(
                 req.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}, None, ctx)
             self.interim(Outcome(req, states.STARTED, self.backend.encode(meta), 0.0, interim=True))
-        return body, ctx
 
     def run_sync(self, req: Request) -> Outcome:
         start = time.monotonic()
@@ -121,10 +128,39 @@ class Tracer:
         if isinstance(begun, Outcome):
             return begun
         body, ctx = begun
+        hooked = trace.hooked_tracer(req.task, self.hostname)
+        if hooked is None:
+            return self._run_sync(req, body, ctx, start)
+        return self._run_hooked(hooked, req, body, ctx, start)
+
+    def _run_hooked(self, hooked: trace.TraceFn, req: Request, body: TaskBody, ctx: Context,
+                    start: float) -> Outcome:
+        """Run the execution inside the tracer an integration built (app/trace.py). Its own
+        failure never loses the task's outcome: logged, and the execution runs (or counts)
+        without it."""
+        entered: list[bool] = []
+        done: list[Outcome] = []
+
+        def execution() -> Outcome:
+            entered.append(True)
+            done.append(self._run_sync(req, body, ctx, start))
+            return done[0]
+
+        try:
+            trace.run_traced(hooked, req.id, body.args, body.kwargs, ctx, execution)
+        except Exception as exc:
+            if entered and not done:
+                raise  # ours, from inside the execution: never run the task twice
+            logger.error("Task %s[%s]: the tracer %r (celery.app.trace.build_tracer) raised: "
+                         "%r", req.name, req.id, hooked, exc)
+        return done[0] if done else self._run_sync(req, body, ctx, start)
+
+    def _run_sync(self, req: Request, body: TaskBody, ctx: Context, start: float) -> Outcome:
         task = req.task
         t_task, t_req = current_task_var.set(task), current_request.set(ctx)
         app = self.app
         try:
+            self._started(req, body, ctx)
             try:
                 if "before_start" in overridden_handlers(type(task)):
                     drive(before_start_call(task, ctx), app)
@@ -169,6 +205,7 @@ class Tracer:
         task, app = req.task, self.app
         current_task_var.set(task)
         current_request.set(ctx)
+        self._started(req, body, ctx)
         soft = _SoftLimit(req.limits[1])
         try:
             if "before_start" in overridden_handlers(type(task)):
@@ -340,7 +377,8 @@ class Tracer:
         if req.store_result or req.task.store_errors_even_if_ignored:
             payload = self._encode_error(req, states.RETRY, reason, einfo.traceback, ctx)
         if signals.task_retry.receivers:
-            signals.task_retry.send(sender=req.task, request=ctx, reason=exc, einfo=einfo)
+            signals.task_retry.send(sender=req.task, request=ctx, reason=exc,
+                                    einfo=einfo.for_signal())
         return Outcome(req, states.RETRY, payload, runtime)
 
     def _retry_event(self, req: Request, exc: Retry) -> None:
@@ -367,7 +405,7 @@ class Tracer:
             signals.task_failure.send(sender=req.task, task_id=req.id, exception=exc,
                                       args=getattr(ctx, "args", None),
                                       kwargs=getattr(ctx, "kwargs", None),
-                                      traceback=exc.__traceback__, einfo=einfo)
+                                      traceback=exc.__traceback__, einfo=einfo.for_signal())
         outcome = Outcome(req, states.FAILURE, payload, runtime, einfo=einfo)
         if self.event_fields:
             outcome.event_fields = {"exception": saferepr(exc), "traceback": einfo.traceback}
