@@ -1,0 +1,386 @@
+"""``db+<SQLAlchemy URL>``: results in upstream Celery's SQL tables (PostgreSQL, MySQL, ...).
+
+``db+postgresql://user@host/db``, ``db+postgresql+psycopg://...``, ``db+mysql+pymysql://...``
+or any SQLAlchemy 2 URL after ``db+`` (``db+sqlite://`` is the separate, stdlib SQLite
+backend in ``database.py``). Rows are upstream's ``celery_taskmeta``/``celery_tasksetmeta``
+(``sql_tables.py``), so upstream Celery reads our results and we read its.
+
+What differs from upstream's backend, and why:
+
+* A stored SUCCESS is never overwritten (a redelivered task must not clobber its result),
+  as on our other backends; upstream overwrites it.
+* Rows whose ``date_done`` is older than ``result_expires`` read as missing (PENDING), and
+  writes delete them at most every ``CLEANUP_INTERVAL`` seconds; ``cleanup()`` (Celery's
+  ``backend_cleanup``) deletes them all, as upstream's does.
+* ``children``, ``group_id``, ``parent_id`` and stamps are not stored: upstream's tables
+  have no columns for them either.
+* Chords are joined by ``celery.chord_unlock`` polling the header's rows, as upstream does
+  for this backend.
+
+The engine is SQLAlchemy's synchronous one, with the driver the URL names; its calls run on
+this backend's ``BlockingIO`` threads, never on an event loop (any DB-API driver works, and
+a pooled connection is never shared by two threads). ``database_engine_options`` go to
+``create_engine`` (upstream's defaults: ``pool_pre_ping``, ``pool_recycle=3600``).
+Waiting (``await_ready``) re-reads when a write in this process notifies, and polls for
+other processes' writes from 10 ms, backing off to ``POLL_LONGEST``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from .. import states
+from ..exceptions import BackendError, ConnectionLost, ImproperlyConfigured
+from ..messaging import serialization
+from ..transport.embedded import BlockingIO, wakeup_for
+from .base import Conf, ResultBackend
+from .polling import forget_pollers
+from .sql_tables import (
+    EXTENDED,
+    Tables,
+    dump_group,
+    dump_result,
+    from_db_time,
+    load_group,
+    load_result,
+    to_db_time,
+)
+
+__all__ = ["CLEANUP_INTERVAL", "SQLBackend"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Writes delete expired rows at most this often (seconds).
+CLEANUP_INTERVAL = 60.0
+#: Longest pause between two polls of a waited-for result (seconds).
+POLL_LONGEST = 0.25
+#: Task ids per SELECT.
+_CHUNK = 500
+_PICKLE = "application/x-python-serialize"
+
+
+class SQLBackend(ResultBackend):
+    """Results in upstream Celery's SQL tables; see the module docstring.
+
+    Thread-safety: every method may be called from any thread and coroutines awaited on any
+    loop. The engine (its pool is thread-safe) is made once under ``_lock``, which also
+    guards ``_tables_ready`` and ``_next_cleanup``; each statement checks out its own
+    connection on a ``BlockingIO`` thread.
+    """
+
+    def __init__(self, conf: Conf, url: str | None = None, **options: Any) -> None:
+        engine_options = options.pop("engine_options", None)
+        super().__init__(conf, url, **options)
+        if not url or not url.lower().startswith("db+"):
+            raise ImproperlyConfigured(f"Not a database result backend URL: {url!r}")
+        try:
+            self.sa_url = sa.engine.make_url(url[3:])
+        except sa_exc.ArgumentError as exc:
+            raise ImproperlyConfigured(f"Invalid database result backend URL: {exc}") from None
+        self.engine_options = {**(conf.get("database_engine_options") or {}),
+                               **(engine_options or {})}
+        callback = conf.get("database_engine_callback")
+        if isinstance(callback, str):
+            from ..transport.registry import load_class
+
+            spec = callback if ":" in callback else ":".join(callback.rsplit(".", 1))
+            callback = load_class(spec, "")
+        if callback is not None and not callable(callback):
+            raise ImproperlyConfigured(
+                f"database_engine_callback must be callable, got {callback!r}")
+        self._engine_callback: Callable[[sa.Engine], Any] | None = callback
+        self.tables = Tables(conf.get("database_table_names"), conf.get("database_table_schemas"))
+        self._columns = self.tables.task_columns(self.extended)
+        self.trusted = _PICKLE in self.accept
+        self.io = BlockingIO("celery-sql-backend", int(self.options.get("io_threads", 4)))
+        label = self.sa_url.render_as_string(hide_password=True)
+        self._label = f"SQL result backend {label}"
+        self._wakeup = wakeup_for(f"{label}#{self.tables.task.fullname}")
+        self._lock = threading.Lock()
+        self._engine: sa.Engine | None = None
+        self._tables_ready = False
+        self._next_cleanup = 0.0
+        if conf.get("database_create_tables_at_setup", True):
+            try:
+                self._run(lambda conn: None)
+            except ConnectionLost as exc:  # as upstream, a later use tries again
+                logger.warning("%s: tables not created at setup: %s", self._label, exc)
+
+    def __repr__(self) -> str:
+        return f"<SQLBackend {self._label}>"
+
+    # -- engine, connections and errors ----------------------------------------------------
+
+    def _get_engine(self) -> sa.Engine:
+        with self._lock:
+            if self._engine is None:
+                try:
+                    engine = sa.create_engine(self.sa_url, **self.engine_options)
+                except ImportError as exc:
+                    raise ImproperlyConfigured(
+                        f"The {self._label} needs the database driver {exc.name!r}: "
+                        f"install it, or name an installed one in the URL "
+                        f"(db+postgresql+psycopg://, db+mysql+pymysql://)") from None
+                except (sa_exc.ArgumentError, TypeError) as exc:
+                    raise ImproperlyConfigured(
+                        f"The {self._label} cannot be made with database_engine_options "
+                        f"{self.engine_options!r}: {exc}") from None
+                if self._engine_callback is not None:
+                    self._engine_callback(engine)
+                self._engine = engine
+            return self._engine
+
+    def _ensure_tables(self, engine: sa.Engine) -> None:
+        with self._lock:
+            if self._tables_ready:
+                return
+        # Another process may create them at the same time: a failed existence check is
+        # retried, as upstream does.
+        for attempt in range(10):
+            try:
+                self.tables.metadata.create_all(engine)
+                break
+            except sa_exc.DatabaseError:
+                if attempt == 9:
+                    raise
+                time.sleep(0.01 * 2 ** attempt)
+        with self._lock:
+            self._tables_ready = True
+
+    def _run(self, fn: Callable[[sa.Connection], T]) -> T:
+        """``fn(connection)`` in one transaction, on the calling thread; driver errors come
+        out as ConnectionLost (server unreachable) or BackendError. A unique-key conflict
+        (another writer inserted the same task or group since ``fn`` looked) runs ``fn``
+        once more: the row now exists."""
+        try:
+            engine = self._get_engine()
+            self._ensure_tables(engine)
+            try:
+                with engine.begin() as conn:
+                    return fn(conn)
+            except sa_exc.IntegrityError:
+                with engine.begin() as conn:
+                    return fn(conn)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise ConnectionLost(f"{self._label}: {_first_line(exc)}") from exc
+        except sa_exc.SQLAlchemyError as exc:
+            raise BackendError(f"{self._label}: {_first_line(exc)}") from exc
+
+    async def _arun(self, fn: Callable[[sa.Connection], T]) -> T:
+        return await self.io.run(self._run, fn)
+
+    def _cutoff(self) -> dt.datetime | None:
+        """Rows done before this (naive UTC) have expired; None: results never expire."""
+        if not self.expires:
+            return None
+        return dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=self.expires)
+
+    def _live(self, table: sa.Table) -> Any:
+        cutoff = self._cutoff()
+        if cutoff is None:
+            return sa.true()
+        return sa.or_(table.c.date_done.is_(None), table.c.date_done >= cutoff)
+
+    def _cleanup_due(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_cleanup:
+                return False
+            self._next_cleanup = now + CLEANUP_INTERVAL
+            return True
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def _row(self, task_id: str, payload: bytes) -> dict[str, Any]:
+        """The column values of one stored meta (``payload``: encoded by this backend)."""
+        content_type = serialization.serializer_by_name(self.serializer).content_type
+        meta = serialization.loads(payload, content_type)  # ours: trusted
+        row = {"task_id": task_id, "status": meta["status"],
+               "result": dump_result(meta.get("result")),
+               "date_done": to_db_time(meta.get("date_done")), "traceback": meta.get("traceback")}
+        if self.extended:
+            row.update({name: meta.get(name) for name in EXTENDED})
+            for name in ("args", "kwargs"):
+                row[name] = self.encode(meta.get(name))
+        return row
+
+    async def _aset_many(self, items: Sequence[tuple[str, bytes, str]]) -> None:
+        """Write every item in one transaction (in order: the last of a task's wins unless
+        a SUCCESS came first), then wake this process's waiters."""
+        if not items:
+            return
+        rows: dict[str, dict[str, Any]] = {}
+        for task_id, payload, _state in items:
+            if rows.get(task_id, {}).get("status") == states.SUCCESS:
+                continue
+            rows[task_id] = self._row(task_id, payload)
+        cleanup = self._cleanup_due()
+        await self._arun(lambda conn: self._store(conn, rows, cleanup))
+        self._wakeup.notify()
+
+    def _store(self, conn: sa.Connection, rows: dict[str, dict[str, Any]],
+               cleanup: bool) -> None:
+        table = self.tables.task
+        ids = list(rows)
+        existing: dict[str, tuple[str, dt.datetime | None]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            query = (sa.select(table.c.task_id, table.c.status, table.c.date_done)
+                     .where(table.c.task_id.in_(ids[start:start + _CHUNK])).with_for_update())
+            existing.update({r[0]: (r[1], r[2]) for r in conn.execute(query)})
+        cutoff = self._cutoff()
+        inserts, updates = [], []
+        for task_id, row in rows.items():
+            if task_id not in existing:
+                inserts.append(row)
+                continue
+            status, done = existing[task_id]
+            expired = cutoff is not None and done is not None and done < cutoff
+            if status != states.SUCCESS or expired:
+                updates.append({**row, "_task_id": task_id})
+        if inserts:
+            conn.execute(table.insert(), inserts)
+        if updates:
+            values: dict[str, Any] = {c.name: sa.bindparam(c.name) for c in self._columns if c.name != "task_id"}
+            conn.execute(table.update().where(table.c.task_id == sa.bindparam("_task_id"))
+                         .values(values), updates)
+        if cleanup and cutoff is not None:
+            self._delete_expired(conn, cutoff)
+
+    def _delete_expired(self, conn: sa.Connection, cutoff: dt.datetime) -> int:
+        count = conn.execute(sa.delete(self.tables.task)
+                             .where(self.tables.task.c.date_done < cutoff)).rowcount
+        conn.execute(sa.delete(self.tables.group).where(self.tables.group.c.date_done < cutoff))
+        return count
+
+    async def aget_raw(self, task_id: str) -> bytes | None:
+        """The task's meta encoded with ``result_serializer``, None when missing (any loop)."""
+        return (await self.aget_many_raw([task_id]))[task_id]
+
+    async def aget_many_raw(self, task_ids: Sequence[str]) -> dict[str, bytes | None]:
+        """Several tasks' metas, read in one round trip and encoded as our other backends
+        store them (None: missing or expired).
+
+        Raises:
+            DecodeError: a stored ``result`` column cannot be read (see sql_tables.py).
+        """
+        rows = await self._arun(lambda conn: self._read(conn, list(task_ids)))
+        found: dict[str, bytes | None] = dict.fromkeys(task_ids)
+        for row in rows:
+            found[row["task_id"]] = self.encode(self._meta(row))
+        return found
+
+    def _read(self, conn: sa.Connection, ids: list[str]) -> list[dict[str, Any]]:
+        table, out = self.tables.task, list[dict[str, Any]]()
+        for start in range(0, len(ids), _CHUNK):
+            query = (sa.select(*self._columns)
+                     .where(table.c.task_id.in_(ids[start:start + _CHUNK]), self._live(table)))
+            out.extend(dict(r._mapping) for r in conn.execute(query))
+        return out
+
+    def _meta(self, row: dict[str, Any]) -> dict[str, Any]:
+        task_id = row["task_id"]
+        meta = {"status": row["status"],
+                "result": load_result(row["result"], self.trusted, f"task {task_id}"),
+                "traceback": row["traceback"], "children": [],
+                "date_done": from_db_time(row["date_done"])}
+        if self.extended:
+            for name in EXTENDED:
+                meta[name] = row[name]
+            for name in ("args", "kwargs"):
+                if row[name] is not None:
+                    meta[name] = self.decode(bytes(row[name]))
+        meta["task_id"] = task_id
+        if meta["status"] in states.EXCEPTION_STATES and isinstance(meta["result"], BaseException):
+            meta["result"] = self.prepare_exception(meta["result"])
+        return meta
+
+    async def adelete(self, task_id: str) -> None:
+        """Forget the task's result (any loop)."""
+        table = self.tables.task
+        await self._arun(lambda conn: conn.execute(
+            sa.delete(table).where(table.c.task_id == task_id)))
+
+    async def await_ready(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        """Wait for a ready state: woken by writes in this process, polling for others.
+
+        Raises:
+            celery.exceptions.TimeoutError: not ready within ``timeout`` seconds.
+            celery.exceptions.ConnectionLost: the database could not be read.
+        """
+        return await self._poll_ready(task_id, timeout, self._wakeup, 0.01, POLL_LONGEST)
+
+    # -- saved groups (celery_tasksetmeta) ------------------------------------------------
+
+    async def _aset_group(self, group_id: str, payload: bytes, expires: float | None) -> None:
+        content_type = serialization.serializer_by_name(self.serializer).content_type
+        row = {"taskset_id": group_id,
+               "result": dump_group(serialization.loads(payload, content_type)["result"]),
+               "date_done": dt.datetime.now(dt.UTC).replace(tzinfo=None)}
+        table = self.tables.group
+
+        def save(conn: sa.Connection) -> None:
+            conn.execute(sa.delete(table).where(table.c.taskset_id == group_id))
+            conn.execute(table.insert(), [row])
+
+        await self._arun(save)
+
+    async def _aget_group(self, group_id: str) -> bytes | None:
+        table = self.tables.group
+        query = sa.select(table.c.result).where(table.c.taskset_id == group_id,
+                                                self._live(table))
+        raw = await self._arun(lambda conn: conn.execute(query).scalar())
+        if raw is None:
+            return None
+        return self.encode({"result": load_group(raw, group_id)})
+
+    async def _adelete_group(self, group_id: str) -> None:
+        table = self.tables.group
+        await self._arun(lambda conn: conn.execute(
+            sa.delete(table).where(table.c.taskset_id == group_id)))
+
+    # -- upkeep -----------------------------------------------------------------------------
+
+    async def acleanup(self) -> int:
+        """Delete every expired result and group; returns how many results (any loop)."""
+        cutoff = self._cutoff()
+        if cutoff is None:
+            return 0
+        return await self._arun(lambda conn: self._delete_expired(conn, cutoff))
+
+    def cleanup(self) -> int:
+        """Delete every expired result (Celery's ``backend_cleanup``); blocking."""
+        return self._call(self.acleanup())
+
+    async def ping(self) -> None:
+        """Connect and run ``SELECT 1`` (ConnectionLost if the server can't be reached)."""
+        await self._arun(lambda conn: conn.execute(sa.text("SELECT 1")))
+
+    async def aclose(self) -> None:
+        """Drop the running loop's result poller; connections are not bound to a loop."""
+        forget_pollers(self, asyncio.get_running_loop())
+
+    def close(self) -> None:
+        """Close the pool and the I/O threads. Idempotent; any thread."""
+        forget_pollers(self)
+        super().close()
+        with self._lock:
+            engine, self._engine = self._engine, None
+        self.io.close()
+        if engine is not None:
+            engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
