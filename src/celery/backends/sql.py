@@ -3,17 +3,18 @@
 ``db+postgresql://user@host/db``, ``db+postgresql+psycopg://...``, ``db+mysql+pymysql://...``
 or any SQLAlchemy 2 URL after ``db+`` (``db+sqlite://`` is the separate, stdlib SQLite
 backend in ``database.py``). Rows are upstream's ``celery_taskmeta``/``celery_tasksetmeta``
-(``sql_tables.py``), so upstream Celery reads our results and we read its.
+as Celery 5.7 writes them (``sql_tables.py``), so upstream Celery reads our results and we
+read its, including the pickled rows of older Celery.
 
 What differs from upstream's backend, and why:
 
 * A stored SUCCESS is never overwritten (a redelivered task must not clobber its result),
-  as on our other backends; upstream overwrites it.
+  as on our other backends and Celery 5.7 (older Celery overwrote it).
 * Rows whose ``date_done`` is older than ``result_expires`` read as missing (PENDING), and
   writes delete them at most every ``CLEANUP_INTERVAL`` seconds; ``cleanup()`` (Celery's
   ``backend_cleanup``) deletes them all, as upstream's does.
-* ``children``, ``group_id``, ``parent_id`` and stamps are not stored: upstream's tables
-  have no columns for them either.
+* ``group_id`` and ``parent_id`` are not stored: upstream's tables have no columns for
+  them either.
 * Chords are joined by ``celery.chord_unlock`` polling the header's rows, as upstream does
   for this backend.
 
@@ -46,12 +47,12 @@ from .base import Conf, ResultBackend
 from .polling import forget_pollers
 from .sql_tables import (
     EXTENDED,
+    PICKLE_MARK,
     Tables,
     dump_group,
-    dump_result,
     from_db_time,
     load_group,
-    load_result,
+    load_pickled,
     to_db_time,
 )
 
@@ -74,7 +75,7 @@ class SQLBackend(ResultBackend):
 
     Thread-safety: every method may be called from any thread and coroutines awaited on any
     loop. The engine (its pool is thread-safe) is made once under ``_lock``, which also
-    guards ``_tables_ready`` and ``_next_cleanup``; each statement checks out its own
+    guards ``_tables_ready``, ``_columns`` and ``_next_cleanup``; each statement checks out its own
     connection on a ``BlockingIO`` thread.
     """
 
@@ -100,7 +101,8 @@ class SQLBackend(ResultBackend):
                 f"database_engine_callback must be callable, got {callback!r}")
         self._engine_callback: Callable[[sa.Engine], Any] | None = callback
         self.tables = Tables(conf.get("database_table_names"), conf.get("database_table_schemas"))
-        self._columns = self.tables.task_columns(self.extended)
+        #: The task table's columns we read and write (set with ``_tables_ready``).
+        self._columns: list[sa.Column[Any]] = []
         self.trusted = _PICKLE in self.accept
         self.io = BlockingIO("celery-sql-backend", int(self.options.get("io_threads", 4)))
         label = self.sa_url.render_as_string(hide_password=True)
@@ -154,7 +156,16 @@ class SQLBackend(ResultBackend):
                 if attempt == 9:
                     raise
                 time.sleep(0.01 * 2 ** attempt)
+        table = self.tables.task
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table.name, table.schema)}
+        columns = self.tables.task_columns(self.extended, present)
+        missing = [n for n in EXTENDED if self.extended and n not in present]
+        if missing:
+            logger.warning("%s: the table %s has no column %s (made by Celery without "
+                           "result_extended?): those values are not stored",
+                           self._label, table.fullname, ", ".join(missing))
         with self._lock:
+            self._columns = columns
             self._tables_ready = True
 
     def _run(self, fn: Callable[[sa.Connection], T]) -> T:
@@ -201,17 +212,29 @@ class SQLBackend(ResultBackend):
 
     # -- storage ---------------------------------------------------------------------------
 
-    def _row(self, task_id: str, payload: bytes) -> dict[str, Any]:
-        """The column values of one stored meta (``payload``: encoded by this backend)."""
+    def _own(self, payload: bytes) -> Any:
+        """Decode what this backend encoded (trusted: no accept check)."""
         content_type = serialization.serializer_by_name(self.serializer).content_type
-        meta = serialization.loads(payload, content_type)  # ours: trusted
+        return serialization.loads(payload, content_type)
+
+    def _row(self, task_id: str, payload: bytes) -> dict[str, Any]:
+        """Every column's value for one stored meta (``payload``: encoded by this backend),
+        as Celery 5.7 fills them; ``_store`` writes those the table has."""
+        meta = self._own(payload)
+        children = meta.get("children")
         row = {"task_id": task_id, "status": meta["status"],
-               "result": dump_result(meta.get("result")),
-               "date_done": to_db_time(meta.get("date_done")), "traceback": meta.get("traceback")}
+               "result": self.encode(meta.get("result")),
+               "date_done": to_db_time(meta.get("date_done")), "traceback": meta.get("traceback"),
+               "children": self.encode(children) if children else None}
         if self.extended:
             row.update({name: meta.get(name) for name in EXTENDED})
             for name in ("args", "kwargs"):
                 row[name] = self.encode(meta.get(name))
+            stamped = meta.get("stamped_headers")
+            row["stamps"] = self.encode({
+                "stamped_headers": stamped,
+                "stamps": {h: meta[h] for h in stamped if h in meta},
+            }) if stamped else None
         return row
 
     async def _aset_many(self, items: Sequence[tuple[str, bytes, str]]) -> None:
@@ -247,6 +270,10 @@ class SQLBackend(ResultBackend):
             expired = cutoff is not None and done is not None and done < cutoff
             if status != states.SUCCESS or expired:
                 updates.append({**row, "_task_id": task_id})
+        names = {c.name for c in self._columns}
+        inserts = [{k: v for k, v in row.items() if k in names} for row in inserts]
+        updates = [{k: v for k, v in row.items() if k in names or k == "_task_id"}
+                   for row in updates]
         if inserts:
             conn.execute(table.insert(), inserts)
         if updates:
@@ -287,18 +314,38 @@ class SQLBackend(ResultBackend):
             out.extend(dict(r._mapping) for r in conn.execute(query))
         return out
 
+    def _decode_column(self, raw: bytes | None, what: str) -> Any:
+        """A ``result`` column: encoded with our serializer, or pickled by old Celery."""
+        if raw is None:
+            return None
+        raw = bytes(raw)
+        try:
+            return self.decode(raw)
+        except Exception:
+            if not raw.startswith(PICKLE_MARK):
+                raise
+        return load_pickled(raw, self.trusted, what)
+
     def _meta(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Our meta of a row, as upstream's ``_get_task_meta_for`` makes it."""
         task_id = row["task_id"]
+        children = row.get("children")
         meta = {"status": row["status"],
-                "result": load_result(row["result"], self.trusted, f"task {task_id}"),
-                "traceback": row["traceback"], "children": [],
+                "result": self._decode_column(row["result"], f"task {task_id}"),
+                "traceback": row["traceback"],
+                "children": None if children is None else self.decode(bytes(children)),
                 "date_done": from_db_time(row["date_done"])}
         if self.extended:
-            for name in EXTENDED:
-                meta[name] = row[name]
+            for name in EXTENDED[:-1]:
+                meta[name] = row.get(name)
             for name in ("args", "kwargs"):
-                if row[name] is not None:
-                    meta[name] = self.decode(bytes(row[name]))
+                if meta[name] is not None:
+                    meta[name] = self.decode(bytes(meta[name]))
+            stamps = row.get("stamps")
+            info = None if stamps is None else self.decode(bytes(stamps))
+            if isinstance(info, dict) and info.get("stamped_headers"):
+                meta["stamped_headers"] = info["stamped_headers"]
+                meta.update(info.get("stamps") or {})
         meta["task_id"] = task_id
         if meta["status"] in states.EXCEPTION_STATES and isinstance(meta["result"], BaseException):
             meta["result"] = self.prepare_exception(meta["result"])
@@ -322,9 +369,11 @@ class SQLBackend(ResultBackend):
     # -- saved groups (celery_tasksetmeta) ------------------------------------------------
 
     async def _aset_group(self, group_id: str, payload: bytes, expires: float | None) -> None:
-        content_type = serialization.serializer_by_name(self.serializer).content_type
-        row = {"taskset_id": group_id,
-               "result": dump_group(serialization.loads(payload, content_type)["result"]),
+        """Save a group as Celery 5.7 does: the encoded ``as_tuple()``, or with the pickle
+        serializer the pickled GroupResult."""
+        as_tuple = self._own(payload)["result"]
+        value = dump_group(as_tuple) if self.serializer == "pickle" else self.encode(as_tuple)
+        row = {"taskset_id": group_id, "result": value,
                "date_done": dt.datetime.now(dt.UTC).replace(tzinfo=None)}
         table = self.tables.group
 
@@ -341,7 +390,10 @@ class SQLBackend(ResultBackend):
         raw = await self._arun(lambda conn: conn.execute(query).scalar())
         if raw is None:
             return None
-        return self.encode({"result": load_group(raw, group_id)})
+        raw = bytes(raw)
+        if raw.startswith(PICKLE_MARK):  # a pickled GroupResult (pickle, or old Celery)
+            return self.encode({"result": load_group(raw, group_id)})
+        return self.encode({"result": self.decode(raw)})
 
     async def _adelete_group(self, group_id: str) -> None:
         table = self.tables.group

@@ -1,31 +1,36 @@
-"""Upstream Celery's ``celery_taskmeta``/``celery_tasksetmeta`` tables and their pickled columns.
+"""Upstream Celery's ``celery_taskmeta``/``celery_tasksetmeta`` tables and what their columns hold.
 
-The tables are those of upstream's SQLAlchemy models (``celery/backends/database/models.py``),
-so that upstream Celery reads what we store and we read what it stores::
+The tables are those of upstream's SQLAlchemy models (``celery/backends/database/models.py``
+of Celery 5.7), so that upstream Celery reads what we store and we read what it stores::
 
     celery_taskmeta                       (database_table_names["task"])
       id         INTEGER  primary key, sequence task_id_sequence (PostgreSQL, Oracle)
       task_id    VARCHAR(155) UNIQUE
       status     VARCHAR(50)
-      result     BLOB      pickle of the result (an exception as its serializable form)
+      result     BLOB      the result encoded with result_serializer (an exception in its
+                           serializable form)
       date_done  DATETIME  naive UTC; NULL while not ready; indexed
       traceback  TEXT
-      name, args, kwargs, worker, retries, queue    (result_extended; args/kwargs encoded
-                                                     with result_serializer)
+      children   BLOB      the encoded children's as_tuple()s, NULL when none
+      name, args, kwargs, worker, retries, queue, stamps     (result_extended; args, kwargs
+                           and stamps {"stamped_headers": [...], "stamps": {...}} encoded)
     celery_tasksetmeta                    (database_table_names["group"])
       id          INTEGER  primary key, sequence taskset_id_sequence
       taskset_id  VARCHAR(155) UNIQUE
-      result      BLOB      pickle of a celery.result.GroupResult
+      result      BLOB      the encoded GroupResult.as_tuple() (pickle: the GroupResult)
       date_done   DATETIME
+
+Tables made by older Celery lack ``children`` and ``stamps``: only the columns a table has
+are read and written. Celery 5.6 and older wrote ``result`` as a pickle whatever the
+serializer (SQLAlchemy's ``PickleType``); such a value (it starts with the pickle marker
+``0x80`` and does not decode) is read with a restricted unpickler (plain data, dates,
+exceptions) unless ``result_accept_content`` accepts pickle. A pickled group (pickle
+serializer, or old Celery) is read into ``as_tuple()`` form without running any of its
+classes, and we write one as the pickle upstream's ``GroupResult.__reduce__`` makes.
 
 Tables we create differ from upstream's in two widths on MySQL/MariaDB only, both readable
 by upstream: ``LONGBLOB`` (not ``BLOB``, capped at 64 KiB) and ``DATETIME(6)`` (not whole
-seconds). Upstream stores the ``result`` column with SQLAlchemy's ``PickleType`` whatever
-the ``result_serializer``; we unpickle it with a restricted unpickler (plain data, dates,
-exceptions) unless ``result_accept_content`` accepts pickle. Saved groups are written as
-the pickle of ``celery.result.GroupResult(id, [AsyncResult(id), ...])`` that upstream's
-``GroupResult.__reduce__`` makes, built opcode by opcode, and read back into
-``GroupResult.as_tuple()`` form without running any backend code.
+seconds).
 """
 
 from __future__ import annotations
@@ -45,13 +50,15 @@ from sqlalchemy.dialects import mysql
 from .. import states
 from ..exceptions import DecodeError
 
-__all__ = ["Tables", "dump_group", "dump_result", "load_group", "load_result"]
+__all__ = ["EXTENDED", "PICKLE_MARK", "Tables", "dump_group", "load_group", "load_pickled"]
 
 _BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 _DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 _ID = sa.Integer().with_variant(sa.BigInteger(), "mssql")
 #: The ``result_extended`` columns of celery_taskmeta.
-EXTENDED = ("name", "args", "kwargs", "worker", "retries", "queue")
+EXTENDED = ("name", "args", "kwargs", "worker", "retries", "queue", "stamps")
+#: A pickle of protocol 2 or later starts with this (upstream's test for an old row).
+PICKLE_MARK = b"\x80"
 
 
 class Tables:
@@ -74,12 +81,14 @@ class Tables:
             sa.Column("result", _BLOB, nullable=True),
             sa.Column("date_done", _DATETIME, nullable=True, index=True),
             sa.Column("traceback", sa.Text, nullable=True),
+            sa.Column("children", _BLOB, nullable=True),
             sa.Column("name", sa.String(155), nullable=True),
             sa.Column("args", _BLOB, nullable=True),
             sa.Column("kwargs", _BLOB, nullable=True),
             sa.Column("worker", sa.String(155), nullable=True),
             sa.Column("retries", sa.Integer, nullable=True),
             sa.Column("queue", sa.String(155), nullable=True),
+            sa.Column("stamps", _BLOB, nullable=True),
             schema=task_schema, sqlite_autoincrement=True,
         )
         self.group = sa.Table(
@@ -92,12 +101,13 @@ class Tables:
             schema=group_schema, sqlite_autoincrement=True,
         )
 
-    def task_columns(self, extended: bool) -> list[sa.Column[Any]]:
-        """The task table's columns read and written (without ``id``)."""
-        names = ["task_id", "status", "result", "date_done", "traceback"]
+    def task_columns(self, extended: bool, present: set[str]) -> list[sa.Column[Any]]:
+        """The task table's columns read and written (without ``id``): those of upstream's
+        model (``extended``: its TaskExtended) that the table has (``present``)."""
+        names = ["task_id", "status", "result", "date_done", "traceback", "children"]
         if extended:
             names += EXTENDED
-        return [self.task.c[n] for n in names]
+        return [self.task.c[n] for n in names if n in present]
 
 
 # -- dates ----------------------------------------------------------------------------------
@@ -122,11 +132,6 @@ def from_db_time(value: dt.datetime | None) -> str | None:
 
 
 # -- results ----------------------------------------------------------------------------------
-
-def dump_result(value: Any) -> bytes:
-    """The ``result`` column as upstream's ``PickleType`` writes it."""
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
 
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", n): getattr(builtins, n)
@@ -165,14 +170,13 @@ def _celery_exceptions() -> Any:
     return exceptions
 
 
-def load_result(raw: bytes | None, trusted: bool, what: str) -> Any:
-    """The value of a ``result`` column; ``trusted``: pickle accepted, unpickle anything.
+def load_pickled(raw: bytes, trusted: bool, what: str) -> Any:
+    """A pickled ``result`` column (old Celery); ``trusted``: pickle accepted, unpickle
+    anything.
 
     Raises:
         DecodeError: not a pickle, or (not trusted) one that names a disallowed global.
     """
-    if raw is None:
-        return None
     try:
         if trusted:
             return pickle.loads(raw)  # noqa: S301 - result_accept_content accepts pickle
