@@ -68,6 +68,8 @@ POLL_LONGEST = 0.25
 #: Task ids per SELECT.
 _CHUNK = 500
 _PICKLE = "application/x-python-serialize"
+#: Tries of a transaction that met a unique-key conflict or a deadlock.
+_ATTEMPTS = 5
 
 
 class SQLBackend(ResultBackend):
@@ -171,17 +173,19 @@ class SQLBackend(ResultBackend):
     def _run(self, fn: Callable[[sa.Connection], T]) -> T:
         """``fn(connection)`` in one transaction, on the calling thread; driver errors come
         out as ConnectionLost (server unreachable) or BackendError. A unique-key conflict
-        (another writer inserted the same task or group since ``fn`` looked) runs ``fn``
-        once more: the row now exists."""
+        (another writer inserted the same task or group since ``fn`` looked: the row now
+        exists) or a deadlock the server broke runs ``fn`` again, up to ``_ATTEMPTS`` times."""
         try:
             engine = self._get_engine()
             self._ensure_tables(engine)
-            try:
-                with engine.begin() as conn:
-                    return fn(conn)
-            except sa_exc.IntegrityError:
-                with engine.begin() as conn:
-                    return fn(conn)
+            for attempt in range(_ATTEMPTS):
+                try:
+                    with engine.begin() as conn:
+                        return fn(conn)
+                except sa_exc.DBAPIError as exc:
+                    if attempt == _ATTEMPTS - 1 or not _conflict(exc):
+                        raise
+            raise AssertionError("unreachable")
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             raise ConnectionLost(f"{self._label}: {_first_line(exc)}") from exc
         except sa_exc.SQLAlchemyError as exc:
@@ -256,10 +260,18 @@ class SQLBackend(ResultBackend):
         table = self.tables.task
         ids = list(rows)
         existing: dict[str, tuple[str, dt.datetime | None]] = {}
+        # Only rows that exist are locked (read again FOR UPDATE, as Celery 5.7 does): on
+        # MySQL a locking read of a missing key takes a gap lock, and concurrent inserts
+        # then deadlock. A row inserted meanwhile by another writer fails our insert with
+        # a unique-key conflict, and _run tries again.
         for start in range(0, len(ids), _CHUNK):
-            query = (sa.select(table.c.task_id, table.c.status, table.c.date_done)
-                     .where(table.c.task_id.in_(ids[start:start + _CHUNK])).with_for_update())
-            existing.update({r[0]: (r[1], r[2]) for r in conn.execute(query)})
+            chunk = ids[start:start + _CHUNK]
+            found = [r[0] for r in conn.execute(
+                sa.select(table.c.task_id).where(table.c.task_id.in_(chunk)))]
+            if found:
+                query = (sa.select(table.c.task_id, table.c.status, table.c.date_done)
+                         .where(table.c.task_id.in_(found)).with_for_update())
+                existing.update({r[0]: (r[1], r[2]) for r in conn.execute(query)})
         cutoff = self._cutoff()
         inserts, updates = [], []
         for task_id, row in rows.items():
@@ -430,6 +442,14 @@ class SQLBackend(ResultBackend):
         self.io.close()
         if engine is not None:
             engine.dispose()
+
+
+def _conflict(exc: sa_exc.DBAPIError) -> bool:
+    """A unique-key conflict or a deadlock (MySQL 1213, PostgreSQL 40P01): try again."""
+    if isinstance(exc, sa_exc.IntegrityError):
+        return True
+    text = str(exc.orig).lower()
+    return "deadlock" in text or "40p01" in text or "1213" in text.split(",")[0]
 
 
 def _first_line(exc: BaseException) -> str:
