@@ -32,11 +32,13 @@ want=$(cat pyproject.toml ci/ft-test.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
     ! .venv-ft/bin/python -c 'import celery.bin.celery, pytest' 2>/dev/null; then
     say "installing the package with its default extras and the test tools into .venv-ft"
-    # hypothesis: its newest releases build a Rust part from crates.io for interpreters
-    # without a wheel; a release with a pure-Python wheel does for the tests.
+    # sqlalchemy, psycopg (pure Python, on the system's libpq: psycopg-binary's C module
+    # would turn the GIL on) and pymysql: the SQL result backend's tests (tests/conftest.py
+    # postgres_url, mariadb_url). hypothesis: its newest releases build a Rust part from
+    # crates.io for interpreters without a wheel; a release with a pure-Python wheel does.
     .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,uvloop,msgpack,metrics]" \
         "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7" \
-        "pyyaml>=6"
+        "pyyaml>=6" "sqlalchemy>=2.0" "psycopg>=3.1" "pymysql>=1.1"
     echo "$want" > "$stamp"
 fi
 say ".venv-ft ready in $((SECONDS - start))s"

@@ -191,7 +191,9 @@ def load_pickled(raw: bytes, trusted: bool, what: str) -> Any:
 # -- saved groups -----------------------------------------------------------------------------
 
 def _pickled_str(value: str) -> bytes:
-    return pickle.dumps(value, protocol=2)[2:-1]
+    """BINUNICODE: ``X``, the UTF-8 length (4 bytes, little-endian), the UTF-8 bytes."""
+    data = value.encode("utf-8", "surrogatepass")
+    return b"X" + len(data).to_bytes(4, "little") + data
 
 
 def _node(node: Any) -> bytes:
