@@ -151,14 +151,14 @@ async def test_reads_rows_celery_5_6_pickled(sa_url):
         trusting.close()
 
 
-def test_url_and_driver_errors_are_one_line(sa_url):
+def test_url_and_driver_errors_are_one_line():
     app = Celery("sqlerrors", broker="memory://", set_as_current=False)
     try:
         with pytest.raises(ImproperlyConfigured, match="driver 'MySQLdb'"):
             backend_for_url("db+mysql+mysqldb://root@127.0.0.1/x", app.conf).get_task_meta("x")
         with pytest.raises(ImproperlyConfigured, match="Invalid database result backend URL"):
             backend_for_url("db+://", app.conf)
-        down = backend_for_url("db+postgresql+psycopg://postgres@127.0.0.1:1/x", app.conf)
+        down = backend_for_url("db+mysql+pymysql://root@127.0.0.1:1/x", app.conf)
         with pytest.raises(ConnectionLost, match="SQL result backend"):
             down.get_task_meta("x")
         down.close()
