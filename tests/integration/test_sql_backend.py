@@ -158,6 +158,10 @@ def test_url_and_driver_errors_are_one_line():
             backend_for_url("db+mysql+mysqldb://root@127.0.0.1/x", app.conf).get_task_meta("x")
         with pytest.raises(ImproperlyConfigured, match="Invalid database result backend URL"):
             backend_for_url("db+://", app.conf)
+        app.conf.database_engine_callback = "tests.nowhere.callback"
+        with pytest.raises(ImproperlyConfigured, match="cannot be imported"):
+            backend_for_url("db+mysql+pymysql://root@127.0.0.1:1/x", app.conf)
+        app.conf.database_engine_callback = None
         down = backend_for_url("db+mysql+pymysql://root@127.0.0.1:1/x", app.conf)
         with pytest.raises(ConnectionLost, match="SQL result backend"):
             down.get_task_meta("x")

@@ -77,8 +77,8 @@ class SQLBackend(ResultBackend):
 
     Thread-safety: every method may be called from any thread and coroutines awaited on any
     loop. The engine (its pool is thread-safe) is made once under ``_lock``, which also
-    guards ``_tables_ready``, ``_columns`` and ``_next_cleanup``; each statement checks out its own
-    connection on a ``BlockingIO`` thread.
+    guards ``_tables_ready``, ``_columns`` and ``_next_cleanup``; each statement checks out
+    its own connection on a ``BlockingIO`` thread.
     """
 
     def __init__(self, conf: Conf, url: str | None = None, **options: Any) -> None:
@@ -97,7 +97,11 @@ class SQLBackend(ResultBackend):
             from ..transport.registry import load_class
 
             spec = callback if ":" in callback else ":".join(callback.rsplit(".", 1))
-            callback = load_class(spec, "")
+            try:
+                callback = load_class(spec, "")
+            except (ImportError, AttributeError, ValueError) as exc:
+                raise ImproperlyConfigured(
+                    f"database_engine_callback {callback!r} cannot be imported: {exc}") from None
         if callback is not None and not callable(callback):
             raise ImproperlyConfigured(
                 f"database_engine_callback must be callable, got {callback!r}")
@@ -154,6 +158,8 @@ class SQLBackend(ResultBackend):
             try:
                 self.tables.metadata.create_all(engine)
                 break
+            except (sa_exc.OperationalError, sa_exc.InterfaceError):
+                raise  # the server: _run says so at once
             except sa_exc.DatabaseError:
                 if attempt == 9:
                     raise
