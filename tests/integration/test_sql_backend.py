@@ -168,3 +168,28 @@ def test_url_and_driver_errors_are_one_line():
         down.close()
     finally:
         app.close()
+
+
+async def test_pooled_connections_killed_by_the_server_are_replaced():
+    """``pool_pre_ping`` (database_engine_options' default): connections the server closed
+    (a restart, an idle timeout) are noticed on checkout and replaced, no error surfaces."""
+    url = postgres_url(DATABASE)
+    name = f"sqlkill-{uuid.uuid4().hex[:8]}"  # only this backend's connections are killed
+    app = Celery("sqlkill", broker="memory://", backend="db+" + url, set_as_current=False,
+                 database_engine_options={"pool_pre_ping": True,
+                                          "connect_args": {"application_name": name}})
+    admin = sa.create_engine(url)
+    try:
+        backend = app.backend
+        first, second = new_id(), new_id()
+        await backend.astore_result(first, 1, states.SUCCESS)
+        with admin.begin() as conn:
+            killed = conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = :name"), {"name": name}).scalar()
+        assert killed >= 1
+        await backend.astore_result(second, 2, states.SUCCESS)
+        assert [await app.AsyncResult(t).aget(timeout=5) for t in (first, second)] == [1, 2]
+    finally:
+        app.close()
+        admin.dispose()
