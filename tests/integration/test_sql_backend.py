@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from celery import Celery, chord, group, states
 from celery.backends.base import backend_for_url
 from celery.backends.sql import SQLBackend
-from celery.exceptions import ConnectionLost, DecodeError, ImproperlyConfigured
+from celery.exceptions import BackendStoreError, ConnectionLost, DecodeError, ImproperlyConfigured
 from tests.conftest import mariadb_url, postgres_url
 
 from .worker_harness import running_worker
@@ -193,3 +193,27 @@ async def test_pooled_connections_killed_by_the_server_are_replaced():
     finally:
         app.close()
         admin.dispose()
+
+
+async def test_a_value_the_database_refuses_fails_that_task_only(sa_url):
+    """A batch with a row the database refuses: the others are stored, the refused one
+    becomes a FAILURE saying why, and an id too long for the table is logged and dropped."""
+    app = Celery("sqlrefused", broker="memory://", backend="db+" + sa_url, set_as_current=False,
+                 result_extended=True)
+    try:
+        backend = app.backend
+        good, refused, too_long = new_id(), new_id(), "x" * 200
+        # refused: a worker name over the column's 155 characters
+        request = type("Req", (), {"hostname": "w" * 300, "task": "t", "args": [],
+                                   "kwargs": {}, "retries": 0, "delivery_info": {}})()
+        await backend.astore_many([
+            (good, backend.prepare_meta(good, states.SUCCESS, 1)),
+            (refused, backend.prepare_meta(refused, states.SUCCESS, 2, request=request)),
+            (too_long, backend.prepare_meta(too_long, states.SUCCESS, 3)),
+        ])
+        assert await app.AsyncResult(good).aget(timeout=5) == 1
+        with pytest.raises(BackendStoreError, match=f"result of task {refused} could not"):
+            await app.AsyncResult(refused).aget(timeout=5)
+        assert (await backend.aget_task_meta(too_long))["status"] == states.PENDING
+    finally:
+        app.close()

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from .. import states
-from ..exceptions import BackendError, ConnectionLost, ImproperlyConfigured
+from ..exceptions import BackendError, BackendStoreError, ConnectionLost, ImproperlyConfigured
 from ..messaging import serialization
 from ..transport.embedded import BlockingIO, wakeup_for
 from .base import Conf, ResultBackend
@@ -258,8 +258,30 @@ class SQLBackend(ResultBackend):
                 continue
             rows[task_id] = self._row(task_id, payload)
         cleanup = self._cleanup_due()
-        await self._arun(lambda conn: self._store(conn, rows, cleanup))
+        try:
+            await self._arun(lambda conn: self._store(conn, rows, cleanup))
+        except BackendError:  # not ConnectionLost: a value the database refuses?
+            for task_id, row in rows.items():
+                await self._store_alone(task_id, row)
         self._wakeup.notify()
+
+    async def _store_alone(self, task_id: str, row: dict[str, Any]) -> None:
+        """Write one row; one the database refuses (a task id over 155 characters, a
+        result over 64 KiB in a MySQL table upstream made, ...) is replaced by a FAILURE
+        saying why, so that neither its waiter nor the other results wait forever."""
+        try:
+            await self._arun(lambda conn: self._store(conn, {task_id: row}, False))
+            return
+        except BackendError as exc:
+            error = BackendStoreError(f"The result of task {task_id} could not be stored: {exc}")
+        logger.error("%s", error)
+        meta = self.prepare_meta(task_id, states.FAILURE, error)
+        failure = self._row(task_id, self.encode(meta))
+        try:
+            await self._arun(lambda conn: self._store(conn, {task_id: failure}, False))
+        except BackendError as exc:
+            logger.error("%s: the failure of task %s cannot be stored either, nothing is: %s",
+                         self._label, task_id, exc)
 
     def _store(self, conn: sa.Connection, rows: dict[str, dict[str, Any]],
                cleanup: bool) -> None:
