@@ -178,7 +178,8 @@ class SQLBackend(ResultBackend):
 
     def _run(self, fn: Callable[[sa.Connection], T]) -> T:
         """``fn(connection)`` in one transaction, on the calling thread; driver errors come
-        out as ConnectionLost (server unreachable) or BackendError. A unique-key conflict
+        out as ConnectionLost (server unreachable), BackendStoreError (a value it refuses)
+        or BackendError. A unique-key conflict
         (another writer inserted the same task or group since ``fn`` looked: the row now
         exists) or a deadlock the server broke runs ``fn`` again, up to ``_ATTEMPTS`` times."""
         try:
@@ -194,6 +195,8 @@ class SQLBackend(ResultBackend):
             raise AssertionError("unreachable")
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             raise ConnectionLost(f"{self._label}: {_first_line(exc)}") from exc
+        except sa_exc.DataError as exc:  # this value, not the database: see _store_alone
+            raise BackendStoreError(f"{self._label}: {_first_line(exc)}") from exc
         except sa_exc.SQLAlchemyError as exc:
             raise BackendError(f"{self._label}: {_first_line(exc)}") from exc
 
@@ -260,7 +263,7 @@ class SQLBackend(ResultBackend):
         cleanup = self._cleanup_due()
         try:
             await self._arun(lambda conn: self._store(conn, rows, cleanup))
-        except BackendError:  # not ConnectionLost: a value the database refuses?
+        except BackendStoreError:  # a value the database refuses (other errors: retried)
             for task_id, row in rows.items():
                 await self._store_alone(task_id, row)
         self._wakeup.notify()
@@ -272,7 +275,7 @@ class SQLBackend(ResultBackend):
         try:
             await self._arun(lambda conn: self._store(conn, {task_id: row}, False))
             return
-        except BackendError as exc:
+        except BackendStoreError as exc:
             error = BackendStoreError(f"The result of task {task_id} could not be stored: {exc}")
         logger.error("%s", error)
         meta = self.prepare_meta(task_id, states.FAILURE, error)
