@@ -35,19 +35,20 @@ want=$(cat pyproject.toml ci/ft-test.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
     ! .venv-ft/bin/python -c 'import celery.bin.celery, pytest' 2>/dev/null; then
     say "installing the package with its default extras and the test tools into .venv-ft"
-    # psycopg without its [binary] C extension (the Django test's PostgreSQL driver): the
-    # pure-Python one loads the system's libpq with ctypes and leaves the GIL off.
-    # hypothesis: its newest releases build a Rust part from crates.io for interpreters
-    # without a wheel; a release with a pure-Python wheel does for the tests. pydantic-core
-    # (FastAPI's, through pydantic) likewise: its newest releases may have no free-threaded
-    # wheel yet, and building one needs crates.io; pip then takes the newest pydantic whose
-    # pydantic-core has one.
+    # psycopg without its [binary] C extension (the Django test's and the SQL result backend's
+    # PostgreSQL driver): the pure-Python one loads the system's libpq with ctypes and leaves
+    # the GIL off; sqlalchemy and pymysql: the SQL result backend's tests (tests/conftest.py
+    # postgres_url, mariadb_url). hypothesis: its newest releases build a Rust part from
+    # crates.io for interpreters without a wheel; a release with a pure-Python wheel does for
+    # the tests. pydantic-core (FastAPI's, through pydantic) likewise: its newest releases may
+    # have no free-threaded wheel yet, and building one needs crates.io; pip then takes the
+    # newest pydantic whose pydantic-core has one.
     # amqp: aio-pika for the RabbitMQ transport; kombu (pure Python): the reference the AMQP
     # topology tests compare our declarations with; pyyaml: the yaml serializer's tests and
     # the deploy example's compose file.
     .venv-ft/bin/python -m pip install -q --only-binary=hypothesis,pydantic-core -e ".[redis,amqp,uvloop,msgpack,metrics,fastapi,observability]" \
         "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7" \
-        "kombu>=5.3" "pyyaml>=6" "django>=4.2" "psycopg>=3.1"
+        "kombu>=5.3" "pyyaml>=6" "django>=4.2" "psycopg>=3.1" "sqlalchemy>=2.0" "pymysql>=1.1"
     # django-celery-results requires upstream celery: without its dependencies (ci/setup.sh).
     .venv-ft/bin/python -m pip install -q --no-deps "django-celery-results==2.6.0"
     echo "$want" > "$stamp"
@@ -60,7 +61,8 @@ import sys, sysconfig
 assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not a free-threaded build"
 import celery.transport.redis, celery.backends.redis  # noqa: E401  the Redis client, parsers
 import celery.messaging.serialization, celery.utils.portal  # noqa: E401
-assert not sys._is_gil_enabled(), "importing celery's Redis transport turned the GIL on"
+import celery.backends.sql, psycopg, pymysql  # noqa: E401  SQLAlchemy and the SQL drivers
+assert not sys._is_gil_enabled(), "importing celery's Redis transport or SQL backend turned the GIL on"
 print(f"ci/ft-test.sh: {sys.version.split()[0]} free-threaded, GIL off after importing celery",
       file=sys.stderr)
 EOF

@@ -123,34 +123,63 @@ setup_rabbitmq() {
     wait_for "RabbitMQ" port_open 5672
 }
 
-# -- PostgreSQL (tests/integration/test_django.py: the Django example's database) -----------
-
-postgres_up() { port_open 5432 && psql -h 127.0.0.1 -U postgres -d postgres -c 'SELECT 1'; }
+# -- PostgreSQL and MariaDB (the SQL result backend's tests: tests/conftest.py postgres_url,
+# mariadb_url; trust/no-password logins on 127.0.0.1, as the tests connect) ----------------
 
 setup_postgres() {
-    if postgres_up >/dev/null 2>&1; then
-        log "PostgreSQL is already answering on 127.0.0.1:5432"
-    else
-        if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
-            log "installing postgresql"
-            apt_install postgresql postgresql-client
-        fi
-        local version
-        version=$(ls /etc/postgresql | sort -V | tail -1)
-        # The tests connect as postgres without a password, over TCP on 127.0.0.1.
-        local hba=/etc/postgresql/$version/main/pg_hba.conf
-        if ! grep -qE '^host +all +all +127\.0\.0\.1/32 +trust' "$hba"; then
-            log "trusting local connections in $hba"
-            printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' |
-                cat - "$hba" > "$hba.new" && mv "$hba.new" "$hba"
-        fi
-        log "starting PostgreSQL $version"
-        pg_ctlcluster "$version" main start || pg_ctlcluster "$version" main reload ||
-            log "pg_ctlcluster exited with status $?"
-        wait_for "PostgreSQL" postgres_up
+    if port_open 5432; then
+        log "PostgreSQL is already listening on 127.0.0.1:5432"
+        return 0
     fi
-    psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" |
-        grep -q 1 || psql -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test'
+    if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+        log "installing postgresql"
+        apt_install postgresql
+    fi
+    local version hba
+    version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+    if ! pg_lsclusters -h 2>/dev/null | grep -q "^$version main"; then
+        pg_createcluster "$version" main || log "pg_createcluster exited with status $?"
+    fi
+    hba=/etc/postgresql/$version/main/pg_hba.conf
+    if [ -f "$hba" ] && ! grep -q "celery-asyncio tests" "$hba"; then
+        # First matching line wins: loopback logins without a password, for the tests.
+        { printf '# celery-asyncio tests: trust on loopback\n'
+          printf 'host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n'
+          cat "$hba"; } > "$hba.new" && mv "$hba.new" "$hba"
+    fi
+    if ! port_open 5432; then
+        log "starting PostgreSQL $version"
+        pg_ctlcluster "$version" main start || log "pg_ctlcluster exited with status $?"
+    fi
+    wait_for "PostgreSQL" port_open 5432
+}
+
+mariadb_root_over_tcp() {
+    mariadb -h 127.0.0.1 -u root -e 'SELECT 1'
+}
+
+setup_mariadb() {
+    if port_open 3306; then
+        log "MariaDB is already listening on 127.0.0.1:3306"
+        return 0
+    fi
+    if ! command -v mariadbd >/dev/null && [ ! -x /usr/sbin/mariadbd ]; then
+        log "installing mariadb-server"
+        apt_install mariadb-server
+    fi
+    if ! port_open 3306; then
+        log "starting MariaDB"
+        (service mariadb start || service mysql start) >/dev/null 2>&1 ||
+            (mysqld_safe --bind-address=127.0.0.1 >/dev/null 2>&1 &)
+    fi
+    wait_for "MariaDB" port_open 3306
+    # Debian's root logs in through the unix socket only; the tests come over TCP.
+    if ! mariadb_root_over_tcp >/dev/null 2>&1; then
+        mariadb -u root -e "ALTER USER root@localhost IDENTIFIED VIA unix_socket OR
+            mysql_native_password USING PASSWORD(''); CREATE USER IF NOT EXISTS
+            root@'127.0.0.1'; GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION;
+            FLUSH PRIVILEGES" || log "could not open root to TCP logins"
+    fi
 }
 
 # -- django-celery-results (the django-db result backend's tests) ---------------------------
@@ -196,5 +225,6 @@ fi
 setup_redis
 setup_rabbitmq
 setup_postgres
+setup_mariadb
 setup_django_results
 setup_flower

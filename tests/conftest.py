@@ -49,6 +49,41 @@ def need_module(name: str, install: str) -> object:
         pytest.skip(message, allow_module_level=True)
 
 
+POSTGRES_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
+POSTGRES_PORT = int(os.environ.get("TEST_POSTGRES_PORT", "5432"))
+POSTGRES_USER = os.environ.get("TEST_POSTGRES_USER", "postgres")
+MARIADB_HOST = os.environ.get("TEST_MARIADB_HOST", "127.0.0.1")
+MARIADB_PORT = int(os.environ.get("TEST_MARIADB_PORT", "3306"))
+
+
+def postgres_url(database: str) -> str:
+    """A ``postgresql+psycopg://`` SQLAlchemy URL of ``database``, created when missing
+    (trust auth, as ci/setup.sh sets it up)."""
+    need_server("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    import psycopg
+
+    with psycopg.connect(host=POSTGRES_HOST, port=POSTGRES_PORT, user=POSTGRES_USER,
+                         dbname="postgres", autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{database}"')
+    return f"postgresql+psycopg://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{database}"
+
+
+def mariadb_url(database: str) -> str:
+    """A ``mysql+pymysql://`` SQLAlchemy URL of ``database`` (root, no password), created
+    when missing."""
+    need_server("MariaDB", MARIADB_HOST, MARIADB_PORT)
+    import pymysql
+
+    conn = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user="root", autocommit=True)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    finally:
+        conn.close()
+    return f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{database}"
+
+
 def flushed_redis_url(db: int) -> str:
     """URL of Redis database ``db`` after emptying it."""
     need_server("Redis", REDIS_HOST, REDIS_PORT)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import flushed_redis_url
+from tests.conftest import flushed_redis_url, mariadb_url, postgres_url
 
 from .backend_suite import BackendSuite
 
@@ -34,3 +34,17 @@ class TestSQLiteBackend(BackendSuite):
 class TestFilesystemBackend(BackendSuite):
     def make_url(self, tmp_path: Path) -> str:
         return f"file://{tmp_path}/results"
+
+
+class TestPostgreSQLBackend(BackendSuite):
+    """``db+postgresql+psycopg://``: upstream's tables (backends/sql.py)."""
+
+    def make_url(self, tmp_path: Path) -> str:
+        return "db+" + postgres_url("celery_sqla")
+
+
+class TestMariaDBBackend(BackendSuite):
+    """``db+mysql+pymysql://``: upstream's tables (backends/sql.py)."""
+
+    def make_url(self, tmp_path: Path) -> str:
+        return "db+" + mariadb_url("celery_sqla")

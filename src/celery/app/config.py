@@ -45,6 +45,13 @@ DEFAULTS: dict[str, Any] = {
     "result_chord_join_timeout": 3.0,
     "result_chord_retry_interval": 1.0,
     "result_chord_expires": None,
+    # SQL result backends (db+postgresql://, db+mysql://, ...: backends/sql.py)
+    "database_engine_options": {"pool_pre_ping": True, "pool_recycle": 3600},
+    "database_engine_callback": None,
+    "database_short_lived_sessions": False,
+    "database_table_schemas": None,
+    "database_table_names": None,
+    "database_create_tables_at_setup": True,
     # tasks
     "task_serializer": "json",
     "task_compression": None,
@@ -258,6 +265,8 @@ UNIMPLEMENTED: dict[str, str] = {
                                  "supervised by their parent",
     "worker_cancel_long_running_tasks_on_connection_loss": "running tasks always finish; "
                                                            "see docs/reliability.md",
+    "database_short_lived_sessions": "the SQL result backend keeps no session: each "
+                                     "operation checks a connection out of the pool",
 }
 
 

@@ -40,6 +40,8 @@ BACKENDS: dict[str, str] = {
 _DJANGO_CACHE_ERROR = (
     "result_backend {url!r} (django-celery-results' Django-cache backend) is not supported: "
     "use 'django-db' (its database tables, docs/django.md) or redis://")
+#: Every other ``db+<SQLAlchemy URL>`` (db+postgresql://, db+mysql+pymysql://, ...).
+SQL_BACKEND = ".sql:SQLBackend"
 
 _SAFE_MODULES = {"builtins", "exceptions", "celery.exceptions"}
 
@@ -444,11 +446,14 @@ def backend_for_url(url: str | None, conf: Conf, **options: Any) -> ResultBacken
             f"Invalid result backend URL {url!r}; known schemes: {', '.join(sorted(BACKENDS))}"
         )
     family, plus, _ = url.partition("://")[0].lower().partition("+")
-    if plus and family in ("db", "cache") and url.split("://")[0].lower() not in BACKENDS:
-        built_in = "db+sqlite://" if family == "db" else "cache+memory://"
+    if plus and family == "db" and url.split("://")[0].lower() not in BACKENDS:
+        # Any SQLAlchemy URL after db+ (db+sqlite:// stays the stdlib SQLite backend).
+        cls = load_class(SQL_BACKEND, __package__)
+        return cls(conf, url, **options)
+    if plus and family == "cache" and url.split("://")[0].lower() not in BACKENDS:
         raise ImproperlyConfigured(
-            f"Unsupported result backend URL {url!r}: of Celery's {family}+ backends only "
-            f"{built_in} is built in (or use redis://, valkey://, file://)"
+            f"Unsupported result backend URL {url!r}: of Celery's cache+ backends only "
+            "cache+memory:// is built in (or use redis://, valkey://, db+..., file://)"
         )
     scheme = scheme_of(url, "result backend", BACKENDS)
     cls = load_class(BACKENDS[scheme], __package__)
