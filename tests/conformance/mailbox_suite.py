@@ -82,6 +82,9 @@ class MailboxSuite:
 
     #: False for in-process brokers (memory://): the cross-process test doesn't apply.
     multiprocess = True
+    #: False where the broker cannot count the queues a message reached (AMQP: the broker
+    #: only returns an unroutable one); ``direct_publish`` then answers 1 for "one or more".
+    counts_queues = True
 
     def make_url(self, tmp_path: Path) -> str:
         """URL of a fresh, empty broker."""
@@ -197,7 +200,8 @@ class MailboxSuite:
         await mailbox.direct_bind(REPLY, "ticket-1", "q2")
         await mailbox.direct_bind(REPLY, "ticket-2", "q3")
         await mailbox.direct_bind("other.pidbox", "ticket-1", "q4")
-        assert await mailbox.direct_publish(REPLY, "ticket-1", payload(1)) == 2
+        assert await mailbox.direct_publish(REPLY, "ticket-1", payload(1)) == \
+            (2 if self.counts_queues else 1)
         assert await collect(lambda t: mailbox.pop_raw("q1", t), 1) == [payload(1)]
         assert await collect(lambda t: mailbox.pop_raw("q2", t), 1) == [payload(1)]
         for queue in ("q1", "q3", "q4"):
