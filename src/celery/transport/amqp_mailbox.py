@@ -40,9 +40,10 @@ import threading
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..exceptions import ConnectionLost, OperationalError
+from ..exceptions import ConnectionLost, ImproperlyConfigured, OperationalError
 from .amqp_connection import Connections, driver_errors
 
 if TYPE_CHECKING:
@@ -65,21 +66,35 @@ TRANSIENT = 1
 MAX_POP = 1000
 
 
+@dataclass(frozen=True, slots=True)
 class MailboxQueueSettings:
-    """TTLs (seconds) of the queues the mailbox declares; Celery's defaults. ``None``: the
-    argument is left out."""
+    """How the mailbox declares its queues: Celery's settings of the same names and defaults
+    (seconds; ``None`` leaves the argument out). ``*_durable`` queues are not auto-deleted;
+    ``*_exclusive`` ones belong to the connection that made them (RabbitMQ 4 refuses
+    transient queues that are neither)."""
 
-    __slots__ = ("control_queue_expires", "control_queue_ttl", "event_queue_expires",
-                 "event_queue_ttl")
+    control_queue_ttl: float | None = 300.0
+    control_queue_expires: float | None = 10.0
+    control_queue_durable: bool = False
+    control_queue_exclusive: bool = False
+    event_queue_ttl: float | None = 5.0
+    event_queue_expires: float | None = 60.0
+    event_queue_durable: bool = False
+    event_queue_exclusive: bool = False
 
-    def __init__(self, control_queue_ttl: float | None = 300.0,
-                 control_queue_expires: float | None = 10.0,
-                 event_queue_ttl: float | None = 5.0,
-                 event_queue_expires: float | None = 60.0) -> None:
-        self.control_queue_ttl = control_queue_ttl
-        self.control_queue_expires = control_queue_expires
-        self.event_queue_ttl = event_queue_ttl
-        self.event_queue_expires = event_queue_expires
+    def __post_init__(self) -> None:
+        for kind in ("control", "event"):
+            if getattr(self, f"{kind}_queue_durable") and getattr(self, f"{kind}_queue_exclusive"):
+                raise ImproperlyConfigured(
+                    f"{kind}_queue_durable and {kind}_queue_exclusive cannot both be set: an "
+                    "exclusive queue is deleted with its connection")
+
+    @classmethod
+    def from_conf(cls, conf: Any) -> MailboxQueueSettings:
+        """The settings of an app's ``conf`` (missing ones: Celery's defaults)."""
+        defaults = cls()
+        return cls(**{name: conf.get(name, getattr(defaults, name))
+                      for name in cls.__dataclass_fields__})
 
 
 def _ttl_arguments(ttl: float | None, expires: float | None) -> dict[str, Any]:
@@ -251,17 +266,19 @@ class AMQPMailbox:
         if kind == "fanout":
             name = f"{uuid.uuid4()}.{exchange}"
             arguments = _ttl_arguments(s.control_queue_ttl, s.control_queue_expires)
+            queue_durable, exclusive = s.control_queue_durable, s.control_queue_exclusive
         else:
             name = f"{exchange}.{uuid.uuid4()}"
             arguments = _ttl_arguments(s.event_queue_ttl, s.event_queue_expires)
+            queue_durable, exclusive = s.event_queue_durable, s.event_queue_exclusive
         purpose = self._purpose(exchange)
 
         async def subscribe() -> AMQPSubscription:
             channel, underlay = await self._channel(purpose)
             target = await self._exchange(channel, underlay, exchange, kind, durable)
-            queue = await channel.declare_queue(name, durable=False, exclusive=False,
-                                                auto_delete=True, arguments=arguments,
-                                                robust=False)
+            queue = await channel.declare_queue(name, durable=queue_durable, exclusive=exclusive,
+                                                auto_delete=not queue_durable,
+                                                arguments=arguments, robust=False)
             await queue.bind(target, (routing_key or "#") if kind == "topic" else "")
             subscription = AMQPSubscription(self, queue, underlay, exchange)
             subscription.tag = await queue.consume(subscription.on_message, no_ack=True)
@@ -273,9 +290,10 @@ class AMQPMailbox:
 
     async def _direct_queue(self, queue: str) -> tuple[AbstractRobustChannel, Any, AbstractQueue]:
         channel, underlay = await self._channel("mailbox")
-        declared = await channel.declare_queue(queue, durable=False, exclusive=False,
-                                               auto_delete=False,
-                                               arguments=self._direct_arguments(), robust=False)
+        s = self.settings
+        declared = await channel.declare_queue(
+            queue, durable=s.control_queue_durable, exclusive=s.control_queue_exclusive,
+            auto_delete=False, arguments=self._direct_arguments(), robust=False)
         return channel, underlay, declared
 
     async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:
