@@ -41,9 +41,13 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..exceptions import ConnectionLost, ImproperlyConfigured, OperationalError
+from ..exceptions import ConnectionLost, DecodeError, ImproperlyConfigured, OperationalError
+from ..messaging.protocol import Message
+from . import envelope
 from .amqp_connection import Connections, driver_errors
 
 if TYPE_CHECKING:
@@ -54,7 +58,7 @@ if TYPE_CHECKING:
         AbstractRobustChannel,
     )
 
-__all__ = ["AMQPMailbox", "MailboxQueueSettings", "exchange_kind"]
+__all__ = ["AMQPMailbox", "MailboxQueueSettings", "exchange_kind", "from_amqp", "to_amqp"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,40 +120,100 @@ def exchange_kind(exchange: str) -> tuple[str, bool]:
     return "topic", True
 
 
-def _texts(bodies: list[bytes], where: str) -> list[str]:
-    """The payloads as text; one that is not UTF-8 (not a kombu envelope, which is JSON) is
-    skipped with one warning line, so that it never stops the commands around it."""
-    out: list[str] = []
-    for body in bodies:
+def to_amqp(payload: str) -> Any:
+    """The AMQP message a kombu envelope stands for: its body (not the envelope) as the
+    message body; content type and encoding, headers, delivery mode, priority,
+    correlation id and reply-to as AMQP properties, as kombu on py-amqp publishes them.
+
+    Raises:
+        DecodeError: ``payload`` is not a kombu envelope, or a header cannot go in an AMQP
+            table.
+    """
+    import aio_pika
+
+    message = envelope.decode("", payload, "").message
+    props = message.properties
+    try:
+        return aio_pika.Message(
+            message.body, headers=message.headers or None,
+            content_type=message.content_type or None,
+            content_encoding=message.content_encoding or None,
+            delivery_mode=int(props.get("delivery_mode") or TRANSIENT),
+            priority=props.get("priority") or None,
+            correlation_id=props.get("correlation_id"), reply_to=props.get("reply_to"))
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"cannot send this message over AMQP: {exc}") from None
+
+
+def from_amqp(incoming: AbstractIncomingMessage, where: str) -> str | None:
+    """The kombu envelope of a received AMQP message (``delivery_info`` holding its exchange
+    and routing key), as the Redis transport would deliver it; ``None``, with one warning,
+    for a message no kombu client could have sent: no content type, or a text body that
+    is not in its encoding (UTF-8)."""
+    body, content_type = incoming.body, incoming.content_type or ""
+    encoding = incoming.content_encoding or ""
+    problem = "no content type" if not content_type else None
+    if problem is None and encoding.lower().replace("-", "") in ("utf8", ""):
         try:
-            out.append(body.decode())
+            body.decode()
         except UnicodeDecodeError as exc:
-            logger.warning("Dropping a malformed payload from %s (not UTF-8: %s): %r",
-                           where, exc, body[:120])
-    return out
+            problem = f"a body that is not UTF-8 ({exc})"
+    if problem is not None:
+        logger.warning("Dropping a malformed message from %s (%s): %r", where, problem,
+                       body[:120])
+        return None
+    props: dict[str, Any] = {}
+    for name in ("correlation_id", "reply_to"):
+        if getattr(incoming, name, None):
+            props[name] = getattr(incoming, name)
+    props["delivery_mode"] = int(incoming.delivery_mode or TRANSIENT)
+    if incoming.priority:
+        props["priority"] = incoming.priority
+    message = Message(body=body, content_type=content_type, content_encoding=encoding,
+                      headers=_jsonable(dict(incoming.headers or {})), properties=props,
+                      exchange=incoming.exchange or "", routing_key=incoming.routing_key or "")
+    return envelope.encode(message)[1]
+
+
+def _jsonable(value: Any) -> Any:
+    """An AMQP table value as JSON can hold it (py-amqp's types: bytes, Decimal, datetime)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode(errors="replace")
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value
 
 
 class _DirectConsumer:
     """A consumer (no ack, as kombu's reply consumer) of one direct queue on one loop; the
     payloads it receives wait in ``arrived`` for ``pop_raw``. Its loop only."""
 
-    __slots__ = ("arrived", "queue", "tag", "underlay")
+    __slots__ = ("arrived", "queue", "tag", "underlay", "where")
 
     def __init__(self, queue: AbstractQueue, underlay: Any) -> None:
         self.queue = queue
         self.underlay = underlay  # the aiormq channel it consumes on: dead when that closes
-        self.arrived: asyncio.Queue[bytes] = asyncio.Queue()
+        self.arrived: asyncio.Queue[str] = asyncio.Queue()
         self.tag: str | None = None
+        self.where = f"reply queue {queue.name!r}"
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        self.arrived.put_nowait(message.body)
+        payload = from_amqp(message, self.where)
+        if payload is not None:
+            self.arrived.put_nowait(payload)
 
     @property
     def alive(self) -> bool:
         return not self.underlay.is_closed
 
-    def take(self) -> list[bytes]:
-        taken: list[bytes] = []
+    def take(self) -> list[str]:
+        taken: list[str] = []
         while len(taken) < MAX_POP:
             try:
                 taken.append(self.arrived.get_nowait())
@@ -253,7 +317,7 @@ class AMQPMailbox:
         async def publish() -> None:
             channel, underlay = await self._channel(self._purpose(exchange))
             target = await self._exchange(channel, underlay, exchange, kind, durable)
-            await target.publish(_message(payload), routing_key or "", mandatory=False)
+            await target.publish(to_amqp(payload), routing_key or "", mandatory=False)
 
         await self._guard(f"publish to {exchange!r}", publish)
 
@@ -326,7 +390,7 @@ class AMQPMailbox:
         async def publish() -> int:
             channel, underlay = await self._channel("mailbox")
             target = await self._exchange(channel, underlay, exchange, "direct", False)
-            result = await target.publish(_message(payload), routing_key, mandatory=True)
+            result = await target.publish(to_amqp(payload), routing_key, mandatory=True)
             return 0 if isinstance(result, DeliveredMessage) else 1
 
         return await self._guard(f"publish to {exchange!r}", publish)
@@ -347,7 +411,7 @@ class AMQPMailbox:
             except TimeoutError:
                 return []
             taken = [first, *consumer.take()]
-        return _texts(taken, f"reply queue {queue!r}")
+        return taken
 
     async def _start_consumer(self, queue: str) -> _DirectConsumer:
         _, underlay, declared = await self._direct_queue(queue)
@@ -369,15 +433,17 @@ class AMQPSubscription:
         self._queue: AbstractQueue | None = queue
         self._underlay = underlay
         self._where = f"exchange {exchange!r}"
-        self._arrived: asyncio.Queue[bytes] = asyncio.Queue()
+        self._arrived: asyncio.Queue[str] = asyncio.Queue()
         self.tag: str | None = None
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         if self._queue is not None:
-            self._arrived.put_nowait(message.body)
+            payload = from_amqp(message, self._where)
+            if payload is not None:
+                self._arrived.put_nowait(payload)
 
-    def _take(self) -> list[bytes]:
-        taken: list[bytes] = []
+    def _take(self) -> list[str]:
+        taken: list[str] = []
         while True:
             try:
                 taken.append(self._arrived.get_nowait())
@@ -396,7 +462,7 @@ class AMQPSubscription:
             except TimeoutError:
                 return []
             taken = [first, *self._take()]
-        return _texts(taken, self._where)
+        return taken
 
     async def close(self) -> None:
         """Cancel the consumer and delete the queue (auto-delete would too); idempotent,
@@ -415,12 +481,6 @@ class AMQPSubscription:
             raise
         except Exception as exc:  # the queue or the connection is already gone
             logger.debug("closing the subscription to %s: %r", self._where, exc)
-
-
-def _message(payload: str) -> Any:
-    import aio_pika
-
-    return aio_pika.Message(payload.encode(), delivery_mode=TRANSIENT)
 
 
 def _first_line(exc: BaseException) -> str:
