@@ -223,3 +223,50 @@ def _guarded(target: Any, result: dict[str, Any]) -> None:
         target(result)
     except BaseException as exc:  # handed to the test
         result["error"] = exc
+
+
+def close_connections_of(vhost: str) -> int:
+    """Close, on the server, every client connection to ``vhost`` (this test's own)."""
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "vhost", "pid"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    pids = [line.split("\t")[1] for line in listed.stdout.splitlines()
+            if line.split("\t")[0] == vhost]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: connection cut"],
+                       capture_output=True, text=True, timeout=60, check=True)
+    return len(pids)
+
+
+async def test_after_the_connection_is_cut_subscribers_resubscribe_and_replies_flow(
+        amqp_url, mailbox):
+    from celery.exceptions import ConnectionLost
+
+    subscription = await mailbox.fanout_subscribe(EXCHANGE)
+    await mailbox.direct_bind(REPLY, "ticket", "q")
+    assert await mailbox.pop_raw("q", 0.05) == []  # its consumer runs
+    first = pidbox.encode({"method": "ping"}, EXCHANGE, "", {"clock": 1})
+    await mailbox.fanout_publish(EXCHANGE, first)
+    assert len(await collect(subscription.get, 1)) == 1
+    assert close_connections_of(AMQP_VHOST) >= 1
+    # the subscription says it is gone (within a few calls), and the caller subscribes again
+    with pytest.raises(ConnectionLost):
+        for _ in range(40):
+            await subscription.get(0.25)
+    await subscription.close()
+    for _ in range(100):  # the robust connection comes back by itself
+        try:
+            subscription = await mailbox.fanout_subscribe(EXCHANGE)
+            break
+        except ConnectionLost:
+            await asyncio.sleep(0.1)
+    second = pidbox.encode({"method": "stats"}, EXCHANGE, "", {"clock": 2})
+    await mailbox.fanout_publish(EXCHANGE, second)
+    [got] = await collect(subscription.get, 1)
+    assert pidbox.decode(got)[0] == {"method": "stats"}
+    # the reply queue's consumer is started again on the next pop
+    await mailbox.direct_bind(REPLY, "ticket", "q")
+    assert await mailbox.direct_publish(REPLY, "ticket", first) == 1
+    [reply] = await collect(lambda t: mailbox.pop_raw("q", t), 1)
+    assert pidbox.decode(reply)[0] == {"method": "ping"}
+    await subscription.close()

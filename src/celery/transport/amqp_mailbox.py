@@ -20,7 +20,15 @@
 
 Flags match upstream's, so upstream Celery and we declare the same exchanges without
 ``PRECONDITION_FAILED``: an upstream ``celery inspect`` reaches our workers and ours reaches
-theirs. Every payload is published transient (``delivery_mode`` 1), as kombu's.
+theirs. ``control_queue_durable``/``_exclusive`` and ``event_queue_durable``/``_exclusive``
+(``MailboxQueueSettings``) change the queues' flags as they change Celery's.
+
+Payloads are kombu envelopes (``transport/envelope.py``) on our side of the protocol; on the
+wire each is the AMQP message it stands for, as kombu on py-amqp publishes it (``to_amqp``):
+the body is the message body, content type, encoding and headers are the message's, and
+``delivery_mode`` is the envelope's (1, transient, for control messages and events). A
+received message becomes an envelope again (``from_amqp``), ``delivery_info`` holding its
+exchange and routing key.
 
 AMQP cannot say how many queues a message reached: ``direct_publish`` publishes it
 ``mandatory`` on a confirmed channel and answers 1 when the broker routed it (to one queue
@@ -401,10 +409,14 @@ class AMQPMailbox:
         empty answer, not a channel error)."""
         state = self._state()
         consumer = state.consumers.get(queue)
+        leftover: list[str] = []
         if consumer is None or not consumer.alive:
+            if consumer is not None:  # its channel closed: keep what it had received
+                leftover = consumer.take()
+                del state.consumers[queue]
             consumer = state.consumers[queue] = await self._guard(
                 f"consume {queue!r}", lambda: self._start_consumer(queue))
-        taken = consumer.take()
+        taken = leftover + consumer.take()
         if not taken and timeout > 0:
             try:
                 first = await asyncio.wait_for(consumer.arrived.get(), timeout)
