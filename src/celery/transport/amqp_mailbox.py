@@ -66,7 +66,8 @@ if TYPE_CHECKING:
         AbstractRobustChannel,
     )
 
-__all__ = ["AMQPMailbox", "MailboxQueueSettings", "exchange_kind", "from_amqp", "to_amqp"]
+__all__ = ["AMQPMailbox", "MailboxQueueSettings", "encode_floats_as_doubles", "exchange_kind",
+           "from_amqp", "to_amqp"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,33 @@ def exchange_kind(exchange: str) -> tuple[str, bool]:
     return "topic", True
 
 
+_doubles_lock = threading.Lock()  # guards the one-time patch below
+
+
+def encode_floats_as_doubles() -> None:
+    """Make pamqp (aio-pika's encoder) write a float in a header table as an AMQP double
+    (``d``), as py-amqp does, instead of a 32-bit float (``f``). A 32-bit float holds an
+    epoch only to the nearest 128 s: a control message's ``expires`` header
+    (``time() + timeout``) would arrive up to a minute early, and the worker would drop the
+    command as expired (or an upstream one would). Idempotent; patches pamqp's module
+    function once, for the whole process (pamqp offers no option for it).
+    """
+    from pamqp import encode
+
+    with _doubles_lock:
+        if getattr(encode.encode_table_value, "_celery_doubles", False):
+            return
+        original = encode.encode_table_value
+
+        def encode_table_value(value: Any) -> bytes:
+            if isinstance(value, float):
+                return b"d" + encode.double(value)
+            return original(value)
+
+        encode_table_value._celery_doubles = True  # type: ignore[attr-defined]
+        encode.encode_table_value = encode_table_value
+
+
 def to_amqp(payload: str) -> Any:
     """The AMQP message a kombu envelope stands for: its body (not the envelope) as the
     message body; content type and encoding, headers, delivery mode, priority,
@@ -139,6 +167,7 @@ def to_amqp(payload: str) -> Any:
     """
     import aio_pika
 
+    encode_floats_as_doubles()
     message = envelope.decode("", payload, "").message
     props = message.properties
     try:
