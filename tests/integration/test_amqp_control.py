@@ -379,3 +379,62 @@ def test_status_inspect_control_and_shutdown_against_a_worker_on_amqp(amqp_url, 
     assert out.count("Dropping a malformed message") == 1, out
     assert out.count("discarding a malformed command message") == 3, out
     assert "Traceback" not in out, out
+
+
+def test_events_of_a_worker_started_with_E_reach_receivers_on_amqp(amqp_url, tmp_path, app,
+                                                                   caplog):
+    caplog.set_level("WARNING", logger="celery.events.receiver")
+    got: list[dict[str, Any]] = []
+    receiver = app.events.Receiver(None, handlers={"*": got.append})
+    seen = threading.Event()
+
+    def capture() -> None:
+        for _ in receiver.itercapture(timeout=60, wakeup=False):
+            if any(e["type"] == "worker-offline" for e in got):
+                seen.set()
+                return
+
+    capturing = threading.Thread(target=capture, daemon=True)
+    capturing.start()
+    wait_for(lambda: any(q.startswith("celeryev.") for q in list_queues(AMQP_VHOST)), 20,
+             "the receiver's queue")
+    name = f"ev-{uuid.uuid4().hex[:8]}@test"
+    dump = subprocess.Popen([sys.executable, "-m", "celery", "-A", "controlapp", "events",
+                             "--dump"], cwd=tmp_path, env=worker_env(amqp_url, tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_worker(amqp_url, tmp_path, name)
+    try:
+        wait_for(lambda: app.control.ping([name], timeout=0.5), 30, "the worker to answer")
+        result = app.tasks["ctl.tick"].delay("evented")
+        assert result.get(timeout=20)
+        types = lambda: {(e["type"], e.get("uuid")) for e in got}  # noqa: E731
+        wait_for(lambda: {("task-received", result.id), ("task-started", result.id),
+                          ("task-succeeded", result.id)} <= types(), 20, "the task's events")
+        wait_for(lambda: ("worker-heartbeat", None) in types(), 10, "a heartbeat")
+        # a malformed event on the exchange: dropped by the receiver, which goes on
+        publish_raw(amqp_url, "celeryev", "worker.heartbeat",
+                    [(b"not json", "application/json", "utf-8")])
+        assert app.control.shutdown([name]) is None
+        assert proc.wait(timeout=30) == 0
+        assert seen.wait(20), [e["type"] for e in got]
+    except BaseException as exc:
+        exc.add_note(f"worker output:\n{stop(proc)}")
+        raise
+    finally:
+        receiver.should_stop = True
+        capturing.join(10)
+        dump.terminate()
+        printed = dump.communicate(timeout=30)[0]
+    stop(proc)
+    dropped = [r.getMessage() for r in caplog.records if r.name == "celery.events.receiver"]
+    assert len(dropped) == 1 and "Dropping an event message (body)" in dropped[0], dropped
+    online = [e for e in got if e["type"] == "worker-online"]
+    assert [e["hostname"] for e in online] == [name]
+    assert all(e["hostname"] == name for e in got)
+    assert f"{name} [" in printed and "task succeeded" in printed.lower(), printed
+
+
+def list_queues(vhost: str) -> list[str]:
+    done = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name"],
+                          capture_output=True, text=True, timeout=60)
+    return done.stdout.split()[1:] if done.returncode == 0 else []

@@ -41,7 +41,12 @@ from ..messaging.protocol import Message
 from ..utils.portal import Portal
 from .amqp_connection import Connections, driver_errors, parse_amqp_url
 from .amqp_consume import ACK, DROP, REQUEUE, Consuming, settle
-from .amqp_mailbox import AMQPMailbox, AMQPSubscription, MailboxQueueSettings
+from .amqp_mailbox import (
+    AMQPMailbox,
+    AMQPSubscription,
+    MailboxQueueSettings,
+    encode_floats_as_doubles,
+)
 from .amqp_topology import Topology, declare_queue
 from .amqp_wire import to_amqp
 from .base import CAP_BROADCAST, Delivery
@@ -94,6 +99,7 @@ class AMQPTransport:
         self.topology = topology or Topology.default()
         #: Remote control and events (the Mailbox methods below delegate to it).
         self.mailbox = AMQPMailbox(self.connections, mailbox_settings)
+        encode_floats_as_doubles()  # float headers (timelimit, expires) as py-amqp sends them
         self._portal = portal
         self._own_portal: Portal | None = None
         policy = dict(DEFAULT_RETRY_POLICY)
