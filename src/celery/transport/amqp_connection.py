@@ -305,11 +305,12 @@ class Connections:
             channel = state.channels.get(purpose)
             if channel is not None and not channel.is_closed:
                 return channel
+            errors: tuple[type[BaseException], ...] = (*driver_errors(), RuntimeError)
             try:
                 channel = await conn.channel(publisher_confirms=confirms)
             except asyncio.CancelledError:
                 raise
-            except (*driver_errors(), RuntimeError) as exc:  # RuntimeError: not open (yet)
+            except errors as exc:  # RuntimeError: not open (yet)
                 raise ConnectionLost(
                     f"Cannot open a channel on {self.params.safe_url}: {_describe(exc)}") from exc
             state.channels[purpose] = channel  # type: ignore[assignment]
