@@ -37,7 +37,7 @@ def test_float_headers_cross_as_doubles_so_an_expiry_epoch_stays_exact():
     from pamqp import decode, encode
 
     from celery.messaging import pidbox
-    from celery.transport.amqp_mailbox import to_amqp
+    from celery.transport.amqp_envelope import to_amqp
 
     expires = 1796540000.123456  # an epoch: a 32-bit float would make it ...032.0
     message = to_amqp(pidbox.encode({"method": "ping"}, "celery.pidbox", "",

@@ -41,12 +41,8 @@ from ..messaging.protocol import Message
 from ..utils.portal import Portal
 from .amqp_connection import Connections, driver_errors, parse_amqp_url
 from .amqp_consume import ACK, DROP, REQUEUE, Consuming, settle
-from .amqp_mailbox import (
-    AMQPMailbox,
-    AMQPSubscription,
-    MailboxQueueSettings,
-    encode_floats_as_doubles,
-)
+from .amqp_envelope import encode_floats_as_doubles
+from .amqp_mailbox import AMQPMailbox, AMQPSubscription, MailboxQueueSettings
 from .amqp_topology import Topology, declare_queue
 from .amqp_wire import to_amqp
 from .base import CAP_BROADCAST, Delivery
