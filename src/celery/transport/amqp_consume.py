@@ -121,7 +121,8 @@ class Consuming:
 
         def on_message(message: DeliveredMessage) -> None:  # aiormq runs it in a task
             buffer.append(message)
-            outstanding.setdefault(message.channel, {})[message.delivery.delivery_tag or 0] = None
+            deliver: Any = message.delivery  # a Basic.Deliver here
+            outstanding.setdefault(message.channel, {})[deliver.delivery_tag or 0] = None
             ready.set()
 
         return on_message
