@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionLost
@@ -56,10 +56,13 @@ GATHER_IDLE_TURNS = 30
 class Consuming:
     """The consumers, buffers and QoS of one event loop. Used only on that loop."""
 
-    def __init__(self, connections: Connections, declare: Declare, global_qos: bool) -> None:
+    def __init__(self, connections: Connections, declare: Declare, global_qos: bool,
+                 consumer_arguments: Callable[[str], Mapping[str, Any]] | None = None) -> None:
         self._connections = connections
         self._declare = declare
         self._global_qos = global_qos
+        #: queue name -> its ``basic.consume`` arguments (kombu's ``consumer_arguments``)
+        self._consumer_arguments = consumer_arguments
         self.channel: AbstractRobustChannel | None = None
         #: The aiormq channel under ``channel`` that our consumers live on: a new one
         #: (after a reconnect) has none of them, and they are made again.
@@ -109,9 +112,11 @@ class Consuming:
         for name in queues:
             if name in self._consumers:
                 continue
-            await self._declare(channel, name)
+            queue = await self._declare(channel, name)  # (its name may differ: broadcast)
             buffer = self._buffers.setdefault(name, deque())
-            ok = await underlay.basic_consume(name, self._on_message(buffer), no_ack=False)
+            arguments = self._consumer_arguments(name) if self._consumer_arguments else None
+            ok = await underlay.basic_consume(queue.name, self._on_message(buffer), no_ack=False,
+                                              arguments=dict(arguments) if arguments else None)
             self._consumers[name] = ok.consumer_tag
         for name in [n for n in self._consumers if n not in queues]:
             await self._cancel(name)
