@@ -479,6 +479,15 @@ class Celery:
         if confirm is not None:
             confirm()
 
+    def _unready_backend(self) -> ResultBackend | None:
+        """The result backend, if it must prepare before this process sends a task
+        (``ResultBackend.sender_ready``: the rpc:// reply queue); None otherwise, and
+        from inside a task, as upstream (a worker does not wait for its subtasks)."""
+        if not self.conf._data["result_backend"] or current_task_var.get() is not None:
+            return None
+        backend = self.backend
+        return None if backend.sender_ready else backend
+
     def _sent(self, task_id: str, name: str, options: Mapping[str, Any],
               ignore_result: Any, result: AsyncResult | None = None) -> AsyncResult:
         """The result of a task just sent (``result`` when the caller made it already):
@@ -503,6 +512,9 @@ class Celery:
         """Send a task by name. Blocking (on Redis only until the message is written: see
         transport/redis_publish.py; one broker round trip elsewhere); usable from any thread,
         including one running an event loop."""
+        backend = self._unready_backend()
+        if backend is not None:
+            backend.prepare_sender()
         if task is not None and not options:  # a plain delay(): from its template, if it may
             sent = plain_send(self, task, args, kwargs)
             if sent is not None:
@@ -520,6 +532,9 @@ class Celery:
                          kwargs: Mapping[str, Any] | None = None, *, task: Task | None = None,
                          **options: Any) -> AsyncResult:
         """``send_task`` for the running event loop (never blocks it)."""
+        backend = self._unready_backend()
+        if backend is not None:
+            await backend.aprepare_sender()
         message, task_id = self._prepare(name, args, kwargs, task, options)
         publishing = _publish_signals(name, message)
         await self.transport.apublish(message)
@@ -533,6 +548,9 @@ class Celery:
         """Publish prepared ``(task name, message)`` items (a canvas's), with the publish
         signals. Blocking, any thread: one message goes as ``send_task``'s does; several
         in one pipelined batch, on the portal loop."""
+        backend = self._unready_backend() if items else None
+        if backend is not None:
+            backend.prepare_sender()
         signalled = [item for item in items if _publish_signals(*item)]
         if len(items) == 1:
             self.transport.publish(items[0][1])
@@ -545,6 +563,9 @@ class Celery:
 
     async def _apublish_many(self, items: Sequence[tuple[str, Message]]) -> None:
         """``_publish_many`` on the running event loop (never blocks it)."""
+        backend = self._unready_backend() if items else None
+        if backend is not None:
+            await backend.aprepare_sender()
         signalled = [item for item in items if _publish_signals(*item)]
         if len(items) == 1:
             await self.transport.apublish(items[0][1])
