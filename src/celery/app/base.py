@@ -103,6 +103,9 @@ class Celery:
         self._setup_lock = threading.RLock()
         self._transport: Transport | None = None
         self._backend: ResultBackend | None = None
+        #: This app's id (upstream's ``app.oid``): the ``reply_to`` of the tasks it sends,
+        #: the name of its rpc:// reply queue, so two apps in one process never share one.
+        self.oid = uuid4_str()
         self._portal: Portal | None = None
         self._control: Control | None = None
         self._router: Router | None = None
@@ -367,7 +370,7 @@ class Celery:
                     self.conf.apply_env()
                     self._backend = backend_for_url(
                         self.conf.result_backend, self.conf, portal=self.portal,
-                        confirm_published=self._confirm_published)
+                        confirm_published=self._confirm_published, reply_to=self.oid)
         return self._backend
 
     @property
@@ -439,7 +442,7 @@ class Celery:
             queue=_pick(layers, "routing_key", queue),
             exchange=_pick(layers, "exchange", "") or "",
             priority=_pick(layers, "priority", conf["task_default_priority"]),
-            reply_to=get("reply_to"),
+            reply_to=get("reply_to") or self.oid,
             callbacks=_sig_list(get("link")),
             errbacks=_sig_list(get("link_error")),
             chain=get("chain"),

@@ -2,8 +2,8 @@
 upstream Celery's RPC backend sends them.
 
 Wire format (upstream Celery 5.x, so that our workers answer upstream clients and theirs
-answer ours): a task message carries ``reply_to`` (the sending process's id, the name of
-its reply queue) and ``correlation_id`` (the task id). The worker publishes every state it
+answer ours): a task message carries ``reply_to`` (the sending app's id, ``app.oid``, the
+name of its reply queue) and ``correlation_id`` (the task id). The worker publishes every state it
 stores for the task (STARTED, RETRY, SUCCESS, FAILURE, REVOKED...) to the default exchange
 with routing key ``reply_to`` and the same ``correlation_id``; the body is the result meta
 (``status``, ``result``, ``traceback``, ``children``, ``date_done``, ``task_id``, and the
@@ -94,8 +94,8 @@ class RPCBackend(ResultBackend):
         serializer = serialization.serializer_by_name(self.serializer)
         self._content_type = serializer.content_type
         self._content_encoding = serializer.content_encoding
-        #: This process's reply queue: the ``reply_to`` of every task it sends.
-        self.oid = REPLY_TO
+        #: The app's reply queue: the ``reply_to`` of every task it sends (``app.oid``).
+        self.oid = str(options.get("reply_to") or REPLY_TO)
         arguments = {"x-expires": int(self.expires * 1000)} if self.expires else {}
         self.replies = Replies(self.connections, self.oid, arguments, self.accept,
                                self.meta_from_decoded)

@@ -1,7 +1,7 @@
-"""The client side of ``rpc://``: this process's reply queue, consumed on the app's portal loop.
+"""The client side of ``rpc://``: an app's reply queue, consumed on the app's portal loop.
 
-Every task this process sends carries ``reply_to`` = the process's id (``REPLY_TO``, the
-name of this queue) and ``correlation_id`` = its task id; a worker sends each state it
+Every task an app sends carries ``reply_to`` = the app's id (``app.oid``, the name of
+this queue) and ``correlation_id`` = its task id; a worker sends each state it
 stores for the task there as one message (see rpc.py). The queue is declared before the
 first task is sent (``declare``), and consumed from the first read on (``start``), without
 acks, as upstream Celery consumes it: its messages are then this process's only copy.
