@@ -268,6 +268,15 @@ class RPCBackend(ResultBackend):
     def ensure_chords_allowed(self) -> None:
         raise NotImplementedError(E_NO_CHORD_SUPPORT)
 
+    async def asave_group(self, group_id: str, result: Any) -> None:
+        raise NotImplementedError("save_group is not supported by this backend.")
+
+    async def aget_group_meta(self, group_id: str) -> dict[str, Any] | None:
+        raise NotImplementedError("restore_group is not supported by this backend.")
+
+    async def adelete_group(self, group_id: str) -> None:
+        raise NotImplementedError("delete_group is not supported by this backend.")
+
     async def _aset_group(self, group_id: str, payload: bytes, expires: float | None) -> None:
         raise NotImplementedError("save_group is not supported by this backend.")
 
