@@ -136,6 +136,12 @@ class RPCBackend(ResultBackend):
         if request is None:  # as upstream: the running task's request
             request = current_request.get()
         reply_to = getattr(request, "reply_to", None)
+        if reply_to and not (isinstance(reply_to, str) and len(reply_to.encode()) <= 255):
+            # An AMQP routing key is a short string: a message that says otherwise gets no
+            # reply (rather than a publish that fails, holding back every result after it).
+            logger.error("Task %s: reply_to %.80r is not a queue name; its %s state is not "
+                         "sent", task_id, reply_to, state)
+            reply_to = None
         if reply_to:
             # The request may be another task's (a chain storing a later step's failure):
             # its correlation id is then not this task's.

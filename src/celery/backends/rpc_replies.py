@@ -8,7 +8,7 @@ acks, as upstream Celery consumes it: its messages are then this process's only 
 
 ``Replies`` keeps the latest state of each task it heard of (a task's states arrive in the
 order the worker sent them; a final state is never replaced by an interim one that
-arrives late or twice) until ``forget``, up to ``MAX_KEPT`` tasks, dropping the oldest
+arrives late or twice, nor a success by anything) until ``forget``, up to ``MAX_KEPT`` tasks, dropping the oldest
 past that with a warning. Waiters register a ``concurrent.futures.Future`` per task, which
 the consumer resolves when a final state arrives: a sync ``get()`` blocks on it in its own
 thread; ``await`` on any loop wraps it (``asyncio.wrap_future``).
@@ -161,8 +161,9 @@ class Replies:
         ready = meta.get("status") in states.READY_STATES
         with self._lock:
             old = self._metas.get(task_id)
-            if old is not None and old.get("status") in states.READY_STATES and not ready:
-                return  # a late or repeated interim state
+            if old is not None and (old.get("status") == states.SUCCESS or (
+                    not ready and old.get("status") in states.READY_STATES)):
+                return  # a late or repeated state: a success stays, as in every backend
             self._metas[task_id] = meta
             self._metas.move_to_end(task_id)
             while len(self._metas) > MAX_KEPT:
