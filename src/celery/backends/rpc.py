@@ -19,7 +19,8 @@ process that sent the task.
 The worker side: ``prepare_meta`` (called with the task's request on an executor thread)
 notes where the task's states go; ``_aset_many`` (the flusher, on the consumer's loop)
 publishes them on that loop's ``rpc`` channel with publisher confirms, and forgets the
-destination once a final state is confirmed. ``_destinations`` is guarded by ``_lock``.
+destination once a final state is confirmed. ``_destinations`` is guarded by ``_lock``;
+``_declared`` (the reply queue exists) is a ``threading.Event``.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class RPCBackend(ResultBackend):
                                self.meta_from_decoded)
         self._lock = threading.Lock()
         self._destinations: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._ready_to_send = False
+        #: Set once the reply queue was declared (read by senders on any thread).
+        self._declared = threading.Event()
 
     def as_uri(self, include_password: bool = True) -> str:
         return "rpc://"
@@ -110,14 +112,14 @@ class RPCBackend(ResultBackend):
 
     @property
     def sender_ready(self) -> bool:  # type: ignore[override]
-        return self._ready_to_send
+        return self._declared.is_set()
 
     def prepare_sender(self) -> None:
         self._call(self.aprepare_sender())
 
     async def aprepare_sender(self) -> None:
         """Declare the reply queue on the portal loop (from any loop), once."""
-        if self._ready_to_send:
+        if self._declared.is_set():
             return
         loop = self.portal.loop
         if asyncio.get_running_loop() is loop:
@@ -125,7 +127,7 @@ class RPCBackend(ResultBackend):
         else:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
                 self.replies.declare(), loop))
-        self._ready_to_send = True
+        self._declared.set()
 
     # -- the worker: publishing states --------------------------------------------------------
 
@@ -205,7 +207,7 @@ class RPCBackend(ResultBackend):
             await self.replies.start()
         else:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.replies.start(), loop))
-        self._ready_to_send = True
+        self._declared.set()
 
     def _pending(self, task_id: str) -> Meta:
         return self.meta_from_payload(task_id, None)
