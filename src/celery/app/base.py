@@ -338,16 +338,28 @@ class Celery:
                 if self._transport is None:
                     from ..transport.registry import transport_for_url
 
-                    if self.conf.broker_use_ssl:
+                    url = self.broker_url
+                    amqp = url.split("://", 1)[0].lower() in ("amqp", "amqps", "pyamqp")
+                    if self.conf.broker_use_ssl and not amqp:
                         raise ImproperlyConfigured(
                             "broker_use_ssl is not supported: put TLS in the broker URL "
                             "(rediss://...?ssl_cert_reqs=required, or amqps://)")
+                    extra: dict[str, Any] = {}
+                    if amqp:
+                        from ..transport.amqp_topology import Topology
 
+                        conf = self.conf
+                        extra = dict(
+                            topology=Topology.from_conf(conf), heartbeat=conf.broker_heartbeat,
+                            use_ssl=conf.broker_use_ssl, portal=self.portal,
+                            publish_retry=conf.task_publish_retry,
+                            publish_retry_policy=conf.task_publish_retry_policy)
                     self._transport = transport_for_url(
-                        self.broker_url,
+                        url,
                         transport_options=dict(self.conf.broker_transport_options or {}),
                         connection_timeout=self.conf.broker_connection_timeout,
                         max_connections=self.conf.broker_pool_limit,
+                        **extra,
                     )
         return self._transport
 
