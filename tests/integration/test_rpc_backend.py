@@ -20,7 +20,7 @@ from celery import Celery, group, states
 from celery._state import Context
 from celery.backends.base import backend_for_url
 from celery.backends.rpc import RPCBackend
-from celery.exceptions import ImproperlyConfigured, TimeoutError
+from celery.exceptions import ImproperlyConfigured, TaskRevokedError, TimeoutError
 
 from ..conftest import flushed_redis_url, fresh_amqp_vhost
 from .worker_harness import CommandProcess
@@ -223,6 +223,13 @@ def test_a_real_worker_answers_results_failures_and_retries_in_order(worker_url)
         # never replaces a final one.
         app.backend.replies.arrived(retried.id, {"status": "RETRY", "result": None})
         assert app.backend.get_task_meta(retried.id)["status"] == "SUCCESS"
+
+        # Expired before it ran: the worker stores REVOKED (no task runs; the reply goes
+        # to the message's reply_to all the same).
+        expired = app.send_task("rpc.add", (1, 1), expires=-1)
+        with pytest.raises(TaskRevokedError):
+            expired.get(timeout=10)
+        assert expired.state == "REVOKED"
 
         slow = app.send_task("rpc.sleep", (0.8,))
         begun = time.monotonic()

@@ -56,6 +56,10 @@ E_NO_CHORD_SUPPORT = (
 #: Destinations of tasks still running kept by a worker, beyond which the oldest go.
 MAX_DESTINATIONS = 100_000
 
+#: Seconds a batch of replies may wait for the broker's confirms before the flusher is
+#: told the broker is unreachable (it then retries the batch with backoff).
+PUBLISH_TIMEOUT = 10.0
+
 Meta = dict[str, Any]
 
 
@@ -183,7 +187,7 @@ class RPCBackend(ResultBackend):
                     AMQPMessage(payload, content_type=self._content_type,
                                 content_encoding=self._content_encoding,
                                 correlation_id=correlation_id, delivery_mode=mode, priority=0),
-                    routing_key=reply_to, mandatory=False)
+                    routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT)
                 for _, payload, _, (reply_to, correlation_id) in sends))
         except asyncio.CancelledError:
             raise
