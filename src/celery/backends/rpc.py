@@ -257,6 +257,8 @@ class RPCBackend(ResultBackend):
         self.confirm_published()
         if not self.replies.started:
             self._call(self._start())
+        elif _running_loop() is self.portal.loop:  # the reply could never be taken in
+            raise RuntimeError("A sync get() on the portal's loop would deadlock; await instead")
         meta, future = self.replies.waiter(task_id)
         if future is None:
             assert meta is not None
@@ -309,3 +311,10 @@ class RPCBackend(ResultBackend):
     def close(self) -> None:
         self.connections.close()
         super().close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
