@@ -59,6 +59,8 @@ def test_rpc_needs_an_amqp_broker_and_refuses_chords_and_saved_groups():
     redis_app = Celery("t", broker="redis://localhost/0", backend="rpc://")
     with pytest.raises(ImproperlyConfigured, match=r"rpc:// result backend needs an AMQP broker"):
         redis_app.backend  # noqa: B018
+    with pytest.raises(ImproperlyConfigured, match=r"needs an AMQP broker URL in broker_url"):
+        backend_for_url("rpc://", Celery("t").conf)
     app = Celery("t", broker="amqp://guest:guest@localhost:5672/v", backend="rpc://",
                  result_persistent=True, result_expires=60)
     try:

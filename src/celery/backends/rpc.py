@@ -39,6 +39,7 @@ from .._state import current_request
 from ..exceptions import ConnectionLost, ImproperlyConfigured, TimeoutError
 from ..messaging import serialization
 from ..messaging.protocol import REPLY_TO
+from ..utils.text import mask_url
 from .base import Conf, ResultBackend
 from .rpc_replies import Replies
 
@@ -77,10 +78,15 @@ class RPCBackend(ResultBackend):
         if url and url.rstrip("/").lower() != "rpc:":
             logger.warning("rpc:// takes no host, path or options (the broker's connection "
                            "is used): ignoring the rest of %r, as Celery does", url)
-        broker = conf.get("broker_url") or "amqp://guest:guest@localhost:5672//"
-        if not isinstance(broker, str):
-            raise ImproperlyConfigured(f"rpc:// needs one AMQP broker URL, not {broker!r}")
-        broker = broker.split(";", 1)[0].strip()
+        broker = conf.get("broker_url")
+        if not broker or not isinstance(broker, str):
+            raise ImproperlyConfigured(
+                f"The rpc:// result backend needs an AMQP broker URL in broker_url, not "
+                f"{broker!r} (with no broker configured, the broker is sqlite://)")
+        if ";" in broker:
+            logger.warning("rpc:// replies use the first broker of the failover list %s",
+                           mask_url(broker))
+            broker = broker.split(";", 1)[0].strip()
         scheme = broker.partition("://")[0].lower()
         if scheme not in AMQP_SCHEMES:
             raise ImproperlyConfigured(
