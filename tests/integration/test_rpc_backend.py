@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -278,6 +279,34 @@ def test_many_concurrent_results_reach_their_own_client_sync_and_async(worker_ur
     finally:
         one.close()
         two.close()
+
+
+def close_connections(vhost: str) -> int:
+    """Close every connection to ``vhost`` from the server side (this module's vhosts only);
+    how many there were."""
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "vhost"],
+                            capture_output=True, text=True, timeout=60).stdout
+    subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "rpc test"],
+                   check=True, capture_output=True, timeout=60)
+    return sum(line.strip() == vhost for line in listed.splitlines())
+
+
+def test_replies_flow_again_after_the_connections_are_dropped(tmp_path):
+    """The server closes every connection (the client's, the worker's): both reconnect by
+    themselves, the reply queue is declared and consumed again, and new replies arrive."""
+    vhost = f"{AMQP_VHOST}-drop"
+    url = fresh_amqp_vhost(vhost)
+    proc = WorkerProcess(url, "rpc://", tmp_path)
+    app = client(url)
+    try:
+        assert app.send_task("rpc.add", (1, 2)).get(timeout=10) == 3
+        assert close_connections(vhost) >= 3  # the client's, the worker's consumer and replies
+        results = [app.send_task("rpc.add", (i, 2)) for i in range(10)]
+        assert [r.get(timeout=30) for r in results] == [i + 2 for i in range(10)]
+        assert asyncio.run(app.send_task("rpc.aadd", (2, 2)).aget(timeout=30)) == 4
+    finally:
+        app.close()
+        assert proc.stop() == 0, proc.output
 
 
 # -- other result backends beside an AMQP broker ----------------------------------------------
