@@ -74,6 +74,17 @@ def test_rpc_needs_an_amqp_broker_and_refuses_chords_and_saved_groups():
         with pytest.raises(NotImplementedError, match="save_group is not supported"):
             backend.save_group("g", None)
         assert Celery("u", broker="pyamqp://h//").oid != app.oid  # one reply queue per app
+
+        # Where a state goes: the request's reply_to; its correlation_id when the request
+        # is the task's own (a chain storing a later step's state passes its own request).
+        backend.prepare_meta("a", states.STARTED, None, None,
+                             Context(id="a", reply_to="q1", correlation_id="corr-a"))
+        backend.prepare_meta("b", states.FAILURE, None, None,
+                             Context(id="a", reply_to="q1", correlation_id="corr-a"))
+        backend.prepare_meta("c", states.SUCCESS, 1, None, Context(id="c", reply_to="x" * 300))
+        backend.prepare_meta("d", states.SUCCESS, 1, None, Context(id="d"))
+        assert dict(backend._destinations) == {"a": ("q1", "corr-a"), "b": ("q1", "b")}
+        asyncio.run(backend._aset_many([("c", b"{}", "SUCCESS"), ("d", b"{}", "SUCCESS")]))
         assert type(backend_for_url("rpc://", app.conf, reply_to="x")) is RPCBackend
     finally:
         app.close()
