@@ -236,6 +236,11 @@ class Connections:
     """
 
     def __init__(self, params: AMQPParams) -> None:
+        from .amqp_envelope import encode_floats_as_doubles
+
+        # Every AMQP user (the transport, the rpc:// backend, a mailbox) sends float headers
+        # as py-amqp does (doubles), whoever makes connections first.
+        encode_floats_as_doubles()
         self.params = params
         self._lock = threading.Lock()
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}

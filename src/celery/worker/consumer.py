@@ -415,7 +415,8 @@ class Consumer:
         """The encoded REVOKED meta (``TaskRevokedError(reason)``) to store, or None."""
         if not req.store_result:
             return None
-        meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError(reason))
+        meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError(reason),
+                                         None, req.bare_context())
         return self.backend.encode(meta)
 
     def _announce_revoked(self, req: Request, reason: str, expired: bool) -> None:
@@ -563,7 +564,8 @@ class Consumer:
         exc = TimeLimitExceeded(hard)
         payload = None
         if req.store_result or req.task.store_errors_even_if_ignored:
-            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
+            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None,
+                                             req.bare_context())
             payload = self.backend.encode(meta)
         # As Celery, with acks_late: acked, or requeued if acks_on_failure_or_timeout is off.
         settle = "requeue" if req.acks_late and not self._acks_on_failure(req) else "ack"
@@ -703,7 +705,8 @@ class Consumer:
         exc = WorkerLostError(f"Worker exited prematurely: cold shutdown ({req.name}[{req.id}])")
         payload = None
         if req.store_result or req.task.store_errors_even_if_ignored:
-            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
+            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None,
+                                             req.bare_context())
             payload = self.backend.encode(meta)
         report = self.canvas.ended(req, states.FAILURE, exc)
         self._store_then(req, payload, states.FAILURE, "acks", report)
