@@ -343,6 +343,7 @@ class Celery:
                             "(rediss://...?ssl_cert_reqs=required, or amqps://)")
                     extra: dict[str, Any] = {}
                     if amqp:
+                        from ..transport.amqp_mailbox import MailboxQueueSettings
                         from ..transport.amqp_topology import Topology
 
                         conf = self.conf
@@ -350,7 +351,9 @@ class Celery:
                             topology=Topology.from_conf(conf), heartbeat=conf.broker_heartbeat,
                             use_ssl=conf.broker_use_ssl, portal=self.portal,
                             publish_retry=conf.task_publish_retry,
-                            publish_retry_policy=conf.task_publish_retry_policy)
+                            publish_retry_policy=conf.task_publish_retry_policy,
+                            # the pidbox/event queue flags (amqp_mailbox.py)
+                            mailbox_settings=MailboxQueueSettings.from_conf(conf))
                     self._transport = transport_for_url(
                         url,
                         transport_options=dict(self.conf.broker_transport_options or {}),
