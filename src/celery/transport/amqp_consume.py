@@ -49,8 +49,9 @@ logger = logging.getLogger(__name__)
 Declare = Callable[["AbstractRobustChannel", str], Awaitable["AbstractQueue"]]
 
 ACK, REQUEUE, DROP = "ack", "requeue", "drop"
-#: Loop turns without a new delivery after which ``fetch`` stops gathering a burst.
-GATHER_IDLE_TURNS = 30
+#: Loop turns without a new delivery after which ``fetch`` stops gathering a burst (each
+#: turn delays a lone message a little: kept small).
+GATHER_IDLE_TURNS = 4
 
 
 class Consuming:
