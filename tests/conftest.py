@@ -126,6 +126,29 @@ def fresh_amqp_vhost(vhost: str) -> str:
     return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
 
 
+def amqp_dead_letter_setup(url: str, vhost: str, queues: str) -> None:
+    """In RabbitMQ vhost ``vhost`` (at ``url``): a policy dead-lettering the queues whose
+    names match the regular expression ``queues`` to the fanout exchange ``dlx``, and the
+    queue ``dead-letter`` bound to it (what the tests read rejected messages from)."""
+    import asyncio
+
+    subprocess.run(["rabbitmqctl", "-q", "set_policy", "-p", vhost, "dlx", queues,
+                    '{"dead-letter-exchange":"dlx"}', "--apply-to", "queues"],
+                   check=True, capture_output=True, timeout=60)
+
+    async def declare() -> None:
+        import aio_pika
+
+        conn = await aio_pika.connect(url)
+        async with conn:
+            channel = await conn.channel()
+            exchange = await channel.declare_exchange("dlx", "fanout")
+            queue = await channel.declare_queue("dead-letter")
+            await queue.bind(exchange)
+
+    asyncio.run(declare())
+
+
 @pytest.fixture
 def amqp_url(request: pytest.FixtureRequest) -> str:
     """A fresh RabbitMQ virtual host for this test, named by the module's ``AMQP_VHOST``

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import flushed_redis_url, fresh_amqp_vhost
+from tests.conftest import amqp_dead_letter_setup, flushed_redis_url, fresh_amqp_vhost
 
 from .transport_suite import TransportSuite
 
@@ -109,25 +109,9 @@ class TestAMQPTransport(TransportSuite):
         return {}
 
     def make_url(self, tmp_path: Path) -> str:
-        import subprocess
-
         url = fresh_amqp_vhost(AMQP_VHOST)
-        subprocess.run(["rabbitmqctl", "-q", "set_policy", "-p", AMQP_VHOST, "dlx", "^(celery|other)$",
-                        '{"dead-letter-exchange":"dlx"}', "--apply-to", "queues"],
-                       check=True, capture_output=True, timeout=60)
-        asyncio.run(self._declare_dead_letter_queue(url))
+        amqp_dead_letter_setup(url, AMQP_VHOST, "^(celery|other)$")
         return url
-
-    @staticmethod
-    async def _declare_dead_letter_queue(url: str) -> None:
-        import aio_pika
-
-        conn = await aio_pika.connect(url)
-        async with conn:
-            channel = await conn.channel()
-            exchange = await channel.declare_exchange("dlx", "fanout")
-            queue = await channel.declare_queue("dead-letter")
-            await queue.bind(exchange)
 
     def dead_letters(self, url: str) -> list[bytes]:
         """Each dead-lettered message as a JSON envelope like kombu's (RabbitMQ's ``x-death``

@@ -32,6 +32,7 @@ from celery.messaging.protocol import Message
 from celery.transport import envelope
 from celery.transport.amqp_connection import Connections, parse_amqp_url
 from celery.transport.amqp_mailbox import AMQPMailbox
+from tests.conformance.mailbox_suite import collect
 from tests.conftest import app_module, flushed_redis_url
 from tests.conftest import stop_process as stop
 
@@ -68,13 +69,6 @@ def in_thread(target: Any) -> tuple[threading.Thread, dict[str, Any]]:
     return thread, result
 
 
-async def collect(get: Any, expected: int, calls: int = 40) -> list[str]:
-    got: list[str] = []
-    for _ in range(calls):
-        if len(got) >= expected:
-            break
-        got += await get(0.5)
-    return got
 
 
 def list_exchanges(vhost: str) -> dict[str, tuple[str, ...]]:

@@ -22,7 +22,7 @@ import pytest
 
 from celery import Celery
 from celery.exceptions import OperationalError
-from tests.conftest import fresh_amqp_vhost
+from tests.conftest import amqp_dead_letter_setup, fresh_amqp_vhost
 from tests.faults.procs import Worker, wait_until
 
 pytestmark = pytest.mark.amqp
@@ -80,27 +80,9 @@ async def _ready_count(url: str, queue: str) -> int:
         return int(declared.declaration_result.message_count or 0)
 
 
-def _dead_letter_setup(url: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", "set_policy", "-p", AMQP_VHOST, "dlx", "^celery$",
-                    '{"dead-letter-exchange":"dlx"}', "--apply-to", "queues"],
-                   check=True, capture_output=True, timeout=60)
-
-    async def declare() -> None:
-        import aio_pika
-
-        conn = await aio_pika.connect(url)
-        async with conn:
-            channel = await conn.channel()
-            exchange = await channel.declare_exchange("dlx", "fanout")
-            queue = await channel.declare_queue("dead-letter")
-            await queue.bind(exchange)
-
-    _run(declare())
-
-
 def test_tasks_countdown_priorities_and_malformed_messages(tmp_path: Path) -> None:
     url = fresh_amqp_vhost(AMQP_VHOST)
-    _dead_letter_setup(url)
+    amqp_dead_letter_setup(url, AMQP_VHOST, "^celery$")
     # acks_late: the body that does not decode is rejected after its FAILURE is stored
     # (with early acks it was acked as it started, as upstream's are)
     env = _env(url, tmp_path, acks_late=True, max_priority=10)
