@@ -45,6 +45,12 @@ DEFAULTS: dict[str, Any] = {
     "task_default_exchange_type": "direct",
     "task_default_routing_key": None,
     "task_default_priority": None,
+    "task_default_delivery_mode": 2,
+    # AMQP topology (transport/amqp_topology.py), Celery 5.5's names and defaults
+    "task_default_queue_type": "classic",
+    "task_queue_max_priority": None,
+    "task_create_missing_queue_type": "classic",
+    "task_create_missing_queue_exchange_type": None,
     "task_ignore_result": False,
     "task_store_errors_even_if_ignored": False,
     "task_acks_late": False,
