@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import flushed_redis_url
+from tests.conftest import flushed_redis_url, fresh_amqp_vhost
 
 from .transport_suite import TransportSuite
 
 REDIS_DB = 7
+AMQP_VHOST = "celery-amqp-conformance"
 
 
 class TestMemoryTransport(TransportSuite):
@@ -93,3 +95,63 @@ class TestFilesystemTransport(TransportSuite):
     def dead_letters(self, url: str) -> list[bytes]:
         folder = Path(url.removeprefix("filesystem://")) / ".dead-letter"
         return [f.read_bytes() for f in sorted(folder.iterdir())] if folder.exists() else []
+
+
+@pytest.mark.amqp
+class TestAMQPTransport(TransportSuite):
+    """RabbitMQ. Rejected messages reach a dead-letter queue through a server policy (the
+    way operators add a DLX without changing queue declarations)."""
+
+    envelopes = False
+    requeue_to_back = False
+
+    def options(self) -> dict:
+        return {}
+
+    def make_url(self, tmp_path: Path) -> str:
+        import subprocess
+
+        url = fresh_amqp_vhost(AMQP_VHOST)
+        subprocess.run(["rabbitmqctl", "-q", "set_policy", "-p", AMQP_VHOST, "dlx", "^(celery|other)$",
+                        '{"dead-letter-exchange":"dlx"}', "--apply-to", "queues"],
+                       check=True, capture_output=True, timeout=60)
+        asyncio.run(self._declare_dead_letter_queue(url))
+        return url
+
+    @staticmethod
+    async def _declare_dead_letter_queue(url: str) -> None:
+        import aio_pika
+
+        conn = await aio_pika.connect(url)
+        async with conn:
+            channel = await conn.channel()
+            exchange = await channel.declare_exchange("dlx", "fanout")
+            queue = await channel.declare_queue("dead-letter")
+            await queue.bind(exchange)
+
+    def dead_letters(self, url: str) -> list[bytes]:
+        """Each dead-lettered message as a JSON envelope like kombu's (RabbitMQ's ``x-death``
+        header shown as text)."""
+        import json
+
+        from celery.transport.amqp_wire import delivery_of
+
+        async def read() -> list[bytes]:
+            import aio_pika
+
+            conn = await aio_pika.connect(url)
+            async with conn:
+                channel = await conn.channel()
+                queue = await channel.get_queue("dead-letter")
+                found = []
+                while (message := await queue.get(fail=False)) is not None:
+                    m = delivery_of(message, "dead-letter").message
+                    found.append(json.dumps({"body": m.body.decode(), "headers": m.headers,
+                                             "properties": m.properties}, default=str).encode())
+                    await message.ack()
+                return found
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:  # (called from the test's running loop)
+            return pool.submit(asyncio.run, read()).result(30)

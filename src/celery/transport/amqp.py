@@ -1,0 +1,313 @@
+"""RabbitMQ transport (``amqp://``, ``amqps://``, ``pyamqp://``) on aio-pika.
+
+Messages go on the wire as kombu's py-amqp transport puts Celery's (amqp_wire.py), to the
+exchanges and queues Celery declares (amqp_topology.py), so upstream Celery workers and
+clients on the same virtual host read ours and we theirs.
+
+Connections (amqp_connection.py): one robust connection per event loop, reconnecting by
+itself and declaring again what it declared. Sync ``publish`` (any thread) runs ``apublish``
+on the app's portal loop, so sync callers share that loop's one connection.
+
+Publishing: on the loop's ``publish`` channel, with publisher confirms unless the transport
+option ``confirm_publish`` is false, so a ``publish`` that returned was accepted by the
+broker. The first publish to a queue on a connection declares it (with its exchange and
+binding), as upstream's producer does, so a message sent before any worker started is kept.
+A publish that fails because the broker is unreachable is retried as Celery's
+``task_publish_retry_policy`` says (``task_publish_retry``), then raises ``ConnectionLost``
+(an ``OperationalError``).
+
+Consuming (amqp_consume.py): ``basic_consume`` per queue, QoS at the consumer's window plus
+the ETA messages it holds (``set_prefetch``), acks batched with ``multiple=True`` where the
+order allows, unstarted prefetched messages requeued at once on ``stop_consuming``.
+
+Redelivery: RabbitMQ requeues whatever a consumer left unacked when its channel or
+connection closes, so ``restore_visible`` has nothing to do (returns 0). A requeued message
+goes back to its original place in the queue (not the back), marked ``redelivered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import ConnectionLost
+from ..messaging.protocol import Message
+from ..utils.portal import Portal
+from .amqp_connection import Connections, driver_errors, parse_amqp_url
+from .amqp_consume import ACK, DROP, REQUEUE, Consuming, settle
+from .amqp_topology import Topology, declare_queue
+from .amqp_wire import to_amqp
+from .base import Delivery
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractQueue, AbstractRobustChannel
+
+__all__ = ["AMQPTransport"]
+
+logger = logging.getLogger(__name__)
+
+#: Transport options this transport reads; others are warned about once.
+KNOWN_OPTIONS = frozenset({"confirm_publish", "reconnect_interval"})
+#: Celery's default ``task_publish_retry_policy``.
+DEFAULT_RETRY_POLICY: Mapping[str, float] = {
+    "max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1,
+}
+
+
+class AMQPTransport:
+    """A RabbitMQ client. ``publish`` may be called from any thread; coroutines on any loop
+    (one connection per loop, amqp_connection.py). ``_lock`` guards ``_consuming`` and
+    ``_declared`` (per-loop tables read from any thread)."""
+
+    #: No CAP_PRIORITY: RabbitMQ orders by priority only in queues declared with
+    #: ``x-max-priority`` (``task_queue_max_priority`` or the queue's own argument), and
+    #: there a higher number goes first (on Redis 0 does). No CAP_VISIBILITY_TIMEOUT: the
+    #: server redelivers when a consumer's channel closes.
+    capabilities: frozenset[str] = frozenset()
+    driver_type = "amqp"
+
+    def __init__(self, url: str, *, transport_options: Mapping[str, Any] | None = None,
+                 connection_timeout: float | None = None, max_connections: int | None = None,
+                 topology: Topology | None = None, heartbeat: float | None = None,
+                 use_ssl: Any = None, portal: Portal | None = None,
+                 publish_retry: bool = True,
+                 publish_retry_policy: Mapping[str, Any] | None = None,
+                 **_ignored: Any) -> None:
+        options = dict(transport_options or {})
+        unknown = sorted(set(options) - KNOWN_OPTIONS)
+        if unknown:
+            logger.warning("AMQP transport: ignoring broker_transport_options %s (not used on "
+                           "RabbitMQ; known: %s)", ", ".join(unknown), ", ".join(sorted(KNOWN_OPTIONS)))
+        self.url = url
+        self.params = parse_amqp_url(url, transport_options=options,
+                                     connection_timeout=connection_timeout,
+                                     heartbeat=heartbeat, use_ssl=use_ssl)
+        self.connections = Connections(self.params)
+        self.topology = topology or Topology.default()
+        self._portal = portal
+        self._own_portal: Portal | None = None
+        policy = dict(DEFAULT_RETRY_POLICY)
+        policy.update(publish_retry_policy or {})
+        self._retries = int(policy["max_retries"] or 0) if publish_retry else 0
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._consuming: dict[asyncio.AbstractEventLoop, Consuming] = {}
+        #: (loop, channel) -> names of the queues declared through that channel.
+        self._declared: dict[tuple[asyncio.AbstractEventLoop, Any], set[str]] = {}
+
+    def __repr__(self) -> str:
+        return f"<AMQPTransport {self.params.safe_url}>"
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def _portal_now(self) -> Portal:
+        if self._portal is not None:
+            return self._portal
+        with self._lock:
+            if self._own_portal is None:
+                self._own_portal = Portal("celery-amqp-portal")
+            return self._own_portal
+
+    def publish(self, message: Message) -> None:
+        """Publish from any thread (not the portal's own): ``apublish`` on the portal loop."""
+        self._portal_now().call(self.apublish(message))
+
+    async def apublish(self, message: Message) -> None:
+        """Publish one message from the running loop; returns once the broker confirmed it."""
+        await self._with_retries(lambda channel: self._publish(channel, message))
+
+    async def apublish_many(self, messages: Sequence[Message]) -> None:
+        """Publish several messages, confirmed together (one round trip's wait)."""
+        if messages:
+            await self._with_retries(lambda channel: asyncio.gather(
+                *(self._publish(channel, m) for m in messages)))
+
+    async def _with_retries(self, send: Any) -> None:
+        delay = float(self._policy["interval_start"] or 0)
+        for attempt in range(self._retries + 1):
+            try:
+                channel = await self._publish_channel()
+                await send(channel)
+                return
+            except asyncio.CancelledError:
+                raise
+            except (*driver_errors(), ConnectionLost) as exc:
+                if attempt >= self._retries:
+                    raise ConnectionLost(
+                        f"Publish to {self.params.safe_url} failed after {attempt + 1} "
+                        f"attempt(s): {_one_line(exc)}") from exc
+                logger.debug("publish to %s failed (%r); retrying in %.1fs",
+                             self.params.safe_url, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay + float(self._policy["interval_step"] or 0),
+                        float(self._policy["interval_max"] or 0))
+
+    async def _publish_channel(self) -> AbstractRobustChannel:
+        conn = await self.connections.connection()
+        if not conn.connected.is_set():  # reconnecting: wait a little, not forever
+            wait = self.params.reconnect_interval + 0.5
+            try:
+                await asyncio.wait_for(conn.connected.wait(), wait)
+            except TimeoutError:
+                raise ConnectionLost(f"{self.params.safe_url} is unreachable "
+                                     f"(reconnecting)") from None
+        return await self.connections.channel("publish", confirms=self.params.confirm_publish)
+
+    async def _publish(self, channel: AbstractRobustChannel, message: Message) -> None:
+        topology = self.topology
+        exchange, routing_key = topology.target(message.exchange, message.routing_key)
+        if not message.exchange:  # sent to a queue: declare it first, as upstream's producer
+            await self._ensure_declared(channel, [message.routing_key])
+        wire = to_amqp(message)
+        if "delivery_mode" not in message.properties:
+            wire.delivery_mode = topology.delivery_mode(message.exchange, message.routing_key)
+        target = channel.default_exchange if not exchange else \
+            await channel.get_exchange(exchange, ensure=False)
+        timeout = self.params.connect_timeout or None
+        await target.publish(wire, routing_key, timeout=timeout)
+
+    async def _ensure_declared(self, channel: AbstractRobustChannel,
+                               names: Iterable[str]) -> None:
+        key = (asyncio.get_running_loop(), channel)
+        with self._lock:
+            done = self._declared.setdefault(key, set())
+            missing = [n for n in names if n not in done]
+        for name in missing:
+            await declare_queue(channel, self.topology.queue(name))
+            with self._lock:
+                done.add(name)
+
+    async def _declare_on(self, channel: AbstractRobustChannel, name: str) -> AbstractQueue:
+        queue = await declare_queue(channel, self.topology.queue(name))
+        with self._lock:
+            self._declared.setdefault((asyncio.get_running_loop(), channel), set()).add(name)
+        return queue
+
+    async def declare(self, queues: Iterable[str]) -> None:
+        """Declare each queue with its exchanges and bindings, as Celery does."""
+        try:
+            channel = await self.connections.channel("publish", confirms=self.params.confirm_publish)
+            for name in queues:
+                await self._declare_on(channel, name)
+        except driver_errors() as exc:
+            raise ConnectionLost(f"AMQP declare on {self.params.safe_url} failed: "
+                                 f"{_one_line(exc)}") from exc
+
+    # -- consuming -----------------------------------------------------------------------
+
+    def _consumer_here(self) -> Consuming:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            consuming = self._consuming.get(loop)
+            if consuming is None:
+                for dead in [lp for lp in self._consuming if lp.is_closed()]:
+                    del self._consuming[dead]
+                global_qos = not self.topology.quorum
+                consuming = self._consuming[loop] = Consuming(
+                    self.connections, self._declare_on, global_qos)
+            return consuming
+
+    def set_prefetch(self, count: int) -> None:
+        """The consumer's window plus the ETA messages it holds: the most unacked messages
+        RabbitMQ sends this loop's consumer (applied on the next ``fetch``). Call on the
+        consuming loop."""
+        self._consumer_here().prefetch(count)
+
+    async def fetch(self, queues: Sequence[str], max_count: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_count`` prefetched messages from ``queues`` (in that order of
+        preference), waiting up to ``timeout`` seconds for the first."""
+        if not queues or max_count <= 0:
+            return []
+        return await self._consumer_here().fetch(queues, max_count, timeout)
+
+    async def stop_consuming(self) -> int:
+        """Stop consuming on this loop and requeue at once what was prefetched and never
+        handed out; how many were requeued."""
+        with self._lock:
+            consuming = self._consuming.get(asyncio.get_running_loop())
+        return 0 if consuming is None else await consuming.stop()
+
+    async def _settle(self, deliveries: Sequence[Delivery], how: str) -> None:
+        if deliveries:
+            consuming = self._consumer_here()
+            await settle(consuming.outstanding, [d.raw for d in deliveries], how)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        await self._settle(deliveries, ACK)
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        await self._settle(deliveries, REQUEUE)
+
+    async def reject(self, deliveries: Sequence[Delivery], requeue: bool = False) -> None:
+        await self._settle(deliveries, REQUEUE if requeue else DROP)
+
+    async def restore_visible(self) -> int:
+        """Nothing to do: RabbitMQ redelivers what a closed channel left unacked."""
+        return 0
+
+    # -- queues --------------------------------------------------------------------------
+
+    async def _queue_op(self, what: str, name: str, op: Any) -> Any:
+        try:
+            channel = await self.connections.channel("admin", confirms=False)
+            queue = await channel.get_queue(name, ensure=True)  # a passive declare
+            return await op(queue)
+        except driver_errors() as exc:
+            raise ConnectionLost(f"AMQP {what} of {name!r} on {self.params.safe_url} failed: "
+                                 f"{_one_line(exc)}") from exc
+        except Exception as exc:
+            from aio_pika.exceptions import ChannelClosed
+
+            if isinstance(exc, ChannelClosed):  # no such queue (the server closed the channel)
+                self.connections.forget_channel("admin")
+                return None
+            raise
+
+    async def purge(self, queue: str) -> int:
+        """Delete the ready messages of ``queue`` (not those delivered and unacked)."""
+        async def op(q: AbstractQueue) -> int:
+            done = await q.purge()
+            return int(done.message_count or 0)
+
+        return await self._queue_op("purge", queue, op) or 0
+
+    async def queue_length(self, queue: str) -> int:
+        """Ready messages in ``queue`` (a passive declare); 0 for a queue that does not exist."""
+        async def op(q: AbstractQueue) -> int:
+            result = await q.declare()
+            return int(result.message_count or 0)
+
+        return await self._queue_op("queue_length", queue, op) or 0
+
+    async def ping(self) -> None:
+        await self.connections.channel("publish", confirms=self.params.confirm_publish)
+
+    # -- closing -------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the running loop's connection (unacked deliveries go back to their queues)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._consuming.pop(loop, None)
+            for key in [k for k in self._declared if k[0] is loop]:
+                del self._declared[key]
+        await self.connections.aclose()
+
+    def close(self) -> None:
+        """Close every loop's connection and the transport's own portal, if it made one."""
+        with self._lock:
+            portal, self._own_portal = self._own_portal, None
+        if portal is not None:
+            portal.stop(self.connections.aclose())
+        self.connections.close()
+        with self._lock:
+            self._consuming.clear()
+            self._declared.clear()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text and text[0] else type(exc).__name__

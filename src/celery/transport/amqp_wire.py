@@ -1,0 +1,90 @@
+"""A Message on the AMQP wire, as kombu's py-amqp transport puts a Celery message there.
+
+Publishing: the body as is; basic properties ``content_type``, ``content_encoding``,
+``headers`` (the task headers as the AMQP table), ``delivery_mode`` (2, persistent, unless
+the message says otherwise), ``priority`` (0 when unset, as kombu sends it),
+``correlation_id`` and ``reply_to``, and the other AMQP basic properties a message carries
+(``expiration``, ``message_id``, ``timestamp``, ``type``, ``user_id``, ``app_id``). Keys of
+``Message.properties`` that are not AMQP properties (``delivery_info``, ``body_encoding``,
+``delivery_tag``: the JSON envelope's own, see envelope.py) are not sent.
+
+Receiving: the inverse, and ``delivery_info`` as Celery's ``request.delivery_info`` shows it:
+``exchange``, ``routing_key``, ``priority``, ``redelivered``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from ..messaging.protocol import Message
+from .base import Delivery
+
+if TYPE_CHECKING:
+    import aio_pika
+    from aio_pika.abc import AbstractIncomingMessage
+
+__all__ = ["delivery_of", "to_amqp"]
+
+#: AMQP basic properties copied between Message.properties and the wire, beside the
+#: content type/encoding and headers that Message holds itself.
+_COPIED = ("correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
+           "user_id", "app_id")
+
+
+def to_amqp(message: Message) -> aio_pika.Message:
+    """The aio-pika message to publish for ``message``."""
+    import aio_pika
+
+    props = message.properties
+    kwargs: dict[str, Any] = {name: props[name] for name in _COPIED if props.get(name) is not None}
+    if "expiration" in kwargs:  # seconds in kombu's API; aio-pika takes seconds too
+        kwargs["expiration"] = float(kwargs["expiration"])
+    if isinstance(kwargs.get("timestamp"), int | float):
+        kwargs["timestamp"] = dt.datetime.fromtimestamp(kwargs["timestamp"], dt.UTC)
+    return aio_pika.Message(
+        message.body,
+        headers=message.headers,
+        content_type=message.content_type or None,
+        content_encoding=message.content_encoding or None,
+        delivery_mode=int(props.get("delivery_mode") or 2),
+        priority=int(props.get("priority") or 0),
+        **kwargs,
+    )
+
+
+def delivery_of(incoming: AbstractIncomingMessage, queue: str, tag_prefix: str = "") -> Delivery:
+    """A Delivery for a message received from ``queue`` (``raw`` keeps the aio-pika message:
+    its channel and delivery tag are the ack handle). AMQP delivery tags count per channel;
+    ``tag_prefix`` names the channel, so that ``Delivery.delivery_tag`` is unique."""
+    props: dict[str, Any] = {}
+    if incoming.correlation_id is not None:
+        props["correlation_id"] = incoming.correlation_id
+    if incoming.reply_to is not None:
+        props["reply_to"] = incoming.reply_to
+    props["delivery_mode"] = int(incoming.delivery_mode or 1)
+    props["priority"] = incoming.priority or 0
+    for name in ("message_id", "type", "user_id", "app_id"):
+        value = getattr(incoming, name)
+        if value is not None:
+            props[name] = value
+    if incoming.expiration is not None:
+        props["expiration"] = incoming.expiration
+    if incoming.timestamp is not None:
+        props["timestamp"] = incoming.timestamp.timestamp()
+    exchange = incoming.exchange or ""
+    routing_key = incoming.routing_key or queue
+    message = Message(
+        body=incoming.body,
+        content_type=incoming.content_type or "",
+        content_encoding=incoming.content_encoding or "",
+        headers=dict(incoming.headers or {}),
+        properties=props,
+        exchange=exchange,
+        routing_key=routing_key,
+    )
+    redelivered = bool(incoming.redelivered)
+    info = {"exchange": exchange, "routing_key": routing_key, "priority": props["priority"],
+            "redelivered": redelivered}
+    return Delivery(message, f"{tag_prefix}{incoming.delivery_tag}", queue, incoming, redelivered,
+                    info)
