@@ -16,7 +16,8 @@ after every run):
 3. one Redis call: ``--call-tasks`` tasks whose body makes one Redis round trip (an INCR with
    the process's blocking client), tasks/s and worker CPU per task.
 
-Configurations: ours (1 loop + 4 sync workers, and the same in 2 worker processes), upstream
+Configurations: ours (1 loop + 4 sync workers; with publisher confirms, our default, and
+without them, as the peers publish by default; and in 2 worker processes), upstream
 Celery 5.7 with its threads pool and its prefork pool, both tuned as its optimizing guide
 advises for many short tasks (``--without-gossip --without-mingle --without-heartbeat``,
 ``-O fair``, a high prefetch multiplier), and dramatiq's RabbitmqBroker (pika). Peers run in
@@ -59,10 +60,17 @@ class Config:
 
 
 OURS = "--loop-workers 1 --loop-concurrency 100 --sync-workers 4"
+#: Upstream Celery (kombu's py-amqp transport) and dramatiq (pika) publish without publisher
+#: confirms by default; ours confirms each publish (so a returned ``delay()`` was accepted),
+#: and a confirm of a persistent message to a durable queue waits for RabbitMQ's disk flush.
+NO_CONFIRMS = {"BENCH_TRANSPORT_OPTIONS": json.dumps({"confirm_publish": False})}
 CONFIGS = [
-    Config("ours", None, "celery_peer", OURS, "`def` tasks: 1 loop + 4 sync workers"),
+    Config("ours", None, "celery_peer", OURS,
+           "`def` tasks: 1 loop + 4 sync workers; publisher confirms (our default)"),
+    Config("ours-no-confirms", None, "celery_peer", OURS,
+           "as ours, confirm_publish=False (as the peers publish)", NO_CONFIRMS),
     Config("ours-processes", None, "celery_peer", f"{OURS} --processes 2",
-           "as ours, in 2 worker processes (--processes 2)"),
+           "as ours, in 2 worker processes (--processes 2), confirm_publish=False", NO_CONFIRMS),
     Config("celery-threads", "celery", "celery_peer", f"-P threads -c 8 {UPSTREAM_TUNING}",
            "threads pool c=8, prefetch multiplier 64, without gossip/mingle/heartbeat"),
     Config("celery-prefork", "celery", "celery_peer", f"-P prefork -c 2 -O fair {UPSTREAM_TUNING}",
@@ -197,7 +205,7 @@ def markdown(report: dict) -> str:
         cells = [_cell(result["spread"].get(c), digits.get(c, 0)) for c, _, _ in METRICS]
         lines.append(f"| {name} | {result['version']} | {result['about']} | "
                      + " | ".join(cells) + " |")
-    for base in ("ours", "ours-processes"):
+    for base in ("ours", "ours-no-confirms", "ours-processes"):
         ours = results.get(base, {}).get("spread")
         peers_done = {n: r["spread"] for n, r in results.items()
                       if not n.startswith("ours") and r.get("spread")}
