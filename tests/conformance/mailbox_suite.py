@@ -82,6 +82,9 @@ class MailboxSuite:
 
     #: False for in-process brokers (memory://): the cross-process test doesn't apply.
     multiprocess = True
+    #: False where the broker cannot count the queues a message reached (AMQP: the broker
+    #: only returns an unroutable one); ``direct_publish`` then answers 1 for "one or more".
+    counts_queues = True
 
     def make_url(self, tmp_path: Path) -> str:
         """URL of a fresh, empty broker."""
@@ -94,6 +97,16 @@ class MailboxSuite:
 
     def options(self) -> dict[str, Any]:
         return {}
+
+    def canonical(self, payload: str) -> Any:
+        """What of a payload must arrive unchanged: all of it, by default. A broker that
+        carries a payload as a message of its own (AMQP: the envelope's body is the message
+        body, its headers and properties the message's) delivers an equivalent envelope."""
+        return payload
+
+    def same(self, got: list[str], sent: list[str]) -> bool:
+        """``got`` are ``sent``, in order, as far as ``canonical`` tells."""
+        return [self.canonical(p) for p in got] == [self.canonical(p) for p in sent]
 
     # -- fixtures ---------------------------------------------------------------------------
 
@@ -146,22 +159,22 @@ class MailboxSuite:
         for p in sent[3:]:
             await other.fanout_publish(EXCHANGE, p)
         for subscription in subscribers:
-            assert await collect(subscription.get, 5) == sent
+            assert self.same(await collect(subscription.get, 5), sent)
             assert await subscription.get(0.1) == []  # each copy once
 
     async def test_fanout_exchanges_are_separate(self, mailbox, subscribe):
         mine, theirs = await subscribe("a.pidbox"), await subscribe("b.pidbox")
         await mailbox.fanout_publish("b.pidbox", payload("b"))
         await mailbox.fanout_publish("a.pidbox", payload("a"))
-        assert await collect(mine.get, 1) == [payload("a")]
-        assert await collect(theirs.get, 1) == [payload("b")]
+        assert self.same(await collect(mine.get, 1), [payload("a")])
+        assert self.same(await collect(theirs.get, 1), [payload("b")])
         assert await mine.get(0.2) == [] and await theirs.get(0.01) == []
 
     async def test_a_later_subscriber_does_not_get_earlier_payloads(self, mailbox, subscribe):
         await mailbox.fanout_publish(EXCHANGE, payload("before"))
         late = await subscribe()
         await mailbox.fanout_publish(EXCHANGE, payload("after"))
-        assert await collect(late.get, 1) == [payload("after")]
+        assert self.same(await collect(late.get, 1), [payload("after")])
         assert await late.get(0.3) == []
 
     async def test_close_stops_delivery(self, mailbox, subscribe):
@@ -169,7 +182,7 @@ class MailboxSuite:
         await closed.close()
         await closed.close()  # idempotent
         await mailbox.fanout_publish(EXCHANGE, payload("x"))
-        assert await collect(open_.get, 1) == [payload("x")]
+        assert self.same(await collect(open_.get, 1), [payload("x")])
         got, took = await timed(closed.get(0.3))
         assert got == [] and took < SLOW
 
@@ -188,7 +201,7 @@ class MailboxSuite:
         publisher = asyncio.create_task(publish_later())
         got, took = await timed(subscription.get(30.0))
         await publisher
-        assert got == [payload("late")] and took < SLOW
+        assert self.same(got, [payload("late")]) and took < SLOW
 
     # -- direct -----------------------------------------------------------------------------
 
@@ -197,9 +210,10 @@ class MailboxSuite:
         await mailbox.direct_bind(REPLY, "ticket-1", "q2")
         await mailbox.direct_bind(REPLY, "ticket-2", "q3")
         await mailbox.direct_bind("other.pidbox", "ticket-1", "q4")
-        assert await mailbox.direct_publish(REPLY, "ticket-1", payload(1)) == 2
-        assert await collect(lambda t: mailbox.pop_raw("q1", t), 1) == [payload(1)]
-        assert await collect(lambda t: mailbox.pop_raw("q2", t), 1) == [payload(1)]
+        assert await mailbox.direct_publish(REPLY, "ticket-1", payload(1)) == \
+            (2 if self.counts_queues else 1)
+        assert self.same(await collect(lambda t: mailbox.pop_raw("q1", t), 1), [payload(1)])
+        assert self.same(await collect(lambda t: mailbox.pop_raw("q2", t), 1), [payload(1)])
         for queue in ("q1", "q3", "q4"):
             assert await mailbox.pop_raw(queue, 0.1) == []
 
@@ -207,7 +221,7 @@ class MailboxSuite:
         await mailbox.direct_bind(REPLY, "ticket", "q")
         await mailbox.direct_bind(REPLY, "ticket", "q")
         assert await mailbox.direct_publish(REPLY, "ticket", payload("once")) == 1
-        assert await collect(lambda t: mailbox.pop_raw("q", t), 1) == [payload("once")]
+        assert self.same(await collect(lambda t: mailbox.pop_raw("q", t), 1), [payload("once")])
         assert await mailbox.pop_raw("q", 0.2) == []
 
     async def test_unbound_publish_returns_zero_and_is_dropped(self, mailbox):
@@ -232,14 +246,14 @@ class MailboxSuite:
         await mailbox.direct_unbind(REPLY, "ticket-1", "q")
         assert await mailbox.direct_publish(REPLY, "ticket-1", payload(1)) == 0
         assert await mailbox.direct_publish(REPLY, "ticket-2", payload(2)) == 1
-        assert await collect(lambda t: mailbox.pop_raw("q", t), 1) == [payload(2)]
+        assert self.same(await collect(lambda t: mailbox.pop_raw("q", t), 1), [payload(2)])
 
     async def test_pop_raw_gives_oldest_first_and_times_out(self, mailbox, other):
         await mailbox.direct_bind(REPLY, "ticket", "q")
         sent = [payload(i) for i in range(6)]
         for i, p in enumerate(sent):
             assert await (mailbox if i % 2 else other).direct_publish(REPLY, "ticket", p) == 1
-        assert await collect(lambda t: mailbox.pop_raw("q", t), 6) == sent
+        assert self.same(await collect(lambda t: mailbox.pop_raw("q", t), 6), sent)
         got, took = await timed(mailbox.pop_raw("q", 0.3))
         assert got == [] and took < SLOW
 
@@ -253,7 +267,7 @@ class MailboxSuite:
         publisher = asyncio.create_task(publish_later())
         got, took = await timed(mailbox.pop_raw("q", 30.0))
         await publisher
-        assert got == [payload("late")] and took < SLOW
+        assert self.same(got, [payload("late")]) and took < SLOW
 
     async def test_direct_queues_leave_task_queues_alone(self, mailbox):
         await mailbox.apublish(build_task_message("conformance.t", ("task",), queue="celery"))
@@ -261,7 +275,8 @@ class MailboxSuite:
         await mailbox.direct_publish(REPLY, "ticket", payload("reply"))
         assert await mailbox.queue_length("celery") == 1
         assert await mailbox.purge("celery") == 1
-        assert await collect(lambda t: mailbox.pop_raw("reply-q", t), 1) == [payload("reply")]
+        assert self.same(await collect(lambda t: mailbox.pop_raw("reply-q", t), 1),
+                         [payload("reply")])
 
     # -- payloads ----------------------------------------------------------------------------
 
@@ -275,7 +290,7 @@ class MailboxSuite:
             await mailbox.direct_publish(REPLY, "ticket", p)
         for got in (await collect(subscription.get, 3),
                     await collect(lambda t: mailbox.pop_raw("q", t), 3)):
-            assert [p.encode() for p in got] == [p.encode() for p in sent]
+            assert self.same(got, sent)
 
     async def test_a_publish_from_another_process_reaches_this_one(self, url, mailbox, subscribe):
         self.need_processes()
@@ -290,8 +305,8 @@ class MailboxSuite:
         )
         assert child.returncode == 0, child.stderr
         assert child.stdout.split() == ["1"]
-        assert await collect(subscription.get, 1) == [sent]
-        assert await collect(lambda t: mailbox.pop_raw("q", t), 1) == [sent]
+        assert self.same(await collect(subscription.get, 1), [sent])
+        assert self.same(await collect(lambda t: mailbox.pop_raw("q", t), 1), [sent])
 
     # -- bad stored data --------------------------------------------------------------------
 
@@ -303,7 +318,7 @@ class MailboxSuite:
         with caplog.at_level(logging.WARNING):
             got = await collect(subscription.get, 2)
             assert await subscription.get(0.2) == []
-        assert got == [payload("before"), payload("after")]
+        assert self.same(got, [payload("before"), payload("after")])
         assert any("alformed" in r.getMessage() for r in caplog.records), caplog.text
 
     async def test_malformed_direct_payloads_are_skipped(self, url, mailbox, caplog):
@@ -314,7 +329,7 @@ class MailboxSuite:
         with caplog.at_level(logging.WARNING):
             got = await collect(lambda t: mailbox.pop_raw("q", t), 2)
             assert await mailbox.pop_raw("q", 0.2) == []  # and it does not come back
-        assert got == [payload("before"), payload("after")]
+        assert self.same(got, [payload("before"), payload("after")])
         assert any("alformed" in r.getMessage() for r in caplog.records), caplog.text
 
 

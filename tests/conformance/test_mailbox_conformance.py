@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import flushed_redis_url
+from celery.transport import envelope
+from tests.conftest import flushed_redis_url, fresh_amqp_vhost
 
 from .mailbox_suite import MailboxSuite
 
 REDIS_DB = 7
+AMQP_VHOST = "celery-pidbox-conformance"
 
 
 class TestMemoryMailbox(MailboxSuite):
@@ -61,3 +66,50 @@ class TestFilesystemMailbox(MailboxSuite):
         (folder / f"{time.time_ns():019d}_{uuid.uuid4().hex}.msg").mkdir()
         (folder / "not-a-payload.msg").write_bytes(raw)
         (folder / "12_34.msg").write_bytes(b"{}")
+
+
+@pytest.mark.amqp
+class TestAMQPMailbox(MailboxSuite):
+    counts_queues = False  # AMQP only says whether a message was routed, not to how many
+
+    def make_url(self, tmp_path: Path) -> str:
+        return fresh_amqp_vhost(AMQP_VHOST)
+
+    def canonical(self, payload: str) -> Any:
+        # An envelope crosses RabbitMQ as the AMQP message it stands for (what upstream's
+        # clients read); what arrives is an envelope of the same body, bytes for bytes, with
+        # the same headers and properties (its delivery tag and delivery_info are new).
+        message = envelope.decode("", payload, "").message
+        props = message.properties
+        return (message.body, message.content_type, message.content_encoding, message.headers,
+                props.get("delivery_mode"), props.get("priority") or 0,
+                props.get("correlation_id"), props.get("reply_to"))
+
+    def plant_malformed(self, url: str, kind: str, name: str, raw: bytes) -> None:
+        # Published by a client of its own, bytes as they are: on the fanout exchange, or
+        # straight into the queue through the default exchange. The test's loop is running,
+        # so the client runs on a loop of its own in a thread.
+        async def plant() -> None:
+            import aio_pika
+
+            connection = await aio_pika.connect(url)
+            async with connection:
+                channel = await connection.channel()
+                if kind == "fanout":
+                    exchange = await channel.get_exchange(name)
+                    await exchange.publish(aio_pika.Message(raw), routing_key="")
+                else:
+                    await channel.default_exchange.publish(aio_pika.Message(raw), routing_key=name)
+
+        failed: list[BaseException] = []
+        thread = threading.Thread(target=lambda: _catch(failed, lambda: asyncio.run(plant())))
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive() and not failed, failed
+
+
+def _catch(failed: list[BaseException], call) -> None:
+    try:
+        call()
+    except BaseException as exc:  # handed to the test's thread, which raises it
+        failed.append(exc)

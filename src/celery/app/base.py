@@ -340,11 +340,15 @@ class Celery:
                             "broker_use_ssl is not supported: put TLS in the broker URL "
                             "(rediss://...?ssl_cert_reqs=required, or amqps://)")
 
+                    from ..transport.amqp_mailbox import MailboxQueueSettings
+
                     self._transport = transport_for_url(
                         self.broker_url,
                         transport_options=dict(self.conf.broker_transport_options or {}),
                         connection_timeout=self.conf.broker_connection_timeout,
                         max_connections=self.conf.broker_pool_limit,
+                        # RabbitMQ's pidbox/event queue flags (others take no such queues)
+                        mailbox_settings=MailboxQueueSettings.from_conf(self.conf),
                     )
         return self._transport
 

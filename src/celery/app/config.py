@@ -99,12 +99,19 @@ DEFAULTS: dict[str, Any] = {
     "control_exchange": "celery",
     "control_queue_ttl": 300.0,
     "control_queue_expires": 10.0,
+    # RabbitMQ only (transport/amqp_mailbox.py): how pidbox and event queues are declared
+    "control_queue_durable": False,
+    "control_queue_exclusive": False,
     # events (celery/events/, worker/events.py)
     "worker_send_task_events": False,
     "task_send_sent_event": False,
     "event_exchange": "celeryev",
     "event_serializer": "json",
     "event_queue_prefix": "celeryev",
+    "event_queue_ttl": 5.0,
+    "event_queue_expires": 60.0,
+    "event_queue_durable": False,
+    "event_queue_exclusive": False,
     # beat (celery/beat/)
     "beat_schedule": {},
     "beat_scheduler": "celery.beat:PersistentScheduler",

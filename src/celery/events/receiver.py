@@ -99,8 +99,10 @@ class EventReceiver:
             by default.
         accept: content types or serializer names accepted for event bodies; by default
             ``event_serializer`` and JSON.
-        queue_ttl, queue_expires: accepted for Celery's signature; unused (a pub/sub
-            subscription has no queue to expire).
+        queue_ttl, queue_expires: accepted for Celery's signature; not applied per
+            receiver (a warning says so): on RabbitMQ the receiver's queue takes the
+            ``event_queue_ttl``/``event_queue_expires`` settings; elsewhere a pub/sub
+            subscription has no queue to expire.
 
     Thread-safety: a receiver captures in one thread (``capture``/``itercapture``) or on
     one event loop (``acapture``/``aitercapture``) at a time, and runs handlers there.
@@ -130,6 +132,9 @@ class EventReceiver:
         self.forward_clock = self.clock.forward
         self._stop = threading.Event()
         self._warned: set[str] = set()  # kinds of malformed input logged as warnings already
+        if queue_ttl is not None or queue_expires is not None:
+            logger.warning("EventReceiver: queue_ttl/queue_expires are not applied per "
+                           "receiver; set event_queue_ttl/event_queue_expires instead")
 
     @property
     def should_stop(self) -> bool:

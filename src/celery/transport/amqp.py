@@ -23,6 +23,9 @@ order allows, unstarted prefetched messages requeued at once on ``stop_consuming
 Redelivery: RabbitMQ requeues whatever a consumer left unacked when its channel or
 connection closes, so ``restore_visible`` has nothing to do (returns 0). A requeued message
 goes back to its original place in the queue (not the back), marked ``redelivered``.
+
+Remote control and events (``Mailbox``, ``CAP_BROADCAST``): delegated to ``AMQPMailbox``
+(amqp_mailbox.py) on the same connections: kombu's pidbox exchanges and Celery's ``celeryev``.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from ..messaging.protocol import Message
 from ..utils.portal import Portal
 from .amqp_connection import Connections, driver_errors, parse_amqp_url
 from .amqp_consume import ACK, DROP, REQUEUE, Consuming, settle
+from .amqp_mailbox import AMQPMailbox, AMQPSubscription, MailboxQueueSettings
 from .amqp_topology import Topology, declare_queue
 from .amqp_wire import to_amqp
-from .base import Delivery
+from .base import CAP_BROADCAST, Delivery
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractQueue, AbstractRobustChannel
@@ -66,7 +70,7 @@ class AMQPTransport:
     #: ``x-max-priority`` (``task_queue_max_priority`` or the queue's own argument), and
     #: there a higher number goes first (on Redis 0 does). No CAP_VISIBILITY_TIMEOUT: the
     #: server redelivers when a consumer's channel closes.
-    capabilities: frozenset[str] = frozenset()
+    capabilities: frozenset[str] = frozenset({CAP_BROADCAST})
     driver_type = "amqp"
 
     def __init__(self, url: str, *, transport_options: Mapping[str, Any] | None = None,
@@ -75,6 +79,7 @@ class AMQPTransport:
                  use_ssl: Any = None, portal: Portal | None = None,
                  publish_retry: bool = True,
                  publish_retry_policy: Mapping[str, Any] | None = None,
+                 mailbox_settings: MailboxQueueSettings | None = None,
                  **_ignored: Any) -> None:
         options = dict(transport_options or {})
         unknown = sorted(set(options) - KNOWN_OPTIONS)
@@ -87,6 +92,8 @@ class AMQPTransport:
                                      heartbeat=heartbeat, use_ssl=use_ssl)
         self.connections = Connections(self.params)
         self.topology = topology or Topology.default()
+        #: Remote control and events (the Mailbox methods below delegate to it).
+        self.mailbox = AMQPMailbox(self.connections, mailbox_settings)
         self._portal = portal
         self._own_portal: Portal | None = None
         policy = dict(DEFAULT_RETRY_POLICY)
@@ -284,6 +291,28 @@ class AMQPTransport:
 
     async def ping(self) -> None:
         await self.connections.channel("publish", confirms=self.params.confirm_publish)
+
+    # -- remote control and events (Mailbox) ---------------------------------------------
+
+    async def fanout_publish(self, exchange: str, payload: str,
+                             routing_key: str | None = None) -> None:
+        await self.mailbox.fanout_publish(exchange, payload, routing_key)
+
+    async def fanout_subscribe(self, exchange: str,
+                               routing_key: str | None = None) -> AMQPSubscription:
+        return await self.mailbox.fanout_subscribe(exchange, routing_key)
+
+    async def direct_bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        await self.mailbox.direct_bind(exchange, routing_key, queue)
+
+    async def direct_unbind(self, exchange: str, routing_key: str, queue: str) -> None:
+        await self.mailbox.direct_unbind(exchange, routing_key, queue)
+
+    async def direct_publish(self, exchange: str, routing_key: str, payload: str) -> int:
+        return await self.mailbox.direct_publish(exchange, routing_key, payload)
+
+    async def pop_raw(self, queue: str, timeout: float) -> list[str]:
+        return await self.mailbox.pop_raw(queue, timeout)
 
     # -- closing -------------------------------------------------------------------------
 
