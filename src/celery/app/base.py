@@ -103,6 +103,9 @@ class Celery:
         self._setup_lock = threading.RLock()
         self._transport: Transport | None = None
         self._backend: ResultBackend | None = None
+        #: This app's id (upstream's ``app.oid``): the ``reply_to`` of the tasks it sends,
+        #: the name of its rpc:// reply queue, so two apps in one process never share one.
+        self.oid = uuid4_str()
         self._portal: Portal | None = None
         self._control: Control | None = None
         self._router: Router | None = None
@@ -335,20 +338,32 @@ class Celery:
                 if self._transport is None:
                     from ..transport.registry import transport_for_url
 
-                    if self.conf.broker_use_ssl:
+                    url = self.broker_url
+                    amqp = url.split("://", 1)[0].lower() in ("amqp", "amqps", "pyamqp")
+                    if self.conf.broker_use_ssl and not amqp:
                         raise ImproperlyConfigured(
                             "broker_use_ssl is not supported: put TLS in the broker URL "
                             "(rediss://...?ssl_cert_reqs=required, or amqps://)")
+                    extra: dict[str, Any] = {}
+                    if amqp:
+                        from ..transport.amqp_topology import Topology
 
+                        conf = self.conf
+                        extra = dict(
+                            topology=Topology.from_conf(conf), heartbeat=conf.broker_heartbeat,
+                            use_ssl=conf.broker_use_ssl, portal=self.portal,
+                            publish_retry=conf.task_publish_retry,
+                            publish_retry_policy=conf.task_publish_retry_policy)
                     from ..transport.amqp_mailbox import MailboxQueueSettings
 
                     self._transport = transport_for_url(
-                        self.broker_url,
+                        url,
                         transport_options=dict(self.conf.broker_transport_options or {}),
                         connection_timeout=self.conf.broker_connection_timeout,
                         max_connections=self.conf.broker_pool_limit,
                         # RabbitMQ's pidbox/event queue flags (others take no such queues)
                         mailbox_settings=MailboxQueueSettings.from_conf(self.conf),
+                        **extra,
                     )
         return self._transport
 
@@ -371,7 +386,7 @@ class Celery:
                     self.conf.apply_env()
                     self._backend = backend_for_url(
                         self.conf.result_backend, self.conf, portal=self.portal,
-                        confirm_published=self._confirm_published)
+                        confirm_published=self._confirm_published, reply_to=self.oid)
         return self._backend
 
     @property
@@ -443,7 +458,7 @@ class Celery:
             queue=_pick(layers, "routing_key", queue),
             exchange=_pick(layers, "exchange", "") or "",
             priority=_pick(layers, "priority", conf["task_default_priority"]),
-            reply_to=get("reply_to"),
+            reply_to=get("reply_to") or self.oid,
             callbacks=_sig_list(get("link")),
             errbacks=_sig_list(get("link_error")),
             chain=get("chain"),
@@ -483,6 +498,15 @@ class Celery:
         if confirm is not None:
             confirm()
 
+    def _unready_backend(self) -> ResultBackend | None:
+        """The result backend, if it must prepare before this process sends a task
+        (``ResultBackend.sender_ready``: the rpc:// reply queue); None otherwise, and
+        from inside a task, as upstream (a worker does not wait for its subtasks)."""
+        if not self.conf._data["result_backend"] or current_task_var.get() is not None:
+            return None
+        backend = self.backend
+        return None if backend.sender_ready else backend
+
     def _sent(self, task_id: str, name: str, options: Mapping[str, Any],
               ignore_result: Any, result: AsyncResult | None = None) -> AsyncResult:
         """The result of a task just sent (``result`` when the caller made it already):
@@ -507,6 +531,9 @@ class Celery:
         """Send a task by name. Blocking (on Redis only until the message is written: see
         transport/redis_publish.py; one broker round trip elsewhere); usable from any thread,
         including one running an event loop."""
+        backend = self._unready_backend()
+        if backend is not None:
+            backend.prepare_sender()
         if task is not None and not options:  # a plain delay(): from its template, if it may
             sent = plain_send(self, task, args, kwargs)
             if sent is not None:
@@ -524,6 +551,9 @@ class Celery:
                          kwargs: Mapping[str, Any] | None = None, *, task: Task | None = None,
                          **options: Any) -> AsyncResult:
         """``send_task`` for the running event loop (never blocks it)."""
+        backend = self._unready_backend()
+        if backend is not None:
+            await backend.aprepare_sender()
         message, task_id = self._prepare(name, args, kwargs, task, options)
         publishing = _publish_signals(name, message)
         await self.transport.apublish(message)
@@ -537,6 +567,9 @@ class Celery:
         """Publish prepared ``(task name, message)`` items (a canvas's), with the publish
         signals. Blocking, any thread: one message goes as ``send_task``'s does; several
         in one pipelined batch, on the portal loop."""
+        backend = self._unready_backend() if items else None
+        if backend is not None:
+            backend.prepare_sender()
         signalled = [item for item in items if _publish_signals(*item)]
         if len(items) == 1:
             self.transport.publish(items[0][1])
@@ -549,6 +582,9 @@ class Celery:
 
     async def _apublish_many(self, items: Sequence[tuple[str, Message]]) -> None:
         """``_publish_many`` on the running event loop (never blocks it)."""
+        backend = self._unready_backend() if items else None
+        if backend is not None:
+            await backend.aprepare_sender()
         signalled = [item for item in items if _publish_signals(*item)]
         if len(items) == 1:
             await self.transport.apublish(items[0][1])

@@ -17,8 +17,9 @@ DEFAULTS: dict[str, Any] = {
     # broker
     "broker_url": None,
     "broker_transport_options": {},
-    # Celery's TLS setting: not read by our transports (TLS comes from a rediss:// URL and
-    # its ssl_* query options, or amqps://), so app.transport refuses a value here.
+    # Celery's TLS setting: TLS options for amqp:// and amqps:// (py-amqp's keys); the Redis
+    # transport takes TLS from a rediss:// URL and its ssl_* options, so app.transport refuses
+    # a value here for other brokers.
     "broker_use_ssl": None,
     "broker_connection_retry": True,
     "broker_connection_retry_on_startup": True,
@@ -69,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     "worker_disable_rate_limits": False,
     "task_protocol": 2,
     "task_publish_retry": True,
+    # Read by the AMQP transport (Redis retries by its own max_retries transport option).
+    "task_publish_retry_policy": {"max_retries": 3, "interval_start": 0, "interval_step": 0.2,
+                                  "interval_max": 1},
     "task_annotations": None,
     "task_allow_error_cb_on_chord_header": False,
     "task_inherit_parent_priority": False,

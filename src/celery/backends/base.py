@@ -32,6 +32,7 @@ BACKENDS: dict[str, str] = {
     "db+sqlite": ".database:DatabaseBackend",
     "cache+memory": ".memory:MemoryBackend",
     "file": ".filesystem:FilesystemBackend",
+    "rpc": ".rpc:RPCBackend",
 }
 
 _SAFE_MODULES = {"builtins", "exceptions", "celery.exceptions"}
@@ -188,7 +189,14 @@ class ResultBackend(GroupsAndChords):
         if payload is None:
             return {"status": states.PENDING, "result": None, "traceback": None,
                     "children": [], "date_done": None, "task_id": task_id}
-        meta = self.decode(payload)
+        return self.meta_from_decoded(task_id, self.decode(payload))
+
+    def meta_from_decoded(self, task_id: str, meta: Any) -> dict[str, Any]:
+        """Check a decoded meta and turn its stored exception back into one.
+
+        Raises:
+            DecodeError: ``meta`` is not a result meta mapping.
+        """
         if not isinstance(meta, dict) or not isinstance(meta.get("status"), str):
             raise DecodeError(f"The stored result of task {task_id} is not a result meta "
                               f"(a {type(meta).__name__} without a status)")
@@ -298,6 +306,18 @@ class ResultBackend(GroupsAndChords):
 
     def ensure_chords_allowed(self) -> None:
         """Raise if this backend cannot run chords (DisabledBackend: no backend at all)."""
+
+    #: False while this backend must prepare before the process sends its first task (the
+    #: ``rpc://`` backend declares its reply queue, so that no reply is sent to a queue
+    #: that does not exist yet); the app then calls ``prepare_sender`` before publishing.
+    sender_ready = True
+
+    def prepare_sender(self) -> None:
+        """Get ready for replies to the tasks this process is about to send (any thread,
+        blocking; called by the app while ``sender_ready`` is False)."""
+
+    async def aprepare_sender(self) -> None:
+        """``prepare_sender`` on the running event loop."""
 
     def on_sent(self, result: Any) -> None:
         """A task whose result is stored was just sent from this process (any thread).

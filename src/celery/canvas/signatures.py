@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..exceptions import InvalidSignature
-from ..messaging.protocol import REPLY_TO, uuid4_str
+from ..messaging.protocol import uuid4_str
 
 if TYPE_CHECKING:
     from ..app.base import Celery
@@ -226,7 +226,7 @@ class Signature(dict):
             opts["root_id"] = root_id
         if parent_id:
             opts["parent_id"] = parent_id
-        opts.setdefault("reply_to", REPLY_TO)
+        opts.setdefault("reply_to", self.app.oid)
         if group_id and "group_id" not in opts:
             opts["group_id"] = group_id
         if chord:

@@ -98,7 +98,10 @@ class Consumer:
         self._eta: list[tuple[float, int, Request]] = []
         self._eta_seq = itertools.count()
         self._eta_timer: asyncio.TimerHandle | None = None
-        self.eta_held = 0
+        #: The transport's QoS hook (AMQP): told the window plus the ETA messages held, as
+        #: Celery raises its prefetch count for them, so held ones never block the window.
+        self._set_prefetch: Callable[[int], None] | None = getattr(transport, "set_prefetch", None)
+        self._eta_held = 0
         # A transport that can ``defer`` takes far-future messages off our hands (Redis:
         # a sorted set; see docs/brokers.md): we hold a message only while its ETA is within
         # ``eta_horizon`` (half the visibility timeout, so that no restore ever redelivers a
@@ -144,6 +147,17 @@ class Consumer:
         #: ``task_events`` first.
         self.events = events
 
+    @property
+    def eta_held(self) -> int:
+        """Requests held in memory until their ETA (not counted in the window)."""
+        return self._eta_held
+
+    @eta_held.setter
+    def eta_held(self, count: int) -> None:
+        self._eta_held = count
+        if self._set_prefetch is not None:
+            self._set_prefetch(self.window + count)
+
     def event_counts(self) -> tuple[int, int]:
         """``(active, processed)`` for worker events: requests running, tasks finished."""
         return sum(len(lane.running) for lane in self.lanes.values()), self.processed
@@ -158,6 +172,8 @@ class Consumer:
         watcher = asyncio.create_task(self._memory_loop(), name="consumer-memory")
         try:
             await self.transport.declare(self.queues)
+            if self._set_prefetch is not None:
+                self._set_prefetch(self.window + self.eta_held)
             if self.on_ready is not None:
                 self.on_ready()
             await self._fetch_loop()
@@ -165,6 +181,7 @@ class Consumer:
             # The restorer stops at the stop event, never by cancellation: a restore cut off
             # mid-way would hold kombu's unacked_mutex until it expires.
             self.stop_fetching()
+            await self._stop_consuming()
             await asyncio.wait({restorer, promoter, watcher}, timeout=30)  # bounded, never raises
             self._requeue_held()
             await self._wait_idle()
@@ -200,6 +217,20 @@ class Consumer:
             for delivery in deliveries:
                 self._accept(delivery)
             self._dispatch()
+
+    async def _stop_consuming(self) -> None:
+        """Tell a transport that prefetches (AMQP) to stop, so that the messages it holds and
+        never handed over go back to their queues now, not when the connection closes."""
+        stop = getattr(self.transport, "stop_consuming", None)
+        if stop is None:
+            return
+        try:
+            returned = await stop()
+        except ConnectionLost as exc:  # the broker requeues them when the connection ends
+            logger.warning("Could not return prefetched messages: %s", exc)
+            return
+        if returned:
+            logger.info("Returned %d prefetched message(s) to the broker", returned)
 
     def _take_early(self, delivery: Delivery) -> int:
         """A message the transport hands over before recording it as reserved (CAP_EARLY:
@@ -384,7 +415,8 @@ class Consumer:
         """The encoded REVOKED meta (``TaskRevokedError(reason)``) to store, or None."""
         if not req.store_result:
             return None
-        meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError(reason))
+        meta = self.backend.prepare_meta(req.id, states.REVOKED, TaskRevokedError(reason),
+                                         None, req.bare_context())
         return self.backend.encode(meta)
 
     def _announce_revoked(self, req: Request, reason: str, expired: bool) -> None:
@@ -532,7 +564,8 @@ class Consumer:
         exc = TimeLimitExceeded(hard)
         payload = None
         if req.store_result or req.task.store_errors_even_if_ignored:
-            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
+            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None,
+                                             req.bare_context())
             payload = self.backend.encode(meta)
         # As Celery, with acks_late: acked, or requeued if acks_on_failure_or_timeout is off.
         settle = "requeue" if req.acks_late and not self._acks_on_failure(req) else "ack"
@@ -614,6 +647,8 @@ class Consumer:
         start for us the waiting requests that new threads take, and hand over more."""
         self.window = window
         self.eta_hold_max = max(ETA_HOLD_MAX, window)
+        if self._set_prefetch is not None:
+            self._set_prefetch(window + self.eta_held)
         for lane in self.lanes.values():
             lane.rebalance(self._start)
         self._dispatch()
@@ -670,7 +705,8 @@ class Consumer:
         exc = WorkerLostError(f"Worker exited prematurely: cold shutdown ({req.name}[{req.id}])")
         payload = None
         if req.store_result or req.task.store_errors_even_if_ignored:
-            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None)
+            meta = self.backend.prepare_meta(req.id, states.FAILURE, exc, None,
+                                             req.bare_context())
             payload = self.backend.encode(meta)
         report = self.canvas.ended(req, states.FAILURE, exc)
         self._store_then(req, payload, states.FAILURE, "acks", report)

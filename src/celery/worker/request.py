@@ -144,6 +144,22 @@ class Request:
             "delivery_info": self.delivery.delivery_info, "worker_pid": os.getpid(),
         }
 
+    def bare_context(self) -> Context:
+        """A Context from the message's headers and properties alone (args and kwargs
+        undecoded), for a state stored without running the task (revoked, hard time limit,
+        worker lost), where Celery passes the request to the backend too: the ``rpc://``
+        backend reads ``reply_to`` and ``correlation_id`` from it. Consumer loop."""
+        g = self.headers.get
+        props = self.delivery.message.properties
+        return Context.of({
+            "id": self.id, "task": self.name, "args": None, "kwargs": None,
+            "retries": g("retries", 0) or 0, "group": g("group"),
+            "group_index": g("group_index"), "root_id": g("root_id"),
+            "parent_id": g("parent_id"), "correlation_id": props.get("correlation_id"),
+            "reply_to": props.get("reply_to"), "delivery_info": self.delivery.delivery_info,
+            "called_directly": False,
+        })
+
     def context(self, args: list[Any], kwargs: dict[str, Any], embed: dict[str, Any],
                 hostname: str) -> Context:
         """The ``task.request`` Context for this execution, as Celery fills it. Runs on the

@@ -93,7 +93,11 @@ class Tracer:
         except Exception as exc:  # one line says it all: the traceback would be ours
             logger.error("Task %s[%s] cannot run: its message body is invalid: %s", req.name,
                          req.id, exc)
-            return self._failed(req, exc, start, None, logged=True)
+            failed = self._failed(req, exc, start, None, logged=True)
+            # Rejected, not acked, once the failure is stored: an acks_late message goes to
+            # the queue's dead-letter exchange where it has one (an early ack came already).
+            failed.settle = "reject"
+            return failed
         ctx = req.context(body.args, body.kwargs, body.embed, self.hostname)
         ctx.halt = req.halt
         soft = req.limits[1]
