@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..exceptions import ConnectionLost, ImproperlyConfigured
+from . import amqp_doubles
 from ..utils.text import mask_url
 
 if TYPE_CHECKING:
@@ -278,6 +279,8 @@ class Connections:
             if conn is not None and not conn.is_closed:
                 return conn
             import aio_pika
+
+            amqp_doubles.install()  # floats in headers as py-amqp sends them
 
             try:
                 conn = await aio_pika.connect_robust(**self._connect_kwargs())
