@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..exceptions import ConnectionLost, ImproperlyConfigured
-from . import amqp_doubles
 from ..utils.text import mask_url
+from . import amqp_doubles
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
