@@ -134,6 +134,7 @@ class AMQPTransport:
 
     async def _with_retries(self, send: Any) -> None:
         delay = float(self._policy["interval_start"] or 0)
+        retryable: tuple[type[BaseException], ...] = (*driver_errors(), ConnectionLost)
         for attempt in range(self._retries + 1):
             try:
                 channel = await self._publish_channel()
@@ -141,7 +142,7 @@ class AMQPTransport:
                 return
             except asyncio.CancelledError:
                 raise
-            except (*driver_errors(), ConnectionLost) as exc:
+            except retryable as exc:
                 if attempt >= self._retries:
                     raise ConnectionLost(
                         f"Publish to {self.params.safe_url} failed after {attempt + 1} "
@@ -168,9 +169,8 @@ class AMQPTransport:
         exchange, routing_key = topology.target(message.exchange, message.routing_key)
         if not message.exchange:  # sent to a queue: declare it first, as upstream's producer
             await self._ensure_declared(channel, [message.routing_key])
-        wire = to_amqp(message)
-        if "delivery_mode" not in message.properties:
-            wire.delivery_mode = topology.delivery_mode(message.exchange, message.routing_key)
+        wire = to_amqp(message, topology.delivery_mode(message.exchange, message.routing_key)
+                       if "delivery_mode" not in message.properties else 2)
         target = channel.default_exchange if not exchange else \
             await channel.get_exchange(exchange, ensure=False)
         timeout = self.params.connect_timeout or None

@@ -123,8 +123,9 @@ class Consuming:
     async def _check_cancelled(self, channel: AbstractRobustChannel) -> None:
         """Consumers the server cancelled (their queue was deleted): declare the queue
         again and consume anew."""
-        underlay = await channel.get_underlay_channel()
-        gone = [name for name, (_, tag) in self._consumers.items() if tag not in underlay.consumers]
+        underlay: Any = await channel.get_underlay_channel()
+        live = underlay.consumers  # aiormq's table; the server's Basic.Cancel removes from it
+        gone = [name for name, (_, tag) in self._consumers.items() if tag not in live]
         for name in gone:
             logger.warning("AMQP: the server cancelled the consumer of queue %r (deleted?); "
                            "declaring it again and consuming anew", name)
@@ -140,8 +141,10 @@ class Consuming:
         try:
             channel = await self._channel()
             await self._apply_qos(channel, max_count)
-            await self._check_cancelled(channel)
             await self._consume(channel, queues)
+            taken = self._take(queues, max_count)
+            if not taken and timeout > 0:  # idle: is every consumer still there?
+                await self._check_cancelled(channel)
         except driver_errors() as exc:
             raise ConnectionLost(f"AMQP consume on {self._connections.params.safe_url} "
                                  f"failed: {exc!r}") from exc
@@ -149,7 +152,6 @@ class Consuming:
             del self.outstanding[gone]
         for gone in [ch for ch in self._prefixes if ch.is_closed]:
             del self._prefixes[gone]
-        taken = self._take(queues, max_count)
         if not taken and timeout > 0:
             self._ready.clear()
             try:
@@ -190,7 +192,7 @@ class Consuming:
         return taken
 
     async def _return_buffered(self, names: Sequence[str]) -> int:
-        messages = []
+        messages: list[Any] = []
         for name in names:
             buffer = self._buffers.pop(name, None)
             if buffer:
@@ -207,6 +209,10 @@ class Consuming:
                 await queue.cancel(tag)
             except driver_errors():
                 pass
+        # Deliveries the server sent before its cancel-ok are still on their way through
+        # aio-pika's tasks: let them reach the buffers first.
+        for _ in range(5):
+            await asyncio.sleep(0)
         return await self._return_buffered(list(self._buffers))
 
 
@@ -222,7 +228,9 @@ async def settle(outstanding: dict[Any, dict[int, None]], messages: Sequence[Any
         by_channel.setdefault(channel, []).append(message.delivery_tag)
     for channel, tags in by_channel.items():
         pending = outstanding.get(channel, {})
-        tags.sort()
+        tags = sorted(t for t in set(tags) if t in pending)  # settled already: never again
+        if not tags:
+            continue
         wanted = set(tags)
         prefix = 0  # how many of ``tags`` are the channel's oldest outstanding ones
         for tag in pending:

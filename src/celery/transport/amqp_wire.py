@@ -32,8 +32,9 @@ _COPIED = ("correlation_id", "reply_to", "expiration", "message_id", "timestamp"
            "user_id", "app_id")
 
 
-def to_amqp(message: Message) -> aio_pika.Message:
-    """The aio-pika message to publish for ``message``."""
+def to_amqp(message: Message, delivery_mode: int = 2) -> aio_pika.Message:
+    """The aio-pika message to publish for ``message`` (``delivery_mode`` when the message
+    names none: the topology's, see amqp_topology.py)."""
     import aio_pika
 
     props = message.properties
@@ -47,7 +48,7 @@ def to_amqp(message: Message) -> aio_pika.Message:
         headers=message.headers,
         content_type=message.content_type or None,
         content_encoding=message.content_encoding or None,
-        delivery_mode=int(props.get("delivery_mode") or 2),
+        delivery_mode=int(props.get("delivery_mode") or delivery_mode),
         priority=int(props.get("priority") or 0),
         **kwargs,
     )
