@@ -40,9 +40,12 @@ def fail(message: str) -> None:
 
 @app.task(name="rpc.flaky", bind=True, max_retries=5)
 def flaky(self, times: int) -> int:
-    """Retries ``times`` times, then returns how many retries it took."""
+    """Retries ``times`` times, then returns how many retries it took.
+
+    The worker stores RETRY just after it sends the retry message (as upstream): the
+    countdown keeps the next run's STARTED behind it, so the states' order is known."""
     if self.request.retries < times:
-        raise self.retry(countdown=0)
+        raise self.retry(countdown=0.5)
     return self.request.retries
 
 

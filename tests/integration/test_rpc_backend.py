@@ -219,6 +219,10 @@ def test_a_real_worker_answers_results_failures_and_retries_in_order(worker_url)
         assert [s for tid, s in seen if tid == failed.id] == ["STARTED", "FAILURE"]
         assert [s for tid, s in seen if tid == retried.id] == [
             "STARTED", "RETRY", "STARTED", "RETRY", "STARTED", "SUCCESS"]
+        # A late interim state (a redelivery, a RETRY stored after the next run's result)
+        # never replaces a final one.
+        app.backend.replies.arrived(retried.id, {"status": "RETRY", "result": None})
+        assert app.backend.get_task_meta(retried.id)["status"] == "SUCCESS"
 
         slow = app.send_task("rpc.sleep", (0.8,))
         begun = time.monotonic()

@@ -379,7 +379,8 @@ class Task(Generic[P, R]):
     def _retry_options(self, request: Context, retries: int, countdown: float | None,
                        eta: dt.datetime | None, extra: Mapping[str, Any]) -> dict[str, Any]:
         """Send options that make a message a retry of ``request`` (Celery's
-        ``signature_from_request``): same id, ids of the family, limits, queue and priority."""
+        ``signature_from_request``): same id, ids of the family, limits, queue, priority and
+        reply_to."""
         delivery_info = request.delivery_info or {}
         timelimit = request.timelimit or (None, None)
         opts: dict[str, Any] = {
@@ -390,6 +391,8 @@ class Task(Generic[P, R]):
             "expires": request.expires, "retries": retries,
             "time_limit": timelimit[0], "soft_time_limit": timelimit[1],
             "ignore_result": request.ignore_result, "shadow": request.shadow,
+            # The sender's reply queue (rpc://): its states keep going there.
+            "reply_to": request.reply_to,
         }
         if delivery_info.get("priority") is not None:
             opts["priority"] = delivery_info["priority"]
