@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
@@ -92,9 +93,25 @@ METRICS = [
 ]
 
 
+def wait_for_broker(amqp: str, timeout: float = 180.0) -> None:
+    """Until the broker accepts connections: a run that starts while the server is being
+    restarted (by a fault test on a shared machine) would fail for nothing."""
+    parts = urlsplit(amqp)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise peers.RunFailed(f"RabbitMQ unreachable for {timeout:.0f} s") from None
+            time.sleep(1.0)
+
+
 def fresh_vhost(amqp: str) -> str:
     """Delete and re-create the vhost of ``amqp`` (user guest, all permissions) with the
     server's own CLI, so a run starts with no queue or message left by an earlier one."""
+    wait_for_broker(amqp)
     parts = urlsplit(amqp)
     vhost = parts.path[1:] or "/"
     user = parts.username or "guest"
@@ -146,6 +163,7 @@ def run_rounds(selected: list[Config], pythons: dict, args: argparse.Namespace) 
                     except peers.RunFailed as exc:
                         failures.append(str(exc))
                         peers.log(f"round {n} {config.name}: FAILED {str(exc).splitlines()[0]}")
+                        time.sleep(5.0)  # a broker restart: let it finish before the retry
                         continue
                     peers.log(f"round {n} {config.name}: {result['noop']['tasks_per_s']:.0f} "
                               f"tasks/s, p50 {result['latency']['p50_ms']:.2f} ms, one Redis "
@@ -238,7 +256,8 @@ def parse_args() -> argparse.Namespace:
                         help="the broker; its vhost is deleted and re-created before every run")
     parser.add_argument("--url", default="redis://127.0.0.1:6379/13",
                         help="results; flushed before and after each run")
-    parser.add_argument("--retries", type=int, default=1)
+    parser.add_argument("--retries", type=int, default=2,
+                        help="run a failed run again this often (the broker may be restarted)")
     parser.add_argument("--run-timeout", type=float, default=600.0)
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "peers")
     parser.add_argument("--ours-python", type=Path, default=Path(sys.executable))
