@@ -156,7 +156,7 @@ def run_rounds(selected: list[Config], pythons: dict, args: argparse.Namespace) 
     try:
         for n in range(1, args.rounds + 1):
             for config in selected:
-                failures = []
+                failures, load = [], os.getloadavg()[0]
                 for _ in range(1 + args.retries):
                     try:
                         result = run_config(config, pythons[config.venv], args)
@@ -171,7 +171,8 @@ def run_rounds(selected: list[Config], pythons: dict, args: argparse.Namespace) 
                     break
                 else:
                     result = {"error": failures[-1]}
-                rounds[config.name].append(result | {"round": n, "failed_attempts": failures})
+                rounds[config.name].append(result | {"round": n, "failed_attempts": failures,
+                                                     "loadavg_1m_before": load})
     except KeyboardInterrupt:
         peers.log("interrupted: reporting the rounds done so far")
     return rounds
@@ -202,13 +203,20 @@ def _ratio(ours: dict, peer: dict, column: str) -> float | None:
     return a["median"] / b["median"] if a and b and b["median"] else None
 
 
+def _load(results: dict) -> str:
+    loads = [r["loadavg_1m_before"] for res in results.values() for r in res["rounds"]
+             if "loadavg_1m_before" in r]
+    return f" (1-minute load average {min(loads):.1f} to {max(loads):.1f})" if loads else ""
+
+
 def markdown(report: dict) -> str:
     meta, results = report["meta"], report["results"]
     lines = [
         f"{meta['tasks']:,} no-op tasks, {meta['latency_samples']} sequential round trips, "
         f"{meta['call_tasks']:,} tasks making one Redis call each; broker RabbitMQ "
         f"({meta['amqp_safe']}, a fresh vhost per run), results in Redis ({meta['url']}); "
-        f"median [min..max] of {meta['rounds']} interleaved rounds on {meta['cpus']} cores.",
+        f"median [min..max] of {meta['rounds']} interleaved rounds on {meta['cpus']} cores"
+        f"{_load(results)}.",
         "",
         "| implementation | version | configuration | " + " | ".join(c for c, _, _ in METRICS)
         + " |",
@@ -221,8 +229,10 @@ def markdown(report: dict) -> str:
             continue
         digits = {"RTT p50 ms": 2, "RTT p99 ms": 2}
         cells = [_cell(result["spread"].get(c), digits.get(c, 0)) for c, _, _ in METRICS]
-        lines.append(f"| {name} | {result['version']} | {result['about']} | "
-                     + " | ".join(cells) + " |")
+        done = sum("error" not in r for r in result["rounds"])
+        about = result["about"] + (f" ({done} of {meta['rounds']} rounds)"
+                                   if done < meta["rounds"] else "")
+        lines.append(f"| {name} | {result['version']} | {about} | " + " | ".join(cells) + " |")
     for base in ("ours", "ours-no-confirms", "ours-processes"):
         ours = results.get(base, {}).get("spread")
         peers_done = {n: r["spread"] for n, r in results.items()
