@@ -3,7 +3,7 @@
 Upstream Celery runs from the throwaway venv of test_upstream_interop.py. Both directions:
 upstream client -> our worker (ours declares the queues first) and our client -> upstream
 worker (upstream declares them first), each with the default ``celery`` queue and a priority
-queue on its own exchange (tests/compat/interop/amqpapp.py, imported by both), so neither
+queue on its own exchange (tests/compat/interop/upamqp.py, imported by both), so neither
 side's declarations may fail with PRECONDITION_FAILED. Results go to Redis (db 13) or, in
 their own test, to ``rpc://``; remote control is checked both ways with both workers on one
 vhost.
@@ -45,14 +45,14 @@ def _env(broker: str, backend: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def our_app(broker: str, backend: str) -> Iterator[Any]:
-    """tests/compat/interop/amqpapp.py imported by us, afresh, plus an ``async def`` task
+    """tests/compat/interop/upamqp.py imported by us, afresh, plus an ``async def`` task
     that only our worker has; closed and forgotten afterwards."""
     saved = {k: os.environ.get(k) for k in ("INTEROP_BROKER_URL", "INTEROP_BACKEND_URL")}
     os.environ.update(INTEROP_BROKER_URL=broker, INTEROP_BACKEND_URL=backend)
     sys.path.insert(0, str(INTEROP_DIR))
-    sys.modules.pop("amqpapp", None)
+    sys.modules.pop("upamqp", None)
     try:
-        module = importlib.import_module("amqpapp")
+        module = importlib.import_module("upamqp")
         app = module.app
 
         @app.task(name="interop.mul_async")
@@ -66,7 +66,7 @@ def our_app(broker: str, backend: str) -> Iterator[Any]:
             app.close()
     finally:
         sys.path.remove(str(INTEROP_DIR))
-        sys.modules.pop("amqpapp", None)
+        sys.modules.pop("upamqp", None)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -76,10 +76,10 @@ def our_app(broker: str, backend: str) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def upstream_worker(python: Path, broker: str, backend: str) -> Iterator[CommandProcess]:
-    """An upstream Celery worker (threads pool) consuming both queues of amqpapp, ready (its
+    """An upstream Celery worker (threads pool) consuming both queues of upamqp, ready (its
     queues declared) on enter; stopped on exit, and its log checked for declaration errors."""
     worker = CommandProcess(
-        [str(python), "-m", "celery", "-A", "amqpapp", "worker", "-P", "threads", "-c", "2",
+        [str(python), "-m", "celery", "-A", "upamqp", "worker", "-P", "threads", "-c", "2",
          "-l", "info", "-n", "upstream@%h", "-Q", QUEUES, "--without-gossip", "--without-mingle"],
         cwd=INTEROP_DIR, env=_env(broker, backend))
     try:
@@ -101,7 +101,7 @@ def check_failure(state: str, kind: str, args: list, traceback: str | None, orig
     """A failure's exception type, arguments and the worker's traceback came through."""
     assert (state, kind, args) == ("FAILURE", "ValueError", [f"from {origin}"])
     assert traceback is not None and traceback.startswith("Traceback (most recent call last)")
-    assert "amqpapp.py" in traceback and f"ValueError: from {origin}" in traceback
+    assert "upamqp.py" in traceback and f"ValueError: from {origin}" in traceback
 
 
 def test_upstream_client_and_our_worker(upstream_python, amqp_url, redis_url):  # noqa: F811
@@ -153,7 +153,7 @@ def test_our_client_and_upstream_worker(upstream_python, amqp_url, redis_url):  
 #: Run by upstream Celery: ping and inspect every worker on the vhost, print the replies.
 UPSTREAM_CONTROL = """
 import json
-from amqpapp import app
+from upamqp import app
 print(json.dumps({"ping": app.control.ping(timeout=2.0),
                   "active_queues": app.control.inspect(timeout=2.0).active_queues()}))
 """
@@ -174,7 +174,7 @@ def test_remote_control_both_ways(upstream_python, amqp_url, redis_url):  # noqa
             running_worker(app, queues=QUEUES.split(","), loop_workers=1, sync_workers=1,
                            hostname="ours@test"):
         cli = json.loads(run_upstream(
-            upstream_python, ["-m", "celery", "-A", "amqpapp", "inspect", "ping", "-j"],
+            upstream_python, ["-m", "celery", "-A", "upamqp", "inspect", "ping", "-j"],
             amqp_url, redis_url))
         theirs = json.loads(run_upstream(upstream_python, ["-c", UPSTREAM_CONTROL],
                                          amqp_url, redis_url))
@@ -195,7 +195,7 @@ def test_remote_control_both_ways(upstream_python, amqp_url, redis_url):  # noqa
 #: Run by upstream Celery with the rpc:// backend: results come back to this process only.
 UPSTREAM_RPC = """
 import json
-from amqpapp import app
+from upamqp import app
 ok = app.send_task("interop.add", (2, 3))
 bad = app.send_task("interop.fail", ("from upstream",))
 bad.get(timeout=30, propagate=False)

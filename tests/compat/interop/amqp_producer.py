@@ -5,7 +5,7 @@ import json
 import sys
 import time
 
-from amqpapp import app
+from upamqp import app
 
 TIMEOUT = 30
 out = {"add": app.send_task("interop.add", (2, 3)).get(timeout=TIMEOUT)}
