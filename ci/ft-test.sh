@@ -34,7 +34,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
     say "installing the package with its default extras and the test tools into .venv-ft"
     # hypothesis: its newest releases build a Rust part from crates.io for interpreters
     # without a wheel; a release with a pure-Python wheel does for the tests.
-    .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,uvloop,msgpack,metrics]" \
+    .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,amqp,uvloop,msgpack,metrics]" \
         "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7"
     echo "$want" > "$stamp"
 fi

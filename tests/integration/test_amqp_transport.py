@@ -166,3 +166,34 @@ def test_sync_publish_goes_through_the_apps_portal(amqp_url: str) -> None:
         assert states == [app.portal.loop]
     finally:
         app.close()
+
+
+def test_celery_purge_empties_the_queues(amqp_url: str, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    app = Celery("amqp-purge", broker=amqp_url, set_as_current=False)
+    try:
+        for i in range(7):
+            app.send_task("amqp.t", (i,))
+    finally:
+        app.close()
+    env = dict(os.environ, AMQPAPP_BROKER=amqp_url, AMQPAPP_LOG=str(tmp_path / "log"),
+               PYTHONPATH=os.pathsep.join([str(root / "tests" / "apps"), str(root),
+                                           os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "amqpapp", "purge", "-f"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Purged 7 messages from 1 known task queue" in done.stdout
+
+    async def length() -> int:
+        transport = AMQPTransport(amqp_url)
+        try:
+            return await transport.queue_length("celery")
+        finally:
+            await transport.aclose()
+
+    assert asyncio.run(length()) == 0

@@ -301,6 +301,9 @@ class Connections:
         if channel is not None and not channel.is_closed:
             return channel
         conn = await self.connection()
+        if not conn.connected.is_set():
+            # Reconnecting: the robust connection re-opens its channels itself once back.
+            raise ConnectionLost(f"Connection to {self.params.safe_url} lost; reconnecting")
         async with state.lock:
             channel = state.channels.get(purpose)
             if channel is not None and not channel.is_closed:
@@ -309,7 +312,7 @@ class Connections:
                 channel = await conn.channel(publisher_confirms=confirms)
             except asyncio.CancelledError:
                 raise
-            except driver_errors() as exc:
+            except (*driver_errors(), RuntimeError) as exc:  # RuntimeError: not open (yet)
                 raise ConnectionLost(
                     f"Cannot open a channel on {self.params.safe_url}: {_describe(exc)}") from exc
             state.channels[purpose] = channel  # type: ignore[assignment]

@@ -123,6 +123,10 @@ class Consuming:
     async def _check_cancelled(self, channel: AbstractRobustChannel) -> None:
         """Consumers the server cancelled (their queue was deleted): declare the queue
         again and consume anew."""
+        try:  # (just reconnected: aio-pika restores the consumers first)
+            await asyncio.wait_for(channel.ready(), 1.0)  # type: ignore[attr-defined]
+        except TimeoutError:
+            return
         underlay: Any = await channel.get_underlay_channel()
         live = underlay.consumers  # aiormq's table; the server's Basic.Cancel removes from it
         gone = [name for name, (_, tag) in self._consumers.items() if tag not in live]
@@ -145,6 +149,7 @@ class Consuming:
             taken = self._take(queues, max_count)
             if not taken and timeout > 0:  # idle: is every consumer still there?
                 await self._check_cancelled(channel)
+                taken = self._take(queues, max_count)  # (what came meanwhile)
         except driver_errors() as exc:
             raise ConnectionLost(f"AMQP consume on {self._connections.params.safe_url} "
                                  f"failed: {exc!r}") from exc
@@ -153,7 +158,7 @@ class Consuming:
         for gone in [ch for ch in self._prefixes if ch.is_closed]:
             del self._prefixes[gone]
         if not taken and timeout > 0:
-            self._ready.clear()
+            self._ready.clear()  # (no await since the last _take: nothing came unseen)
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:

@@ -30,7 +30,8 @@ import sys
 from importlib.abc import MetaPathFinder
 from typing import Any
 
-__all__ = ["BLOCKED", "FREE_THREADED", "describe", "enabled", "keep_off", "watch"]
+__all__ = ["BLOCKED", "FREE_THREADED", "NO_EXTENSIONS_ENV", "describe", "enabled", "keep_off",
+           "watch"]
 
 #: True on a free-threaded build (the GIL can be off).
 FREE_THREADED = False
@@ -47,6 +48,13 @@ GIL_MODULES = {
     "libvalkey": "valkey-py's pure-Python reply parser",
     "hiredis": "valkey-py's pure-Python reply parser",
 }
+
+#: aio-pika's dependencies with an optional C extension and a pure-Python fallback chosen by
+#: an environment variable: the extensions may be built without free-threading support (an
+#: sdist built for 3.13t), and only URL parsing at connect time uses them, so on a
+#: free-threaded build :func:`keep_off` sets these (unless the user did) before the AMQP
+#: transport imports them.
+NO_EXTENSIONS_ENV = ("YARL_NO_EXTENSIONS", "MULTIDICT_NO_EXTENSIONS", "PROPCACHE_NO_EXTENSIONS")
 
 #: The modules :func:`keep_off` made unimportable.
 BLOCKED: list[str] = []
@@ -75,6 +83,8 @@ def keep_off() -> None:
         if name not in sys.modules and importlib.machinery.PathFinder.find_spec(name):
             sys.modules[name] = None  # type: ignore[assignment]
             BLOCKED.append(name)
+    for variable in NO_EXTENSIONS_ENV:
+        os.environ.setdefault(variable, "1")
 
 
 class _Watched(importlib.machinery.ExtensionFileLoader):
