@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ from celery import Celery, group, states
 from celery._state import Context
 from celery.backends.base import backend_for_url
 from celery.backends.rpc import RPCBackend
-from celery.exceptions import ImproperlyConfigured, TimeoutError
+from celery.exceptions import ImproperlyConfigured, TaskRevokedError, TimeoutError
 
 from ..conftest import flushed_redis_url, fresh_amqp_vhost
 from .worker_harness import CommandProcess
@@ -59,6 +60,8 @@ def test_rpc_needs_an_amqp_broker_and_refuses_chords_and_saved_groups():
     redis_app = Celery("t", broker="redis://localhost/0", backend="rpc://")
     with pytest.raises(ImproperlyConfigured, match=r"rpc:// result backend needs an AMQP broker"):
         redis_app.backend  # noqa: B018
+    with pytest.raises(ImproperlyConfigured, match=r"needs an AMQP broker URL in broker_url"):
+        backend_for_url("rpc://", Celery("t").conf)
     app = Celery("t", broker="amqp://guest:guest@localhost:5672/v", backend="rpc://",
                  result_persistent=True, result_expires=60)
     try:
@@ -71,6 +74,17 @@ def test_rpc_needs_an_amqp_broker_and_refuses_chords_and_saved_groups():
         with pytest.raises(NotImplementedError, match="save_group is not supported"):
             backend.save_group("g", None)
         assert Celery("u", broker="pyamqp://h//").oid != app.oid  # one reply queue per app
+
+        # Where a state goes: the request's reply_to; its correlation_id when the request
+        # is the task's own (a chain storing a later step's state passes its own request).
+        backend.prepare_meta("a", states.STARTED, None, None,
+                             Context(id="a", reply_to="q1", correlation_id="corr-a"))
+        backend.prepare_meta("b", states.FAILURE, None, None,
+                             Context(id="a", reply_to="q1", correlation_id="corr-a"))
+        backend.prepare_meta("c", states.SUCCESS, 1, None, Context(id="c", reply_to="x" * 300))
+        backend.prepare_meta("d", states.SUCCESS, 1, None, Context(id="d"))
+        assert dict(backend._destinations) == {"a": ("q1", "corr-a"), "b": ("q1", "b")}
+        asyncio.run(backend._aset_many([("c", b"{}", "SUCCESS"), ("d", b"{}", "SUCCESS")]))
         assert type(backend_for_url("rpc://", app.conf, reply_to="x")) is RPCBackend
     finally:
         app.close()
@@ -224,6 +238,13 @@ def test_a_real_worker_answers_results_failures_and_retries_in_order(worker_url)
         app.backend.replies.arrived(retried.id, {"status": "RETRY", "result": None})
         assert app.backend.get_task_meta(retried.id)["status"] == "SUCCESS"
 
+        # Expired before it ran: the worker stores REVOKED (no task runs; the reply goes
+        # to the message's reply_to all the same).
+        expired = app.send_task("rpc.add", (1, 1), expires=-1)
+        with pytest.raises(TaskRevokedError):
+            expired.get(timeout=10)
+        assert expired.state == "REVOKED"
+
         slow = app.send_task("rpc.sleep", (0.8,))
         begun = time.monotonic()
         with pytest.raises(TimeoutError, match="The operation timed out"):
@@ -269,6 +290,34 @@ def test_many_concurrent_results_reach_their_own_client_sync_and_async(worker_ur
     finally:
         one.close()
         two.close()
+
+
+def close_connections(vhost: str) -> int:
+    """Close every connection to ``vhost`` from the server side (this module's vhosts only);
+    how many there were."""
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "vhost"],
+                            capture_output=True, text=True, timeout=60).stdout
+    subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "rpc test"],
+                   check=True, capture_output=True, timeout=60)
+    return sum(line.strip() == vhost for line in listed.splitlines())
+
+
+def test_replies_flow_again_after_the_connections_are_dropped(tmp_path):
+    """The server closes every connection (the client's, the worker's): both reconnect by
+    themselves, the reply queue is declared and consumed again, and new replies arrive."""
+    vhost = f"{AMQP_VHOST}-drop"
+    url = fresh_amqp_vhost(vhost)
+    proc = WorkerProcess(url, "rpc://", tmp_path)
+    app = client(url)
+    try:
+        assert app.send_task("rpc.add", (1, 2)).get(timeout=10) == 3
+        assert close_connections(vhost) >= 3  # the client's, the worker's consumer and replies
+        results = [app.send_task("rpc.add", (i, 2)) for i in range(10)]
+        assert [r.get(timeout=30) for r in results] == [i + 2 for i in range(10)]
+        assert asyncio.run(app.send_task("rpc.aadd", (2, 2)).aget(timeout=30)) == 4
+    finally:
+        app.close()
+        assert proc.stop() == 0, proc.output
 
 
 # -- other result backends beside an AMQP broker ----------------------------------------------

@@ -71,3 +71,21 @@ def test_a_waiter_given_back_is_not_resolved_and_the_oldest_states_go_past_the_b
             r.arrived(f"t{i}", meta(states.SUCCESS, i))
     assert [r.latest(f"t{i}") is not None for i in range(6)] == [False] * 3 + [True] * 3
     assert caplog.text.count("keeps the states of 3 tasks at most") == 1
+
+
+def test_each_app_sends_its_own_reply_to_and_signatures_freeze_it():
+    from celery import Celery
+
+    one, two = Celery("one", broker="memory://rpc-one"), Celery("two", broker="memory://rpc-two")
+    try:
+        assert one.oid != two.oid
+        message, _ = one._prepare("t.add", (1, 2), {}, None, {})
+        assert message.properties["reply_to"] == one.oid
+        message, _ = one._prepare("t.add", (1, 2), {}, None, {"reply_to": "theirs"})
+        assert message.properties["reply_to"] == "theirs"
+        sig = two.signature("t.add", (1, 2))
+        sig.freeze()
+        assert sig.options["reply_to"] == two.oid
+    finally:
+        one.close()
+        two.close()

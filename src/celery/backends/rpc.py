@@ -39,6 +39,7 @@ from .._state import current_request
 from ..exceptions import ConnectionLost, ImproperlyConfigured, TimeoutError
 from ..messaging import serialization
 from ..messaging.protocol import REPLY_TO
+from ..utils.text import mask_url
 from .base import Conf, ResultBackend
 from .rpc_replies import Replies
 
@@ -55,6 +56,10 @@ E_NO_CHORD_SUPPORT = (
 
 #: Destinations of tasks still running kept by a worker, beyond which the oldest go.
 MAX_DESTINATIONS = 100_000
+
+#: Seconds a batch of replies may wait for the broker's confirms before the flusher is
+#: told the broker is unreachable (it then retries the batch with backoff).
+PUBLISH_TIMEOUT = 10.0
 
 Meta = dict[str, Any]
 
@@ -73,10 +78,15 @@ class RPCBackend(ResultBackend):
         if url and url.rstrip("/").lower() != "rpc:":
             logger.warning("rpc:// takes no host, path or options (the broker's connection "
                            "is used): ignoring the rest of %r, as Celery does", url)
-        broker = conf.get("broker_url") or "amqp://guest:guest@localhost:5672//"
-        if not isinstance(broker, str):
-            raise ImproperlyConfigured(f"rpc:// needs one AMQP broker URL, not {broker!r}")
-        broker = broker.split(";", 1)[0].strip()
+        broker = conf.get("broker_url")
+        if not broker or not isinstance(broker, str):
+            raise ImproperlyConfigured(
+                f"The rpc:// result backend needs an AMQP broker URL in broker_url, not "
+                f"{broker!r} (with no broker configured, the broker is sqlite://)")
+        if ";" in broker:
+            logger.warning("rpc:// replies use the first broker of the failover list %s",
+                           mask_url(broker))
+            broker = broker.split(";", 1)[0].strip()
         scheme = broker.partition("://")[0].lower()
         if scheme not in AMQP_SCHEMES:
             raise ImproperlyConfigured(
@@ -183,7 +193,7 @@ class RPCBackend(ResultBackend):
                     AMQPMessage(payload, content_type=self._content_type,
                                 content_encoding=self._content_encoding,
                                 correlation_id=correlation_id, delivery_mode=mode, priority=0),
-                    routing_key=reply_to, mandatory=False)
+                    routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT)
                 for _, payload, _, (reply_to, correlation_id) in sends))
         except asyncio.CancelledError:
             raise
@@ -253,6 +263,8 @@ class RPCBackend(ResultBackend):
         self.confirm_published()
         if not self.replies.started:
             self._call(self._start())
+        elif _running_loop() is self.portal.loop:  # the reply could never be taken in
+            raise RuntimeError("A sync get() on the portal's loop would deadlock; await instead")
         meta, future = self.replies.waiter(task_id)
         if future is None:
             assert meta is not None
@@ -305,3 +317,10 @@ class RPCBackend(ResultBackend):
     def close(self) -> None:
         self.connections.close()
         super().close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
