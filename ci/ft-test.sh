@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The free-threaded pass: the whole test suite again, on a free-threaded CPython built by
 # ci/ft-python.sh (cached outside the checkout), in .venv-ft with the package's default
-# extras ([redis,uvloop,msgpack]: their C extensions are built from source by pip where PyPI
+# extras ([redis,amqp,uvloop,msgpack]: their C extensions are built from source by pip where PyPI
 # has no free-threaded wheel), and [metrics] (prometheus-client: pure Python, no required
 # dependencies; tests/integration/test_metrics.py fails under CI without it). The GIL must
 # stay off: PYTHON_GIL is left unset, and the tests in tests/integration/test_free_threading.py
@@ -34,8 +34,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
     say "installing the package with its default extras and the test tools into .venv-ft"
     # hypothesis: its newest releases build a Rust part from crates.io for interpreters
     # without a wheel; a release with a pure-Python wheel does for the tests.
+    # amqp: aio-pika for the RabbitMQ transport; kombu (pure Python): the reference the AMQP
+    # topology tests compare our declarations with.
     .venv-ft/bin/python -m pip install -q --only-binary=hypothesis -e ".[redis,amqp,uvloop,msgpack,metrics]" \
-        "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7"
+        "pytest>=8" "pytest-asyncio>=0.24" "pytest-timeout>=2.3" "hypothesis>=6.100" "pyperf>=2.7" \
+        "kombu>=5.3"
     echo "$want" > "$stamp"
 fi
 say ".venv-ft ready in $((SECONDS - start))s"

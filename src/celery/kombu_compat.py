@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["Exchange", "Queue", "binding"]
+__all__ = ["Broadcast", "Exchange", "Queue", "binding"]
 
 #: Delivery modes by name, as kombu accepts them.
 DELIVERY_MODES = {"transient": 1, "persistent": 2}
@@ -235,6 +235,29 @@ class Queue:
                    durable=_default(either("queue_durable", "durable"), True),
                    auto_delete=_default(either("queue_auto_delete", "auto_delete"), False),
                    **kwargs)
+
+
+class Broadcast(Queue):
+    """A queue of its own for every process, fed by a fanout exchange (kombu's
+    ``kombu.common.Broadcast``): every worker consuming ``name`` gets every message.
+
+    The queue is ``bcast.<uuid>`` (or ``queue``; ``unique=True`` adds the uuid to it too),
+    auto-deleted, looked up by ``name`` (its alias); the exchange is the fanout ``name``.
+    Publishers do not declare it (only consumers do), as upstream.
+    """
+
+    def __init__(self, name: str | None = None, queue: str | None = None, unique: bool = False,
+                 auto_delete: bool = True, exchange: Any = None, alias: str | None = None,
+                 **kwargs: Any) -> None:
+        import uuid
+
+        if unique:
+            queue = f"{queue or 'bcast'}.{uuid.uuid4()}"
+        else:
+            queue = queue or f"bcast.{uuid.uuid4()}"
+        self.queue = queue
+        super().__init__(queue, exchange if exchange is not None else Exchange(name or "", "fanout"),
+                         alias=alias or name, auto_delete=auto_delete, **kwargs)
 
 
 def _default(value: Any, default: bool) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import kombu
+import kombu.common
 import pytest
 
 from celery.app.config import Settings
@@ -52,13 +53,16 @@ def test_queue_objects_of_real_kombu_and_ours_read_alike(Q, X):
     # a queue with no exchange gets the default exchange and routing key (Queues._add)
     assert topology.queue("plain").bindings == ((ExchangeDecl("celery"), "celery", {}),)
     multi = topology.queue("multi")
-    assert [(e.name, key) for e, key, _ in multi.bindings] == [
-        ("celery", "celery"), ("media", "a.#"), ("other", "b")]
-    assert [e.name for e in multi.exchanges] == ["celery", "media", "other"]
+    # routed by the default exchange, declared with its bindings only (as kombu does)
+    assert multi.exchange == ExchangeDecl("celery")
+    assert [(e.name, key) for e, key, _ in multi.bindings] == [("media", "a.#"), ("other", "b")]
+    assert [e.name for e in multi.exchanges] == ["media", "other"]
+    assert topology.target("", "multi") == ("", "multi")
     # publishing: direct queues through the default exchange, others to their exchange
     assert topology.target("", "plain") == ("", "plain")
     assert topology.target("", "video") == ("media", "media.video")
-    assert topology.target("", "video", queue="video") == ("media", "media.video")
+    # exchange named, no key: a direct queue is still sent to straight (upstream's rule)
+    assert topology.target("media", "plain") == ("", "plain")
     assert topology.target("", "media.cats", queue="video") == ("media", "media.cats")
     assert topology.target("", "bcast") == ("bc", "celery")
     assert topology.target("media", "x.y") == ("media", "x.y")
@@ -152,3 +156,21 @@ def test_kombu_compat_matches_kombu_attributes():
         theirs.exchange.name, theirs.exchange.type, theirs.exchange.durable)
     with pytest.raises(TypeError, match="settings only"):
         Queue("q", channel=object())
+
+
+@pytest.mark.parametrize("Broadcast", [kombu.common.Broadcast, __import__("celery.kombu_compat").kombu_compat.Broadcast],
+                         ids=["kombu", "kombu_compat"])
+def test_broadcast_queues_are_per_process_and_found_by_their_alias(Broadcast):
+    declared = Broadcast("everyone")
+    topology = Topology.from_conf(conf(task_queues=[declared]))
+    decl = topology.queue("everyone")
+    assert decl.name == declared.name and decl.name.startswith("bcast.")
+    assert decl.broadcast and decl.auto_delete
+    assert decl.bindings == ((ExchangeDecl("everyone", "fanout"), "celery", {}),)
+    assert topology.target("", "everyone") == ("everyone", "celery")
+    assert not topology.queue("celery").broadcast
+
+
+def test_a_passive_exchange_is_checked_not_declared():
+    topology = Topology.from_conf(conf(task_queues=[Queue("q", Exchange("x", passive=True))]))
+    assert topology.queue("q").bindings[0][0].passive

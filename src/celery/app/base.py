@@ -441,6 +441,7 @@ class Celery:
         queue = _pick(layers, "queue", conf["task_default_queue"])
         if not isinstance(queue, str):
             queue = getattr(queue, "name", str(queue))
+        routing_key = _pick(layers, "routing_key")  # a key given beside the queue (AMQP)
         countdown, eta = get("countdown"), get("eta")
         if countdown is not None:
             eta = self.now() + dt.timedelta(seconds=countdown)
@@ -455,7 +456,8 @@ class Celery:
             name, args or (), kwargs or {},
             task_id=task_id,
             serializer=_pick(layers, "serializer", conf["task_serializer"]),
-            queue=_pick(layers, "routing_key", queue),
+            queue=routing_key or queue,
+            routed_queue=queue if routing_key else None,
             exchange=_pick(layers, "exchange", "") or "",
             priority=_pick(layers, "priority", conf["task_default_priority"]),
             reply_to=get("reply_to") or self.oid,

@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     "task_queue_max_priority": None,
     "task_create_missing_queue_type": "classic",
     "task_create_missing_queue_exchange_type": None,
+    # Celery 5.5's quorum-queue rules (transport/amqp_topology.py, transport/amqp_delayed.py)
+    "worker_detect_quorum_queues": True,
+    "broker_native_delayed_delivery_queue_type": "quorum",
     "task_ignore_result": False,
     "task_store_errors_even_if_ignored": False,
     "task_acks_late": False,

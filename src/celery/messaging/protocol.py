@@ -50,6 +50,10 @@ class Message:
     #: Where the message is to go: exchange and routing_key (the queue on Redis).
     exchange: str = ""
     routing_key: str = "celery"
+    #: The queue the sender's route chose when a routing key was given too (then
+    #: ``routing_key`` is that key), else None; not sent. AMQP publishes by both as upstream
+    #: does (``Topology.target``).
+    queue: str | None = None
 
     @property
     def priority(self) -> int | None:
@@ -188,9 +192,15 @@ def build_task_message(
     errbacks: list | None = None,
     chain: list | None = None,
     chord: Any = None,
+    routed_queue: str | None = None,
     **header_options: Any,
 ) -> Message:
-    """Build a complete protocol v2 task message."""
+    """Build a complete protocol v2 task message.
+
+    ``queue`` is the routing key (the queue's name unless the sender gave a key);
+    ``routed_queue`` the queue the route chose when the sender gave a key, kept in
+    ``Message.queue``.
+    """
     task_id = task_id or uuid4_str()
     kwargs = dict(kwargs or {})
     headers = task_headers(name, task_id, args=args, kwargs=kwargs, **header_options)
@@ -206,6 +216,7 @@ def build_task_message(
         properties=properties,
         exchange=exchange,
         routing_key=queue,
+        queue=routed_queue,
     )
 
 

@@ -41,8 +41,9 @@ from ..messaging.protocol import Message
 from ..utils.portal import Portal
 from .amqp_connection import Connections, driver_errors, parse_amqp_url
 from .amqp_consume import ACK, DROP, REQUEUE, Consuming, settle
+from .amqp_delayed import DelayedDelivery
 from .amqp_mailbox import AMQPMailbox, AMQPSubscription, MailboxQueueSettings
-from .amqp_topology import Topology, declare_queue
+from .amqp_topology import Topology, declare_exchanges, declare_queue
 from .amqp_wire import to_amqp
 from .base import CAP_BROADCAST, Delivery
 
@@ -94,6 +95,7 @@ class AMQPTransport:
         self.topology = topology or Topology.default()
         #: Remote control and events (the Mailbox methods below delegate to it).
         self.mailbox = AMQPMailbox(self.connections, mailbox_settings)
+        self._delayed = DelayedDelivery(self.topology)
         self._portal = portal
         self._own_portal: Portal | None = None
         policy = dict(DEFAULT_RETRY_POLICY)
@@ -166,10 +168,17 @@ class AMQPTransport:
 
     async def _publish(self, channel: AbstractRobustChannel, message: Message) -> None:
         topology = self.topology
-        exchange, routing_key = topology.target(message.exchange, message.routing_key)
-        if not message.exchange:  # sent to a queue: declare it first, as upstream's producer
-            await self._ensure_declared(channel, [message.routing_key])
-        wire = to_amqp(message, topology.delivery_mode(message.exchange, message.routing_key)
+        # Message.queue: the routed queue when the sender gave a routing key too.
+        queue = message.queue
+        exchange, routing_key = topology.target(message.exchange, message.routing_key, queue=queue)
+        if not message.exchange or queue is not None:
+            # routed to a queue: declare it first, as upstream's producer
+            await self._ensure_declared(channel, [queue or message.routing_key])
+        parked = await self._delayed.park(channel, message)
+        if parked is not None:  # quorum queues: countdown/ETA parked in the broker, as upstream
+            exchange, routing_key = parked
+        wire = to_amqp(message, topology.delivery_mode(message.exchange, message.routing_key,
+                                                       queue=queue)
                        if "delivery_mode" not in message.properties else 2)
         target = channel.default_exchange if not exchange else \
             await channel.get_exchange(exchange, ensure=False)
@@ -183,12 +192,17 @@ class AMQPTransport:
             done = self._declared.setdefault(key, set())
             missing = [n for n in names if n not in done]
         for name in missing:
-            await declare_queue(channel, self.topology.queue(name))
+            decl = self.topology.queue(name)
+            if decl.broadcast:  # its queue is each consumer's own: only the exchange here
+                await declare_exchanges(channel, decl)
+            else:
+                await declare_queue(channel, decl)
             with self._lock:
                 done.add(name)
 
     async def _declare_on(self, channel: AbstractRobustChannel, name: str) -> AbstractQueue:
         queue = await declare_queue(channel, self.topology.queue(name))
+        await self._delayed.ensure(channel, name)  # quorum queues: Celery 5.5's delay levels
         with self._lock:
             self._declared.setdefault((asyncio.get_running_loop(), channel), set()).add(name)
         return queue
@@ -212,9 +226,10 @@ class AMQPTransport:
             if consuming is None:
                 for dead in [lp for lp in self._consuming if lp.is_closed()]:
                     del self._consuming[dead]
-                global_qos = not self.topology.quorum
+                global_qos = self.topology.global_qos()
                 consuming = self._consuming[loop] = Consuming(
-                    self.connections, self._declare_on, global_qos)
+                    self.connections, self._declare_on, global_qos,
+                    lambda name: self.topology.queue(name).consumer_arguments)
             return consuming
 
     def set_prefetch(self, count: int) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionLost
@@ -53,10 +53,13 @@ ACK, REQUEUE, DROP = "ack", "requeue", "drop"
 class Consuming:
     """The consumers, buffers and QoS of one event loop. Used only on that loop."""
 
-    def __init__(self, connections: Connections, declare: Declare, global_qos: bool) -> None:
+    def __init__(self, connections: Connections, declare: Declare, global_qos: bool,
+                 consumer_arguments: Callable[[str], Mapping[str, Any]] | None = None) -> None:
         self._connections = connections
         self._declare = declare
         self._global_qos = global_qos
+        #: queue name -> its ``basic.consume`` arguments (kombu's ``consumer_arguments``)
+        self._consumer_arguments = consumer_arguments
         self.channel: AbstractRobustChannel | None = None
         #: queue name -> (aio-pika queue, consumer tag)
         self._consumers: dict[str, tuple[AbstractQueue, str]] = {}
@@ -97,7 +100,9 @@ class Consuming:
                 continue
             queue = await self._declare(channel, name)
             buffer = self._buffers.setdefault(name, deque())
-            tag = await queue.consume(self._on_message(buffer), no_ack=False)
+            arguments = self._consumer_arguments(name) if self._consumer_arguments else None
+            tag = await queue.consume(self._on_message(buffer), no_ack=False,
+                                      arguments=dict(arguments) if arguments else None)
             self._consumers[name] = (queue, tag)
         for name in [n for n in self._consumers if n not in queues]:
             await self._cancel(name)

@@ -14,216 +14,42 @@ A ``Topology`` is immutable once built, so any thread or loop may read it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ImproperlyConfigured
+from .amqp_entities import (
+    EXCHANGE_TYPES,
+    INTERNAL_EXCHANGE_PREFIX,
+    QUEUE_TYPES,
+    Binding,
+    ExchangeDecl,
+    QueueDecl,
+    binding_decl,
+    binding_order,
+    check_exchange_type,
+    check_quorum,
+    exchange_decl,
+    queue_arguments,
+    queue_objects,
+    routed_queue_objects,
+)
 
 if TYPE_CHECKING:
     import aio_pika.abc
 
-__all__ = ["ExchangeDecl", "QueueDecl", "Topology", "declare_queue", "queue_arguments"]
+__all__ = ["EXCHANGE_TYPES", "INTERNAL_EXCHANGE_PREFIX", "QUEUE_TYPES", "ExchangeDecl", "QueueDecl",
+           "Topology", "declare_exchanges", "declare_queue", "queue_arguments"]
 
 logger = logging.getLogger(__name__)
-
-#: Exchange types RabbitMQ has built in; plugins add ``x-...`` ones.
-EXCHANGE_TYPES = frozenset({"direct", "topic", "fanout", "headers"})
-#: ``task_default_queue_type`` / ``task_create_missing_queue_type`` values (Celery 5.5).
-QUEUE_TYPES = frozenset({"classic", "quorum"})
-#: Exchanges the server owns: bound to, never declared (kombu's INTERNAL_EXCHANGE_PREFIX).
-INTERNAL_EXCHANGE_PREFIX = "amq."
-
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping)) if mapping else _EMPTY
-
-
-@dataclass(frozen=True, slots=True)
-class ExchangeDecl:
-    """One exchange as ``exchange.declare`` sends it (kombu's defaults: durable, not
-    auto-delete). ``delivery_mode`` is kombu's ``Exchange.delivery_mode`` (``None``: the
-    ``task_default_delivery_mode``); ``no_declare``: bound to, never declared."""
-
-    name: str
-    type: str = "direct"
-    durable: bool = True
-    auto_delete: bool = False
-    arguments: Mapping[str, Any] = field(default_factory=dict)
-    delivery_mode: int | None = None
-    no_declare: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "arguments", _frozen(self.arguments))
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.type, self.durable, self.auto_delete))
-
-    @property
-    def declarable(self) -> bool:
-        """Whether kombu would declare it: named, not ``amq.*``, not ``no_declare``."""
-        return bool(self.name) and not self.name.startswith(INTERNAL_EXCHANGE_PREFIX) \
-            and not self.no_declare
-
-
-Binding = tuple[ExchangeDecl, str, Mapping[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDecl:
-    """One queue as ``queue.declare`` sends it, with its bindings.
-
-    ``bindings`` lists every ``queue.bind`` made after the declare: first the binding to the
-    queue's own exchange (``exchange``/``routing_key``, kombu's ``Queue.exchange`` and
-    ``Queue.routing_key``) when that exchange has a name, then the queue's extra
-    ``binding(...)`` entries. ``exchange``/``routing_key`` are what publishing to the queue
-    by name uses (``Topology.target``).
-    """
-
-    name: str
-    durable: bool = True
-    auto_delete: bool = False
-    exclusive: bool = False
-    arguments: Mapping[str, Any] = field(default_factory=dict)
-    bindings: tuple[Binding, ...] = ()
-    exchange: ExchangeDecl | None = None
-    routing_key: str = ""
-    alias: str | None = None
-    consumer_arguments: Mapping[str, Any] = field(default_factory=dict)
-    no_declare: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "arguments", _frozen(self.arguments))
-        object.__setattr__(self, "consumer_arguments", _frozen(self.consumer_arguments))
-        object.__setattr__(self, "bindings", tuple(
-            (exchange, key, _frozen(arguments)) for exchange, key, arguments in self.bindings))
-
-    def __hash__(self) -> int:
-        return hash(("Q", self.name))
-
-    @property
-    def quorum(self) -> bool:
-        """``x-queue-type: quorum`` (Celery 5.5's test for a quorum queue)."""
-        return self.arguments.get("x-queue-type") == "quorum"
-
-    @property
-    def max_priority(self) -> int | None:
-        """``x-max-priority``, or ``None`` for a queue without priorities."""
-        value = self.arguments.get("x-max-priority")
-        return None if value is None else int(value)
-
-    @property
-    def exchanges(self) -> tuple[ExchangeDecl, ...]:
-        """The exchanges to declare with this queue, in kombu's order, each once."""
-        seen: dict[str, ExchangeDecl] = {}
-        candidates = ([self.exchange] if self.exchange is not None else []) + \
-            [exchange for exchange, _, _ in self.bindings]
-        for exchange in candidates:
-            if exchange.declarable and exchange.name not in seen:
-                seen[exchange.name] = exchange
-        return tuple(seen.values())
-
-
-def _seconds_to_ms(value: Any) -> int:
-    return int(float(value) * 1000)
-
-
-#: kombu's Queue attributes turned into RabbitMQ queue arguments (``to_rabbitmq_queue_arguments``).
-_RABBITMQ_ARGUMENTS: tuple[tuple[str, str, Any], ...] = (
-    ("expires", "x-expires", _seconds_to_ms),
-    ("message_ttl", "x-message-ttl", _seconds_to_ms),
-    ("max_length", "x-max-length", int),
-    ("max_length_bytes", "x-max-length-bytes", int),
-    ("max_priority", "x-max-priority", int),
-)
-
-
-def queue_arguments(queue: Any) -> dict[str, Any]:
-    """The ``queue.declare`` arguments kombu sends for a kombu-like queue object:
-    ``queue_arguments`` overlaid with ``x-expires``/``x-message-ttl`` (seconds to int
-    milliseconds), ``x-max-length``, ``x-max-length-bytes`` and ``x-max-priority`` from the
-    attributes of those names."""
-    arguments = dict(getattr(queue, "queue_arguments", None) or {})
-    for attr, key, convert in _RABBITMQ_ARGUMENTS:
-        value = getattr(queue, attr, None)
-        if value is not None:
-            arguments[key] = convert(value)
-    return arguments
-
 
 def _setting(conf: Any, key: str, default: Any = None) -> Any:
     getter = getattr(conf, "get", None)
     value = getter(key, default) if getter is not None else getattr(conf, key, default)
     return default if value is None else value
-
-
-def _check_exchange_type(kind: str, where: str) -> str:
-    if kind in EXCHANGE_TYPES or kind.startswith("x-"):
-        return kind
-    raise ImproperlyConfigured(f"{where}: unknown exchange type {kind!r} (use direct, topic, "
-                               "fanout, headers or a plugin's x-... type)")
-
-
-def _exchange_decl(exchange: Any, where: str) -> ExchangeDecl:
-    """An ``ExchangeDecl`` from a kombu-like ``Exchange`` (or an exchange name)."""
-    if isinstance(exchange, str):
-        return ExchangeDecl(exchange)
-    name = getattr(exchange, "name", None)
-    if name is None or not hasattr(exchange, "type"):
-        raise ImproperlyConfigured(f"{where}: {exchange!r} is not an Exchange")
-    delivery_mode = getattr(exchange, "delivery_mode", None)
-    if isinstance(delivery_mode, str):
-        delivery_mode = {"transient": 1, "persistent": 2}.get(delivery_mode, delivery_mode)
-    return ExchangeDecl(
-        name=name or "",
-        type=_check_exchange_type(exchange.type or "direct", where),
-        durable=bool(getattr(exchange, "durable", True)),
-        auto_delete=bool(getattr(exchange, "auto_delete", False)),
-        arguments=dict(getattr(exchange, "arguments", None) or {}),
-        delivery_mode=None if delivery_mode is None else int(delivery_mode),
-        no_declare=bool(getattr(exchange, "no_declare", False)),
-    )
-
-
-def _dict_queue(name: str, options: Mapping[str, Any]) -> Any:
-    """Celery's dict form of one ``task_queues`` entry, as a kombu_compat Queue."""
-    from ..kombu_compat import Queue
-
-    if not isinstance(options, Mapping):
-        raise ImproperlyConfigured(f"task_queues[{name!r}] must be a Queue or a mapping of queue "
-                                   f"options, not {type(options).__name__}")
-    options = dict(options)
-    options.setdefault("routing_key", options.get("binding_key"))
-    if options["routing_key"] is None:
-        options["routing_key"] = name  # Celery: a dict queue's key defaults to its name
-    try:
-        return Queue.from_dict(name, **options)
-    except (TypeError, ValueError) as exc:
-        raise ImproperlyConfigured(f"task_queues[{name!r}]: {exc}") from None
-
-
-def _queue_objects(declared: Any) -> list[Any]:
-    if declared is None:
-        return []
-    if isinstance(declared, Mapping):
-        return [value if _is_queue(value) else _dict_queue(name, value)
-                for name, value in declared.items()]
-    if isinstance(declared, str | bytes) or not isinstance(declared, Iterable):
-        raise ImproperlyConfigured(f"task_queues must be a list of Queue objects or a mapping of "
-                                   f"queue names to options, not {declared!r}")
-    queues = list(declared)
-    for queue in queues:
-        if not _is_queue(queue):
-            raise ImproperlyConfigured(f"task_queues holds {queue!r}, which is not a Queue "
-                                       "(use celery.kombu_compat.Queue or kombu.Queue)")
-    return queues
-
-
-def _is_queue(obj: Any) -> bool:
-    return all(hasattr(obj, attr) for attr in ("name", "exchange", "routing_key", "durable"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +73,13 @@ class Topology:
                  default_exchange: ExchangeDecl, default_routing_key: str,
                  create_missing: bool = True, missing_queue_type: str = "classic",
                  missing_exchange_type: str | None = None, max_priority: int | None = None,
-                 default_delivery_mode: int = 2) -> None:
+                 default_delivery_mode: int = 2, detect_quorum: bool = True,
+                 delayed_queue_type: str = "quorum") -> None:
+        #: ``worker_detect_quorum_queues``: see :meth:`global_qos`.
+        self.detect_quorum = detect_quorum
+        #: ``broker_native_delayed_delivery_queue_type``: the type of the delay levels'
+        #: queues (``transport/amqp_delayed.py``).
+        self.delayed_queue_type = delayed_queue_type
         self._defaults = _Defaults(default_exchange, default_routing_key, max_priority,
                                    create_missing, missing_queue_type, missing_exchange_type)
         self.default_queue = default_queue
@@ -266,7 +98,7 @@ class Topology:
             ImproperlyConfigured: with one line naming the bad setting.
         """
         default_queue = _setting(conf, "task_default_queue", "celery")
-        exchange_type = _check_exchange_type(
+        exchange_type = check_exchange_type(
             _setting(conf, "task_default_exchange_type", "direct"), "task_default_exchange_type")
         default_exchange = ExchangeDecl(_setting(conf, "task_default_exchange", default_queue),
                                         exchange_type)
@@ -275,7 +107,7 @@ class Topology:
         missing_type = _queue_type(conf, "task_create_missing_queue_type")
         missing_exchange_type = conf_missing = _setting(conf, "task_create_missing_queue_exchange_type")
         if conf_missing is not None:
-            _check_exchange_type(conf_missing, "task_create_missing_queue_exchange_type")
+            check_exchange_type(conf_missing, "task_create_missing_queue_exchange_type")
         max_priority = _setting(conf, "task_queue_max_priority")
         if max_priority is not None:
             max_priority = _int_setting(max_priority, "task_queue_max_priority")
@@ -286,14 +118,17 @@ class Topology:
                        create_missing=bool(_setting(conf, "task_create_missing_queues", True)),
                        missing_queue_type=missing_type, missing_exchange_type=missing_exchange_type,
                        max_priority=max_priority,
-                       default_delivery_mode=_int_setting(delivery_mode, "task_default_delivery_mode"))
-        objects = _queue_objects(_setting(conf, "task_queues"))
+                       default_delivery_mode=_int_setting(delivery_mode, "task_default_delivery_mode"),
+                       detect_quorum=bool(_setting(conf, "worker_detect_quorum_queues", True)),
+                       delayed_queue_type=_queue_type(conf, "broker_native_delayed_delivery_queue_type",
+                                                      "quorum"))
+        objects = queue_objects(_setting(conf, "task_queues"))
         if not objects and default_queue:
             from ..kombu_compat import Queue
 
             arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
             objects = [Queue(default_queue, routing_key=default_rk, queue_arguments=arguments)]
-        routed = [q for q in _routed_queue_objects(_setting(conf, "task_routes"))
+        routed = [q for q in routed_queue_objects(_setting(conf, "task_routes"))
                   if q.name not in {o.name for o in objects}]
         decls = [topology._decl(q, "task_queues") for q in objects]
         decls += [topology._decl(q, "task_routes") for q in routed]
@@ -310,7 +145,9 @@ class Topology:
                         default_routing_key=d.routing_key, create_missing=d.create_missing,
                         missing_queue_type=d.missing_queue_type,
                         missing_exchange_type=d.missing_exchange_type,
-                        max_priority=d.max_priority, default_delivery_mode=self.default_delivery_mode)
+                        max_priority=d.max_priority, default_delivery_mode=self.default_delivery_mode,
+                        detect_quorum=self.detect_quorum,
+                        delayed_queue_type=self.delayed_queue_type)
 
     def _decl(self, queue: Any, where: str) -> QueueDecl:
         """A ``QueueDecl`` from a kombu-like queue, with ``Queues._add``'s defaults applied."""
@@ -322,7 +159,7 @@ class Topology:
         d = self._defaults
         exchange = getattr(queue, "exchange", None)
         own = d.exchange if exchange is None or not getattr(exchange, "name", exchange) \
-            else _exchange_decl(exchange, where)
+            else exchange_decl(exchange, where)
         routing_key = getattr(queue, "routing_key", "") or d.routing_key
         arguments = queue_arguments(queue)
         if getattr(queue, "no_ack", None):
@@ -333,7 +170,7 @@ class Topology:
         auto_delete = bool(getattr(queue, "auto_delete", False)) or exclusive
         quorum = arguments.get("x-queue-type") == "quorum"
         if quorum:
-            _check_quorum(where, arguments, durable=durable, exclusive=exclusive,
+            check_quorum(where, arguments, durable=durable, exclusive=exclusive,
                           auto_delete=auto_delete)
         if d.max_priority is not None and "x-max-priority" not in arguments:
             if quorum:
@@ -341,17 +178,20 @@ class Topology:
                            "(quorum queues have no x-max-priority)")
             else:
                 arguments["x-max-priority"] = d.max_priority
-        bindings: list[Binding] = []
-        if own.name:
+        extra = sorted(getattr(queue, "bindings", None) or (), key=binding_order)
+        bindings: list[Binding] = [binding_decl(entry, where) for entry in extra]
+        if own.name and not bindings:
+            # A queue with bindings routes by the default exchange (Queues._add gives it one)
+            # but is declared without it: kombu's bound copy of a queue with bindings drops
+            # its exchange, so upstream never declares that binding.
             bindings.append((own, routing_key, dict(getattr(queue, "binding_arguments", None) or {})))
-        for extra in sorted(getattr(queue, "bindings", None) or (), key=_binding_order):
-            bindings.append(_binding(extra, where))
         return QueueDecl(
             name=name, durable=durable, auto_delete=auto_delete, exclusive=exclusive,
             arguments=arguments, bindings=tuple(bindings), exchange=own, routing_key=routing_key,
             alias=getattr(queue, "alias", None) or None,
             consumer_arguments=dict(getattr(queue, "consumer_arguments", None) or {}),
             no_declare=bool(getattr(queue, "no_declare", False)),
+            broadcast=any(cls.__name__ == "Broadcast" for cls in type(queue).__mro__),
         )
 
     # -- reading ----------------------------------------------------------------------------
@@ -380,25 +220,35 @@ class Topology:
     def target(self, exchange: str, routing_key: str, *, queue: str | None = None) -> tuple[str, str]:
         """``(exchange, routing key)`` to publish to, as upstream's ``send_task_message`` picks.
 
-        ``exchange`` is ``Message.exchange`` (``""`` when the sender named none) and
-        ``routing_key`` is ``Message.routing_key``: the queue name, or the routing key the
-        sender gave. ``queue``, when the caller still knows it, is the queue the message was
-        routed to (then ``routing_key`` is taken as a key the sender gave).
+        ``exchange`` is ``Message.exchange`` (``""`` when the sender named none),
+        ``routing_key`` is ``Message.routing_key`` and ``queue`` is ``Message.queue``: the
+        queue the route chose when the sender also gave a routing key (then ``routing_key`` is
+        that key), else ``None`` (then ``routing_key`` is the queue's name).
 
-        A named exchange is used as given. Otherwise the message goes to its queue: straight
-        through the default exchange (``""``, key = queue name) when the queue's exchange is
-        direct, else to the queue's exchange with the sender's key, the queue's binding key or
-        ``task_default_routing_key``.
+        As upstream: a message for a queue whose exchange is direct goes straight to the
+        queue through the server's default exchange (``""``, key = queue name) unless the
+        sender named both an exchange and a key; a message for a topic/fanout/headers queue
+        goes to the queue's exchange with the sender's key, else the queue's binding key;
+        a named exchange is used as given.
         """
-        if exchange:
-            return exchange, routing_key
-        decl = self.queue(queue or routing_key)
+        if queue is None:
+            if exchange and not self._known(routing_key):
+                return exchange, routing_key  # a key for a named exchange, no queue to go by
+            queue, given = routing_key, ""
+        else:
+            given = routing_key
+        decl = self.queue(queue)
         own = decl.exchange
-        if own is None or own.type == "direct":
+        if (not exchange or not given) and (own is None or own.type == "direct"):
             return "", decl.name
-        given = routing_key if queue and routing_key != queue else ""
-        return own.name or self._defaults.exchange.name, \
-            given or decl.routing_key or self._defaults.routing_key
+        if not exchange:
+            assert own is not None  # a queue without an exchange is direct, handled above
+            return own.name or self._defaults.exchange.name, \
+                given or decl.routing_key or self._defaults.routing_key
+        return exchange, given
+
+    def _known(self, name: str) -> bool:
+        return name in self.queues or name in self._aliases
 
     def delivery_mode(self, exchange: str, routing_key: str, *, queue: str | None = None) -> int:
         """Delivery mode for a message sent to a queue: its exchange's ``delivery_mode``, else
@@ -416,14 +266,21 @@ class Topology:
         Celery 5.5 then turns global QoS off. See :meth:`uses_quorum` for consumed queues."""
         return any(q.quorum for q in self.queues.values())
 
+    def global_qos(self, consumed: Iterable[str] = ()) -> bool:
+        """Whether the worker's ``basic.qos`` is global (RabbitMQ's per-channel prefetch, as
+        upstream on RabbitMQ), or per consumer: Celery 5.5 turns global QoS off when it finds
+        a quorum queue (``worker_detect_quorum_queues``, default on), since quorum queues do
+        not support it; the prefetch count is then fixed for each consumer."""
+        return not (self.detect_quorum and self.uses_quorum(consumed))
+
     def uses_quorum(self, consumed: Iterable[str] = ()) -> bool:
         """Whether a quorum queue is declared or among ``consumed`` (a worker's ``-Q``), as
         upstream's ``detect_quorum_queues`` looks at every queue the app knows."""
         return self.quorum or any(self.queue(name).quorum for name in consumed)
 
 
-def _queue_type(conf: Any, key: str) -> str:
-    value = _setting(conf, key, "classic")
+def _queue_type(conf: Any, key: str, default: str = "classic") -> str:
+    value = _setting(conf, key, default)
     if value not in QUEUE_TYPES:
         raise ImproperlyConfigured(f"{key} must be 'classic' or 'quorum', not {value!r}")
     return str(value)
@@ -436,52 +293,16 @@ def _int_setting(value: Any, key: str) -> int:
         raise ImproperlyConfigured(f"{key} must be an integer, not {value!r}") from None
 
 
-def _check_quorum(where: str, arguments: Mapping[str, Any], *, durable: bool, exclusive: bool,
-                  auto_delete: bool) -> None:
-    if "x-max-priority" in arguments:
-        raise ImproperlyConfigured(f"{where} is a quorum queue and cannot have a max priority "
-                                   "(x-max-priority): RabbitMQ refuses it")
-    if not durable or exclusive or auto_delete:
-        raise ImproperlyConfigured(f"{where} is a quorum queue and must be durable, not exclusive "
-                                   "and not auto-delete: RabbitMQ refuses it otherwise")
-
-
 _warned: set[str] = set()
+_warned_lock = threading.Lock()  # guards _warned: topologies are built in any thread
 
 
 def _warn_once(message: str) -> None:
-    # Set operations from several threads only risk a duplicate warning, never a lost one.
-    if message not in _warned:
+    with _warned_lock:
+        if message in _warned:
+            return
         _warned.add(message)
-        logger.warning(message)
-
-
-def _binding_order(entry: Any) -> tuple[str, str]:
-    exchange = getattr(entry, "exchange", None)
-    return (getattr(exchange, "name", "") or "", getattr(entry, "routing_key", "") or "")
-
-
-def _binding(entry: Any, where: str) -> Binding:
-    exchange = getattr(entry, "exchange", None)
-    if exchange is None:
-        raise ImproperlyConfigured(f"{where}: binding {entry!r} names no exchange")
-    return (_exchange_decl(exchange, where), getattr(entry, "routing_key", "") or "",
-            dict(getattr(entry, "arguments", None) or {}))
-
-
-def _routed_queue_objects(routes: Any) -> list[Any]:
-    """Queue objects named by mapping entries of ``task_routes`` (``{'queue': Queue(...)}``),
-    so a queue only a route names is declared as upstream declares it when publishing."""
-    found: list[Any] = []
-    entries = routes if isinstance(routes, list | tuple) else [routes]
-    for entry in entries:
-        if not isinstance(entry, Mapping):
-            continue  # router functions are asked per message
-        for route in entry.values():
-            queue = route.get("queue") if isinstance(route, Mapping) else None
-            if queue is not None and not isinstance(queue, str) and _is_queue(queue):
-                found.append(queue)
-    return found
+    logger.warning(message)
 
 
 async def declare_queue(channel: aio_pika.abc.AbstractChannel,
@@ -494,13 +315,22 @@ async def declare_queue(channel: aio_pika.abc.AbstractChannel,
     """
     if decl.no_declare:
         return await channel.get_queue(decl.name, ensure=True)
-    for exchange in decl.exchanges:
-        await channel.declare_exchange(
-            exchange.name, exchange.type, durable=exchange.durable,
-            auto_delete=exchange.auto_delete, arguments=dict(exchange.arguments) or None)
+    await declare_exchanges(channel, decl)
     queue = await channel.declare_queue(
         decl.name, durable=decl.durable, exclusive=decl.exclusive, auto_delete=decl.auto_delete,
         arguments=dict(decl.arguments) or None)
     for exchange, routing_key, arguments in decl.bindings:
         await queue.bind(exchange.name, routing_key, arguments=dict(arguments) or None)
     return queue
+
+
+async def declare_exchanges(channel: aio_pika.abc.AbstractChannel, decl: QueueDecl) -> None:
+    """Declare only ``decl``'s exchanges: what a publisher declares for a ``Broadcast``
+    queue, whose per-process queue only its consumers make. Call on the channel's loop."""
+    if decl.no_declare:
+        return
+    for exchange in decl.exchanges:
+        await channel.declare_exchange(
+            exchange.name, exchange.type, durable=exchange.durable,
+            auto_delete=exchange.auto_delete, passive=exchange.passive,
+            arguments=dict(exchange.arguments) or None)
