@@ -134,8 +134,6 @@ class TestAMQPTransport(TransportSuite):
         header shown as text)."""
         import json
 
-        from celery.transport.amqp_wire import delivery_of
-
         async def read() -> list[bytes]:
             import aio_pika
 
@@ -145,9 +143,10 @@ class TestAMQPTransport(TransportSuite):
                 queue = await channel.get_queue("dead-letter")
                 found = []
                 while (message := await queue.get(fail=False)) is not None:
-                    m = delivery_of(message, "dead-letter").message
-                    found.append(json.dumps({"body": m.body.decode(), "headers": m.headers,
-                                             "properties": m.properties}, default=str).encode())
+                    found.append(json.dumps({
+                        "body": message.body.decode(), "headers": message.headers,
+                        "properties": {"correlation_id": message.correlation_id,
+                                       "reply_to": message.reply_to}}, default=str).encode())
                     await message.ack()
                 return found
 

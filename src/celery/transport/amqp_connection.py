@@ -304,6 +304,8 @@ class Connections:
         if not conn.connected.is_set():
             # Reconnecting: the robust connection re-opens its channels itself once back.
             raise ConnectionLost(f"Connection to {self.params.safe_url} lost; reconnecting")
+        # RuntimeError: aio-pika's "connection was not opened" (it just broke)
+        opening_errors: tuple[type[BaseException], ...] = (*driver_errors(), RuntimeError)
         async with state.lock:
             channel = state.channels.get(purpose)
             if channel is not None and not channel.is_closed:
@@ -312,7 +314,7 @@ class Connections:
                 channel = await conn.channel(publisher_confirms=confirms)
             except asyncio.CancelledError:
                 raise
-            except (*driver_errors(), RuntimeError) as exc:  # RuntimeError: not open (yet)
+            except opening_errors as exc:
                 raise ConnectionLost(
                     f"Cannot open a channel on {self.params.safe_url}: {_describe(exc)}") from exc
             state.channels[purpose] = channel  # type: ignore[assignment]

@@ -36,7 +36,8 @@ from .amqp_connection import Connections, driver_errors
 from .amqp_wire import delivery_of
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+    from aio_pika.abc import AbstractQueue, AbstractRobustChannel
+    from aiormq.abc import DeliveredMessage
 
     from .base import Delivery
 
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 Declare = Callable[["AbstractRobustChannel", str], Awaitable["AbstractQueue"]]
 
 ACK, REQUEUE, DROP = "ack", "requeue", "drop"
+#: Loop turns without a new delivery after which ``fetch`` stops gathering a burst (each
+#: turn delays a lone message a little: kept small).
+GATHER_IDLE_TURNS = 4
 
 
 class Consuming:
@@ -61,9 +65,12 @@ class Consuming:
         #: queue name -> its ``basic.consume`` arguments (kombu's ``consumer_arguments``)
         self._consumer_arguments = consumer_arguments
         self.channel: AbstractRobustChannel | None = None
-        #: queue name -> (aio-pika queue, consumer tag)
-        self._consumers: dict[str, tuple[AbstractQueue, str]] = {}
-        self._buffers: dict[str, deque[AbstractIncomingMessage]] = {}
+        #: The aiormq channel under ``channel`` that our consumers live on: a new one
+        #: (after a reconnect) has none of them, and they are made again.
+        self._underlay: Any = None
+        #: queue name -> consumer tag (on ``_underlay``)
+        self._consumers: dict[str, str] = {}
+        self._buffers: dict[str, deque[DeliveredMessage]] = {}
         self._ready = asyncio.Event()
         #: Outstanding (delivered, unsettled) delivery tags per underlying channel, in
         #: delivery order (a dict as an ordered set).
@@ -95,54 +102,54 @@ class Consuming:
             self._prefetch = wanted
 
     async def _consume(self, channel: AbstractRobustChannel, queues: Sequence[str]) -> None:
+        """Consume from each of ``queues`` (and from no other), with aiormq's own consumers:
+        no aio-pika message object and no extra task per delivery. aio-pika's robust channel
+        declares the queues again after a reconnect; the consumers are made again here."""
+        # (bounded: a robust channel waits for the reconnection here)
+        underlay: Any = await asyncio.wait_for(channel.get_underlay_channel(), 5.0)
+        if underlay is not self._underlay:
+            self._underlay = underlay
+            self._consumers.clear()  # they died with the old channel
         for name in queues:
             if name in self._consumers:
                 continue
-            queue = await self._declare(channel, name)
+            queue = await self._declare(channel, name)  # (its name may differ: broadcast)
             buffer = self._buffers.setdefault(name, deque())
             arguments = self._consumer_arguments(name) if self._consumer_arguments else None
-            tag = await queue.consume(self._on_message(buffer), no_ack=False,
-                                      arguments=dict(arguments) if arguments else None)
-            self._consumers[name] = (queue, tag)
+            ok = await underlay.basic_consume(queue.name, self._on_message(buffer), no_ack=False,
+                                              arguments=dict(arguments) if arguments else None)
+            self._consumers[name] = ok.consumer_tag
         for name in [n for n in self._consumers if n not in queues]:
             await self._cancel(name)
 
-    def _on_message(self, buffer: deque[AbstractIncomingMessage]) -> Callable[[Any], Awaitable[None]]:
+    def _on_message(self, buffer: deque[DeliveredMessage]) -> Callable[[Any], None]:
         ready, outstanding = self._ready, self.outstanding
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
+        def on_message(message: DeliveredMessage) -> None:  # aiormq runs it in a task
             buffer.append(message)
-            outstanding.setdefault(message.channel, {})[message.delivery_tag or 0] = None
+            deliver: Any = message.delivery  # a Basic.Deliver here
+            outstanding.setdefault(message.channel, {})[deliver.delivery_tag or 0] = None
             ready.set()
 
         return on_message
 
     async def _cancel(self, name: str) -> None:
-        queue, tag = self._consumers.pop(name)
+        tag = self._consumers.pop(name)
         try:
-            await queue.cancel(tag)
+            await self._underlay.basic_cancel(tag)
         except driver_errors():
             pass  # the channel is gone: so is the consumer
         await self._return_buffered([name])
 
     async def _check_cancelled(self, channel: AbstractRobustChannel) -> None:
         """Consumers the server cancelled (their queue was deleted): declare the queue
-        again and consume anew."""
-        try:  # (just reconnected: aio-pika restores the consumers first)
-            await asyncio.wait_for(channel.ready(), 1.0)  # type: ignore[attr-defined]
-        except TimeoutError:
-            return
-        underlay: Any = await channel.get_underlay_channel()
-        live = underlay.consumers  # aiormq's table; the server's Basic.Cancel removes from it
-        gone = [name for name, (_, tag) in self._consumers.items() if tag not in live]
+        again and consume anew (in ``_consume``)."""
+        live = self._underlay.consumers if self._underlay is not None else {}
+        gone = [name for name, tag in self._consumers.items() if tag not in live]
         for name in gone:
             logger.warning("AMQP: the server cancelled the consumer of queue %r (deleted?); "
                            "declaring it again and consuming anew", name)
-            queue, tag = self._consumers.pop(name)
-            try:
-                await queue.cancel(tag)  # forget aio-pika's record (it would re-consume too)
-            except driver_errors():
-                pass
+            del self._consumers[name]
         if gone:
             await self._consume(channel, list(self._consumers) + gone)
 
@@ -175,10 +182,10 @@ class Consuming:
     async def _gather(self, max_count: int) -> None:
         """After the first message came: let the deliveries already read from the socket
         reach the buffers (each takes a few loop turns in aio-pika), so that a burst is
-        fetched as one batch. Stops after three turns that brought nothing."""
+        fetched as one batch. Stops after GATHER_IDLE_TURNS turns that brought nothing."""
         idle = 0
         buffered = sum(len(b) for b in self._buffers.values())
-        while idle < 3 and buffered < max_count:
+        while idle < GATHER_IDLE_TURNS and buffered < max_count:
             await asyncio.sleep(0)
             now = sum(len(b) for b in self._buffers.values())
             idle = 0 if now > buffered else idle + 1
@@ -214,13 +221,13 @@ class Consuming:
         """Cancel the consumers and requeue what was buffered and never handed out."""
         self.stopped = True
         for name in list(self._consumers):
-            queue, tag = self._consumers.pop(name)
+            tag = self._consumers.pop(name)
             try:
-                await queue.cancel(tag)
+                await self._underlay.basic_cancel(tag)
             except driver_errors():
                 pass
         # Deliveries the server sent before its cancel-ok are still on their way through
-        # aio-pika's tasks: let them reach the buffers first.
+        # aiormq's tasks: let them reach the buffers first.
         for _ in range(5):
             await asyncio.sleep(0)
         return await self._return_buffered(list(self._buffers))
@@ -231,11 +238,9 @@ async def settle(outstanding: dict[Any, dict[int, None]], messages: Sequence[Any
     with ``multiple=True`` for each channel's batch of oldest outstanding tags."""
     by_channel: dict[Any, list[int]] = {}
     for message in messages:
-        try:
-            channel = message.channel  # raises once the channel closed
-        except driver_errors():
+        if message.channel.is_closed:
             continue  # the server requeued it already
-        by_channel.setdefault(channel, []).append(message.delivery_tag)
+        by_channel.setdefault(message.channel, []).append(message.delivery.delivery_tag)
     for channel, tags in by_channel.items():
         pending = outstanding.get(channel, {})
         tags = sorted(t for t in set(tags) if t in pending)  # settled already: never again
@@ -262,11 +267,7 @@ async def settle(outstanding: dict[Any, dict[int, None]], messages: Sequence[Any
 
 def _stale(message: Any) -> bool:
     """True if the channel ``message`` came on has closed (the server requeued it)."""
-    try:
-        message.channel  # noqa: B018 (raises once that channel closed)
-    except driver_errors():
-        return True
-    return False
+    return bool(message.channel.is_closed)
 
 
 async def _send(channel: Any, tag: int, how: str, *, multiple: bool) -> None:

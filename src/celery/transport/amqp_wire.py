@@ -22,7 +22,7 @@ from .base import Delivery
 
 if TYPE_CHECKING:
     import aio_pika
-    from aio_pika.abc import AbstractIncomingMessage
+    from aiormq.abc import DeliveredMessage
 
 __all__ = ["delivery_of", "to_amqp"]
 
@@ -54,38 +54,43 @@ def to_amqp(message: Message, delivery_mode: int = 2) -> aio_pika.Message:
     )
 
 
-def delivery_of(incoming: AbstractIncomingMessage, queue: str, tag_prefix: str = "") -> Delivery:
-    """A Delivery for a message received from ``queue`` (``raw`` keeps the aio-pika message:
-    its channel and delivery tag are the ack handle). AMQP delivery tags count per channel;
+def delivery_of(incoming: DeliveredMessage, queue: str, tag_prefix: str = "") -> Delivery:
+    """A Delivery for a message received from ``queue`` (``raw`` keeps aiormq's message: its
+    channel and delivery tag are the ack handle). AMQP delivery tags count per channel;
     ``tag_prefix`` names the channel, so that ``Delivery.delivery_tag`` is unique."""
+    p = incoming.header.properties
+    deliver: Any = incoming.delivery
     props: dict[str, Any] = {}
-    if incoming.correlation_id is not None:
-        props["correlation_id"] = incoming.correlation_id
-    if incoming.reply_to is not None:
-        props["reply_to"] = incoming.reply_to
-    props["delivery_mode"] = int(incoming.delivery_mode or 1)
-    props["priority"] = incoming.priority or 0
-    for name in ("message_id", "type", "user_id", "app_id"):
-        value = getattr(incoming, name)
+    if p.correlation_id is not None:
+        props["correlation_id"] = p.correlation_id
+    if p.reply_to is not None:
+        props["reply_to"] = p.reply_to
+    props["delivery_mode"] = int(p.delivery_mode or 1)
+    props["priority"] = p.priority or 0
+    for name, value in (("message_id", p.message_id), ("type", p.message_type),
+                        ("user_id", p.user_id), ("app_id", p.app_id)):
         if value is not None:
             props[name] = value
-    if incoming.expiration is not None:
-        props["expiration"] = incoming.expiration
-    if incoming.timestamp is not None:
-        props["timestamp"] = incoming.timestamp.timestamp()
-    exchange = incoming.exchange or ""
-    routing_key = incoming.routing_key or queue
+    if p.expiration is not None:  # milliseconds as text on the wire; seconds here, as kombu
+        try:
+            props["expiration"] = int(p.expiration) / 1000
+        except ValueError:
+            props["expiration"] = p.expiration
+    if p.timestamp is not None:
+        props["timestamp"] = p.timestamp.timestamp()
+    exchange = deliver.exchange or ""
+    routing_key = deliver.routing_key or queue
     message = Message(
         body=incoming.body,
-        content_type=incoming.content_type or "",
-        content_encoding=incoming.content_encoding or "",
-        headers=dict(incoming.headers or {}),
+        content_type=p.content_type or "",
+        content_encoding=p.content_encoding or "",
+        headers=dict(p.headers or {}),
         properties=props,
         exchange=exchange,
         routing_key=routing_key,
     )
-    redelivered = bool(incoming.redelivered)
+    redelivered = bool(deliver.redelivered)
     info = {"exchange": exchange, "routing_key": routing_key, "priority": props["priority"],
             "redelivered": redelivered}
-    return Delivery(message, f"{tag_prefix}{incoming.delivery_tag}", queue, incoming, redelivered,
-                    info)
+    return Delivery(message, f"{tag_prefix}{deliver.delivery_tag}", queue, incoming,
+                    redelivered, info)
