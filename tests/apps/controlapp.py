@@ -12,7 +12,9 @@ from celery import Celery, signals
 
 URL = os.environ.get("CONTROLAPP_URL", "redis://127.0.0.1:6379/0")
 DATA = Path(os.environ.get("CONTROLAPP_DIR", "."))
-app = Celery("controlapp", broker=URL, backend=URL)
+#: The result backend: the broker's URL unless CONTROLAPP_BACKEND names another (an AMQP
+#: broker keeps results on Redis).
+app = Celery("controlapp", broker=URL, backend=os.environ.get("CONTROLAPP_BACKEND") or URL)
 
 
 def mark(text: str) -> None:

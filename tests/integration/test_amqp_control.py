@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,10 +32,14 @@ from celery.messaging.protocol import Message
 from celery.transport import envelope
 from celery.transport.amqp_connection import Connections, parse_amqp_url
 from celery.transport.amqp_mailbox import AMQPMailbox
+from tests.conftest import app_module, flushed_redis_url
+from tests.conftest import stop_process as stop
 
 pytestmark = pytest.mark.amqp
 
 AMQP_VHOST = "celery-pidbox-control"
+REDIS_DB = 10  # results of the worker tests
+ROOT = Path(__file__).resolve().parents[2]
 EXCHANGE, REPLY = "celery.pidbox", "reply.celery.pidbox"
 
 
@@ -270,3 +277,167 @@ async def test_after_the_connection_is_cut_subscribers_resubscribe_and_replies_f
     [reply] = await collect(lambda t: mailbox.pop_raw("q", t), 1)
     assert pidbox.decode(reply)[0] == {"method": "ping"}
     await subscription.close()
+
+
+# -- a real worker on amqp:// ------------------------------------------------------------------
+
+
+def worker_env(url: str, data: Path) -> dict[str, str]:
+    env = dict(os.environ, CONTROLAPP_URL=url, CONTROLAPP_DIR=str(data),
+               CONTROLAPP_BACKEND=flushed_redis_url(REDIS_DB))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT / "tests" / "apps"), str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_worker(url: str, data: Path, name: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-q", "-A", "controlapp", "worker", "-n", name, "-E",
+         "-l", "INFO", "--loop-workers", "1", "--sync-workers", "2"],
+        cwd=data, env=worker_env(url, data), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+
+
+def celery_cli(url: str, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "celery", "-A", "controlapp", *args],
+                          cwd=data, env=worker_env(url, data), capture_output=True, text=True,
+                          timeout=60)
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture
+def app(amqp_url, tmp_path, monkeypatch):
+    for key, value in worker_env(amqp_url, tmp_path).items():
+        if key.startswith("CONTROLAPP_"):
+            monkeypatch.setenv(key, value)
+    with app_module("controlapp") as controlapp:
+        yield controlapp
+
+
+def publish_raw(url: str, exchange: str, routing_key: str,
+                messages: list[tuple[bytes, str | None, str | None]]) -> None:
+    """Publish bodies as they are (with that content type and encoding, or none) with py-amqp."""
+    import amqp
+
+    with amqp.Connection(host="127.0.0.1:5672", userid="guest", password="guest",
+                         virtual_host=AMQP_VHOST) as conn:
+        channel = conn.channel()
+        for body, content_type, encoding in messages:
+            props = {"content_type": content_type} if content_type else {}
+            if encoding:
+                props["content_encoding"] = encoding
+            channel.basic_publish(amqp.Message(body, **props), exchange=exchange,
+                                  routing_key=routing_key)
+
+
+def test_status_inspect_control_and_shutdown_against_a_worker_on_amqp(amqp_url, tmp_path, app):
+    name = f"amqp-{uuid.uuid4().hex[:8]}@test"
+    proc = start_worker(amqp_url, tmp_path, name)
+    try:
+        wait_for(lambda: app.control.ping([name], timeout=0.5), 30, "the worker to answer")
+        status = celery_cli(amqp_url, tmp_path, "status")
+        assert status.returncode == 0, status.stderr
+        assert f"->  {name}: OK" in status.stdout and "1 node online." in status.stdout
+        assert app.control.ping(timeout=1.0) == [{name: {"ok": "pong"}}]
+        stats = celery_cli(amqp_url, tmp_path, "inspect", "stats", "--json", "-d", name)
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)[name]["pid"] == proc.pid
+        running = app.tasks["ctl.sleep"].delay("active", 30)
+        inspect = app.control.inspect([name], timeout=1.0)
+        active = wait_for(lambda: (inspect.active() or {}).get(name), 15, "the task to run")
+        assert [(t["id"], t["name"], t["args"]) for t in active] == [
+            (running.id, "ctl.sleep", ["active", 30])]
+        limited = celery_cli(amqp_url, tmp_path, "control", "rate_limit", "ctl.tick", "10/m",
+                             "-d", name)
+        assert limited.returncode == 0, limited.stderr
+        assert f"->  {name}: OK" in limited.stdout
+        assert "new rate limit set successfully" in limited.stdout
+        assert "ctl.tick [rate_limit=10/m]" in inspect.registered("rate_limit")[name]
+        # the connections cut on the server: the worker subscribes again by itself
+        assert close_connections_of(AMQP_VHOST) >= 2
+        wait_for(lambda: app.control.ping([name], timeout=0.5), 30, "an answer after the cut")
+        # malformed commands on the pidbox exchange: dropped with a line each, the worker goes on
+        publish_raw(amqp_url, EXCHANGE, "", [
+            (b"\xff\xfe not UTF-8", None, None),
+            (b"not json at all", "application/json", "utf-8"),
+            (b"[1, 2]", "application/json", "utf-8"),
+            (b"\x80\x04K\x01.", "application/x-python-serialize", "binary")])
+        assert app.control.ping([name], timeout=1.0) == [{name: {"ok": "pong"}}]
+        assert running.revoke(terminate=True, wait=True, timeout=2) == [
+            {name: {"ok": f"terminate: {running.id}"}}]
+        down = celery_cli(amqp_url, tmp_path, "control", "shutdown", "-d", name)
+        assert down.returncode == 0 and "shutdown sent" in down.stdout, down.stderr
+        assert proc.wait(timeout=30) == 0
+    except BaseException as exc:
+        exc.add_note(f"worker output:\n{stop(proc)}")
+        raise
+    out = stop(proc)
+    assert out.count("Dropping a malformed message") == 1, out
+    assert out.count("discarding a malformed command message") == 3, out
+    assert "Remote control: broker unreachable" in out, out
+
+
+def test_events_of_a_worker_started_with_E_reach_receivers_on_amqp(amqp_url, tmp_path, app,
+                                                                   caplog):
+    caplog.set_level("WARNING", logger="celery.events.receiver")
+    got: list[dict[str, Any]] = []
+    receiver = app.events.Receiver(None, handlers={"*": got.append})
+    seen = threading.Event()
+
+    def capture() -> None:
+        for _ in receiver.itercapture(timeout=60, wakeup=False):
+            if any(e["type"] == "worker-offline" for e in got):
+                seen.set()
+                return
+
+    capturing = threading.Thread(target=capture, daemon=True)
+    capturing.start()
+    wait_for(lambda: any(q.startswith("celeryev.") for q in list_queues(AMQP_VHOST)), 20,
+             "the receiver's queue")
+    name = f"ev-{uuid.uuid4().hex[:8]}@test"
+    dump = subprocess.Popen([sys.executable, "-m", "celery", "-A", "controlapp", "events",
+                             "--dump"], cwd=tmp_path, env=worker_env(amqp_url, tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_worker(amqp_url, tmp_path, name)
+    try:
+        wait_for(lambda: app.control.ping([name], timeout=0.5), 30, "the worker to answer")
+        result = app.tasks["ctl.tick"].delay("evented")
+        assert result.get(timeout=20)
+        types = lambda: {(e["type"], e.get("uuid")) for e in got}  # noqa: E731
+        wait_for(lambda: {("task-received", result.id), ("task-started", result.id),
+                          ("task-succeeded", result.id)} <= types(), 20, "the task's events")
+        wait_for(lambda: ("worker-heartbeat", None) in types(), 10, "a heartbeat")
+        # a malformed event on the exchange: dropped by the receiver, which goes on
+        publish_raw(amqp_url, "celeryev", "worker.heartbeat",
+                    [(b"not json", "application/json", "utf-8")])
+        assert app.control.shutdown([name]) is None
+        assert proc.wait(timeout=30) == 0
+        assert seen.wait(20), [e["type"] for e in got]
+    except BaseException as exc:
+        exc.add_note(f"worker output:\n{stop(proc)}")
+        raise
+    finally:
+        receiver.should_stop = True
+        capturing.join(10)
+        dump.terminate()
+        printed = dump.communicate(timeout=30)[0]
+    stop(proc)
+    dropped = [r.getMessage() for r in caplog.records if r.name == "celery.events.receiver"]
+    assert len(dropped) == 1 and "Dropping an event message (body)" in dropped[0], dropped
+    online = [e for e in got if e["type"] == "worker-online"]
+    assert [e["hostname"] for e in online] == [name]
+    assert all(e["hostname"] == name for e in got)
+    assert f"{name} [" in printed and "task succeeded" in printed.lower(), printed
+
+
+def list_queues(vhost: str) -> list[str]:
+    done = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name"],
+                          capture_output=True, text=True, timeout=60)
+    return done.stdout.split()[1:] if done.returncode == 0 else []

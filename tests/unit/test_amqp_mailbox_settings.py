@@ -31,3 +31,16 @@ def test_exchange_kinds_follow_kombu_and_celery():
     assert exchange_kind("celery.pidbox") == ("fanout", False)
     assert exchange_kind("myapp.pidbox") == ("fanout", False)
     assert exchange_kind("celeryev") == ("topic", True)
+
+
+def test_float_headers_cross_as_doubles_so_an_expiry_epoch_stays_exact():
+    from pamqp import decode, encode
+
+    from celery.messaging import pidbox
+    from celery.transport.amqp_envelope import to_amqp
+
+    expires = 1796540000.123456  # an epoch: a 32-bit float would make it ...032.0
+    message = to_amqp(pidbox.encode({"method": "ping"}, "celery.pidbox", "",
+                                    {"clock": 3, "expires": expires}))
+    table = decode.field_table(encode.field_table(message.headers))[1]
+    assert table == {"clock": 3, "expires": expires}

@@ -346,6 +346,7 @@ class Celery:
                             "(rediss://...?ssl_cert_reqs=required, or amqps://)")
                     extra: dict[str, Any] = {}
                     if amqp:
+                        from ..transport.amqp_mailbox import MailboxQueueSettings
                         from ..transport.amqp_topology import Topology
 
                         conf = self.conf
@@ -353,16 +354,14 @@ class Celery:
                             topology=Topology.from_conf(conf), heartbeat=conf.broker_heartbeat,
                             use_ssl=conf.broker_use_ssl, portal=self.portal,
                             publish_retry=conf.task_publish_retry,
-                            publish_retry_policy=conf.task_publish_retry_policy)
-                    from ..transport.amqp_mailbox import MailboxQueueSettings
-
+                            publish_retry_policy=conf.task_publish_retry_policy,
+                            # the pidbox/event queue flags (amqp_mailbox.py)
+                            mailbox_settings=MailboxQueueSettings.from_conf(conf))
                     self._transport = transport_for_url(
                         url,
                         transport_options=dict(self.conf.broker_transport_options or {}),
                         connection_timeout=self.conf.broker_connection_timeout,
                         max_connections=self.conf.broker_pool_limit,
-                        # RabbitMQ's pidbox/event queue flags (others take no such queues)
-                        mailbox_settings=MailboxQueueSettings.from_conf(self.conf),
                         **extra,
                     )
         return self._transport

@@ -42,6 +42,7 @@ from ..utils.portal import Portal
 from .amqp_connection import Connections, driver_errors, parse_amqp_url
 from .amqp_consume import ACK, DROP, REQUEUE, Consuming, settle
 from .amqp_delayed import DelayedDelivery
+from .amqp_envelope import encode_floats_as_doubles
 from .amqp_mailbox import AMQPMailbox, AMQPSubscription, MailboxQueueSettings
 from .amqp_topology import Topology, declare_exchanges, declare_queue
 from .amqp_wire import to_amqp
@@ -95,6 +96,7 @@ class AMQPTransport:
         self.topology = topology or Topology.default()
         #: Remote control and events (the Mailbox methods below delegate to it).
         self.mailbox = AMQPMailbox(self.connections, mailbox_settings)
+        encode_floats_as_doubles()  # float headers (timelimit, expires) as py-amqp sends them
         self._delayed = DelayedDelivery(self.topology)
         self._portal = portal
         self._own_portal: Portal | None = None

@@ -38,7 +38,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..utils.text import mask_url
-from . import amqp_doubles
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
@@ -279,8 +278,6 @@ class Connections:
             if conn is not None and not conn.is_closed:
                 return conn
             import aio_pika
-
-            amqp_doubles.install()  # floats in headers as py-amqp sends them
 
             try:
                 conn = await aio_pika.connect_robust(**self._connect_kwargs())

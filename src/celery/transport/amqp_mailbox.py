@@ -24,11 +24,8 @@ theirs. ``control_queue_durable``/``_exclusive`` and ``event_queue_durable``/``_
 (``MailboxQueueSettings``) change the queues' flags as they change Celery's.
 
 Payloads are kombu envelopes (``transport/envelope.py``) on our side of the protocol; on the
-wire each is the AMQP message it stands for, as kombu on py-amqp publishes it (``to_amqp``):
-the body is the message body, content type, encoding and headers are the message's, and
-``delivery_mode`` is the envelope's (1, transient, for control messages and events). A
-received message becomes an envelope again (``from_amqp``), ``delivery_info`` holding its
-exchange and routing key.
+wire each is the AMQP message it stands for, as kombu on py-amqp publishes it, and a received
+message becomes an envelope again (amqp_envelope.py: ``to_amqp``, ``from_amqp``).
 
 AMQP cannot say how many queues a message reached: ``direct_publish`` publishes it
 ``mandatory`` on a confirmed channel and answers 1 when the broker routed it (to one queue
@@ -49,14 +46,11 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..exceptions import ConnectionLost, DecodeError, ImproperlyConfigured, OperationalError
-from ..messaging.protocol import Message
-from . import envelope
+from ..exceptions import ConnectionLost, ImproperlyConfigured, OperationalError
 from .amqp_connection import Connections, driver_errors
+from .amqp_envelope import from_amqp, to_amqp
 
 if TYPE_CHECKING:
     from aio_pika.abc import (
@@ -66,14 +60,12 @@ if TYPE_CHECKING:
         AbstractRobustChannel,
     )
 
-__all__ = ["AMQPMailbox", "MailboxQueueSettings", "exchange_kind", "from_amqp", "to_amqp"]
+__all__ = ["AMQPMailbox", "AMQPSubscription", "MailboxQueueSettings", "exchange_kind"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Transient, as kombu publishes control messages, replies and (by default) events.
-TRANSIENT = 1
 #: How many waiting payloads one ``pop_raw`` takes at most.
 MAX_POP = 1000
 
@@ -126,76 +118,6 @@ def exchange_kind(exchange: str) -> tuple[str, bool]:
     if exchange.endswith(".pidbox"):
         return "fanout", False
     return "topic", True
-
-
-def to_amqp(payload: str) -> Any:
-    """The AMQP message a kombu envelope stands for: its body (not the envelope) as the
-    message body; content type and encoding, headers, delivery mode, priority,
-    correlation id and reply-to as AMQP properties, as kombu on py-amqp publishes them.
-
-    Raises:
-        DecodeError: ``payload`` is not a kombu envelope, or a header cannot go in an AMQP
-            table.
-    """
-    import aio_pika
-
-    message = envelope.decode("", payload, "").message
-    props = message.properties
-    try:
-        return aio_pika.Message(
-            message.body, headers=message.headers or None,
-            content_type=message.content_type or None,
-            content_encoding=message.content_encoding or None,
-            delivery_mode=int(props.get("delivery_mode") or TRANSIENT),
-            priority=props.get("priority") or None,
-            correlation_id=props.get("correlation_id"), reply_to=props.get("reply_to"))
-    except (TypeError, ValueError) as exc:
-        raise DecodeError(f"cannot send this message over AMQP: {exc}") from None
-
-
-def from_amqp(incoming: AbstractIncomingMessage, where: str) -> str | None:
-    """The kombu envelope of a received AMQP message (``delivery_info`` holding its exchange
-    and routing key), as the Redis transport would deliver it; ``None``, with one warning,
-    for a message no kombu client could have sent: no content type, or a text body that
-    is not in its encoding (UTF-8)."""
-    body, content_type = incoming.body, incoming.content_type or ""
-    encoding = incoming.content_encoding or ""
-    problem = "no content type" if not content_type else None
-    if problem is None and encoding.lower().replace("-", "") in ("utf8", ""):
-        try:
-            body.decode()
-        except UnicodeDecodeError as exc:
-            problem = f"a body that is not UTF-8 ({exc})"
-    if problem is not None:
-        logger.warning("Dropping a malformed message from %s (%s): %r", where, problem,
-                       body[:120])
-        return None
-    props: dict[str, Any] = {}
-    for name in ("correlation_id", "reply_to"):
-        if getattr(incoming, name, None):
-            props[name] = getattr(incoming, name)
-    props["delivery_mode"] = int(incoming.delivery_mode or TRANSIENT)
-    if incoming.priority:
-        props["priority"] = incoming.priority
-    message = Message(body=body, content_type=content_type, content_encoding=encoding,
-                      headers=_jsonable(dict(incoming.headers or {})), properties=props,
-                      exchange=incoming.exchange or "", routing_key=incoming.routing_key or "")
-    return envelope.encode(message)[1]
-
-
-def _jsonable(value: Any) -> Any:
-    """An AMQP table value as JSON can hold it (py-amqp's types: bytes, Decimal, datetime)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode(errors="replace")
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return value
 
 
 class _DirectConsumer:
