@@ -65,6 +65,7 @@ import report  # noqa: E402
 VENVS = {
     "celery": ["celery[redis]==5.7.0"],
     "dramatiq": ["dramatiq[redis]==2.2.1"],
+    "dramatiq-amqp": ["dramatiq[rabbitmq,redis]==2.2.1"],  # bench/rabbitmq.py: pika as well
     "taskiq": ["taskiq==0.13.0", "taskiq-redis==1.2.4"],
     "arq": ["arq==0.28.0"],
 }

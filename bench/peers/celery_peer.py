@@ -10,6 +10,8 @@ The same module runs under either package; which one is imported decides the tas
 The producer is Celery's sync API from one thread: ``delay()`` per task, then ``get()`` on
 each result in send order. ``BENCH_TRANSPORT_OPTIONS`` (JSON) sets broker transport options,
 e.g. ``{"publish_pipeline": true}`` to compare two installs of ours in one publish mode.
+``BENCH_BROKER_URL`` (bench/rabbitmq.py: an ``amqp://`` vhost) puts the broker elsewhere than
+the results, which stay on ``BENCH_URL``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from celery import Celery
 URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/11")
 RESULT_TIMEOUT = 60.0  # seconds; the harness notices a dead worker sooner
 
-app = Celery("bench_peers", broker=URL, backend=URL)
+BROKER_URL = os.environ.get("BENCH_BROKER_URL") or URL
+app = Celery("bench_peers", broker=BROKER_URL, backend=URL)
 app.conf.broker_connection_retry_on_startup = True
 if os.environ.get("BENCH_TRANSPORT_OPTIONS"):  # e.g. {"publish_pipeline": true}, for ours
     app.conf.broker_transport_options = json.loads(os.environ["BENCH_TRANSPORT_OPTIONS"])

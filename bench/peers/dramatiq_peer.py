@@ -1,6 +1,7 @@
 """dramatiq app and producer for bench/peers/harness.py.
 
-Redis broker; results through dramatiq's Results middleware with its Redis backend.
+Redis broker, or RabbitmqBroker (pika) when ``BENCH_BROKER_URL`` is an ``amqp://`` URL
+(bench/rabbitmq.py); results through dramatiq's Results middleware with its Redis backend.
 dramatiq actors here are plain functions run on the worker's threads, so the I/O task is
 ``time.sleep(0.01)``; concurrency is processes x threads (``--processes/--threads``).
 
@@ -22,7 +23,13 @@ from dramatiq.results.backends.redis import RedisBackend
 URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/11")
 RESULT_TIMEOUT_MS = 60_000
 
-broker = RedisBroker(url=URL)
+BROKER_URL = os.environ.get("BENCH_BROKER_URL") or URL
+if BROKER_URL.startswith("amqp"):
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=BROKER_URL)
+else:
+    broker = RedisBroker(url=BROKER_URL)
 result_backend = RedisBackend(url=URL)
 broker.add_middleware(Results(backend=result_backend))
 dramatiq.set_broker(broker)

@@ -132,7 +132,10 @@ class Worker:
 
     def __init__(self, argv: list[str], extra_env: dict[str, str], log_path: Path) -> None:
         self.argv = argv
-        self.env = dict(os.environ, PYTHONPATH=str(HERE), C_FORCE_ROOT="1", **extra_env)
+        # A PYTHONPATH set by the caller (bench/rabbitmq.py: this checkout's src) stays after
+        # the peer modules' directory.
+        path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+        self.env = dict(os.environ, PYTHONPATH=path, C_FORCE_ROOT="1", **extra_env)
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.stopping = threading.Event()
