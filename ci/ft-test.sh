@@ -85,7 +85,7 @@ not_here=(--ignore=tests/integration/test_flower_browser.py
 
 start=$SECONDS
 status=0
-.venv-ft/bin/python -m pytest -q -p no:cacheprovider "${not_here[@]}" tests "$@" || status=$?
+.venv-ft/bin/python -m pytest -q -p no:cacheprovider --durations=30 "${not_here[@]}" tests "$@" || status=$?
 say "the free-threaded pass took $((SECONDS - start))s (pytest exit $status)"
 if [ "$status" -eq 5 ]; then
     say "pytest collected no tests (exit 5); that is a failure"

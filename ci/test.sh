@@ -10,7 +10,7 @@ bash ci/setup.sh
 .venv/bin/mypy
 
 status=0
-.venv/bin/python -m pytest -q -p no:cacheprovider tests "$@" || status=$?
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 tests "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     echo "ci/test.sh: pytest collected no tests (exit 5); that is a failure" >&2
     exit 1
