@@ -95,7 +95,9 @@ fi
 #   system's Python in both passes; ours sends and reads the same wire form, built by code
 #   this pass runs through the golden-message tests (tests/compat/test_golden_*.py) and
 #   every worker test;
-# - the documentation's and examples' own checks (README Quick start, examples/deploy);
+# - the documentation's and examples' own checks (README Quick start, examples/deploy),
+#   and the worker command's process habits (pidfile, detach, multi, SIGHUP restart:
+#   tests/integration/test_cli_habits.py), main-thread code the same on both builds;
 # - the benchmark tools' smoke tests (bench/: scaling sweep, round-trip A/B, canvas and
 #   RabbitMQ benches), which check the tools' reports, not the worker.
 not_here=(--ignore=tests/integration/test_flower_browser.py
@@ -110,6 +112,7 @@ not_here=(--ignore=tests/integration/test_flower_browser.py
           --ignore=tests/compat/test_upstream_django_db.py
           --ignore=tests/integration/test_readme_quick_start.py
           --ignore=tests/integration/test_deploy_examples.py
+          --ignore=tests/integration/test_cli_habits.py
           --ignore=tests/integration/test_scaling_sweep.py
           --ignore=tests/integration/test_rtt_ab.py
           --ignore=tests/integration/test_canvas_bench.py

@@ -104,6 +104,7 @@ class TestAMQPTransport(TransportSuite):
 
     envelopes = False
     requeue_to_back = False
+    requeue_keeps_order = False
 
     def options(self) -> dict:
         return {}

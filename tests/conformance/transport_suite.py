@@ -96,6 +96,12 @@ class TransportSuite:
     #: Where ``reject(requeue=True)`` puts a message: the back of its queue (kombu's virtual
     #: transports) or its old place at the front (AMQP: RabbitMQ requeues in place).
     requeue_to_back = True
+    #: Whether a message given back comes again before the ones behind it. RabbitMQ puts it
+    #: back in place but promises no order against messages it delivers meanwhile (a
+    #: larger prefetch lets them overtake it: seen in CI), so AMQP says False: then only
+    #: that every message comes again once, the given-back one marked redelivered, is
+    #: checked.
+    requeue_keeps_order = True
 
     def make_url(self, tmp_path: Path) -> str:
         """URL of a fresh, empty broker."""
@@ -241,8 +247,12 @@ class TransportSuite:
         [first] = await transport.fetch(["celery"], 1, 1.0)
         await transport.requeue([first])
         again = await drain(transport, ["celery"], 3)
-        assert [arg_of(d) for d in again] == [0, 1, 2]
-        assert again[0].redelivered is True and again[1].redelivered is False, [(arg_of(d), d.redelivered) for d in again]
+        seen = [(arg_of(d), d.redelivered) for d in again]
+        if self.requeue_keeps_order:
+            assert [arg_of(d) for d in again] == [0, 1, 2]
+            assert again[0].redelivered is True and again[1].redelivered is False, seen
+        else:
+            assert sorted(seen) == [(0, True), (1, False), (2, False)], seen
         await transport.ack(again)
 
     async def test_reject_with_requeue_goes_to_the_back(self, transport):
@@ -250,9 +260,14 @@ class TransportSuite:
         [a] = await transport.fetch(["celery"], 1, 1.0)
         await transport.reject([a], requeue=True)
         again = await drain(transport, ["celery"], 2)
-        assert [arg_of(d) for d in again] == (["b", "a"] if self.requeue_to_back else ["a", "b"])
-        if not self.requeue_to_back:
-            assert [d.redelivered for d in again] == [True, False]
+        if not self.requeue_keeps_order:
+            assert sorted((arg_of(d), d.redelivered) for d in again) == [("a", True),
+                                                                         ("b", False)]
+        else:
+            assert [arg_of(d) for d in again] == (["b", "a"] if self.requeue_to_back
+                                                  else ["a", "b"])
+            if not self.requeue_to_back:
+                assert [d.redelivered for d in again] == [True, False]
         await transport.ack(again)
 
     async def test_reject_without_requeue_dead_letters_it_once(self, transport, url):
