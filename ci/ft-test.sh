@@ -10,16 +10,9 @@
 # stay off: PYTHON_GIL is left unset, and the tests in tests/integration/test_free_threading.py
 # check it in a running worker.
 # Extra arguments go to pytest.
-# `ci/ft-test.sh --prepare` only builds the interpreter and .venv-ft and checks the GIL
-# (ci/test.sh runs that in the background while the first pass runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "ci/ft-test.sh: $*" >&2; }
-prepare_only=0
-if [ "${1:-}" = "--prepare" ]; then
-    prepare_only=1
-    shift
-fi
 
 start=$SECONDS
 python=$(bash ci/ft-python.sh)
@@ -73,9 +66,6 @@ assert not sys._is_gil_enabled(), "importing celery's Redis transport or SQL bac
 print(f"ci/ft-test.sh: {sys.version.split()[0]} free-threaded, GIL off after importing celery",
       file=sys.stderr)
 EOF
-if [ "$prepare_only" = 1 ]; then
-    exit 0
-fi
 
 # Left out of this pass, on purpose: the Flower tests. They drive Flower (a tornado app)
 # and headless Chromium against our worker and CLI; what they exercise of ours (remote

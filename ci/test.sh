@@ -6,19 +6,6 @@ cd "$(dirname "$0")/.."
 
 bash ci/setup.sh
 
-# The free-threaded pass's interpreter and .venv-ft are made meanwhile, in the background
-# (ci/ft-test.sh --prepare: mostly downloads; the interpreter itself is cached outside the
-# checkout), so that pass starts at once when this one ends.
-prepare_log=.cache/ft-prepare.log
-prepare_pid=
-# Whatever ends this script (a failed lint, a failed pass) waits for it: no process is left.
-trap 'if [ -n "$prepare_pid" ]; then wait "$prepare_pid" 2>/dev/null || true; fi' EXIT
-if [ "${FT_SKIP:-0}" != 1 ]; then
-    mkdir -p .cache
-    bash ci/ft-test.sh --prepare > "$prepare_log" 2>&1 &
-    prepare_pid=$!
-fi
-
 .venv/bin/ruff check src tests bench examples perf
 .venv/bin/mypy
 
@@ -34,15 +21,7 @@ if [ "$status" -eq 0 ]; then
     if [ "${FT_SKIP:-0}" = 1 ]; then
         echo "ci/test.sh: FT_SKIP=1: the free-threaded pass is skipped" >&2
     else
-        prepared=0
-        wait "$prepare_pid" || prepared=$?
-        cat "$prepare_log" >&2
-        if [ "$prepared" -ne 0 ]; then
-            echo "ci/test.sh: preparing the free-threaded pass failed (exit $prepared)" >&2
-            status=$prepared
-        else
-            bash ci/ft-test.sh "$@" || status=$?
-        fi
+        bash ci/ft-test.sh "$@" || status=$?
     fi
 fi
 # The performance gate, after a whole passing run only (a run of some tests, with pytest

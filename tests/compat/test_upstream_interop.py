@@ -45,8 +45,16 @@ def _upstream_python() -> Path:
         if VENV.exists():
             shutil.rmtree(VENV)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", UPSTREAM_REQUIREMENT],
-                       check=True, capture_output=True, timeout=600)
+        for attempt in (1, 2):  # once more after a failed download (PyPI, a busy cache)
+            done = subprocess.run([str(python), "-m", "pip", "install", "-q",
+                                   UPSTREAM_REQUIREMENT], capture_output=True, text=True,
+                                  timeout=600)
+            if done.returncode == 0:
+                break
+            if attempt == 2:
+                raise subprocess.SubprocessError(
+                    f"pip install {UPSTREAM_REQUIREMENT} failed twice: "
+                    f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
         marker.write_text(UPSTREAM_REQUIREMENT)
     except (subprocess.SubprocessError, OSError) as exc:
         message = f"could not make the upstream Celery venv at {VENV}: {exc}"
