@@ -89,7 +89,12 @@ EOF
 #   and the worker command's process habits (pidfile, detach, multi, SIGHUP restart:
 #   tests/integration/test_cli_habits.py), main-thread code the same on both builds;
 # - the benchmark tools' smoke tests (bench/: scaling sweep, round-trip A/B, canvas and
-#   RabbitMQ benches), which check the tools' reports, not the worker.
+#   RabbitMQ benches), which check the tools' reports, not the worker;
+# - beat's multi-process scenarios (tests/integration/test_beat.py: schedules, restarts and
+#   leader leases between beat processes, two minutes of waiting for due runs): its one
+#   thread-sensitive part, a stop from a signal handler, is checked here by
+#   tests/unit/test_beat_scheduler.py; and Redis's own restart with appendfsync
+#   (tests/faults/test_redis_restart.py), the server's durability, not ours.
 not_here=(--ignore=tests/integration/test_flower_browser.py
           --ignore=tests/integration/test_flower_install.py
           --ignore=tests/integration/test_signing.py
@@ -106,7 +111,9 @@ not_here=(--ignore=tests/integration/test_flower_browser.py
           --ignore=tests/integration/test_scaling_sweep.py
           --ignore=tests/integration/test_rtt_ab.py
           --ignore=tests/integration/test_canvas_bench.py
-          --ignore=tests/integration/test_bench_rabbitmq.py)
+          --ignore=tests/integration/test_bench_rabbitmq.py
+          --ignore=tests/integration/test_beat.py
+          --ignore=tests/faults/test_redis_restart.py)
 
 start=$SECONDS
 status=0
