@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -36,7 +37,12 @@ def TestApp(name: str | None = None, config: Mapping[str, Any] | None = None,  #
             backend: str | None = None, broker: str | None = None, **kwargs: Any) -> Celery:
     """A Celery app with ``DEFAULT_TEST_CONFIG`` updated by ``config`` (Celery's name is a
     function too). ``enable_logging`` and ``log`` are accepted for Celery's signature: this
-    package sets up no logging for apps, so there is nothing to turn off."""
+    package sets up no logging for apps, so there is nothing to turn on or off (a warning
+    says so when they ask for something)."""
+    if enable_logging or log is not None:
+        logging.getLogger(__name__).warning(
+            "TestApp(enable_logging=..., log=...) has no effect: celery-asyncio sets up no "
+            "logging for an app (configure the logging module in your tests instead)")
     settings = dict(DEFAULT_TEST_CONFIG, **(config or {}))
     if broker:
         settings["broker_url"] = broker
