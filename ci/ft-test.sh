@@ -62,7 +62,8 @@ assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not a free-threaded build"
 import celery.transport.redis, celery.backends.redis  # noqa: E401  the Redis client, parsers
 import celery.messaging.serialization, celery.utils.portal  # noqa: E401
 import celery.backends.sql, psycopg, pymysql  # noqa: E401  SQLAlchemy and the SQL drivers
-assert not sys._is_gil_enabled(), "importing celery's Redis transport or SQL backend turned the GIL on"
+import celery.transport.amqp, celery.backends.rpc  # noqa: E401  aio-pika, aiormq, yarl, multidict
+assert not sys._is_gil_enabled(), "importing celery's Redis or AMQP transport or SQL backend turned the GIL on"
 print(f"ci/ft-test.sh: {sys.version.split()[0]} free-threaded, GIL off after importing celery",
       file=sys.stderr)
 EOF
