@@ -3,7 +3,8 @@ does): it forwards bytes both ways, and while chaos is on, picks live connection
 and drops them, resets them (RST) in the middle of a command, or stalls them for a while.
 
 Besides the random chaos, a test may take the server away on purpose: ``down()`` resets
-every live connection and closes each new one as soon as it is accepted, until ``up()``;
+every live connection (or, with ``reset=False``, leaves them) and closes each new one as
+soon as it is accepted, until ``up()``;
 ``mute()`` drops what the server sends (its replies are lost on the way, the commands were
 run), until ``unmute()``.
 
@@ -67,10 +68,12 @@ class FaultProxy:
     def chaos(self, on: bool) -> None:
         (self._chaos.set if on else self._chaos.clear)()
 
-    def down(self) -> None:
-        """Take the server away: every live connection is reset, and new ones are closed as
-        soon as they are accepted, until ``up``."""
+    def down(self, reset: bool = True) -> None:
+        """Take the server away: every live connection is reset (unless not ``reset``: then
+        they go on), and new ones are closed as soon as they are accepted, until ``up``."""
         self._down.set()
+        if not reset:
+            return
         with self._lock:
             links = list(self._links)
         for link in links:

@@ -44,6 +44,10 @@ def via(proxy: FaultProxy) -> RedisTransport:
         "client_name": f"waits-{uuid.uuid4().hex[:8]}", "socket_connect_timeout": 1})
 
 
+#: The commands a blocking wait's connection was last seen running.
+WAITS = ("blmove", "llen", "client|reply", "zadd")
+
+
 def payload(transport: RedisTransport, n: int) -> str:
     return transport.envelope_of(build_task_message("fault.echo", (n,), task_id=f"w-{n}"))[1]
 
@@ -107,20 +111,29 @@ async def test_a_handed_over_message_whose_record_fails_for_a_while_is_recorded_
         await close(transport)
 
 
+@pytest.mark.parametrize("cut", ["every connection", "the record's"])
 async def test_a_handed_over_message_that_cannot_be_recorded_comes_again(
-        broker, caplog, monkeypatch):
-    """The broker stays away past the record's retries: the fetch fails, the message waits
-    in the consumer's reserved list (not lost), and the next fetch gives it back and hands
-    it over again (it may run twice, as the error says), recorded this time."""
+        broker, caplog, monkeypatch, cut):
+    """The broker goes away past the record's retries (cutting every connection, or only
+    the record's, the waits' staying up): the fetch fails, the message waits in the
+    consumer's reserved list (not lost), and the next fetch, the broker back, gives it back
+    and hands it over again (it may run twice, as the error says), recorded this time; the
+    connections left idle meanwhile do not fail that fetch."""
     monkeypatch.setattr(redis_transport, "RECORD_RETRIES", (0.05, 0.05, None))
     raw, proxy, _ = broker
     transport = via(proxy)
+    name = transport._kwargs["client_name"]
     handed = []
 
     def early(delivery):
         handed.append(delivery)
-        if len(handed) == 1:
+        if len(handed) == 1 and cut == "every connection":
             proxy.down()
+        elif len(handed) == 1:
+            proxy.down(reset=False)  # the blocking waits' connections go on
+            for client in raw.client_list():  # the pool's connection (the fetch script's)
+                if client.get("name") == name and client.get("cmd") not in WAITS:
+                    raw.client_kill_filter(_id=client["id"])
         return False
 
     try:
@@ -179,29 +192,36 @@ async def test_a_wait_whose_reply_is_lost_gives_its_message_back(broker):
 
 
 async def test_a_wait_cut_while_it_blocks_is_armed_again_on_a_new_connection(broker):
-    """The wait's connection breaks while nothing waits in the queue and the broker comes
-    back at once: the same fetch waits again and takes the message published later."""
+    """Every wait's connection breaks while nothing waits in the queue and the broker comes
+    back at once: the same fetch waits again on every key, on new connections, and takes
+    the message published later. Several rounds: the waits fail in whatever order, and one
+    that fails while another is being armed must not be left unarmed."""
     raw, proxy, _ = broker
     transport = via(proxy)
     name = transport._kwargs["client_name"]
+    steps = len(transport.priority_steps)
+
+    def waits() -> set[int]:
+        return {int(c["id"]) for c in raw.client_list()
+                if c.get("name") == name and c.get("cmd") == "blmove"}
+
     try:
         assert await transport.fetch(["celery"], 10, 0.01) == []
-        fetching = asyncio.ensure_future(transport.fetch(["celery"], 10, 5))
-        await blocked_in_wait(raw, transport)
-        before = {int(c["id"]) for c in raw.client_list() if c.get("name") == name}
-        proxy.down()
-        proxy.up()
-        await until(lambda: any(c.get("name") == name and c.get("cmd") == "blmove"
-                                and int(c["id"]) not in before for c in raw.client_list()),
-                    "a new blocking wait")
-        assert not fetching.done()
-        raw.lpush("celery", payload(transport, 4))
-        got = await fetching
-        assert [d.message.headers["id"] for d in got] == ["w-4"]
-        await transport.ack(got)
+        for n in range(5):
+            fetching = asyncio.ensure_future(transport.fetch(["celery"], 10, 5))
+            await blocked_in_wait(raw, transport)
+            before = waits()
+            proxy.down()
+            proxy.up()
+            await until(lambda: len(waits() - before) == steps, "every key waited on again",  # noqa: B023
+                        timeout=2)
+            assert not fetching.done()
+            raw.lpush("celery", payload(transport, n))
+            got = await fetching
+            assert [d.message.headers["id"] for d in got] == [f"w-{n}"]
+            await transport.ack(got)
         assert reserved_items(raw) == [] and raw.exists("unacked", "unacked_index") == 0
     finally:
-        proxy.unmute()
         proxy.up()
         await close(transport)
 
