@@ -36,8 +36,8 @@ def retry_delays(caplog) -> list[float]:
 
 def test_acks_the_broker_refused_are_retried_with_backoff_and_written_once_it_is_back(
         tmp_path: Path, caplog, monkeypatch):
-    monkeypatch.setattr(flusher, "MAX_BACKOFF", 0.4)
-    monkeypatch.setattr(flusher, "DRAIN_TIMEOUT", 1.0)
+    monkeypatch.setattr(flusher, "MAX_BACKOFF", 0.2)
+    monkeypatch.setattr(flusher, "DRAIN_TIMEOUT", 0.5)
     url = make_broker("redis", tmp_path).url
     raw = valkey.Valkey.from_url(url)
     proxy = FaultProxy(REDIS_PORT)
@@ -64,22 +64,22 @@ def test_acks_the_broker_refused_are_retried_with_backoff_and_written_once_it_is
             proxy.down()
             gate.set()
             assert first.get(timeout=10) == 1  # the result is stored while the broker is away
-            wait_until(lambda: len(retry_delays(caplog)) >= 4, 10, "four failed acks")
-            assert retry_delays(caplog)[:4] == [0.1, 0.2, 0.4, 0.4]  # doubling, capped
+            wait_until(lambda: len(retry_delays(caplog)) >= 3, 10, "three failed acks")
+            assert retry_delays(caplog)[:3] == [0.1, 0.2, 0.2]  # doubling, capped
             assert reserved(first.id)  # not acked yet
             proxy.up()
-            wait_until(lambda: not reserved(first.id), 10, "the ack once the broker is back")
-            assert "Broker reachable again" in caplog.text
+            wait_until(lambda: not reserved(first.id) and "Broker reachable again" in
+                       caplog.text, 10, "the ack once the broker is back")
 
             gate.clear()  # and one whose ack the worker still holds when it stops
             second = gated.delay(2)
             wait_until(lambda: runs == [1, 2] and reserved(second.id), 10,
                        "the second task to start, its message recorded")
+            failures = len(retry_delays(caplog))
             proxy.down()
             gate.set()
             assert second.get(timeout=10) == 2
-            caplog.clear()
-            wait_until(lambda: retry_delays(caplog), 10, "a failed ack")
+            wait_until(lambda: len(retry_delays(caplog)) > failures, 10, "a failed ack")
     finally:
         proxy.close()
         app.close()

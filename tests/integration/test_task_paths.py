@@ -115,7 +115,7 @@ def test_retry_backoff_is_capped_by_retry_backoff_max_and_jittered_within_it(app
         raise Flaky(key)
 
     @app.task(name="paths.jittered", bind=True, autoretry_for=(Flaky,), retry_backoff=True,
-              retry_backoff_max=1, max_retries=3)
+              retry_backoff_max=1, max_retries=2)
     def jittered(self, key):
         tried.setdefault(key, []).append((time.time(), self.request.eta))
         raise Flaky(key)
@@ -136,7 +136,7 @@ def test_retry_backoff_is_capped_by_retry_backoff_max_and_jittered_within_it(app
             out.append(due - failed_at)
         return out
 
-    assert len(tried["plain"]) == 3 and len(tried["jitter"]) == 4
+    assert len(tried["plain"]) == 3 and len(tried["jitter"]) == 3
     # (each ETA is computed a moment after the task noted its failure: a little more)
     plain_by = countdowns("plain")
     assert len(plain_by) == 2 and all(abs(c - 1) < 0.25 for c in plain_by), plain_by
