@@ -2,6 +2,12 @@
 does): it forwards bytes both ways, and while chaos is on, picks live connections at random
 and drops them, resets them (RST) in the middle of a command, or stalls them for a while.
 
+Besides the random chaos, a test may take the server away on purpose: ``down()`` resets
+every live connection (or, with ``reset=False``, leaves them) and closes each new one as
+soon as it is accepted, until ``up()``;
+``mute()`` drops what the server sends (its replies are lost on the way, the commands were
+run), until ``unmute()``.
+
 Threads only (one accept thread, two pump threads per connection, one chaos thread), so it
 runs beside any event loop of the test. Counters say what it did.
 """
@@ -48,6 +54,8 @@ class FaultProxy:
         self._lock = threading.Lock()  # guards _links and counts
         self._chaos = threading.Event()
         self._stop = threading.Event()
+        self._down = threading.Event()  # set: no connection is served
+        self._mute = threading.Event()  # set: the server's bytes are dropped
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._threads = [threading.Thread(target=self._accept, daemon=True),
                          threading.Thread(target=self._chaos_loop, daemon=True)]
@@ -59,6 +67,28 @@ class FaultProxy:
 
     def chaos(self, on: bool) -> None:
         (self._chaos.set if on else self._chaos.clear)()
+
+    def down(self, reset: bool = True) -> None:
+        """Take the server away: every live connection is reset (unless not ``reset``: then
+        they go on), and new ones are closed as soon as they are accepted, until ``up``."""
+        self._down.set()
+        if not reset:
+            return
+        with self._lock:
+            links = list(self._links)
+        for link in links:
+            self._close(link, reset=True)
+
+    def up(self) -> None:
+        """Serve connections again (after ``down``)."""
+        self._down.clear()
+
+    def mute(self) -> None:
+        """Drop what the server sends from now on (its replies are lost), until ``unmute``."""
+        self._mute.set()
+
+    def unmute(self) -> None:
+        self._mute.clear()
 
     def close(self) -> None:
         self._stop.set()
@@ -77,6 +107,9 @@ class FaultProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._down.is_set():
+                client.close()
+                continue
             try:
                 server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
                 server.settimeout(None)
@@ -86,10 +119,15 @@ class FaultProxy:
             link = _Link(client, server)
             with self._lock:
                 self._links.append(link)
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(link, src, dst), daemon=True).start()
+            if self._down.is_set():  # went down meanwhile (``down`` sets, then closes links)
+                self._close(link, reset=True)
+                continue
+            for src, dst, replies in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=(link, src, dst, replies),
+                                 daemon=True).start()
 
-    def _pump(self, link: _Link, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, link: _Link, src: socket.socket, dst: socket.socket,
+              replies: bool) -> None:
         try:
             while not link.closed:
                 ready, _, _ = select.select([src], [], [], 0.05)
@@ -100,6 +138,8 @@ class FaultProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if replies and self._mute.is_set():
+                    continue
                 if link.cut.is_set() and len(data) > 1:  # half a command, then RST
                     dst.sendall(data[: len(data) // 2])
                     break

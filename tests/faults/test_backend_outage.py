@@ -30,6 +30,10 @@ def make_app(broker_url: str, backend_url: str, acks_late: bool) -> Celery:
     def echo(value):
         return value
 
+    @app.task(name="fault.echo_late", acks_late=True)
+    def echo_late(value):
+        return value
+
     return app
 
 
@@ -91,22 +95,32 @@ def test_a_backlog_of_results_stops_fetching_until_the_backend_takes_it(
     assert "cannot be reached" in caplog.text  # said at start, with the backend down
 
 
-def test_a_shutdown_names_the_results_it_could_not_store(tmp_path: Path, caplog):
+def test_a_shutdown_names_the_results_it_could_not_store(tmp_path: Path, caplog, monkeypatch):
+    """One acked early (its result is lost, and said so), one ``acks_late`` (its message
+    stays reserved, to run again after the visibility timeout)."""
+    monkeypatch.setattr(flusher, "DRAIN_TIMEOUT", 1.0)
     broker = make_broker("redis", tmp_path)
+    client = valkey.Valkey.from_url(broker.url)
     with RedisServer(tmp_path / "backend") as backend:
         app = make_app(broker.url, backend.url(), acks_late=False)
-        echo = app.tasks["fault.echo"]
+        echo, echo_late = app.tasks["fault.echo"], app.tasks["fault.echo_late"]
         try:
             with caplog.at_level(logging.INFO), \
                     running_worker(app, loop_workers=1, sync_workers=1):
                 assert echo.delay(0).get(timeout=10) == 0
                 backend.kill()
-                result = echo.delay(1)
+                result, late = echo.delay(1), echo_late.delay(2)
+                wait_until(lambda: caplog.text.count("succeeded in") == 3, 15, "both to run")
                 wait_until(lambda: "Result backend unreachable" in caplog.text, 15,
                            "the failed write")
         finally:
             app.close()
-    lost = [r for r in caplog.records if "results not stored" in r.getMessage()]
-    assert len(lost) == 1 and result.id in lost[0].getMessage()
-    assert "result backend" in lost[0].getMessage()
-    assert "broker" not in lost[0].getMessage().lower()
+    lost = [r.getMessage() for r in caplog.records if "results not stored" in r.getMessage()]
+    assert len(lost) == 1 and "Shutdown with 2 results not stored" in lost[0]
+    assert f"acked are lost ({result.id})" in lost[0]
+    assert f"after the visibility timeout ({late.id})" in lost[0]
+    assert "result backend" in lost[0] and "broker" not in lost[0].lower()
+    # the acks_late task's message is still reserved (the restore gives it back), nothing else
+    [entry] = client.hvals("unacked")
+    assert late.id.encode() in entry
+    client.close()

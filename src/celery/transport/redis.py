@@ -101,6 +101,9 @@ logger = logging.getLogger(__name__)
 DEAD_LETTER_KEY = "celery-asyncio.dead-letter"
 #: Where messages with a far ETA wait (a sorted set scored by due time; see ``defer``).
 DELAYED_KEY = "celery-asyncio.delayed"
+#: Delays between attempts at recording a message already handed over early (``_record_handed``):
+#: about half a minute in all; None: give up.
+RECORD_RETRIES: tuple[float | None, ...] = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, None)
 
 #: Connection options taken from transport_options as they are.
 _CONNECTION_OPTIONS = (
@@ -593,7 +596,7 @@ class RedisTransport(RedisRestore, RedisMailbox):
         must not be handed over again, so its record is retried here, with backoff, for
         about half a minute (the broker is away meanwhile: nothing else can be fetched). A
         retry after a reply that was lost finds it recorded already (no longer listed)."""
-        for delay in (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, None):
+        for delay in RECORD_RETRIES:
             try:
                 return (await self._reserve(layout, count, moved))[0]
             except ConnectionLost as exc:

@@ -23,6 +23,12 @@ for it, and the other coroutines on the loop running in between. Here:
 * a connection writes a command at once and waits, under its socket timeout, only when
   the transport could not send it all, which is what that timeout is for.
 
+And one error is put right: uvloop raises RuntimeError ("the handler is closed") for a write
+to a connection the server already closed, where asyncio's own loop raises or ignores an
+OSError; valkey-py passes it through, so it would escape every ``except`` of a connection
+error (a broker that closes connections at accept made the flusher log its acks' failures
+as unexpected errors). Such a write raises valkey's ConnectionError here.
+
 All of it runs on the loop that owns the connection, as valkey-py's own code does.
 """
 
@@ -35,6 +41,7 @@ from typing import Any, TypeVar
 
 import valkey.asyncio as avalkey
 from valkey.asyncio.connection import AbstractConnection
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError
 
 __all__ = ["BlockingConnectionPool", "ConnectionPool", "Popper", "direct_write", "nothing_to_read",
@@ -108,20 +115,27 @@ def direct_write(cls: C) -> C:
     base = cls.send_packed_command
 
     async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
-        writer = self._writer
-        if writer is None or not self.socket_timeout:  # unconnected, or no wait_for to skip
-            return await base(self, command, check_health)
-        if check_health:
-            await self.check_health()  # may PING, or reconnect: take the writer again
+        try:
             writer = self._writer
-        if writer is None or writer.transport.is_closing():
-            return await base(self, command, False)  # its errors, raised its way
-        if isinstance(command, str):
-            command = command.encode()
-        writer.writelines([command] if isinstance(command, bytes) else command)
-        if writer.transport.get_write_buffer_size():
-            # Not all sent: wait for the rest under the socket timeout (nothing more to write).
-            await base(self, [], False)
+            if writer is None or not self.socket_timeout:  # unconnected, or no wait_for to skip
+                return await base(self, command, check_health)
+            if check_health:
+                await self.check_health()  # may PING, or reconnect: take the writer again
+                writer = self._writer
+            if writer is None or writer.transport.is_closing():
+                return await base(self, command, False)  # its errors, raised its way
+            if isinstance(command, str):
+                command = command.encode()
+            writer.writelines([command] if isinstance(command, bytes) else command)
+            if writer.transport.get_write_buffer_size():
+                # Not all sent: wait for the rest under the socket timeout (nothing more to
+                # write).
+                await base(self, [], False)
+        except RuntimeError as exc:
+            if "handler is closed" not in str(exc):  # (uvloop's words for a closed transport)
+                raise
+            await self.disconnect(nowait=True)
+            raise ValkeyConnectionError(self._error_message(exc)) from exc
 
     quick: Any = type(cls.__name__, (cls,), {"send_packed_command": send_packed_command,
                                              "__module__": __name__})

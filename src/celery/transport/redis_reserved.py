@@ -182,37 +182,45 @@ class Waiters:
         ``backlog`` then says whether more waited behind it).
 
         A wait that fails on a broken connection is armed again at once on a new one, after
-        its list was given back; one that fails again raises ConnectionLost (the broker is
-        away: the consumer backs off).
+        its list was given back; one armed by this call that fails twice raises
+        ConnectionLost (the broker is away: the consumer backs off). A failure this call
+        did not see (a wait of an earlier fetch, or a record that failed) is not counted: a
+        connection left idle while the broker was away fails on its first use.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block
         pairs = self._pairs(layout)
-        failed: set[str] = set()
+        armed: dict[str, int] = {}  # queue key -> waits this call armed on it
         while True:
-            for _, waiter in pairs:
-                if waiter.task is None and waiter.item is None:
-                    await self._arm(waiter, block, failed)
-            got = self.taken(layout)
-            remaining = deadline - loop.time()
-            if got or remaining <= 0:
-                return got
-            # A future and a timer: asyncio.wait_for costs about as much as the rest of the wait.
+            # Made before arming: a wait that ends while another is armed (their arming
+            # awaits a give-back) wakes it, so that no wait is left unarmed until the deadline.
             woken = self._woken = loop.create_future()
-            timer = loop.call_later(remaining, _wake, woken)
             try:
-                await woken
+                for _, waiter in pairs:
+                    if waiter.task is None and waiter.item is None:
+                        await self._arm(waiter, block, armed)
+                got = self.taken(layout)
+                remaining = deadline - loop.time()
+                if got or remaining <= 0:
+                    return got
+                # A future and a timer: asyncio.wait_for costs about as much as the rest of
+                # the wait.
+                timer = loop.call_later(remaining, _wake, woken)
+                try:
+                    await woken
+                finally:
+                    timer.cancel()
             finally:
-                timer.cancel()
                 self._woken = None
 
-    async def _arm(self, waiter: _Waiter, block: float, failed: set[str]) -> None:
-        """Start a wait on ``waiter``'s key (none in flight, no message of it waiting)."""
+    async def _arm(self, waiter: _Waiter, block: float, armed: dict[str, int]) -> None:
+        """Start a wait on ``waiter``'s key (none in flight, no message of it waiting);
+        ``armed`` counts the waits the calling ``wait`` armed on each key."""
         if waiter.lost:
-            if waiter.key in failed:
+            if armed.get(waiter.key, 0) >= 2:
                 raise ConnectionLost(f"blocking wait on {waiter.key!r} failed twice")
-            failed.add(waiter.key)
             await self._give_back(waiter)
+        armed[waiter.key] = armed.get(waiter.key, 0) + 1
         if waiter.timer is not None:  # the wait takes the LREMs queued ahead along
             waiter.timer.cancel()
             waiter.timer = None

@@ -15,9 +15,9 @@ a report that cannot reach the backend is made again later, before the message i
 Memory is bounded: past ``MAX_PENDING_RESULTS`` results or ``MAX_PENDING_BYTES`` of them
 waiting for the backend, ``backlogged`` is true and the consumer stops fetching (the tasks
 stay in the broker) until the backend takes them; nothing is dropped while the worker runs.
-What a shutdown cannot write (``drain`` waits about 5 s) is logged by task id: a result of a
-task whose message was acked is lost; an ``acks_late`` task's message stays reserved and
-runs again after the visibility timeout.
+What a shutdown cannot write (``drain`` waits ``DRAIN_TIMEOUT``, 5 s) is logged by task id:
+a result of a task whose message was acked is lost; an ``acks_late`` task's message stays
+reserved and runs again after the visibility timeout.
 
 Everything here runs on the consumer's event loop.
 """
@@ -47,6 +47,8 @@ MAX_PENDING_RESULTS = 10_000
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: Longest wait between two attempts at a side that fails (seconds).
 MAX_BACKOFF = 5.0
+#: Seconds a shutdown waits for the queued writes (``drain``), each side tried again at once.
+DRAIN_TIMEOUT = 5.0
 #: How many task ids a shutdown's error names at most.
 _NAMED = 20
 
@@ -273,12 +275,12 @@ class Flusher:
     # -- shutdown --------------------------------------------------------------------------
 
     async def drain(self, flusher: asyncio.Task[None]) -> None:
-        """Write out everything still queued (about 5 s at most, each side tried again at
-        once), then stop ``flusher`` (this object's ``run``) and log what is left."""
+        """Write out everything still queued (``DRAIN_TIMEOUT`` at most, each side tried
+        again at once), then stop ``flusher`` (this object's ``run``) and log what is left."""
         self._backend_side.retry_at = self._broker_side.retry_at = 0.0
-        for _ in range(250):
-            if not (self.flushing or self.waiting()):
-                break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        while (self.flushing or self.waiting()) and loop.time() < deadline:
             self.needed.set()
             await asyncio.sleep(0.02)
         flusher.cancel()

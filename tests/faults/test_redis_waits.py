@@ -1,0 +1,270 @@
+"""The Redis transport's paths when the connection breaks around a blocking wait (issue 27,
+item 7): a message handed over early whose record in ``unacked`` cannot be made, a wait
+whose reply is lost on the way, a wait cut while it blocks; and the restore of malformed
+``unacked`` entries. Through the fault proxy (tests/faults/proxy.py) in front of the real
+Redis; the checks read Redis directly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import valkey
+
+from celery.exceptions import ConnectionLost
+from celery.messaging.protocol import build_task_message
+from celery.transport import redis as redis_transport
+from celery.transport.redis import DEAD_LETTER_KEY, RedisTransport
+from tests.conftest import REDIS_PORT
+
+from .brokers import REDIS_DB, make_broker
+from .proxy import FaultProxy
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    """The fault tests' Redis database, emptied: ``(direct client, proxy in front of it,
+    direct URL)``."""
+    url = make_broker("redis", tmp_path).url
+    raw = valkey.Valkey.from_url(url)
+    proxy = FaultProxy(REDIS_PORT)
+    yield raw, proxy, url
+    proxy.close()
+    raw.close()
+
+
+def via(proxy: FaultProxy) -> RedisTransport:
+    """A transport that reaches Redis through the proxy, with a short connect timeout."""
+    return RedisTransport(proxy.url(REDIS_DB), transport_options={
+        "client_name": f"waits-{uuid.uuid4().hex[:8]}", "socket_connect_timeout": 1})
+
+
+#: The commands a blocking wait's connection was last seen running.
+WAITS = ("blmove", "llen", "client|reply", "zadd")
+
+
+def payload(transport: RedisTransport, n: int) -> str:
+    return transport.envelope_of(build_task_message("fault.echo", (n,), task_id=f"w-{n}"))[1]
+
+
+def reserved_items(raw: valkey.Valkey) -> list[bytes]:
+    keys = raw.keys("celery-asyncio.reserved.*")
+    return [item for key in keys for item in raw.lrange(key, 0, -1)]
+
+
+async def until(check, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        await asyncio.sleep(0.01)
+
+
+async def blocked_in_wait(raw: valkey.Valkey, transport: RedisTransport) -> None:
+    """Until the transport's blocking waits (one per priority step) block in Redis."""
+    name = transport._kwargs["client_name"]
+    steps = len(transport.priority_steps)
+    await until(lambda: sum(c.get("name") == name and c.get("cmd") == "blmove"
+                            for c in raw.client_list()) == steps, "blocking waits")
+
+
+async def close(transport: RedisTransport) -> None:
+    await transport.aclose()
+    transport.close()
+
+
+async def test_a_handed_over_message_whose_record_fails_for_a_while_is_recorded_once(
+        broker, caplog):
+    """The broker goes away between the hand-over and the record: the record is retried,
+    and once the broker is back the message is in ``unacked``, handed over once."""
+    raw, proxy, _ = broker
+    transport = via(proxy)
+    handed = []
+
+    def early(delivery):
+        handed.append(delivery)
+        proxy.down()
+        asyncio.get_running_loop().call_later(0.3, proxy.up)
+        return False  # not settled on the spot: it must be recorded
+
+    try:
+        assert await transport.fetch(["celery"], 10, 0.01) == []
+        fetching = asyncio.ensure_future(transport.fetch(["celery"], 10, 5, early=early))
+        await blocked_in_wait(raw, transport)
+        raw.lpush("celery", payload(transport, 1))
+        with caplog.at_level(logging.WARNING, logger="celery.transport.redis"):
+            assert await fetching == []
+        [delivery] = handed
+        assert "Could not record running task message" in caplog.text
+        assert {t.decode() for t in raw.hkeys("unacked")} == {delivery.delivery_tag}
+        assert reserved_items(raw) == [] and raw.llen("celery") == 0
+        assert await transport.fetch(["celery"], 10, 0.2, early=early) == []  # not again
+        await transport.ack([delivery])
+        assert raw.exists("unacked", "unacked_index") == 0
+    finally:
+        proxy.unmute()
+        proxy.up()
+        await close(transport)
+
+
+@pytest.mark.parametrize("cut", ["every connection", "the record's"])
+async def test_a_handed_over_message_that_cannot_be_recorded_comes_again(
+        broker, caplog, monkeypatch, cut):
+    """The broker goes away past the record's retries (cutting every connection, or only
+    the record's, the waits' staying up): the fetch fails, the message waits in the
+    consumer's reserved list (not lost), and the next fetch, the broker back, gives it back
+    and hands it over again (it may run twice, as the error says), recorded this time; the
+    connections left idle meanwhile do not fail that fetch."""
+    monkeypatch.setattr(redis_transport, "RECORD_RETRIES", (0.05, 0.05, None))
+    raw, proxy, _ = broker
+    transport = via(proxy)
+    name = transport._kwargs["client_name"]
+    handed = []
+
+    def early(delivery):
+        handed.append(delivery)
+        if len(handed) == 1 and cut == "every connection":
+            proxy.down()
+        elif len(handed) == 1:
+            proxy.down(reset=False)  # the blocking waits' connections go on
+            for client in raw.client_list():  # the pool's connection (the fetch script's)
+                if client.get("name") == name and client.get("cmd") not in WAITS:
+                    raw.client_kill_filter(_id=client["id"])
+        return False
+
+    try:
+        assert await transport.fetch(["celery"], 10, 0.01) == []
+        fetching = asyncio.ensure_future(transport.fetch(["celery"], 10, 5, early=early))
+        await blocked_in_wait(raw, transport)
+        raw.lpush("celery", payload(transport, 2))
+        with caplog.at_level(logging.WARNING, logger="celery.transport.redis"), \
+                pytest.raises(ConnectionLost):
+            await fetching
+        assert "could not be recorded in unacked" in caplog.text
+        assert len(reserved_items(raw)) == 1 and raw.hlen("unacked") == 0  # kept, not lost
+        proxy.up()
+        assert await transport.fetch(["celery"], 10, 5, early=early) == []
+        first, again = handed
+        assert again.delivery_tag == first.delivery_tag
+        assert {t.decode() for t in raw.hkeys("unacked")} == {again.delivery_tag}
+        assert reserved_items(raw) == [] and raw.llen("celery") == 0
+        await transport.ack([again])
+        assert raw.exists("unacked", "unacked_index") == 0
+    finally:
+        proxy.unmute()
+        proxy.up()
+        await close(transport)
+
+
+async def test_a_wait_whose_reply_is_lost_gives_its_message_back(broker):
+    """The blocking wait moved a message, and its reply never arrived (the connection broke
+    on the way): the fetch fails while the broker is away, the message stays in the
+    reserved list, and the next fetch gives it back and delivers it, once."""
+    raw, proxy, _ = broker
+    transport = via(proxy)
+    try:
+        assert await transport.fetch(["celery"], 10, 0.01) == []
+        fetching = asyncio.ensure_future(transport.fetch(["celery"], 10, 5))
+        await blocked_in_wait(raw, transport)
+        proxy.mute()
+        raw.lpush("celery", payload(transport, 3))
+        await until(lambda: len(reserved_items(raw)) == 1, "move into the reserved list")
+        proxy.down()
+        proxy.unmute()
+        with pytest.raises(ConnectionLost):
+            await fetching
+        assert len(reserved_items(raw)) == 1 and raw.llen("celery") == 0
+        proxy.up()
+        got = await transport.fetch(["celery"], 10, 5)
+        assert [d.message.headers["id"] for d in got] == ["w-3"]
+        assert reserved_items(raw) == []
+        await transport.ack(got)
+        assert await transport.fetch(["celery"], 10, 0.2) == []
+        assert raw.exists("unacked", "unacked_index") == 0
+    finally:
+        proxy.unmute()
+        proxy.up()
+        await close(transport)
+
+
+async def test_a_wait_cut_while_it_blocks_is_armed_again_on_a_new_connection(broker):
+    """Every wait's connection breaks while nothing waits in the queue and the broker comes
+    back at once: the same fetch waits again on every key, on new connections, and takes
+    the message published later. Several rounds: the waits fail in whatever order, and one
+    that fails while another is being armed must not be left unarmed."""
+    raw, proxy, _ = broker
+    transport = via(proxy)
+    name = transport._kwargs["client_name"]
+    steps = len(transport.priority_steps)
+
+    def waits() -> set[int]:
+        return {int(c["id"]) for c in raw.client_list()
+                if c.get("name") == name and c.get("cmd") == "blmove"}
+
+    try:
+        assert await transport.fetch(["celery"], 10, 0.01) == []
+        for n in range(5):
+            fetching = asyncio.ensure_future(transport.fetch(["celery"], 10, 5))
+            await blocked_in_wait(raw, transport)
+            before = waits()
+            proxy.down()
+            proxy.up()
+            await until(lambda: len(waits() - before) == steps, "every key waited on again",  # noqa: B023
+                        timeout=2)
+            assert not fetching.done()
+            raw.lpush("celery", payload(transport, n))
+            got = await fetching
+            assert [d.message.headers["id"] for d in got] == [f"w-{n}"]
+            await transport.ack(got)
+        assert reserved_items(raw) == [] and raw.exists("unacked", "unacked_index") == 0
+    finally:
+        proxy.up()
+        await close(transport)
+
+
+#: Malformed ``unacked`` values, each with what is wrong.
+MALFORMED = {
+    "not-json": b"{{not json",
+    "not-a-list": b'{"body": "x"}',
+    "two-items": b'[{"body": "x"}, ""]',
+    "envelope-not-an-object": b'["envelope", "", "celery"]',
+    "exchange-not-a-string": b'[{"body": "x"}, 5, "celery"]',
+    "too-deep": b"[" * 5000 + b"]" * 5000,
+}
+
+
+async def test_restore_dead_letters_malformed_unacked_entries_and_restores_the_rest(
+        broker, caplog):
+    """Expired ``unacked`` entries that are not ``[envelope, exchange, routing key]`` go to
+    the dead-letter list unchanged, each logged; the good one goes back marked redelivered;
+    an index entry whose hash entry is gone is dropped."""
+    raw, _, url = broker
+    transport = RedisTransport(url, transport_options={"visibility_timeout": 10})
+    good = payload(transport, 5)
+    old = time.time() - 100
+    entries = {**MALFORMED, "good": f'[{good}, "", "celery"]'.encode()}
+    for tag, value in entries.items():
+        raw.hset("unacked", tag, value)
+        raw.zadd("unacked_index", {tag: old})
+    raw.zadd("unacked_index", {"orphan": old})
+    raw.hset("unacked", "young", entries["good"])  # reserved just now: stays
+    raw.zadd("unacked_index", {"young": time.time()})
+    try:
+        with caplog.at_level(logging.WARNING, logger="celery.transport.redis"):
+            await transport.restore_visible()
+        assert sorted(raw.lrange(DEAD_LETTER_KEY, 0, -1)) == sorted(MALFORMED.values())
+        assert caplog.text.count("Malformed unacked entry") == len(MALFORMED)
+        [back] = raw.lrange("celery", 0, -1)
+        envelope = json.loads(back)
+        assert envelope["headers"]["id"] == "w-5" and envelope["headers"]["redelivered"]
+        assert raw.hkeys("unacked") == [b"young"]
+        assert raw.zrange("unacked_index", 0, -1) == [b"young"]
+        [got] = await transport.fetch(["celery"], 10, 1)
+        assert got.message.headers["id"] == "w-5" and got.redelivered
+        await transport.ack([got])
+    finally:
+        await close(transport)
