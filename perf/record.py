@@ -181,6 +181,8 @@ def from_peers(data: dict) -> tuple[dict[str, dict], dict]:
             "max_loadavg_1m": max(loads) if loads else None,
         }
     meta = {k: v for k, v in (data.get("meta") or {}).items() if not isinstance(v, dict | list)}
+    medians = any(isinstance(r, dict) and "median" in r for r in data["results"].values())
+    meta["statistic"] = "median" if medians else "best"  # which round's figures the table holds
     pings = {key: {k: v for k, v in (data.get(key) or {}).items()
                    if not isinstance(v, dict | list)}
              for key in ("redis_ping", "redis_ping_ours")}  # redis-py's floors, and ours
