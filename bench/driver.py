@@ -3,7 +3,8 @@
 Starts a worker subprocess, then from this process (one producer):
   * throughput: N no-op tasks sent with delay(), all results stored and fetched with get();
   * latency: sequential delay().get() round trips (p50/p99);
-  * worker CPU time (user+sys) per task during the throughput phase, from /proc.
+  * worker CPU time (user+sys) per task during the throughput phase, from /proc: the worker's
+    whole process tree (a prefork pool's children included, and children they reaped).
 Prints one JSON object. Run through bench/compare.py, which runs it for each implementation.
 """
 
@@ -19,11 +20,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(HERE / "peers"))
+from harness import tree_cpu_seconds as cpu_seconds  # noqa: E402  (standard library only)
 
 
 def main() -> None:

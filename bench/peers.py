@@ -1,44 +1,55 @@
 """Peer comparison: celery-asyncio against upstream Celery, dramatiq, taskiq and arq, one run.
 
-    .venv/bin/python bench/peers.py --rounds 2 --json peers.json
+    .venv/bin/python bench/peers.py --rounds 3 --json peers.json
     .venv/bin/python bench/peers.py --quick --rounds 1            # smoke test, small counts
     .venv/bin/python bench/peers.py --only ours,taskiq --tasks 5000
 
-Every implementation runs the same three workloads end to end, each against the same local
-Redis (``--url``, database 11 by default; flushed before and after every run):
+Every configuration runs the same workloads end to end (bench/peers/harness.py), each burst
+sent by one producer thread with one framework call per task (``delay()``, ``send()``,
+``kiq()``, ``enqueue_job()``), then every result awaited in send order; tasks/s from the
+first send to the last result:
 
-1. no-op burst: ``--tasks`` no-op tasks, each sent with one framework call (``delay()``,
-   ``send()``, ``kiq()``, ``enqueue_job()``), then every result awaited in send order; tasks/s
-   from the first send to the last result, and the worker's CPU time per task (user+system of
-   the worker process tree, from /proc);
-2. round-trip latency: ``--latency-samples`` sequential send-and-wait no-op tasks, p50/p99;
-   next to it the floors (bench/peers/redis_ping.py: sequential PINGs, and a bare queue round
-   trip through a second process), with redis-py and with our client library, valkey-py;
-3. I/O drain: ``--io-tasks`` tasks that each sleep 10 ms (``await asyncio.sleep`` where the
-   framework runs coroutines, ``time.sleep`` on threads otherwise), tasks/s until all results
-   are in;
-4. one Redis call: ``--call-tasks`` tasks whose body makes one Redis round trip (an INCR with
-   the process's blocking client: bench/peers/redis_call.py), on the no-op worker; tasks/s
-   and worker CPU per task (ours, Celery and dramatiq only).
+* realistic bursts: one Redis call per task (an INCR, ``--call-tasks``), a 1 KB and a 100 KB
+  string argument, tasks sent with options (countdown 0, a route, a priority: the general send
+  path), and a CPU-plus-I/O mix (0.2 ms of pure-Python work, then one INCR); ``--kind-tasks``
+  each (a fifth of it for 100 KB); a peer whose harness module cannot send a kind shows "—";
+* the empty task (``--tasks``) and ``--latency-samples`` sequential send-and-wait round trips,
+  p50/p99, next to the floors (bench/peers/redis_ping.py: sequential PINGs, and a bare queue
+  round trip through a second process), with redis-py and with our client library, valkey-py;
+* 10 ms of I/O per task (``--io-tasks``: ``await asyncio.sleep`` where the framework runs
+  coroutines, ``time.sleep`` on threads otherwise), in a second worker session.
 
-``ours-processes`` is ours with ``--processes 2`` (two worker processes under one
-supervisor), the configuration that uses both cores of a GIL build; ``ours-pipelined`` is
-ours with one process to compare it with. Both publish pipelined (``publish_pipeline``): the
-producer's sequential ``delay()`` round trips otherwise cap a burst near 5,000 tasks/s on
-2 cores, and the burst then measures the producer, not how fast the worker drains:
+Whole costs: each burst reports CPU per task of the worker (its whole process tree, prefork
+children included), of the producer, and of the Redis server (``INFO cpu``: our Lua scripts
+run there), and their sum.
 
-    .venv/bin/python bench/peers.py --only ours-pipelined,ours-processes,dramatiq,celery-threads \
-        --tasks 500 --latency-samples 100 --io-tasks 0 --call-tasks 3000 --rounds 1
+Like for like. Every peer venv has hiredis (redis-py parses replies with it), and uvloop
+where the framework runs an event loop (taskiq uses it by itself; arq and dramatiq's AsyncIO
+middleware through the event loop policy their harness module sets); ``ours-pure`` is ours
+without libvalkey, hiredis and uvloop (bench/peers/pure/sitecustomize.py). Upstream Celery is
+tuned as its docs advise for many short tasks (CELERY_TUNING: no gossip, mingle or heartbeat,
+``-O fair``, a prefetch multiplier) at the machine's core count and at a high concurrency,
+threads and prefork. dramatiq runs plain actors on threads, and ``dramatiq-async`` runs the
+I/O, one-call and mix actors as ``async def`` (dramatiq 2's AsyncIO middleware). arq's worker
+polls its queue as often as its client polls for results (1 ms). ``ours`` publishes as every
+peer does, waiting for Redis's reply (the default); ``ours-pipelined`` returns from
+``delay()`` before Redis replied (``publish_pipeline``), a weaker guarantee.
+
+Redis: by default a private ``redis-server`` on a free loopback port (``--redis-server``),
+started for the run and stopped after, so that its CPU figures count only this benchmark and
+no other test suite on the machine touches its connections; ``--url`` uses a running server
+instead (database 11 by default; flushed before and after every run; its CPU figures then
+include whatever else it serves).
 
 Each peer is installed into its own throwaway venv under ``.cache/peers/<name>`` (made on
 first use, pinned versions below; never one of our dependencies). Ours runs from
-``.venv``. A run is one process, bench/peers/harness.py, in that venv: it starts the worker,
-drives it with the peer's producer (bench/peers/<peer>_peer.py) and prints JSON. Runs are
-interleaved round by round (ours, celery-threads, ..., arq, then again) so that all see the
-same machine load; the best round of each configuration is reported. Every run is bounded by
-``--run-timeout``; on a timeout, an error or Ctrl-C its whole process tree is stopped. A failed
-run is tried again (``--retries``): the Redis server is shared, and other test suites on the
-machine may kill its client connections (CLIENT KILL), which some peers' clients do not survive.
+``--ours-python`` (``.venv``). A run is one process, bench/peers/harness.py, in that venv: it
+starts the worker, drives it with the peer's producer (bench/peers/<peer>_peer.py) and prints
+JSON. Runs are interleaved round by round (ours, ours-pipelined, ..., arq, then again) so that
+all see the same machine load; every figure is the median of the rounds with its minimum and
+maximum (bench/peers/report.py). Every run is bounded by ``--run-timeout``; on a timeout, an
+error or Ctrl-C its whole process tree is stopped. A failed run is tried again
+(``--retries``).
 """
 
 from __future__ import annotations
@@ -48,7 +59,10 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -61,13 +75,15 @@ sys.path.insert(0, str(PEERS_DIR))
 import harness  # noqa: E402  (standard library only; shared with the peer venvs)
 import report  # noqa: E402
 
-#: The peer venvs and the versions they were tested with (latest releases at the time).
+#: The peer venvs and the versions they were tested with (latest releases at the time), with
+#: the C speed-ups each supports: hiredis for redis-py, uvloop where an event loop runs.
+HIREDIS, UVLOOP = "hiredis==3.5.0", "uvloop==0.23.0"
 VENVS = {
-    "celery": ["celery[redis]==5.7.0"],
-    "dramatiq": ["dramatiq[redis]==2.2.1"],
+    "celery": ["celery[redis]==5.7.0", HIREDIS],
+    "dramatiq": ["dramatiq[redis]==2.2.1", HIREDIS, UVLOOP],
     "dramatiq-amqp": ["dramatiq[rabbitmq,redis]==2.2.1"],  # bench/rabbitmq.py: pika as well
-    "taskiq": ["taskiq==0.13.0", "taskiq-redis==1.2.4"],
-    "arq": ["arq==0.28.0"],
+    "taskiq": ["taskiq==0.13.0", "taskiq-redis==1.2.4", HIREDIS, UVLOOP],
+    "arq": ["arq==0.28.0", HIREDIS, UVLOOP],
 }
 PING_VENV = "celery"  # any venv with redis-py
 
@@ -83,13 +99,30 @@ class Config:
     worker_io: str  #: worker options for the I/O workload ("" skips it)
     about: str  #: the configuration, for the table
     env: dict[str, str] = field(default_factory=dict)
-    call: bool = True  #: the peer module has the one-Redis-call task
 
 
 OURS = "--loop-workers 1 --loop-concurrency 100 --sync-workers"
-ARQ = "--max-jobs 100 --poll-delay 0.005"
+ARQ = "--max-jobs 100 --poll-delay 0.001"
 TASKIQ = "--workers 2 --max-async-tasks 100"
 PIPELINED = json.dumps({"publish_pipeline": True})
+#: Upstream Celery's throughput advice (docs: "Optimizing"; workers guide).
+CELERY_TUNING = "--without-gossip --without-mingle --without-heartbeat -O fair"
+CPUS = os.cpu_count() or 2
+
+
+def _celery(pool: str, concurrency: int, prefetch: int) -> Config:
+    options = f"-P {pool} -c {concurrency} --prefetch-multiplier {prefetch} {CELERY_TUNING}"
+    return Config(
+        name=f"celery-{pool}-{concurrency}",
+        venv="celery",
+        module="celery_peer",
+        worker_noop=options,
+        worker_io=options,
+        about=f"{pool} pool c={concurrency}, prefetch multiplier {prefetch}, without gossip, "
+        "mingle, heartbeat, -O fair; `def` tasks (I/O: `time.sleep`)",
+    )
+
+
 CONFIGS = [
     Config(
         name="ours",
@@ -97,7 +130,8 @@ CONFIGS = [
         module="celery_peer",
         worker_noop=f"{OURS} 4",
         worker_io=f"{OURS} 1",
-        about="`def` no-op: 1 loop + 4 sync workers; I/O `async def`: 1 loop worker x 100",
+        about="`def` tasks: 1 loop + 4 sync workers; I/O `async def`: 1 loop worker x 100; "
+        "confirmed publish (the default)",
     ),
     Config(
         name="ours-pipelined",
@@ -105,8 +139,17 @@ CONFIGS = [
         module="celery_peer",
         worker_noop=f"{OURS} 4",
         worker_io=f"{OURS} 1",
-        about="as ours; the producer publishes pipelined",
+        about="as ours; the producer publishes pipelined (returns before Redis replied)",
         env={"BENCH_TRANSPORT_OPTIONS": PIPELINED},
+    ),
+    Config(
+        name="ours-pure",
+        venv=None,
+        module="celery_peer",
+        worker_noop=f"{OURS} 4",
+        worker_io=f"{OURS} 1",
+        about="as ours, without libvalkey, hiredis and uvloop (producer and worker)",
+        env={"PYTHONPATH": str(PEERS_DIR / "pure")},
     ),
     Config(
         name="ours-processes",
@@ -114,8 +157,7 @@ CONFIGS = [
         module="celery_peer",
         worker_noop=f"{OURS} 4 --processes 2",
         worker_io=f"{OURS} 1 --processes 2",
-        about="as ours, in 2 worker processes (--processes 2); the producer publishes pipelined",
-        env={"BENCH_TRANSPORT_OPTIONS": PIPELINED},
+        about="as ours, in 2 worker processes (--processes 2)",
     ),
     Config(
         name="ours-async",
@@ -136,29 +178,28 @@ CONFIGS = [
         "(--loop-inline)",
         env={"BENCH_CELERY_NOOP": "async"},
     ),
-    Config(
-        name="celery-threads",
-        venv="celery",
-        module="celery_peer",
-        worker_noop="-P threads -c 8",
-        worker_io="-P threads -c 100",
-        about="threads pool c=8; I/O `time.sleep`: c=100",
-    ),
-    Config(
-        name="celery-prefork",
-        venv="celery",
-        module="celery_peer",
-        worker_noop="-P prefork -c 2",
-        worker_io="-P prefork -c 16",
-        about="prefork pool c=2; I/O `time.sleep`: c=16",
-    ),
+    _celery("threads", CPUS, 64),
+    _celery("threads", 64, 4),
+    _celery("prefork", CPUS, 64),
+    _celery("prefork", 16, 4),
     Config(
         name="dramatiq",
         venv="dramatiq",
         module="dramatiq_peer",
         worker_noop="--processes 2 --threads 8",
         worker_io="--processes 2 --threads 50",
-        about="2 processes x 8 threads; I/O `time.sleep`: 2 x 50; Results middleware, Redis backend",
+        about="2 processes x 8 threads (I/O: x 50), `def` actors (I/O `time.sleep`); Results "
+        "middleware, Redis backend",
+    ),
+    Config(
+        name="dramatiq-async",
+        venv="dramatiq",
+        module="dramatiq_peer",
+        worker_noop="--processes 2 --threads 8",
+        worker_io="--processes 2 --threads 50",
+        about="as dramatiq; the I/O, one-call and mix actors `async def` (AsyncIO middleware, "
+        "uvloop)",
+        env={"BENCH_DRAMATIQ_ASYNC": "1"},
     ),
     Config(
         name="taskiq",
@@ -166,9 +207,8 @@ CONFIGS = [
         module="taskiq_peer",
         worker_noop=TASKIQ,
         worker_io=TASKIQ,
-        about="RedisStreamBroker + RedisAsyncResultBackend, --workers 2 --max-async-tasks 100; "
-        "client polls results every 1 ms",
-        call=False,
+        about="RedisStreamBroker + RedisAsyncResultBackend, --workers 2 --max-async-tasks 100, "
+        "uvloop; client polls results every 1 ms",
     ),
     Config(
         name="arq",
@@ -176,14 +216,16 @@ CONFIGS = [
         module="arq_peer",
         worker_noop=ARQ,
         worker_io=ARQ,
-        about="max_jobs=100, poll_delay=5 ms; client polls results every 1 ms",
-        call=False,
+        about="max_jobs=100, worker polls every 1 ms, uvloop; client polls results every 1 ms",
     ),
 ]
-QUICK = {"tasks": 500, "io_tasks": 200, "latency_samples": 100, "ping_samples": 500,
-         "call_tasks": 500}
-FULL = {"tasks": 10000, "io_tasks": 2000, "latency_samples": 500, "ping_samples": 2000,
-        "call_tasks": 5000}
+#: What a run selects without --only: the rows of the README's table.
+DEFAULT_ONLY = [c.name for c in CONFIGS if c.name not in ("ours-async", "ours-inline")]
+KINDS = "kb1,kb100,options,mix"
+QUICK = {"tasks": 300, "io_tasks": 200, "latency_samples": 50, "ping_samples": 300,
+         "call_tasks": 300, "kind_tasks": 300}
+FULL = {"tasks": 3000, "io_tasks": 2000, "latency_samples": 300, "ping_samples": 2000,
+        "call_tasks": 3000, "kind_tasks": 3000}
 
 
 class RunFailed(Exception):
@@ -284,13 +326,16 @@ def run_config(config: Config, python: Path, args: argparse.Namespace) -> dict:
         "--tasks": args.tasks,
         "--io-tasks": args.io_tasks if config.worker_io else 0,
         "--latency-samples": args.latency_samples,
-        "--call-tasks": args.call_tasks if config.call else 0,
+        "--call-tasks": args.call_tasks,
+        "--kinds": args.kinds,
+        "--kind-tasks": args.kind_tasks,
         "--worker-noop": config.worker_noop,
         "--worker-io": config.worker_io,
     }
     cmd = [str(python), str(PEERS_DIR / "harness.py"), config.module, *_flags(options)]
-    env = dict(os.environ, **config.env)
-    env.pop("PYTHONPATH", None)
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # only a configuration's own (ours-pure) reaches the run
+    env.update(config.env)
     try:
         return run_process(cmd, env, args.run_timeout)
     finally:
@@ -323,17 +368,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--call-tasks", type=int, help=f"one-Redis-call tasks per burst (default {FULL['call_tasks']})"
     )
+    parser.add_argument(
+        "--kind-tasks", type=int,
+        help=f"tasks per burst of each --kinds kind (default {FULL['kind_tasks']})"
+    )
+    parser.add_argument(
+        "--kinds", default=KINDS, help=f"comma separated, from {KINDS} (default all; '' none)"
+    )
     parser.add_argument("--ping-samples", type=int, help=f"default {FULL['ping_samples']}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--only", default=",".join(names), help=f"comma separated, from: {','.join(names)}"
+        "--only", default=",".join(DEFAULT_ONLY), help=f"comma separated, from: {','.join(names)}"
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"small counts for a smoke test: {QUICK}"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write all figures here")
     parser.add_argument(
-        "--url", default="redis://127.0.0.1:6379/11", help="flushed before and after each run"
+        "--url", help="a running Redis to use (flushed before and after each run) instead of a "
+        "private redis-server"
+    )
+    parser.add_argument(
+        "--redis-server", default="redis-server", help="the binary of the private server"
     )
     parser.add_argument(
         "--retries",
@@ -355,7 +411,46 @@ def parse_args() -> argparse.Namespace:
     unknown = set(args.only.split(",")) - set(names)
     if unknown:
         parser.error(f"unknown --only {','.join(sorted(unknown))}; known: {','.join(names)}")
+    bad = set(filter(None, args.kinds.split(","))) - set(KINDS.split(","))
+    if bad:
+        parser.error(f"unknown --kinds {','.join(sorted(bad))}; known: {KINDS}")
+    if args.url is None and shutil.which(args.redis_server) is None:
+        parser.error(f"{args.redis_server} not found: install Redis or give --url")
     return args
+
+
+class PrivateRedis:
+    """A ``redis-server`` on a free loopback port, no persistence, for one benchmark run."""
+
+    def __init__(self, binary: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                harness.flush_db(self.url)
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{binary} did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def log(message: str) -> None:
@@ -372,12 +467,12 @@ def run_with_retries(config: Config, python: Path, args: argparse.Namespace, n: 
             failures.append(str(exc))
             log(f"round {n} {config.name}: FAILED {str(exc).splitlines()[0]}")
             continue
-        io = result.get("io", {}).get("tasks_per_s")
-        call = result.get("call", {}).get("tasks_per_s")
+        rates = ", ".join(
+            f"{w} {result[w]['tasks_per_s']:.0f}" for w, _ in report.WORKLOADS if w in result
+        )
         log(
-            f"round {n} {config.name}: {result['noop']['tasks_per_s']:.0f} tasks/s, "
-            f"p50 {result['latency']['p50_ms']:.2f} ms, I/O {report.fmt(io)} tasks/s, "
-            f"one Redis call {report.fmt(call)} tasks/s ({time.time() - t0:.0f} s)"
+            f"round {n} {config.name}: tasks/s {rates}; p50 {result['latency']['p50_ms']:.2f} ms "
+            f"({time.time() - t0:.0f} s)"
         )
         break
     else:
@@ -416,22 +511,20 @@ def run_rounds(
     return rounds, pings, ours_pings
 
 
-def _best_ping(pings: list[dict]) -> dict:
-    """The best of the rounds for each floor on its own: PING p50/p99 from the round with
-    the lowest PING p50, the queue round trip's from the round with the lowest queue p50
-    (one round's PING may be its best while its queue round trip is not)."""
+def _median_ping(pings: list[dict]) -> dict:
+    """Each floor's median over the rounds (PING and the queue round trip on their own)."""
     if not pings:
         return {}
-    best = dict(min(pings, key=lambda p: p["p50_ms"]))
-    queued = [p for p in pings if p.get("queue_p50_ms") is not None]
-    if queued:
-        fastest = min(queued, key=lambda p: p["queue_p50_ms"])
-        best.update(queue_p50_ms=fastest["queue_p50_ms"], queue_p99_ms=fastest["queue_p99_ms"])
-    return best | {"rounds": pings}
+    figures = {}
+    for key in ("p50_ms", "p99_ms", "queue_p50_ms", "queue_p99_ms"):
+        values = [p[key] for p in pings if p.get(key) is not None]
+        if values:
+            figures[key] = statistics.median(values)
+    return {"client": pings[0].get("client")} | figures | {"rounds": pings}
 
 
-def summarize(config: Config, rounds: list[dict], args, ours_io: dict | None) -> dict:
-    """A configuration's entry in the JSON: its set-up, all rounds, the best figures."""
+def summarize(config: Config, rounds: list[dict], args) -> dict:
+    """A configuration's entry in the JSON: its set-up, all rounds, medians and spread."""
     entry = {
         "about": config.about,
         "worker_noop": config.worker_noop,
@@ -440,12 +533,9 @@ def summarize(config: Config, rounds: list[dict], args, ours_io: dict | None) ->
         "pins": VENVS.get(config.venv, []),
         "rounds": rounds,
     }
-    best = report.best_of(rounds)
-    if best:
-        fallback_io = ours_io if not config.worker_io else None  # ours-async: same I/O worker
-        entry.update(
-            version=best["version"], best=best, figures=report.figures_of(best, fallback_io)
-        )
+    summary = report.summarize(rounds)
+    if summary:
+        entry.update(version=summary["version"], summary=summary, median=report.medians(summary))
     else:
         errors = [r["error"].splitlines()[0] for r in rounds if "error" in r]
         entry["error"] = errors[-1] if errors else "not run"
@@ -462,33 +552,41 @@ def main() -> None:
             pythons[venv] = peer_python(args.cache, venv)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             setup_errors[venv] = f"venv set-up failed: {exc}"
+    server = None if args.url else PrivateRedis(args.redis_server)
+    if server is not None:
+        args.url = server.url
     started = time.time()
-    rounds, pings, ours_pings = run_rounds(selected, pythons, setup_errors, args)
-    results: dict[str, dict] = {}
-    for config in selected:
-        ours_io = results.get("ours", {}).get("best", {}).get("io")
-        results[config.name] = summarize(config, rounds[config.name], args, ours_io)
+    try:
+        rounds, pings, ours_pings = run_rounds(selected, pythons, setup_errors, args)
+    finally:
+        if server is not None:
+            server.stop()
+    results = {c.name: summarize(c, rounds[c.name], args) for c in selected}
     full = {
         "meta": {
             "tasks": args.tasks,
             "io_tasks": args.io_tasks,
             "latency_samples": args.latency_samples,
             "call_tasks": args.call_tasks,
+            "kinds": args.kinds,
+            "kind_tasks": args.kind_tasks,
             "ping_samples": args.ping_samples,
             "rounds": args.rounds,
             "url": args.url,
+            "redis": "a private redis-server (started for this run)" if server else args.url,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "started": started,
             "seconds": time.time() - started,
             "command": shlex.join(sys.argv),
         },
-        "redis_ping": _best_ping(pings),
-        "redis_ping_ours": _best_ping(ours_pings),  # the same floors with our client library
+        "redis_ping": _median_ping(pings),
+        "redis_ping_ours": _median_ping(ours_pings),  # the same floors with our client library
         "results": results,
         "ratios": {
             base: report.ratios(results, base)
-            for base in ("ours", "ours-pipelined", "ours-processes", "ours-async", "ours-inline")
+            for base in ("ours", "ours-pipelined", "ours-pure", "ours-processes", "ours-async",
+                         "ours-inline")
             if base in results
         },
     }

@@ -14,7 +14,8 @@ unless the JSON names its own command (bench/peers.py and bench/scaling.py do), 
 Accepted shapes (unknown benchmarks, implementations, workloads and metrics are kept):
 
 * bench/compare.py --json: ``{label: {"tasks_per_s": ..., "rtt_p50_ms": ..., ...}}``;
-* bench/peers.py --json PATH: ``{"meta": ..., "results": {impl: {"best": {workload: ...}}}}``;
+* bench/peers.py --json PATH: ``{"meta": ..., "results": {impl: {"median": {workload: ...}}}}``
+  (``"best"`` in runs before issue 27);
 * one bench/peers/harness.py line: ``{"impl": ..., "noop": {...}, "latency": {...}}``;
 * bench/scaling.py --json PATH: ``{"meta": {"tool": "bench/scaling.py", ...},
   "interpreters": {...}, "points": [...]}``.
@@ -127,9 +128,11 @@ def from_compare(data: dict) -> dict[str, dict]:
 
 
 def _peer_workloads(result: dict) -> dict[str, dict]:
-    """Per workload, the raw figures of one peers.py implementation (best round)."""
-    if isinstance(result.get("best"), dict):
-        return {w: v for w, v in result["best"].items() if isinstance(v, dict)}
+    """Per workload, the raw figures of one peers.py implementation: the medians of its rounds
+    (bench/peers.py since issue 27), or its best round (older runs)."""
+    for key in ("median", "best"):
+        if isinstance(result.get(key), dict):
+            return {w: v for w, v in result[key].items() if isinstance(v, dict)}
     workloads: dict[str, dict] = {}
     for key, value in (result.get("figures") or {}).items():
         if value is None:
@@ -178,6 +181,8 @@ def from_peers(data: dict) -> tuple[dict[str, dict], dict]:
             "max_loadavg_1m": max(loads) if loads else None,
         }
     meta = {k: v for k, v in (data.get("meta") or {}).items() if not isinstance(v, dict | list)}
+    medians = any(isinstance(r, dict) and "median" in r for r in data["results"].values())
+    meta["statistic"] = "median" if medians else "best"  # which round's figures the table holds
     pings = {key: {k: v for k, v in (data.get(key) or {}).items()
                    if not isinstance(v, dict | list)}
              for key in ("redis_ping", "redis_ping_ours")}  # redis-py's floors, and ours

@@ -304,7 +304,8 @@ def peer_tables(records: list[dict]) -> str:
     heads = "".join(f"<th>{h}</th>" for _, _, h, _ in PEER_COLUMNS)
     units = "tasks/s, µs of worker CPU per task, ms"
     figures = (
-        f"<table><caption class='sub'>Figures ({units}), best of {meta.get('rounds', '?')} "
+        f"<table><caption class='sub'>Figures ({units}), {meta.get('statistic', 'best')} of "
+        f"{meta.get('rounds', '?')} "
         f"round(s)</caption><tr><th>implementation</th><th>version</th>{heads}<th>configuration</th></tr>"
         + "".join(rows)
         + "</table>"

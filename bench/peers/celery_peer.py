@@ -5,7 +5,12 @@ The same module runs under either package; which one is imported decides the tas
 * no-op: ``def`` (both), or ``async def`` on ours when BENCH_CELERY_NOOP=async;
 * I/O (10 ms sleep): ``async def`` with ``await asyncio.sleep`` on ours (a loop worker),
   ``def`` with ``time.sleep`` on upstream Celery (threads or prefork pool);
-* one Redis call: ``def`` (both), an INCR with the process's blocking client (redis_call.py).
+* one Redis call: ``def`` (both), an INCR with the process's blocking client (redis_call.py);
+* 1 KB and 100 KB argument (kinds kb1, kb100): ``def`` taking one string, returning None;
+* options: the no-op sent with ``apply_async(countdown=0, queue=ROUTED_QUEUE, priority=5)``,
+  the general send path (an ETA, a route and a priority); the worker also consumes ROUTED_QUEUE
+  (``worker_command`` adds ``-Q celery,bench.routed``);
+* mix: ``def``, about 0.2 ms of pure-Python CPU work then one INCR (redis_call.py).
 
 The producer is Celery's sync API from one thread: ``delay()`` per task, then ``get()`` on
 each result in send order. ``BENCH_TRANSPORT_OPTIONS`` (JSON) sets broker transport options,
@@ -25,6 +30,10 @@ import redis_call
 
 import celery
 from celery import Celery
+
+ROUTED_QUEUE = "bench.routed"
+#: The workload kinds this module's producer sends (bench/peers/harness.py skips others).
+KINDS = frozenset({"noop", "sleep", "call", "kb1", "kb100", "options", "mix"})
 
 URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/11")
 RESULT_TIMEOUT = 60.0  # seconds; the harness notices a dead worker sooner
@@ -52,6 +61,17 @@ def call() -> None:
     redis_call.incr()
 
 
+@app.task(name="bench.payload")
+def payload(data: str) -> None:
+    return None
+
+
+@app.task(name="bench.mix")
+def mix() -> None:
+    redis_call.burn()
+    redis_call.incr()
+
+
 if OURS:
 
     @app.task(name="bench.anoop")
@@ -70,7 +90,9 @@ def version() -> str:
 
 
 def worker_command(python: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
-    return [python, "-m", "celery", "-A", "celery_peer", "worker", "-l", "WARNING", *args], {}
+    queues = ["-Q", f"celery,{ROUTED_QUEUE}"]
+    return [python, "-m", "celery", "-A", "celery_peer", "worker", "-l", "WARNING", *queues,
+            *args], {}
 
 
 class Producer:
@@ -82,7 +104,19 @@ class Producer:
             "noop": app.tasks["bench.anoop" if async_noop else "bench.noop"],
             "sleep": app.tasks["bench.asleep" if OURS else "bench.sleep"],
             "call": app.tasks["bench.call"],
+            "kb1": app.tasks["bench.payload"],
+            "kb100": app.tasks["bench.payload"],
+            "options": app.tasks["bench.noop"],
+            "mix": app.tasks["bench.mix"],
         }
+
+    def send(self, kind: str):
+        task = self.tasks[kind]
+        if kind in redis_call.PAYLOADS:
+            return task.delay(redis_call.PAYLOADS[kind])
+        if kind == "options":
+            return task.apply_async(countdown=0, queue=ROUTED_QUEUE, priority=5)
+        return task.delay()
 
     def start(self) -> None:
         pass
@@ -91,17 +125,16 @@ class Producer:
         pass
 
     def burst(self, kind: str, n: int) -> float:
-        task = self.tasks[kind]
-        results = [task.delay() for _ in range(n)]
+        results = [self.send(kind) for _ in range(n)]
         t_sent = time.perf_counter()
         for result in results:
             result.get(timeout=RESULT_TIMEOUT)
         return t_sent
 
     def round_trips(self, kind: str, n: int) -> list[float]:
-        task, samples = self.tasks[kind], []
+        samples = []
         for _ in range(n):
             start = time.perf_counter()
-            task.delay().get(timeout=RESULT_TIMEOUT)
+            self.send(kind).get(timeout=RESULT_TIMEOUT)
             samples.append(time.perf_counter() - start)
         return samples

@@ -16,18 +16,28 @@ framework's app (the tasks the worker imports) plus a small producer. It provide
   (n sequential send-and-wait; return the n durations in seconds). Each of these may be a
   plain function or a coroutine function; coroutines all run on one event loop, so a
   producer's client keeps its connections across calls.
+* ``KINDS`` (optional): the workload kinds its producer can send; a kind asked for but not in
+  it is skipped and listed under "unsupported" in the JSON (no figure, never a made-up one).
 
 Two worker sessions, each a fresh worker process on a flushed database:
 
 1. the no-op worker (``--worker-noop``): warm-up, then the burst of ``--tasks`` no-op tasks
    (tasks/s from first send to last result) and ``--latency-samples`` sequential round trips
    (p50/p99); then, with ``--call-tasks``, a warm-up and a burst of tasks of kind "call",
-   whose body makes one Redis call (an INCR with the process's blocking client);
+   whose body makes one Redis call (an INCR with the process's blocking client); then, for
+   each of ``--kinds`` (kb1, kb100: a 1 KB or 100 KB string argument; options: sent with a
+   countdown of 0, a route and a priority; mix: 0.2 ms of CPU work then one Redis call), a
+   warm-up and a burst of ``--kind-tasks`` tasks (a fifth of that for kb100);
 2. the I/O worker (``--worker-io``): warm-up, then the burst of ``--io-tasks`` tasks that
    each sleep 10 ms (``await asyncio.sleep`` or ``time.sleep``, as the framework runs them).
 
 Worker CPU time is user+system time of the worker process and all its descendants (including
-children they reaped), read from /proc before and after each measured phase.
+children they reaped), read from /proc before and after each measured phase. Next to it each
+burst reports the producer's CPU (this process: user+system from getrusage; the producer is
+the only thing it runs during a burst) and Redis's (``used_cpu_user+used_cpu_sys`` of
+``INFO cpu``, all of the server: a private server, as bench/peers.py starts, counts only this
+run), each per task, and their sum: a framework that moves work into Redis's Lua scripts or
+into the producer shows it there.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import importlib
 import inspect
 import json
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -80,6 +91,47 @@ def flush_db(url: str) -> None:
         raise RuntimeError(f"FLUSHDB on {url} answered {reply!r}")
 
 
+def _command(url: str, *words: str) -> bytes:
+    """One Redis command on a fresh connection (after SELECT); the raw reply to it."""
+    parts, db = urlsplit(url), _db(url)
+    request = b"".join(
+        f"*{len(cmd)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in cmd)
+        for cmd in (("SELECT", db), words)
+    )
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+            head, _, rest = reply.partition(b"\r\n")  # +OK of SELECT
+            if head != b"+OK":
+                raise RuntimeError(f"SELECT on {url} answered {reply[:80]!r}")
+            if rest.startswith(b"$"):
+                size_line, _, body = rest.partition(b"\r\n")
+                if len(body) >= int(size_line[1:]) + 2:
+                    return body[: int(size_line[1:])]
+            elif rest.endswith(b"\r\n"):
+                return rest
+    raise RuntimeError(f"{words[0]} on {url}: connection closed before the reply")
+
+
+def redis_cpu_seconds(url: str) -> float:
+    """The Redis server's own CPU time so far: used_cpu_user + used_cpu_sys of INFO cpu."""
+    info = dict(
+        line.split(":", 1) for line in _command(url, "INFO", "cpu").decode().splitlines()
+        if ":" in line
+    )
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def producer_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # --- the worker process tree ---------------------------------------------------------------
 
 
@@ -113,6 +165,16 @@ def process_tree(root: int) -> dict[int, list[str]]:
             tree[pid] = stats[pid]
             todo.extend(children.get(pid, ()))
     return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime+cutime+cstime summed over ``root``'s live process tree: a prefork pool's
+    children count, and so do children they reaped."""
+    ticks = sum(
+        int(f[UTIME]) + int(f[STIME]) + int(f[CUTIME]) + int(f[CSTIME])
+        for f in process_tree(root).values()
+    )
+    return ticks / CLOCK_TICKS
 
 
 class WorkerDied(RuntimeError):
@@ -168,11 +230,7 @@ class Worker:
     def cpu_seconds(self) -> float:
         """utime+stime+cutime+cstime summed over the worker's live process tree."""
         assert self.proc is not None
-        ticks = sum(
-            int(f[UTIME]) + int(f[STIME]) + int(f[CUTIME]) + int(f[CSTIME])
-            for f in process_tree(self.proc.pid).values()
-        )
-        return ticks / CLOCK_TICKS
+        return tree_cpu_seconds(self.proc.pid)
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
@@ -227,17 +285,25 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(p * len(sorted_values)))]
 
 
-def measure_burst(run: Runner, producer, worker: Worker, kind: str, n: int) -> dict:
-    """tasks/s from the first send to the last result, and worker CPU per task."""
+def measure_burst(run: Runner, producer, worker: Worker, kind: str, n: int, url: str) -> dict:
+    """tasks/s from the first send to the last result; worker, producer and Redis CPU per task."""
+    redis0, prod0 = redis_cpu_seconds(url), producer_cpu_seconds()
     cpu0, t0 = worker.cpu_seconds(), time.perf_counter()
     t_sent = run(producer.burst, kind, n)
     t1, cpu1 = time.perf_counter(), worker.cpu_seconds()
+    prod1, redis1 = producer_cpu_seconds(), redis_cpu_seconds(url)
+    costs = {
+        "worker_cpu_us_per_task": (cpu1 - cpu0) / n * 1e6,
+        "producer_cpu_us_per_task": (prod1 - prod0) / n * 1e6,
+        "redis_cpu_us_per_task": (redis1 - redis0) / n * 1e6,
+    }
     return {
         "tasks": n,
         "seconds": t1 - t0,
         "tasks_per_s": n / (t1 - t0),
         "publish_per_s": n / (t_sent - t0),
-        "worker_cpu_us_per_task": (cpu1 - cpu0) / n * 1e6,
+        **costs,
+        "total_cpu_us_per_task": sum(costs.values()),
     }
 
 
@@ -278,10 +344,14 @@ def worker_session(peer, args, run: Runner, which: str):
         run(producer.close)
 
 
-def warm_up(run: Runner, producer, kind: str) -> None:
-    """One round trip (it also waits for the worker to start), then a few hundred more."""
+def warm_up(run: Runner, producer, kind: str, n: int = WARM_UP_TASKS) -> None:
+    """One round trip (it also waits for the worker to start), then ``n`` more."""
     run(producer.round_trips, kind, 1)
-    run(producer.round_trips, kind, WARM_UP_TASKS)
+    run(producer.round_trips, kind, n)
+
+
+#: The kinds ``--kinds`` may name, and the share of ``--kind-tasks`` each burst sends.
+EXTRA_KINDS = {"kb1": 1.0, "kb100": 0.2, "options": 1.0, "mix": 1.0}
 
 
 def measure(peer, args) -> dict:
@@ -293,22 +363,40 @@ def measure(peer, args) -> dict:
         "worker_noop": args.worker_noop,
         "worker_io": args.worker_io,
     }
+    supported = getattr(peer, "KINDS", None)
+    wanted = [k for k in args.kinds if args.kind_tasks > 0]
+    if args.call_tasks > 0:
+        wanted.insert(0, "call")
+    kinds = [k for k in wanted if supported is None or k in supported]
+    figures["unsupported"] = [k for k in wanted if k not in kinds]
     try:
         with worker_session(peer, args, run, "noop") as (producer, worker):
             warm_up(run, producer, "noop")
-            figures["noop"] = measure_burst(run, producer, worker, "noop", args.tasks)
+            figures["noop"] = measure_burst(run, producer, worker, "noop", args.tasks, args.url)
             figures["latency"] = measure_latency(run, producer, worker, args.latency_samples)
-            if args.call_tasks > 0:
-                warm_up(run, producer, "call")
-                figures["call"] = measure_burst(run, producer, worker, "call", args.call_tasks)
+            for kind in kinds:
+                n = args.call_tasks if kind == "call" else int(args.kind_tasks * EXTRA_KINDS[kind])
+                warm_up(run, producer, kind, WARM_UP_TASKS // 4)
+                figures[kind] = measure_burst(run, producer, worker, kind, max(1, n), args.url)
         if args.io_tasks > 0:
             with worker_session(peer, args, run, "io") as (producer, worker):
                 warm_up(run, producer, "sleep")
-                figures["io"] = measure_burst(run, producer, worker, "sleep", args.io_tasks)
+                figures["io"] = measure_burst(run, producer, worker, "sleep", args.io_tasks,
+                                              args.url)
     finally:
         run.close()
         flush_db(args.url)
     return figures
+
+
+def _kinds(value: str) -> list[str]:
+    kinds = [k for k in value.split(",") if k]
+    unknown = sorted(set(kinds) - set(EXTRA_KINDS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown kind {','.join(unknown)}; known: {','.join(EXTRA_KINDS)}"
+        )
+    return kinds
 
 
 def main() -> None:
@@ -323,6 +411,11 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=500)
     parser.add_argument("--call-tasks", type=int, default=0,
                         help="tasks that make one Redis call each, on the no-op worker")
+    parser.add_argument(
+        "--kinds", default="", type=_kinds,
+        help=f"comma separated, more bursts on the no-op worker: {','.join(EXTRA_KINDS)}"
+    )
+    parser.add_argument("--kind-tasks", type=int, default=0, help="tasks per --kinds burst")
     parser.add_argument("--worker-noop", default="", help="worker options for the no-op session")
     parser.add_argument("--worker-io", default="", help="worker options for the I/O session")
     parser.add_argument(

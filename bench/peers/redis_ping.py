@@ -1,5 +1,5 @@
-"""Bare Redis round trips, the floors under every task round trip, with redis-py (or with
-valkey-py, its fork, where redis-py is not installed: ours uses valkey-py):
+"""Bare Redis round trips, the floors under every task round trip, with valkey-py where it is
+installed (ours uses it), else redis-py (the peers'):
 
 * PING: sequential PINGs (one client, one server);
 * queue: a message through Redis to a second process and back, as a task queue moves a task
@@ -23,14 +23,14 @@ import sys
 import time
 import uuid
 
-try:
-    import redis
-
-    CLIENT = f"redis-py {redis.__version__}"
-except ImportError:  # ours: valkey-py, the same API
-    import valkey as redis  # type: ignore[no-redef]
+try:  # ours: valkey-py (ours' venv may have redis-py as well: the floor is our library's)
+    import valkey as redis
 
     CLIENT = f"valkey-py {redis.__version__}"
+except ImportError:  # the peers' venvs: redis-py, the same API
+    import redis  # type: ignore[no-redef]
+
+    CLIENT = f"redis-py {redis.__version__}"
 
 WARM_UP = 200
 
