@@ -179,6 +179,17 @@ class _SweepOutput(_Output):
         self.bar_open = True
 
 
+def machine_cpu() -> tuple[int, int] | None:
+    """``(busy, total)`` clock ticks of all this machine's cores since boot (Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = sum(ticks[3:5])  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 class _PointRun(_Run):
     """One point: the bench's run, bounded in time instead of in tasks. It first sends tasks
     one at a time for ``probe_s`` seconds (the latency with no queue) when asked, then keeps
@@ -192,6 +203,7 @@ class _PointRun(_Run):
         self.finished_at: list[float] = []
         self.probe: list[float] = []
         self.window = (0.0, 0.0)
+        self.machine: tuple[int, int] | None = None
 
     async def _send(self, index: int) -> AsyncResult:
         if self.workload.task is None:
@@ -225,6 +237,7 @@ class _PointRun(_Run):
         index = await self._probe() if self.probe_s else 0
         self.done += len(self.probe)
         gate, start = asyncio.Semaphore(self.plan.in_flight), time.perf_counter()
+        before = machine_cpu()
         deadline = start + self.seconds
         try:
             async with asyncio.TaskGroup() as group:
@@ -236,6 +249,9 @@ class _PointRun(_Run):
         except BaseExceptionGroup as exc:  # a send or a result read failed: raise that
             raise exc.exceptions[0] from None
         self.window = (start + self.seconds / 4, deadline)
+        after = machine_cpu()
+        if before and after and after[1] > before[1]:
+            self.machine = (after[0] - before[0], after[1] - before[1])
         self.elapsed = time.perf_counter() - self.started
 
     def point(self, config: Config) -> Point:
@@ -253,6 +269,7 @@ class _PointRun(_Run):
             cpu_per_task_ms=round(cpu / max(self.done, 1) * 1000, 4) if cpu is not None else None,
             worker_cores=round(cpu / self.elapsed, 3) if cpu is not None and self.elapsed else None,
             producer_busy=round(self.own_cpu / self.elapsed, 3) if self.elapsed else 0.0,
+            machine_busy=round(self.machine[0] / self.machine[1], 3) if self.machine else None,
             p50_ms=pct(0.5), p99_ms=pct(0.99),
         )
 
@@ -274,6 +291,7 @@ class Sweep:
         self.notes: list[str] = []
         self.probe: list[float] = []
         self.run: _PointRun | None = None
+        self.report: dict[str, Any] = {}
         self.purged = True
         self.started = time.monotonic()
         self._overhead = START_GUESS_S
@@ -291,11 +309,10 @@ class Sweep:
             n *= 2
         return steps + [self.max_slots]
 
-    async def measure(self, config: Config, scratch: Path) -> Point:
+    async def measure(self, config: Config, scratch: Path, record: bool = True) -> Point:
         """Start a worker with ``config``, keep it saturated ``point_s`` seconds, stop it."""
         plan = config.apply(self.base, self.workload.kind)
-        where = scratch / f"point-{len(self.points)}"
-        where.mkdir()
+        where = Path(tempfile.mkdtemp(prefix="point-", dir=scratch))
         out = _SweepOutput(self)
         out.what = config.describe(self.workload)
         began = time.monotonic()
@@ -314,6 +331,8 @@ class Sweep:
         self.probe = self.probe or run.probe
         self._overhead = max(time.monotonic() - began - self.point_s, 0.5)
         point = run.point(config)
+        if not record:
+            return point
         self.points.append(point)
         if point.throughput * self.point_s * 0.75 < 20:
             self.notes.append(f"{out.what}: under 20 tasks finished in its window; a longer "
@@ -321,6 +340,33 @@ class Sweep:
         if not self.as_json and not self.quiet:
             click.echo(f"  {out.what}: {point.throughput:.1f} tasks/s")
         return point
+
+    async def all(self, scratch: Path, opts: dict[str, Any]) -> None:
+        """The sweep, the model (``self.report``) and, with ``--verify``, its check."""
+        await self.main(scratch)
+        self.report = build_report(self, opts)
+        if opts["verify"]:
+            await self.verify(self.report, scratch)
+
+    async def verify(self, report: dict[str, Any], scratch: Path) -> None:
+        """``--verify``: measure the recommended worker, twice a point's time, and set
+        ``report["verification"]``."""
+        worker = report["recommendation"]["worker"]
+        slots = worker["sync_workers"] if self.workload.kind == "sync" else \
+            worker["loop_concurrency"]
+        config = Config(slots, worker["processes"], worker["prefetch_multiplier"])
+        self.point_s *= 2
+        point = await self.measure(config, scratch, record=False)
+        predicted = report["recommendation"]["predicted"]["throughput_at_saturation"]
+        error = point.throughput / predicted - 1
+        report["verification"] = {
+            "throughput": point.throughput, "predicted": predicted, "error": round(error, 4),
+            "meets_target": None if self.target_rate is None
+            else point.throughput >= self.target_rate,
+            "point": asdict(point)}
+        if abs(error) > 0.25:
+            report["notes"].append(f"--verify: the recommended worker did {point.throughput:g} "
+                                   f"tasks/s, {error:+.0%} off the prediction")
 
     async def main(self, scratch: Path) -> None:
         """The thread axis until it meets the target, flattens or the budget ends; then more
@@ -372,6 +418,10 @@ def _bound(points: list[Point], threads: Scaling, free_threaded: bool) -> str:
     if growing:
         return ("the task itself: each slot is busy for the task's duration, and throughput "
                 "still grew with slots at the end of the sweep")
+    if top.machine_busy is not None and top.machine_busy >= 0.9:
+        return (f"this machine's CPUs: {top.machine_busy:.0%} of all {os.cpu_count()} cores "
+                "were busy, other processes included (the broker, this command, anything "
+                "else running): the worker got a share of them")
     cores = f"{top.worker_cores:.0%} of a core" if top.worker_cores is not None else "unmeasured"
     return ("broker round trips: throughput stopped growing with slots while the worker's "
             f"CPU stayed low ({cores})")
@@ -402,13 +452,15 @@ def build_report(sweep: Sweep, opts: dict[str, Any]) -> dict[str, Any]:
         max_utilisation=opts["max_utilisation"])
     bound = _bound(points, threads, free_threaded)
     needed = machines = None
-    if not meets and opts["target_rate"] and not bound.startswith(("broker", "this command")):
+    if not meets and opts["target_rate"] and not bound.startswith(
+            ("broker", "this command", "this machine")):
         per_process = max(p.throughput / p.processes for p in points)
         needed = math.ceil(opts["target_rate"] / (per_process * opts["max_utilisation"]))
         machines = math.ceil(needed / opts["max_cores"])
-    peak = threads.peak
-    saturation_slots = min(max(p.slots for p in one), round(peak)) if peak else \
-        max(p.slots for p in one)
+    top = max(p.slots for p in one)
+    saturation_slots = max(range(1, top + 1), key=threads)
+    reached = saturation_slots < top or (
+        len(one) >= 2 and one[-1].throughput < 1.1 * max(p.throughput for p in one[:-1]))
     return {
         "workload": _workload_json(sweep),
         "broker": mask_url(sweep.app.broker_url),
@@ -424,7 +476,7 @@ def build_report(sweep: Sweep, opts: dict[str, Any]) -> dict[str, Any]:
             "axis": workload.axis,
             "threads": _scaling_json(threads),
             "processes": _scaling_json(processes) if processes else None,
-            "saturation": {"slots": saturation_slots,
+            "saturation": {"slots": saturation_slots, "reached": reached,
                            "throughput": round(threads(saturation_slots), 1)},
         },
         "target": {"rate": opts["target_rate"], "p99_ms": opts["target_p99"],
@@ -462,14 +514,15 @@ def _recommendation_json(sweep: Sweep, chosen: Any, meets: bool, bound: str,
             f"--sync-workers={plan.sync_workers}",
             f"--prefetch-multiplier={plan.prefetch_multiplier}"]
     latency = chosen.latency
+    rate = chosen.rate
     return {
         "meets_target": meets,
         "worker": worker,
         "worker_args": args + ([f"--processes={chosen.processes}"] if chosen.processes > 1 else []),
         "predicted": {
             "throughput_at_saturation": round(chosen.capacity, 1),
-            "rate": round(latency.rate, 1) if latency else None,
-            "utilisation": round(latency.utilisation, 3) if latency else None,
+            "rate": round(rate, 1),
+            "utilisation": round(rate / chosen.capacity, 3),
             "p50_ms": round(latency.p50_ms, 1) if latency else None,
             "p99_ms": round(latency.p99_ms, 1) if latency else None,
             "cpu_cores": round(chosen.cpu_cores, 3) if chosen.cpu_cores is not None else None,
@@ -564,6 +617,8 @@ def _prepare(obj: CLIContext, opts: dict[str, Any]) -> Sweep:
 @click.option("--queue", metavar="NAME", help="Sweep queue, purged [celery-bench-<pid>].")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0,
               metavar="SECONDS", help="Give up when no task has finished for this long [60].")
+@click.option("--verify", is_flag=True,
+              help="Then measure the recommended worker and compare it with the prediction.")
 @click.option("--dry-run", is_flag=True, help="Say what would be measured; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
 @click.option("--html", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
@@ -585,7 +640,7 @@ def capacity(obj: CLIContext, **opts: Any) -> None:
     with tempfile.TemporaryDirectory(prefix="celery-capacity-") as tmp:
         try:
             with asyncio.Runner(loop_factory=new_event_loop) as runner:
-                runner.run(sweep.main(Path(tmp)))
+                runner.run(sweep.all(Path(tmp), opts))
         except (KeyboardInterrupt, asyncio.CancelledError) as exc:
             run = sweep.run
             if isinstance(exc, asyncio.CancelledError) and not (run and run.terminated):
@@ -593,7 +648,7 @@ def capacity(obj: CLIContext, **opts: Any) -> None:
             why = "terminated by SIGTERM" if run and run.terminated else "interrupted"
             raise user_error(f"{why}: {run.stopped_text() if run else 'nothing started'}") \
                 from None
-    report = build_report(sweep, opts)
+    report = sweep.report
     if opts["html"]:
         try:
             Path(opts["html"]).write_text(html_page(report))
@@ -610,7 +665,16 @@ def _unreachable(report: dict[str, Any]) -> str:
     p99 = f" with p99 under {target['p99_ms']:g} ms" if target["p99_ms"] else ""
     more = (f"; it needs about {rec['processes_needed']} worker processes"
             f" ({rec['machines_needed']} machines of {target['max_cores']} cores)"
-            if rec["processes_needed"] else "; more workers on this broker would not help")
+            if rec["processes_needed"] else f"; {_advice(rec['bound'])}")
     return (f"no configuration on this machine reaches {target['rate']:g} tasks/s{p99}: the "
             f"best found saturates at {rec['predicted']['throughput_at_saturation']:g} tasks/s "
             f"({' '.join(rec['worker_args'])}), bound by {rec['bound']}{more}")
+
+
+def _advice(bound: str) -> str:
+    """What to do when more worker processes would not help, by what bounds the best point."""
+    if bound.startswith("broker"):
+        return "more workers on this broker would not help"
+    if bound.startswith("this command"):
+        return "the measurement was the limit: measure with workers on another machine"
+    return "measure on a machine with idle cores"

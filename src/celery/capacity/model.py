@@ -49,6 +49,8 @@ class Point:
     worker_cores: float | None
     #: Share of the time this command's producer thread was busy (near 1: it is the limit).
     producer_busy: float
+    #: Share of all this machine's cores busy meanwhile, every process counted (/proc/stat).
+    machine_busy: float | None
     #: Latency percentiles under saturation (they include the wait in the in-flight window).
     p50_ms: float | None
     p99_ms: float | None
@@ -227,6 +229,8 @@ class Candidate:
     slots: int
     processes: int
     capacity: float
+    #: The rate it is planned for: the target, else ``max_utilisation`` of its capacity.
+    rate: float
     latency: LatencyPrediction | None
     #: CPU cores the worker would use at that rate (CPU per task × rate).
     cpu_cores: float | None
@@ -254,11 +258,11 @@ def recommend(threads: Scaling, process_factor: Callable[[int], float], *, max_s
         at = rate if rate is not None else capacity * max_utilisation
         cores = cpu_per_task_ms * at / 1000 if cpu_per_task_ms is not None else None
         if at > capacity * max_utilisation + 1e-9:  # cheap, before the Erlang C sum
-            return Candidate(n, p, capacity, None, cores, False)
+            return Candidate(n, p, capacity, at, None, cores, False)
         latency = predict_latency(at, capacity, n * p, base_p50_ms, base_p99_ms)
         meets = latency is not None and (
             target_p99_ms is None or latency.p99_ms <= target_p99_ms)
-        return Candidate(n, p, capacity, latency, cores, meets)
+        return Candidate(n, p, capacity, at, latency, cores, meets)
 
     if target_rate is None:
         best = max(threads(n) for n in range(1, max_slots + 1))

@@ -27,15 +27,14 @@ def text_lines(r: dict[str, Any]) -> list[str]:
         cores = f"{p['worker_cores']:.2f}" if p["worker_cores"] is not None else "-"
         p99 = f"{p['p99_ms']:.0f} ms" if p["p99_ms"] is not None else "-"
         lines.append(f"{'':<12}{p['slots']:>12}  {p['processes']:>9}  {p['throughput']:>8.1f}"
-                     f"  {cores:>12}  {p['p99_ms'] and p99 or '-':>13}")
+                     f"  {cores:>12}  {p99:>13}")
     base = r["base_latency"]
     procs = model["processes"]
     pred = rec["predicted"]
     lines += [
         f"model       {model['threads']['formula']}",
         f"            processes: {procs['formula'] if procs else 'not measured'}",
-        f"saturation  {model['saturation']['throughput']:.0f} tasks/s at {model['axis']} "
-        f"{model['saturation']['slots']} (one process)",
+        _saturation(model),
         f"latency     one task at a time: p50 {base['p50_ms']:.1f} ms, p99 {base['p99_ms']:.1f} ms "
         f"({base['tasks']} tasks)",
         f"recommend   celery worker {' '.join(rec['worker_args'])}",
@@ -54,14 +53,28 @@ def text_lines(r: dict[str, Any]) -> list[str]:
         if rec["processes_needed"]:
             lines.append(f"            needs about {rec['processes_needed']} worker processes: "
                          f"{rec['machines_needed']} machine(s) of {target['max_cores']} cores")
+    check = r.get("verification")
+    if check:
+        meets = "" if check["meets_target"] is None else \
+            ("; meets the target" if check["meets_target"] else "; BELOW the target")
+        lines.append(f"verified    the recommended worker did {check['throughput']:.0f} tasks/s, "
+                     f"{check['error']:+.0%} off the prediction{meets}")
     lines.append(f"queue       {r['queue']} {'purged' if r['purged'] else 'NOT purged'}; "
                  f"sweep took {r['elapsed_s']:.1f} s")
     return lines + [f"note        {note}" for note in r["notes"]]
 
 
+def _saturation(model: dict[str, Any]) -> str:
+    sat = model["saturation"]
+    where = f"{sat['throughput']:.0f} tasks/s at {model['axis']} {sat['slots']} (one process)"
+    if sat["reached"]:
+        return f"saturation  {where}"
+    return f"saturation  not reached: {where}, the most measured, and still growing"
+
+
 # -- SVG ------------------------------------------------------------------------------------
 
-W, H, PAD = 560, 320, 52
+W, H, PAD = 580, 320, 60
 
 
 class _Axes:
@@ -91,7 +104,7 @@ class _Axes:
         for i in range(5):
             value = self.y_max * i / 4
             out.append(f'<text x="{PAD - 6}" y="{self.y(value) + 4:.1f}" '
-                       f'text-anchor="end">{value:.4g}</text>')
+                       f'text-anchor="end">{value:.3g}</text>')
         return out
 
     def polyline(self, points: Sequence[tuple[float, float]], colour: str,
@@ -181,6 +194,7 @@ def html_page(r: dict[str, Any]) -> str:
             "</title><style>body{font-family:sans-serif;margin:2em;max-width:70em}"
             "pre{background:#f6f6f6;padding:1em;overflow-x:auto}figure{display:inline-block;"
             "margin:1em}</style></head><body><h1>celery capacity</h1>"
-            f"<p>Broker {html.escape(str(r['broker']))}, workload "
-            f"{html.escape(str(r['workload']))}</p>"
+            f"<p>Broker {html.escape(str(r['broker']))}; workload "
+            + html.escape(", ".join(f"{k} {v}" for k, v in r["workload"].items()
+                                    if v is not None)) + "</p>"
             f"{_throughput_chart(r)}{_latency_chart(r)}<pre>{text}</pre></body></html>\n")
