@@ -318,7 +318,7 @@ class Sweep:
         began = time.monotonic()
         run = self.run = _PointRun(self.app, plan, _ChildWorker(self.obj, self.app, plan, where),
                                    out, where, self.workload, self.point_s,
-                                   probe_s=0.0 if self.probe else min(self.point_s, 2.0))
+                                   probe_s=0.0 if self.probe else min(self.point_s / 2, 2.0))
         try:
             await run.main()
         finally:
@@ -349,13 +349,13 @@ class Sweep:
             await self.verify(self.report, scratch)
 
     async def verify(self, report: dict[str, Any], scratch: Path) -> None:
-        """``--verify``: measure the recommended worker, twice a point's time, and set
+        """``--verify``: measure the recommended worker, 1.5 times a point's time, and set
         ``report["verification"]``."""
         worker = report["recommendation"]["worker"]
         slots = worker["sync_workers"] if self.workload.kind == "sync" else \
             worker["loop_concurrency"]
         config = Config(slots, worker["processes"], worker["prefetch_multiplier"])
-        self.point_s *= 2
+        self.point_s *= 1.5
         point = await self.measure(config, scratch, record=False)
         predicted = report["recommendation"]["predicted"]["throughput_at_saturation"]
         error = point.throughput / predicted - 1
