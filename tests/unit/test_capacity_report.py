@@ -1,0 +1,97 @@
+"""``celery capacity``'s reading of a sweep, without running one: what bounds the best point,
+and the recommendation built from measured points (processes included)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from celery.bin.bench import Plan
+from celery.bin.capacity import Workload, _bound, build_report
+from celery.capacity import Point, fit_scaling
+
+
+def point(slots: int, throughput: float, processes: int = 1, cores: float | None = 0.2,
+          producer: float = 0.2, machine: float | None = 0.5) -> Point:
+    return Point(slots=slots, processes=processes, prefetch=4, loop_workers=1,
+                 throughput=throughput, tasks=int(throughput * 2),
+                 cpu_per_task_ms=1000 * cores / throughput if cores is not None else None,
+                 worker_cores=cores, producer_busy=producer, machine_busy=machine,
+                 p50_ms=50.0, p99_ms=90.0)
+
+
+def bound(points: list[Point], free_threaded: bool = False) -> str:
+    return _bound(points, fit_scaling([(p.slots, p.throughput) for p in points
+                                       if p.processes == 1]), free_threaded)
+
+
+def test_each_bound_is_named_from_the_best_point() -> None:
+    growing = [point(1, 50), point(2, 100), point(4, 200)]
+    assert bound(growing).startswith("the task itself")
+    flat = [point(1, 500), point(2, 520, cores=0.3)]
+    assert bound(flat).startswith("broker round trips") and "(30% of a core)" in bound(flat)
+    busy = [point(1, 300, cores=0.95), point(2, 310, cores=0.97)]
+    assert bound(busy).startswith("the GIL: each worker process ran Python on about one core")
+    assert bound(busy, free_threaded=True) == "worker CPU (0.97 cores busy)"
+    producer = [point(1, 900, producer=0.95), point(2, 950, producer=0.97)]
+    assert bound(producer).startswith("this command's producer")
+    crowded = [point(1, 60, machine=0.99), point(2, 62, machine=0.98)]
+    assert bound(crowded).startswith("this machine's CPUs: 98% of all")
+
+
+def sweep(points: list[Point], target: float | None) -> tuple[Any, dict[str, Any]]:
+    base = Plan(tasks=1, io_ms=20.0, cpu_ms=0.0, async_cpu_ms=0.0, mix=1.0, payload_bytes=0,
+                in_flight=1, queue="celery-bench-1", timeout=60.0, results=True,
+                worker_mode="process", loop_workers=1, loop_concurrency=1, sync_workers=1,
+                prefetch_multiplier=4)
+    fake = SimpleNamespace(
+        points=points, probe=[0.03] * 19 + [0.06], workload=Workload("async"), base=base,
+        app=SimpleNamespace(broker_url="redis://:secret@localhost/1",
+                            conf=SimpleNamespace(result_backend="redis://localhost/2")),
+        purged=True, budget=20.0, notes=[], spent=lambda: 12.5)
+    opts = {"target_rate": target, "target_p99": None, "max_utilisation": 0.8, "max_cores": 4}
+    return fake, opts
+
+
+def test_more_processes_are_recommended_when_one_is_cpu_bound() -> None:
+    points = [point(1, 100, cores=0.5), point(2, 180, cores=0.9), point(4, 190, cores=0.95),
+              point(4, 370, processes=2, cores=1.9)]
+    report = build_report(*sweep(points, 250.0))
+    rec = report["recommendation"]
+    assert rec["meets_target"] and rec["worker"]["processes"] == 2
+    assert "--processes=2" in rec["worker_args"]
+    assert report["model"]["processes"]["points"] == 2
+    assert rec["predicted"]["throughput_at_saturation"] * 0.8 >= 250
+    assert report["broker"] == "redis://:**@localhost/1"  # the password masked
+    assert report["base_latency"] == {"tasks": 20, "p50_ms": 30.0, "p99_ms": 60.0,
+                                      "measures": "send to result received, one task at a "
+                                                  "time"}
+
+
+def test_a_target_beyond_the_machine_counts_processes_and_machines() -> None:
+    points = [point(1, 100, cores=0.9), point(2, 105, cores=0.95)]
+    report = build_report(*sweep(points, 1000.0))
+    rec = report["recommendation"]
+    assert not rec["meets_target"] and rec["bound"].startswith("the GIL")
+    # 105 tasks/s a process at 80 %: 1000 / 84 -> 12 processes, 3 machines of 4 cores.
+    assert (rec["processes_needed"], rec["machines_needed"]) == (12, 3)
+    assert report["model"]["saturation"]["reached"] is True
+
+
+def test_a_broker_bound_target_needs_no_more_workers() -> None:
+    points = [point(1, 500, cores=0.3), point(2, 510, cores=0.3)]
+    rec = build_report(*sweep(points, 5000.0))["recommendation"]
+    assert not rec["meets_target"] and rec["bound"].startswith("broker round trips")
+    assert rec["processes_needed"] is None and rec["machines_needed"] is None
+
+
+@pytest.mark.parametrize("target", [None, 80.0])
+def test_the_report_predicts_latency_at_the_planned_rate(target: float | None) -> None:
+    points = [point(1, 50), point(2, 100), point(4, 200)]
+    rec = build_report(*sweep(points, target))["recommendation"]
+    predicted = rec["predicted"]
+    assert rec["meets_target"] and predicted["utilisation"] <= 0.8
+    assert 30.0 <= predicted["p50_ms"] <= predicted["p99_ms"]
+    assert predicted["rate"] == (target if target else round(0.8 * 200, 1))
