@@ -156,7 +156,7 @@ def sample_report(meets: bool = True) -> dict[str, Any]:
                   "saturation": {"slots": 4, "throughput": 170.0, "reached": False}},
         "target": {"rate": 100.0, "p99_ms": 250.0, "max_utilisation": 0.8, "max_cores": 2},
         "recommendation": {
-            "meets_target": meets,
+            "meets_target": meets, "slots": 3,
             "worker": {"loop_workers": 1, "loop_concurrency": 3, "sync_workers": 1,
                        "prefetch_multiplier": 4, "processes": 1},
             "worker_args": ["--loop-workers=1", "--loop-concurrency=3"],

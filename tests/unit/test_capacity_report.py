@@ -3,6 +3,7 @@ and the recommendation built from measured points (processes included)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,7 +42,8 @@ def test_each_bound_is_named_from_the_best_point() -> None:
     assert bound(crowded).startswith("this machine's CPUs: 98% of all")
 
 
-def sweep(points: list[Point], target: float | None) -> tuple[Any, dict[str, Any]]:
+def sweep(points: list[Point], target: float | None, variants: list[Point] | None = None
+          ) -> tuple[Any, dict[str, Any]]:
     base = Plan(tasks=1, io_ms=20.0, cpu_ms=0.0, async_cpu_ms=0.0, mix=1.0, payload_bytes=0,
                 in_flight=1, queue="celery-bench-1", timeout=60.0, results=True,
                 worker_mode="process", loop_workers=1, loop_concurrency=1, sync_workers=1,
@@ -50,7 +52,8 @@ def sweep(points: list[Point], target: float | None) -> tuple[Any, dict[str, Any
         points=points, probe=[0.03] * 19 + [0.06], workload=Workload("async"), base=base,
         app=SimpleNamespace(broker_url="redis://:secret@localhost/1",
                             conf=SimpleNamespace(result_backend="redis://localhost/2")),
-        purged=True, budget=20.0, notes=[], spent=lambda: 12.5)
+        purged=True, budget=20.0, notes=[], spent=lambda: 12.5, variants=variants or [],
+        prefetch=4)
     opts = {"target_rate": target, "target_p99": None, "max_utilisation": 0.8, "max_cores": 4}
     return fake, opts
 
@@ -95,3 +98,21 @@ def test_the_report_predicts_latency_at_the_planned_rate(target: float | None) -
     assert rec["meets_target"] and predicted["utilisation"] <= 0.8
     assert 30.0 <= predicted["p50_ms"] <= predicted["p99_ms"]
     assert predicted["rate"] == (target if target else round(0.8 * 200, 1))
+
+
+def test_a_setting_that_gains_is_used_and_one_that_does_not_is_shown() -> None:
+    points = [point(1, 50), point(2, 95), point(4, 150)]
+    fewer = replace(point(4, 180), prefetch=1)  # +20 %: used
+    loops = replace(point(4, 151), loop_workers=2)  # +1 %: shown, not used
+    report = build_report(*sweep(points, 100.0, [fewer, loops]))
+    assert [(v["setting"], v["gain"], v["used"]) for v in report["variants"]] == [
+        ("prefetch multiplier 1", 1.2, True), ("2 loop workers", pytest.approx(1.0067, abs=1e-4),
+                                               False)]
+    rec = report["recommendation"]
+    assert rec["worker"]["prefetch_multiplier"] == 1 and rec["worker"]["loop_workers"] == 1
+    assert "--prefetch-multiplier=1" in rec["worker_args"]
+    # The sweep's curve, scaled by the gain, at the slot count chosen.
+    curve = fit_scaling([(p.slots, p.throughput) for p in points])
+    assert rec["predicted"]["throughput_at_saturation"] == pytest.approx(
+        1.2 * curve(rec["slots"]), abs=0.1)
+    assert 1.2 * curve(rec["slots"]) * 0.8 >= 100 > 1.2 * curve(rec["slots"] - 1) * 0.8

@@ -137,12 +137,14 @@ class Config:
     slots: int
     processes: int = 1
     prefetch: int = 4
+    #: Loop threads sharing the slots of async tasks (each gets slots / loop_workers).
+    loop_workers: int = 1
 
     def apply(self, base: Plan, kind: str) -> Plan:
         slots = self.slots
         return replace(
-            base, loop_workers=1,
-            loop_concurrency=slots if kind != "sync" else 1,
+            base, loop_workers=self.loop_workers,
+            loop_concurrency=math.ceil(slots / self.loop_workers) if kind != "sync" else 1,
             sync_workers=slots if kind != "async" else 1,
             prefetch_multiplier=self.prefetch,
             # Enough waiting to keep every slot of every process busy between round trips.
@@ -153,7 +155,8 @@ class Config:
 
     def describe(self, workload: Workload) -> str:
         procs = f" × {self.processes} processes" if self.processes > 1 else ""
-        return f"{workload.axis} {self.slots}{procs}, prefetch {self.prefetch}"
+        loops = f", {self.loop_workers} loop workers" if self.loop_workers > 1 else ""
+        return f"{workload.axis} {self.slots}{procs}, prefetch {self.prefetch}{loops}"
 
 
 class _SweepOutput(_Output):
@@ -265,7 +268,7 @@ class _PointRun(_Run):
         cpu = self.cpu
         return Point(
             slots=config.slots, processes=config.processes, prefetch=config.prefetch,
-            loop_workers=1, throughput=round(finished / (last - first), 2), tasks=self.done,
+            loop_workers=config.loop_workers, throughput=round(finished / (last - first), 2), tasks=self.done,
             cpu_per_task_ms=round(cpu / max(self.done, 1) * 1000, 4) if cpu is not None else None,
             worker_cores=round(cpu / self.elapsed, 3) if cpu is not None and self.elapsed else None,
             producer_busy=round(self.own_cpu / self.elapsed, 3) if self.elapsed else 0.0,
@@ -288,6 +291,10 @@ class Sweep:
         self.max_cores, self.max_slots = opts["max_cores"], opts["max_slots"]
         self.point_s = min(max(self.budget / 10, 1.0), 8.0)
         self.points: list[Point] = []
+        #: Points with another prefetch multiplier or more loop workers than the sweep's.
+        self.variants: list[Point] = []
+        self.prefetch: int = base.prefetch_multiplier or 4  # the option, else the app's
+        self.sweep_prefetch = opts["prefetch_multiplier"] is None
         self.notes: list[str] = []
         self.probe: list[float] = []
         self.run: _PointRun | None = None
@@ -309,7 +316,7 @@ class Sweep:
             n *= 2
         return steps + [self.max_slots]
 
-    async def measure(self, config: Config, scratch: Path, record: bool = True) -> Point:
+    async def measure(self, config: Config, scratch: Path, record: str = "points") -> Point:
         """Start a worker with ``config``, keep it saturated ``point_s`` seconds, stop it."""
         plan = config.apply(self.base, self.workload.kind)
         where = Path(tempfile.mkdtemp(prefix="point-", dir=scratch))
@@ -331,7 +338,9 @@ class Sweep:
         self.probe = self.probe or run.probe
         self._overhead = max(time.monotonic() - began - self.point_s, 0.5)
         point = run.point(config)
-        if not record:
+        if record == "variants":
+            self.variants.append(point)
+        if record != "points":
             return point
         self.points.append(point)
         if point.throughput * self.point_s * 0.75 < 20:
@@ -353,10 +362,11 @@ class Sweep:
         ``report["verification"]``."""
         worker = report["recommendation"]["worker"]
         slots = worker["sync_workers"] if self.workload.kind == "sync" else \
-            worker["loop_concurrency"]
-        config = Config(slots, worker["processes"], worker["prefetch_multiplier"])
+            worker["loop_concurrency"] * worker["loop_workers"]
+        config = Config(slots, worker["processes"], worker["prefetch_multiplier"],
+                        worker["loop_workers"])
         self.point_s *= 1.5
-        point = await self.measure(config, scratch, record=False)
+        point = await self.measure(config, scratch, record="none")
         predicted = report["recommendation"]["predicted"]["throughput_at_saturation"]
         error = point.throughput / predicted - 1
         report["verification"] = {
@@ -370,8 +380,8 @@ class Sweep:
 
     async def main(self, scratch: Path) -> None:
         """The thread axis until it meets the target, flattens or the budget ends; then more
-        processes when one is CPU-bound and short of the target."""
-        prefetch = self.base.prefetch_multiplier or 4
+        processes when one is CPU-bound and short of the target; then other settings."""
+        prefetch = self.prefetch
         last: Point | None = None
         for n in self.slot_steps():
             if self.points and not self.affordable():
@@ -391,6 +401,23 @@ class Sweep:
                 if p > self.max_cores or not self.affordable():
                     break
                 await self.measure(Config(last.slots, p, prefetch), scratch)
+        await self.other_settings(last, scratch)
+
+    async def other_settings(self, best: Point, scratch: Path) -> None:
+        """With the budget left, the best slot count with prefetch multiplier 1 (unless
+        ``--prefetch-multiplier`` fixed it) and, for async tasks whose worker was busy on
+        CPU or on a free-threaded build, its slots spread over 2 loop workers."""
+        free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+        tries = []
+        if self.sweep_prefetch and self.prefetch != 1:
+            tries.append(Config(best.slots, 1, 1))
+        busy = best.worker_cores is not None and best.worker_cores >= 0.7
+        if self.workload.kind != "sync" and best.slots >= 2 and (free_threaded or busy):
+            tries.append(Config(best.slots, 1, self.prefetch, loop_workers=2))
+        for config in tries:
+            if not self.affordable():
+                break
+            await self.measure(config, scratch, record="variants")
 
 
 # -- the model and the report ---------------------------------------------------------------
@@ -432,6 +459,10 @@ def build_report(sweep: Sweep, opts: dict[str, Any]) -> dict[str, Any]:
     points, workload = sweep.points, sweep.workload
     one = [p for p in points if p.processes == 1]
     threads = fit_scaling([(p.slots, p.throughput) for p in one])
+    variants, used = _variants(sweep)
+    planned = threads if used is None else Scaling(
+        threads.lam * used["gain"], threads.sigma, threads.kappa, threads.r2,
+        threads.max_error, threads.points)
     best_one = max(one, key=lambda p: p.throughput)
     multi = [(1, best_one.throughput)] + [(p.processes, p.throughput) for p in points
                                           if p.processes > 1]
@@ -444,7 +475,7 @@ def build_report(sweep: Sweep, opts: dict[str, Any]) -> dict[str, Any]:
     base_p50, base_p99 = _percentile(sweep.probe, 0.5), _percentile(sweep.probe, 0.99)
     cpu = [p.cpu_per_task_ms for p in points if p.cpu_per_task_ms is not None]
     chosen, meets = recommend(
-        threads, factor, max_slots=max(p.slots for p in one),
+        planned, factor, max_slots=max(p.slots for p in one),
         max_processes=min(opts["max_cores"], max(p for p, _ in multi)) if processes else 1,
         base_p50_ms=base_p50, base_p99_ms=base_p99,
         cpu_per_task_ms=sum(cpu) / len(cpu) if cpu else None,
@@ -481,7 +512,9 @@ def build_report(sweep: Sweep, opts: dict[str, Any]) -> dict[str, Any]:
         },
         "target": {"rate": opts["target_rate"], "p99_ms": opts["target_p99"],
                    "max_utilisation": opts["max_utilisation"], "max_cores": opts["max_cores"]},
-        "recommendation": _recommendation_json(sweep, chosen, meets, bound, needed, machines),
+        "variants": variants,
+        "recommendation": _recommendation_json(sweep, chosen, meets, bound, needed, machines,
+                                               used),
         "notes": sweep.notes,
     }
 
@@ -503,9 +536,31 @@ def _workload_json(sweep: Sweep) -> dict[str, Any]:
             "payload_bytes": plan.payload_bytes}
 
 
+def _variants(sweep: Sweep) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Each other setting measured, against the sweep's point with the same slots; the one
+    used: the best that gained at least 5 %, assumed to gain as much at every slot count."""
+    variants: list[dict[str, Any]] = []
+    for v in sweep.variants:
+        base = next(p for p in sweep.points if p.processes == 1 and p.slots == v.slots)
+        variants.append({
+            "setting": f"prefetch multiplier {v.prefetch}" if v.prefetch != base.prefetch
+            else f"{v.loop_workers} loop workers",
+            "prefetch_multiplier": v.prefetch, "loop_workers": v.loop_workers,
+            "slots": v.slots, "throughput": v.throughput, "baseline": base.throughput,
+            "gain": round(v.throughput / base.throughput, 4), "used": False})
+    best = max(variants, key=lambda v: float(v["gain"]), default=None)
+    if best is None or best["gain"] < 1.05:
+        return variants, None
+    best["used"] = True
+    return variants, best
+
+
 def _recommendation_json(sweep: Sweep, chosen: Any, meets: bool, bound: str,
-                         needed: int | None, machines: int | None) -> dict[str, Any]:
-    config = Config(chosen.slots, chosen.processes, sweep.base.prefetch_multiplier or 4)
+                         needed: int | None, machines: int | None,
+                         used: dict[str, Any] | None) -> dict[str, Any]:
+    config = Config(chosen.slots, chosen.processes,
+                    used["prefetch_multiplier"] if used else sweep.prefetch,
+                    used["loop_workers"] if used else 1)
     plan = config.apply(sweep.base, sweep.workload.kind)
     worker = {"loop_workers": plan.loop_workers, "loop_concurrency": plan.loop_concurrency,
               "sync_workers": plan.sync_workers, "prefetch_multiplier": plan.prefetch_multiplier,
@@ -517,14 +572,15 @@ def _recommendation_json(sweep: Sweep, chosen: Any, meets: bool, bound: str,
     rate = chosen.rate
     return {
         "meets_target": meets,
+        "slots": chosen.slots,
         "worker": worker,
         "worker_args": args + ([f"--processes={chosen.processes}"] if chosen.processes > 1 else []),
         "predicted": {
             "throughput_at_saturation": round(chosen.capacity, 1),
             "rate": round(rate, 1),
             "utilisation": round(rate / chosen.capacity, 3),
-            "p50_ms": round(latency.p50_ms, 1) if latency else None,
-            "p99_ms": round(latency.p99_ms, 1) if latency else None,
+            "p50_ms": round(latency.p50_ms, 3) if latency else None,
+            "p99_ms": round(latency.p99_ms, 3) if latency else None,
             "cpu_cores": round(chosen.cpu_cores, 3) if chosen.cpu_cores is not None else None,
         },
         "bound": bound,
@@ -546,6 +602,9 @@ def _dry_run(sweep: Sweep) -> dict[str, Any]:
         "axis": sweep.workload.axis, "slots": steps,
         "processes": [p for p in (2, 4, 8) if p <= sweep.max_cores],
         "prefetch_multiplier": sweep.base.prefetch_multiplier,
+        "other_settings": (["prefetch multiplier 1"] if sweep.sweep_prefetch else []) + (
+            ["2 loop workers, when the worker is busy on CPU"]
+            if sweep.workload.kind != "sync" else []),
         "target": {"rate": sweep.target_rate, "max_utilisation": sweep.max_util},
     }
 
@@ -565,6 +624,8 @@ def _dry_run_text(d: dict[str, Any]) -> list[str]:
         f"prefetch multiplier {d['prefetch_multiplier']}",
         f"  then     --processes {', '.join(map(str, d['processes'])) or '(none: --max-cores 1)'}"
         " if one process is CPU-bound and short of the target",
+        f"  and      {', '.join(d['other_settings']) or 'no other setting'} at the best "
+        "slot count, with the budget left",
         f"  budget   {d['budget_s']:g} s; nothing is sent",
     ]
 
@@ -610,8 +671,8 @@ def _prepare(obj: CLIContext, opts: dict[str, Any]) -> Sweep:
               help="Largest loop concurrency / sync workers swept [256].")
 @click.option("--max-utilisation", type=click.FloatRange(0.1, 0.95), default=0.8,
               help="Most load a worker is planned for, as a share of its capacity [0.8].")
-@click.option("--prefetch-multiplier", type=click.IntRange(1), default=4,
-              help="Prefetch multiplier of the measured workers [4].")
+@click.option("--prefetch-multiplier", type=click.IntRange(1),
+              help="Prefetch multiplier of the measured workers [4, and 1 is tried].")
 @click.option("--budget", type=click.FloatRange(5), default=150.0, metavar="SECONDS",
               help="Time the whole sweep may take [150].")
 @click.option("--queue", metavar="NAME", help="Sweep queue, purged [celery-bench-<pid>].")

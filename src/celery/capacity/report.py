@@ -53,6 +53,10 @@ def text_lines(r: dict[str, Any]) -> list[str]:
         if rec["processes_needed"]:
             lines.append(f"            needs about {rec['processes_needed']} worker processes: "
                          f"{rec['machines_needed']} machine(s) of {target['max_cores']} cores")
+    for v in r.get("variants", []):
+        lines.append(f"variant     {v['setting']} at {model['axis']} {v['slots']}: "
+                     f"{v['throughput']:.1f} tasks/s ({v['gain'] - 1:+.0%})"
+                     + ("; used" if v["used"] else ""))
     check = r.get("verification")
     if check:
         meets = "" if check["meets_target"] is None else \
@@ -147,9 +151,10 @@ def _throughput_chart(r: dict[str, Any]) -> str:
                     "</title></circle>")
     if target["rate"]:
         body.append(axes.polyline([(1, target["rate"]), (top, target["rate"])], "#2ca02c", "6 4"))
-    slots = rec["worker"]["loop_concurrency"] if model["axis"] != "sync workers" \
-        else rec["worker"]["sync_workers"]
-    x, y = axes.x(slots), axes.y(curve(slots))
+    slots = rec["slots"]
+    on_one = rec["predicted"]["throughput_at_saturation"] if rec["worker"]["processes"] == 1 \
+        else curve(slots)  # with more processes: where its slot count is on one
+    x, y = axes.x(slots), axes.y(on_one)
     body.append(f'<path d="M{x:.1f},{y - 8:.1f} l8,8 l-8,8 l-8,-8 z" fill="#ff7f0e">'
                 f"<title>recommended: {slots}</title></path>")
     return _svg(body, "Throughput against slots, one process: measured (red), fitted curve "
@@ -159,9 +164,7 @@ def _throughput_chart(r: dict[str, Any]) -> str:
 def _latency_chart(r: dict[str, Any]) -> str:
     rec, base, target = r["recommendation"], r["base_latency"], r["target"]
     capacity = rec["predicted"]["throughput_at_saturation"]
-    worker = rec["worker"]
-    slots = (worker["loop_concurrency"] if r["model"]["axis"] != "sync workers"
-             else worker["sync_workers"]) * worker["processes"]
+    slots = rec["slots"] * rec["worker"]["processes"]
 
     def at(rate: float, which: str) -> float:
         latency = predict_latency(rate, capacity, slots, base["p50_ms"], base["p99_ms"])
