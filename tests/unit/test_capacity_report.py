@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from celery.bin.bench import Plan
-from celery.bin.capacity import Workload, _bound, build_report
+from celery.bin.capacity import Workload, _bound, _unreachable, build_report
 from celery.capacity import Point, fit_scaling
 
 
@@ -116,3 +116,21 @@ def test_a_setting_that_gains_is_used_and_one_that_does_not_is_shown() -> None:
     assert rec["predicted"]["throughput_at_saturation"] == pytest.approx(
         1.2 * curve(rec["slots"]), abs=0.1)
     assert 1.2 * curve(rec["slots"]) * 0.8 >= 100 > 1.2 * curve(rec["slots"] - 1) * 0.8
+
+
+def test_a_p99_out_of_reach_is_said_to_be_the_latency_not_the_rate() -> None:
+    points = [point(1, 50), point(2, 100), point(4, 200)]
+    fake, opts = sweep(points, 80.0)
+    opts["target_p99"] = 50.0  # one task alone already takes 60 ms at p99
+    report = build_report(fake, opts)
+    assert report["recommendation"]["meets_target"] is False
+    assert _unreachable(report) == (
+        "no configuration on this machine reaches 80 tasks/s with p99 under 50 ms: the "
+        "fastest (--loop-workers=1 --loop-concurrency=4 --sync-workers=1 "
+        "--prefetch-multiplier=4) serves the rate with a predicted p99 of "
+        f"{report['recommendation']['predicted']['p99_ms']:.0f} ms; one task alone takes "
+        "60 ms at p99")
+    _, opts_rate = sweep(points, 1000.0)
+    assert _unreachable(build_report(fake, opts_rate)).startswith(
+        "no configuration on this machine reaches 1000 tasks/s: the best found saturates at "
+        "200 tasks/s (--loop-workers=1 --loop-concurrency=4 ")

@@ -727,6 +727,13 @@ def _unreachable(report: dict[str, Any]) -> str:
     more = (f"; it needs about {rec['processes_needed']} worker processes"
             f" ({rec['machines_needed']} machines of {target['max_cores']} cores)"
             if rec["processes_needed"] else f"; {_advice(rec['bound'])}")
+    predicted = rec["predicted"]
+    if target["p99_ms"] and predicted["p99_ms"] is not None and \
+            predicted["utilisation"] <= target["max_utilisation"]:
+        return (f"no configuration on this machine reaches {target['rate']:g} tasks/s{p99}: "
+                f"the fastest ({' '.join(rec['worker_args'])}) serves the rate with a "
+                f"predicted p99 of {predicted['p99_ms']:.0f} ms; one task alone takes "
+                f"{report['base_latency']['p99_ms']:.0f} ms at p99")
     return (f"no configuration on this machine reaches {target['rate']:g} tasks/s{p99}: the "
             f"best found saturates at {rec['predicted']['throughput_at_saturation']:g} tasks/s "
             f"({' '.join(rec['worker_args'])}), bound by {rec['bound']}{more}")
