@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
+from celery._state import swap_default_app
 from celery.bin.celery import celery as celery_group
 from tests.integration.capacity_helpers import (
     APP,
@@ -23,12 +26,20 @@ from tests.integration.capacity_helpers import (
 
 
 @pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run from ``tmp_path`` (relative --args-from paths; a dry run writes nothing there)."""
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run from ``tmp_path`` (relative --args-from paths; a dry run writes nothing there).
+    The CLI makes the app it loads the default one and puts the working directory on
+    ``sys.path``: both are put back, so later tests in this process see neither."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
     for name in ("APP", "BROKER_URL", "RESULT_BACKEND", "CONFIG_MODULE"):
         monkeypatch.delenv(name, raising=False)
-    return tmp_path
+    default = swap_default_app(None)
+    swap_default_app(default)
+    try:
+        yield tmp_path
+    finally:
+        swap_default_app(default)
 
 
 def invoke(*args: str) -> Result:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from .. import states
 from ..capacity import Point, Scaling, fit_scaling, recommend
 from ..capacity.report import html_page, text_lines
 from ..utils.text import mask_url
@@ -62,6 +63,12 @@ class Workload:
                 "mixed": "loop concurrency = sync workers"}[self.kind]
 
 
+def _is_call(value: Any) -> bool:
+    """``{"args": [...], "kwargs": {...}}``, either key optional, no other key."""
+    return isinstance(value, dict) and set(value) <= {"args", "kwargs"} and \
+        isinstance(value.get("args", []), list) and isinstance(value.get("kwargs", {}), dict)
+
+
 def read_samples(path: str) -> tuple[tuple[tuple[Any, ...], dict[str, Any]], ...]:
     """``--args-from``: one call a line, a JSON array (the arguments) or an object with
     ``args`` and/or ``kwargs``; blank lines are skipped."""
@@ -79,8 +86,7 @@ def read_samples(path: str) -> tuple[tuple[tuple[Any, ...], dict[str, Any]], ...
             raise user_error(f"--args-from {path}:{number}: not JSON ({exc.msg})") from None
         if isinstance(value, list):
             samples.append((tuple(value), {}))
-        elif isinstance(value, dict) and set(value) <= {"args", "kwargs"} and \
-                isinstance(value.get("args", []), list) and isinstance(value.get("kwargs", {}), dict):
+        elif _is_call(value):
             samples.append((tuple(value.get("args", [])), dict(value.get("kwargs", {}))))
         else:
             raise user_error(f"--args-from {path}:{number}: give a JSON array of arguments or "
@@ -228,7 +234,7 @@ class _PointRun(_Run):
             sent = time.perf_counter()
             result = await self._send(index)
             value = await result.aget(propagate=False)
-            if result.state != "SUCCESS":
+            if result.state != states.SUCCESS:
                 self.failed += 1
                 self.first_failure = self.first_failure or f"{result.state}: {value!r}"
                 return index + 1
@@ -268,7 +274,8 @@ class _PointRun(_Run):
         cpu = self.cpu
         return Point(
             slots=config.slots, processes=config.processes, prefetch=config.prefetch,
-            loop_workers=config.loop_workers, throughput=round(finished / (last - first), 2), tasks=self.done,
+            loop_workers=config.loop_workers, tasks=self.done,
+            throughput=round(finished / (last - first), 2),
             cpu_per_task_ms=round(cpu / max(self.done, 1) * 1000, 4) if cpu is not None else None,
             worker_cores=round(cpu / self.elapsed, 3) if cpu is not None and self.elapsed else None,
             producer_busy=round(self.own_cpu / self.elapsed, 3) if self.elapsed else 0.0,
