@@ -84,8 +84,9 @@ def test_the_recommended_worker_meets_its_prediction_on_redis(tmp_path: Path) ->
     url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
     (tmp_path / "calls.jsonl").write_text("[640, 480]\n[320]\n{\"args\": [1024], "
                                           "\"kwargs\": {\"height\": 768}}\n")
+    # A fixed queue: the two routing keys a Redis queue leaves behind are the same each run.
     report = capacity(tmp_path, "--task", RESIZE, "--args-from", "calls.jsonl", "--verify",
-                      env=cli_env(url, url))
+                      "--queue", "capacity-measured", env=cli_env(url, url))
     predicted = assert_a_fitted_recommendation(report)
     assert report["workload"]["task"] == RESIZE and report["broker"] == url
     check = report["verification"]  # the recommended worker, started afresh and measured

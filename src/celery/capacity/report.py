@@ -107,8 +107,9 @@ class _Axes:
                        f'text-anchor="middle">{tick:g}</text>')
         for i in range(5):
             value = self.y_max * i / 4
+            label = f"{value:.0f}" if value >= 100 else f"{value:.3g}"
             out.append(f'<text x="{PAD - 6}" y="{self.y(value) + 4:.1f}" '
-                       f'text-anchor="end">{value:.3g}</text>')
+                       f'text-anchor="end">{label}</text>')
         return out
 
     def polyline(self, points: Sequence[tuple[float, float]], colour: str,
@@ -196,7 +197,7 @@ def html_page(r: dict[str, Any]) -> str:
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>celery capacity"
             "</title><style>body{font-family:sans-serif;margin:2em;max-width:70em}"
             "pre{background:#f6f6f6;padding:1em;overflow-x:auto}figure{display:inline-block;"
-            "margin:1em}</style></head><body><h1>celery capacity</h1>"
+            "margin:1em;max-width:600px}</style></head><body><h1>celery capacity</h1>"
             f"<p>Broker {html.escape(str(r['broker']))}; workload "
             + html.escape(", ".join(f"{k} {v}" for k, v in r["workload"].items()
                                     if v is not None)) + "</p>"
