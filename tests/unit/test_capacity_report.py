@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from celery.bin.bench import Plan
-from celery.bin.capacity import Workload, _bound, _unreachable, build_report
+from celery.bin.capacity import build_report
+from celery.bin.capacity_sweep import Workload
 from celery.capacity import Point, fit_scaling
+from celery.capacity.plan import bound, unreachable
 
 
 def point(slots: int, throughput: float, processes: int = 1, cores: float | None = 0.2,
@@ -23,23 +25,18 @@ def point(slots: int, throughput: float, processes: int = 1, cores: float | None
                  p50_ms=50.0, p99_ms=90.0)
 
 
-def bound(points: list[Point], free_threaded: bool = False) -> str:
-    return _bound(points, fit_scaling([(p.slots, p.throughput) for p in points
-                                       if p.processes == 1]), free_threaded)
-
-
 def test_each_bound_is_named_from_the_best_point() -> None:
     growing = [point(1, 50), point(2, 100), point(4, 200)]
-    assert bound(growing).startswith("the task itself")
+    assert bound(growing, False).startswith("the task itself")
     flat = [point(1, 500), point(2, 520, cores=0.3)]
-    assert bound(flat).startswith("broker round trips") and "(30% of a core)" in bound(flat)
+    assert bound(flat, False).startswith("broker round trips") and "(30% of a core)" in bound(flat, False)
     busy = [point(1, 300, cores=0.95), point(2, 310, cores=0.97)]
-    assert bound(busy).startswith("the GIL: each worker process ran Python on about one core")
-    assert bound(busy, free_threaded=True) == "worker CPU (0.97 cores busy)"
+    assert bound(busy, False).startswith("the GIL: each worker process ran Python on about one core")
+    assert bound(busy, True) == "worker CPU (0.97 cores busy)"
     producer = [point(1, 900, producer=0.95), point(2, 950, producer=0.97)]
-    assert bound(producer).startswith("this command's producer")
+    assert bound(producer, False).startswith("this command's producer")
     crowded = [point(1, 60, machine=0.99), point(2, 62, machine=0.98)]
-    assert bound(crowded).startswith("this machine's CPUs: 98% of all")
+    assert bound(crowded, False).startswith("this machine's CPUs: 98% of all")
 
 
 def sweep(points: list[Point], target: float | None, variants: list[Point] | None = None
@@ -53,7 +50,7 @@ def sweep(points: list[Point], target: float | None, variants: list[Point] | Non
         app=SimpleNamespace(broker_url="redis://:secret@localhost/1",
                             conf=SimpleNamespace(result_backend="redis://localhost/2")),
         purged=True, budget=20.0, notes=[], spent=lambda: 12.5, variants=variants or [],
-        prefetch=4)
+        prefetch=4)  # what build_report reads of a Sweep
     opts = {"target_rate": target, "target_p99": None, "max_utilisation": 0.8, "max_cores": 4}
     return fake, opts
 
@@ -124,13 +121,13 @@ def test_a_p99_out_of_reach_is_said_to_be_the_latency_not_the_rate() -> None:
     opts["target_p99"] = 50.0  # one task alone already takes 60 ms at p99
     report = build_report(fake, opts)
     assert report["recommendation"]["meets_target"] is False
-    assert _unreachable(report) == (
+    assert unreachable(report) == (
         "no configuration on this machine reaches 80 tasks/s with p99 under 50 ms: the "
         "fastest (--loop-workers=1 --loop-concurrency=4 --sync-workers=1 "
         "--prefetch-multiplier=4) serves the rate with a predicted p99 of "
         f"{report['recommendation']['predicted']['p99_ms']:.0f} ms; one task alone takes "
         "60 ms at p99")
     _, opts_rate = sweep(points, 1000.0)
-    assert _unreachable(build_report(fake, opts_rate)).startswith(
+    assert unreachable(build_report(fake, opts_rate)).startswith(
         "no configuration on this machine reaches 1000 tasks/s: the best found saturates at "
         "200 tasks/s (--loop-workers=1 --loop-concurrency=4 ")
