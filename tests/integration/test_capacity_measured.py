@@ -85,8 +85,10 @@ def test_the_recommended_worker_meets_its_prediction_on_redis(tmp_path: Path) ->
     (tmp_path / "calls.jsonl").write_text("[640, 480]\n[320]\n{\"args\": [1024], "
                                           "\"kwargs\": {\"height\": 768}}\n")
     # A fixed queue: the two routing keys a Redis queue leaves behind are the same each run.
+    # A fixed prefetch multiplier: no other setting is tried (tests/unit covers choosing one).
     report = capacity(tmp_path, "--task", RESIZE, "--args-from", "calls.jsonl", "--verify",
-                      "--queue", "capacity-measured", env=cli_env(url, url))
+                      "--queue", "capacity-measured", "--prefetch-multiplier", "4",
+                      env=cli_env(url, url))
     predicted = assert_a_fitted_recommendation(report)
     assert report["workload"]["task"] == RESIZE and report["broker"] == url
     check = report["verification"]  # the recommended worker, started afresh and measured
