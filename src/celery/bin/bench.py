@@ -755,8 +755,9 @@ class _Run:
             "thread": "the worker runs in this process (memory:// broker)",
             "external": "external workers",
         }[plan.worker_mode] if self.cpu is None else (
-            "user+system CPU time of the worker process (all threads, from /proc/<pid>/stat) "
-            "from the end of the warm-up to the last task, divided by the tasks")
+            "user+system CPU time of the worker process (all threads, and the processes it "
+            "started, from /proc/<pid>/stat) from the end of the warm-up to the last task, "
+            "divided by the tasks")
         return {
             "tasks": plan.tasks,
             "finished": self.done,
