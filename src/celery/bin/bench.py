@@ -320,12 +320,25 @@ class _ChildWorker(_Workers):
         return lines[-1].strip() if lines else ""
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the worker process, all its threads (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
+        """User + system CPU time of the worker process, all its threads, and of the live
+        processes it started (``--processes``: a supervisor and its workers), Linux /proc."""
+        if self.pid is None:
             return None
+        total, pending, seen = 0.0, [self.pid], set()
+        while pending:
+            pid = pending.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, IndexError):
+                if pid == self.pid:
+                    return None
+                continue  # a child that ended meanwhile
+            pending.extend(_children(pid))
+        return total
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -338,6 +351,20 @@ class _ChildWorker(_Workers):
         if self.proc is not None and self.alive():
             self.proc.kill()
             self.proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of the children of ``pid``, from every thread's ``children`` list (Linux)."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                found += [int(child) for child in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                pass
+    except OSError:
+        pass
+    return found
 
 
 class _ThreadWorker(_Workers):
@@ -728,8 +755,9 @@ class _Run:
             "thread": "the worker runs in this process (memory:// broker)",
             "external": "external workers",
         }[plan.worker_mode] if self.cpu is None else (
-            "user+system CPU time of the worker process (all threads, from /proc/<pid>/stat) "
-            "from the end of the warm-up to the last task, divided by the tasks")
+            "user+system CPU time of the worker process (all threads, and the processes it "
+            "started, from /proc/<pid>/stat) from the end of the warm-up to the last task, "
+            "divided by the tasks")
         return {
             "tasks": plan.tasks,
             "finished": self.done,

@@ -15,6 +15,7 @@ from .base import CeleryGroup, CLIContext
 from .beat import beat
 from .bench import bench
 from .call import call
+from .capacity import capacity
 from .control import control, inspect, status
 from .events import events
 from .multi import multi
@@ -103,8 +104,8 @@ def celery(
     ctx.call_on_close(obj.close)
 
 
-for _command in (worker, beat, call, result, purge, status, inspect, control, bench, events,
-                 multi, shell, report):
+for _command in (worker, beat, call, result, purge, status, inspect, control, bench, capacity,
+                 events, multi, shell, report):
     celery.add_command(_command)
 
 
