@@ -284,8 +284,11 @@ class Connections:
                 return conn
             import aio_pika
 
+            from .amqp_frames import connection_class
+
             try:
-                conn = await aio_pika.connect_robust(**self._connect_kwargs())
+                conn = await aio_pika.connect_robust(connection_class=connection_class(),
+                                                     **self._connect_kwargs())
             except asyncio.CancelledError:
                 raise
             except driver_errors() as exc:
