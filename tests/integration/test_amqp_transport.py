@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from celery import Celery
+from celery.exceptions import ConnectionLost
 from celery.messaging.protocol import build_task_message, decode_body
 from celery.transport.amqp import AMQPTransport
 
@@ -197,3 +198,51 @@ def test_celery_purge_empties_the_queues(amqp_url: str, tmp_path) -> None:
             await transport.aclose()
 
     assert asyncio.run(length()) == 0
+
+
+async def test_a_malformed_frame_closes_the_connection_which_comes_back(
+        amqp_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Our frame reader refuses a content header whose headers table runs past its end with
+    one line; aiormq closes the connection, the robust connection reconnects, the message
+    left unacked is delivered again, and publishing and consuming go on."""
+    import struct
+
+    from celery.transport.amqp_frames import FastTransportFactory
+
+    readers: list[asyncio.StreamReader] = []
+    create = FastTransportFactory.create
+
+    async def capture(self: FastTransportFactory, url: Any, **kwargs: Any) -> Any:
+        reader, writer = await create(self, url, **kwargs)
+        readers.append(reader)
+        return reader, writer
+
+    monkeypatch.setattr(FastTransportFactory, "create", capture)
+    transport = AMQPTransport(amqp_url, transport_options={"reconnect_interval": 0.2})
+    try:
+        await transport.apublish(task(1))
+        [first] = await drain(transport, 1)
+        assert arg_of(first) == 1 and len(readers) == 1
+        payload = struct.pack(">HHQH", 60, 0, 0, 0x2000) + struct.pack(">I", 9) + b"\x01k"
+        readers[0].feed_data(struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce")
+        deadline = asyncio.get_running_loop().time() + 15
+        again: list = []
+        lost: list[str] = []
+        while not again:  # as the worker's fetch loop: back off on ConnectionLost, go on
+            assert asyncio.get_running_loop().time() < deadline, "no reconnection"
+            try:
+                again = await transport.fetch(["celery"], 1, 0.2)
+            except ConnectionLost as exc:
+                lost.append(str(exc))
+                await asyncio.sleep(0.1)
+        # the unacked message, delivered again on the new connection
+        assert arg_of(again[0]) == 1 and again[0].redelivered and len(readers) >= 2
+        assert lost and "malformed AMQP field table" in lost[0] and "\n" not in lost[0]
+        await transport.ack(again)
+        await transport.apublish(task(2))
+        [second] = await drain(transport, 1)
+        assert arg_of(second) == 2
+        await transport.ack([second])
+    finally:
+        await transport.aclose()
+    assert "malformed AMQP field table" in caplog.text

@@ -36,6 +36,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from aio_pika.exceptions import ChannelInvalidStateError
+
 from ..exceptions import ConnectionLost
 from ..messaging.protocol import Message
 from ..utils.portal import Portal
@@ -179,13 +181,17 @@ class AMQPTransport:
         parked = await self._delayed.park(channel, message)
         if parked is not None:  # quorum queues: countdown/ETA parked in the broker, as upstream
             exchange, routing_key = parked
-        wire = to_amqp(message, topology.delivery_mode(message.exchange, message.routing_key,
-                                                       queue=queue)
-                       if "delivery_mode" not in message.properties else 2)
-        target = channel.default_exchange if not exchange else \
-            await channel.get_exchange(exchange, ensure=False)
-        timeout = self.params.connect_timeout or None
-        await target.publish(wire, routing_key, timeout=timeout)
+        properties = to_amqp(message, topology.delivery_mode(message.exchange, message.routing_key,
+                                                             queue=queue)
+                             if "delivery_mode" not in message.properties else 2)
+        if channel.is_closed:
+            raise ChannelInvalidStateError(f"{channel!r} is closed")
+        # On aiormq's channel under the robust one (as aio-pika's Exchange.publish does,
+        # without its Message object): mandatory, so an unroutable message is returned.
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_publish(message.body, exchange=exchange or "",
+                                     routing_key=routing_key, properties=properties,
+                                     mandatory=True, timeout=self.params.connect_timeout or None)
 
     async def _ensure_declared(self, channel: AbstractRobustChannel,
                                names: Iterable[str]) -> None:

@@ -207,12 +207,15 @@ def driver_errors() -> tuple[type[BaseException], ...]:
 
     ``ChannelClosed`` is not among them: that is a channel-level refusal (a missing queue, a
     declaration that does not match), which callers handle where they know what it means.
+    ``ProtocolSyntaxError`` (``InvalidFrameError``: a frame that cannot be decoded, see
+    amqp_frames.py) is: aiormq closes the connection it came on, and the robust connection
+    reconnects.
     """
     from aio_pika.exceptions import AMQPConnectionError, ChannelInvalidStateError
-    from aiormq.exceptions import ConnectionClosed
+    from aiormq.exceptions import ConnectionClosed, ProtocolSyntaxError
 
     return (AMQPConnectionError, ConnectionClosed, ChannelInvalidStateError, ConnectionError,
-            OSError, asyncio.TimeoutError)
+            OSError, asyncio.TimeoutError, ProtocolSyntaxError)
 
 
 class _LoopState:
@@ -284,8 +287,11 @@ class Connections:
                 return conn
             import aio_pika
 
+            from .amqp_frames import connection_class
+
             try:
-                conn = await aio_pika.connect_robust(**self._connect_kwargs())
+                conn = await aio_pika.connect_robust(connection_class=connection_class(),
+                                                     **self._connect_kwargs())
             except asyncio.CancelledError:
                 raise
             except driver_errors() as exc:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from aio_pika.message import encode_expiration, encode_timestamp
+
 from ..messaging.protocol import Message
+from .amqp_codec import Properties
 from .base import Delivery
 
 if TYPE_CHECKING:
-    import aio_pika
     from aiormq.abc import DeliveredMessage
 
 __all__ = ["delivery_of", "to_amqp"]
@@ -30,28 +32,38 @@ __all__ = ["delivery_of", "to_amqp"]
 #: content type/encoding and headers that Message holds itself.
 _COPIED = ("correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
            "user_id", "app_id")
+#: Their names on pamqp's ``Basic.Properties`` where they differ.
+_PROPERTY = {"type": "message_type"}
 
 
-def to_amqp(message: Message, delivery_mode: int = 2) -> aio_pika.Message:
-    """The aio-pika message to publish for ``message`` (``delivery_mode`` when the message
-    names none: the topology's, see amqp_topology.py)."""
-    import aio_pika
-
+def to_amqp(message: Message, delivery_mode: int = 2) -> Properties:
+    """The basic properties to publish ``message`` with (``delivery_mode`` when the message
+    names none: the topology's, see amqp_topology.py): the values aio-pika's ``Message``
+    would give (amqp_codec.py's ``Properties``, marshalled with its faster encoder to the
+    same bytes)."""
     props = message.properties
-    kwargs: dict[str, Any] = {name: props[name] for name in _COPIED if props.get(name) is not None}
-    if "expiration" in kwargs:  # seconds in kombu's API; aio-pika takes seconds too
-        kwargs["expiration"] = float(kwargs["expiration"])
-    if isinstance(kwargs.get("timestamp"), int | float):
-        kwargs["timestamp"] = dt.datetime.fromtimestamp(kwargs["timestamp"], dt.UTC)
-    return aio_pika.Message(
-        message.body,
-        headers=message.headers,
+    get = props.get
+    out = Properties(
         content_type=message.content_type or None,
         content_encoding=message.content_encoding or None,
-        delivery_mode=int(props.get("delivery_mode") or delivery_mode),
-        priority=int(props.get("priority") or 0),
-        **kwargs,
+        headers=message.headers or {},
+        delivery_mode=int(get("delivery_mode") or delivery_mode),
+        priority=int(get("priority") or 0),
     )
+    for name in _COPIED:
+        value = get(name)
+        if value is None:
+            continue
+        if name == "expiration":  # seconds in kombu's API; milliseconds as text on the wire
+            value = encode_expiration(float(value))
+        elif name == "timestamp":
+            if isinstance(value, int | float):
+                value = dt.datetime.fromtimestamp(value, dt.UTC)
+            value = encode_timestamp(value)
+        else:
+            value = str(value)
+        setattr(out, _PROPERTY.get(name, name), value)
+    return out
 
 
 def delivery_of(incoming: DeliveredMessage, queue: str, tag_prefix: str = "") -> Delivery:
