@@ -55,7 +55,7 @@ PROFILES = {
     "fast": Profile("fast", rounds=2, values=3, warmups=1, min_time=0.02, tasks=1000,
                     latency_samples=100),
     "gate": Profile("gate", rounds=6, values=4, warmups=1, min_time=0.02, tasks=2000,
-                    latency_samples=500),
+                    latency_samples=150),
 }
 
 

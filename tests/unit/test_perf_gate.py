@@ -392,8 +392,20 @@ def test_a_benchmark_the_working_tree_lost_fails_one_it_gained_passes() -> None:
     assert rows["micro.new"].status == "new" and not rows["micro.new"].fails
 
 
+def test_latency_p99_fails_only_past_its_wide_limit() -> None:
+    name = "e2e.latency.latency_p99"
+
+    def p99(base_ms: float, current_ms: float) -> gate.Row:
+        [row] = gate.decide({name: bench(name, *runs_around(base_ms / 1e3))},
+                            {name: bench(name, *runs_around(current_ms / 1e3))})
+        return row
+
+    assert p99(2.0, 4.0).status == "slower"  # +100 %: within the A/A noise seen
+    assert p99(2.0, 6.0).status == "REGRESSION"  # +200 %
+
+
 def test_thresholds_take_the_first_matching_glob() -> None:
-    assert gate.threshold_for("e2e.latency.latency_p99") is None
+    assert gate.threshold_for("e2e.latency.latency_p99") == 1.50  # gated, not only reported
     assert gate.threshold_for("micro.json_dumps_args") == dict(gate.THRESHOLDS)["micro.*"]
     assert gate.threshold_for("e2e.noop_sync.time_per_task") == 0.40
     assert gate.threshold_for("e2e.latency.latency_p50") == dict(gate.THRESHOLDS)["e2e.*"]
