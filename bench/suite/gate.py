@@ -9,12 +9,12 @@ The base is the nearest ancestor of HEAD that passed the gate on this machine an
 pile up commit after commit; with no such record, the merge base with origin/main or HEAD~1,
 saying so. A pass of a clean HEAD is added to the record.
 
-Builds the base commit (``git archive`` into a temporary folder, ``pip install`` into the
-throwaway venv ``.cache/perf-gate/venv``, or ``.cache/perf-gate-ft/venv`` when run by a
-free-threaded python, kept for the next run with the same dependency pins), then runs the
-gate's benchmarks for both trees interleaved in one run (run.py's ``run_rounds``), compares
-each benchmark with pyperf's t-test, and fails only when the working tree is significantly
-slower by more than the benchmark's threshold, twice: a
+Builds the base commit (basevenv.py: ``git archive`` into a temporary folder, ``pip
+install`` into the throwaway venv ``.cache/perf-gate/venv``, or ``.cache/perf-gate-ft/venv``
+when run by a free-threaded python, kept for the next run with the same dependency pins),
+then runs the gate's benchmarks for both trees interleaved in one run (run.py's
+``run_rounds``), compares each benchmark with pyperf's t-test, and fails only when the
+working tree is significantly slower by more than the benchmark's threshold, twice: a
 benchmark that fails is measured again (both trees, interleaved, the same rounds) and fails
 the gate only if it fails that second time too. When nothing the benchmarks run differs
 from the base (``CODE_PATHS``: a change to docs only), there is nothing to measure and the
@@ -27,17 +27,10 @@ passes by leaving its benchmarks out). docs/performance.md explains the threshol
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +38,7 @@ from pathlib import Path
 
 import passes
 import pyperf
+from basevenv import CACHE, FREE_THREADED, build_base
 from common import DEFAULT_URL, ROOT, Collector, Tree, redis_up
 from run import log, run_rounds
 from timing import matches, split_patterns
@@ -73,10 +67,6 @@ THRESHOLDS: tuple[tuple[str, float | None], ...] = (
 MIN_RUNS = 4
 #: What the benchmarks run: a tree that differs from the base elsewhere only is not measured.
 CODE_PATHS = ("src", "bench/suite", "pyproject.toml")
-#: The free-threaded pass (ci/perf-gate.sh runs the gate with .venv-ft's python too) keeps
-#: its base venv and files apart: they are for another interpreter.
-FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-CACHE = ROOT / ".cache" / ("perf-gate-ft" if FREE_THREADED else "perf-gate")
 
 
 # -- which commit ----------------------------------------------------------------------------
@@ -126,76 +116,6 @@ def same_code(repo: Path, sha: str, paths: Sequence[str] = CODE_PATHS) -> bool:
         return False
     untracked = _git(repo, "ls-files", "--others", "--exclude-standard", "--", *paths)
     return untracked == ""
-
-
-# -- the base tree's venv ----------------------------------------------------------------------
-
-
-def _pins(python: Path) -> str:
-    """The working tree's installed versions, as pip constraints, so both trees run on the
-    same valkey, hiredis, msgpack and uvloop."""
-    out = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable"],
-                         capture_output=True, text=True, check=True).stdout
-    return "".join(line + "\n" for line in out.splitlines()
-                   if line and not line.startswith(("-e ", "celery-asyncio")))
-
-
-def _extract(repo: Path, sha: str, into: Path) -> None:
-    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", sha],
-                             capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(into, filter="data")
-        else:  # pragma: no cover - Python before 3.11.4
-            tar.extractall(into)
-
-
-def build_base(repo: Path, sha: str, python: Path, cache: Path = CACHE) -> Path:
-    """A venv with ``sha``'s package installed (not editable); its Python.
-
-    The venv is kept: the next run with the same pins only reinstalls the package (or
-    nothing, for the same commit). The source is unpacked into a temporary folder under
-    ``cache`` and removed at once.
-
-    Raises:
-        subprocess.CalledProcessError, subprocess.TimeoutExpired: git or pip failed.
-    """
-    venv = cache / "venv"
-    vpython, stamp = venv / "bin" / "python", venv / "perf-gate.json"
-    pins = _pins(python)
-    want = {"commit": sha, "pins": hashlib.sha256(pins.encode()).hexdigest()}
-    have = json.loads(stamp.read_text()) if stamp.exists() else {}
-    if have == want and vpython.exists():
-        return vpython
-    cache.mkdir(parents=True, exist_ok=True)
-    fresh = have.get("pins") != want["pins"] or not vpython.exists()
-    # An interpreter built without ensurepip (ci/ft-python.sh's) makes a venv without pip;
-    # this venv's pip then installs into it (pip's --python).
-    pip_of = [str(vpython), "-m", "pip"]
-    if fresh:
-        shutil.rmtree(venv, ignore_errors=True)
-        if subprocess.run([str(python), "-m", "venv", str(venv)], timeout=120,
-                          capture_output=True).returncode != 0:
-            shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([str(python), "-m", "venv", "--without-pip", str(venv)], check=True,
-                           timeout=120)
-    if not (venv / "bin" / "pip").exists():
-        pip_of = [str(python), "-m", "pip", "--python", str(vpython)]
-    src = Path(tempfile.mkdtemp(prefix="src-", dir=cache))
-    try:
-        _extract(repo, sha, src)
-        (src / "perf-gate-pins.txt").write_text(pins)
-        pip = [*pip_of, "install", "-q", "--disable-pip-version-check"]
-        if fresh:
-            pip += ["-c", str(src / "perf-gate-pins.txt"), f"{src}[redis,uvloop,msgpack]"]
-        else:
-            pip += ["--no-deps", "--force-reinstall", str(src)]
-        stamp.unlink(missing_ok=True)
-        subprocess.run(pip, check=True, timeout=600)
-    finally:
-        shutil.rmtree(src, ignore_errors=True)
-    stamp.write_text(json.dumps(want))
-    return vpython
 
 
 # -- the verdict -------------------------------------------------------------------------------
