@@ -291,17 +291,22 @@ def redis_version(url: str) -> str | None:
     return found.get("redis_version")
 
 
-def machine_info(redis_url: str, machine_id: str | None = None) -> dict:
-    """What the numbers depend on; ``id`` is a stable hash (no hostname in clear)."""
+def machine_id() -> str:
+    """This machine's stable id: 8 hex digits of a hash of /etc/machine-id (or the hostname),
+    the CPU model and the number of cores (no hostname in clear). bench/suite/passes.py
+    keys the perf gate's record by it too."""
+    try:
+        base = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        base = socket.gethostname()
+    return hashlib.sha256(f"{base}|{cpu_model()}|{os.cpu_count() or 0}".encode()).hexdigest()[:8]
+
+
+def machine_info(redis_url: str, machine_id_: str | None = None) -> dict:
+    """What the numbers depend on; ``id`` is a stable hash (``machine_id``)."""
     model, cores = cpu_model(), os.cpu_count() or 0
-    if machine_id is None:
-        try:
-            base = Path("/etc/machine-id").read_text().strip()
-        except OSError:
-            base = socket.gethostname()
-        machine_id = hashlib.sha256(f"{base}|{model}|{cores}".encode()).hexdigest()[:8]
     return {
-        "id": machine_id,
+        "id": machine_id_ or machine_id(),
         "cpu_model": model,
         "cores": cores,
         "python": platform.python_version(),

@@ -13,6 +13,8 @@ from .transport_suite import TransportSuite
 
 REDIS_DB = 7
 AMQP_VHOST = "celery-amqp-conformance"
+#: Every queue the suite's tests use (transport_suite.py), emptied between AMQP tests.
+QUEUES = ("celery", "other")
 
 
 class TestMemoryTransport(TransportSuite):
@@ -97,6 +99,13 @@ class TestFilesystemTransport(TransportSuite):
         return [f.read_bytes() for f in sorted(folder.iterdir())] if folder.exists() else []
 
 
+@pytest.fixture(scope="class")
+def amqp_conformance_vhost() -> str:
+    """The AMQP class's vhost, made afresh once for the class: each ``rabbitmqctl`` call
+    starts an Erlang VM (1-3 s), and two per test were most of the class's time."""
+    return TestAMQPTransport().make_url(Path())
+
+
 @pytest.mark.amqp
 class TestAMQPTransport(TransportSuite):
     """RabbitMQ. Rejected messages reach a dead-letter queue through a server policy (the
@@ -110,9 +119,28 @@ class TestAMQPTransport(TransportSuite):
         return {}
 
     def make_url(self, tmp_path: Path) -> str:
+        """A fresh vhost with the dead-letter policy (once per class: ``url`` empties it)."""
         url = fresh_amqp_vhost(AMQP_VHOST)
         amqp_dead_letter_setup(url, AMQP_VHOST, "^(celery|other)$")
         return url
+
+    @pytest.fixture
+    def url(self, amqp_conformance_vhost: str) -> str:
+        """The class's vhost, emptied: the suite's queues deleted (the transport declares
+        them again), the dead-letter queue purged. The suite uses no other queue."""
+
+        async def empty() -> None:
+            import aio_pika
+
+            conn = await aio_pika.connect(amqp_conformance_vhost)
+            async with conn:
+                channel = await conn.channel()
+                for name in QUEUES:
+                    await channel.queue_delete(name)
+                await (await channel.get_queue("dead-letter")).purge()
+
+        asyncio.run(empty())
+        return amqp_conformance_vhost
 
     def dead_letters(self, url: str) -> list[bytes]:
         """Each dead-lettered message as a JSON envelope like kombu's (RabbitMQ's ``x-death``

@@ -103,7 +103,8 @@ def until(check: Callable[[], bool], seconds: float = 20.0, every: float = 0.1,
 
 
 class Capture:
-    """``receiver.capture`` in a thread, feeding a State; stops when asked."""
+    """``receiver.capture`` in a thread, feeding a State; stops when asked. Made once the
+    receiver is subscribed, so no event sent after it is missed."""
 
     def __init__(self, app: Celery, wakeup: bool = True) -> None:
         self.wakeup = wakeup
@@ -112,8 +113,21 @@ class Capture:
         self.lock = threading.Lock()  # guards events
         self.receiver = EventReceiver(None, handlers={"*": self.on_event}, app=app)
         self.error: BaseException | None = None
+        #: Set by the capture thread once subscribed (or failed); waited on by the test's.
+        self.subscribed = threading.Event()
+        subscribe = self.receiver._subscribe
+
+        async def subscribed(wakeup: bool) -> Any:
+            subscription = await subscribe(wakeup)
+            self.subscribed.set()
+            return subscription
+
+        self.receiver._subscribe = subscribed  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
+        assert self.subscribed.wait(30), "the event receiver did not subscribe within 30 s"
+        if self.error is not None:
+            raise self.error
 
     def on_event(self, event: dict[str, Any]) -> None:
         with self.lock:
@@ -123,8 +137,9 @@ class Capture:
     def run(self) -> None:
         try:
             self.receiver.capture(timeout=60, wakeup=self.wakeup)
-        except BaseException as exc:  # reported by stop()
+        except BaseException as exc:  # reported by stop() (or __init__)
             self.error = exc
+            self.subscribed.set()
 
     def types(self) -> list[str]:
         with self.lock:
@@ -280,8 +295,7 @@ def _upstream_worker(python: Path, url: str) -> subprocess.Popen:
 
 @pytest.mark.redis
 def test_state_follows_an_upstream_worker_with_events(upstream_python, app, url):
-    capture = Capture(app, wakeup=False)
-    time.sleep(0.5)  # subscribed before the worker says it is online
+    capture = Capture(app, wakeup=False)  # subscribed before the worker says it is online
     worker = _upstream_worker(upstream_python, url)
     try:
         assert until(lambda: "worker-online" in capture.types(), seconds=60)

@@ -65,8 +65,7 @@ def of_type(capture: Capture, type_: str) -> list[dict[str, Any]]:
 
 
 def test_task_and_worker_events_with_task_events_on(app):
-    capture = Capture(app, wakeup=False)
-    time.sleep(0.3)  # subscribed before the worker comes online
+    capture = Capture(app, wakeup=False)  # subscribed when made
     try:
         with running_worker(app, hostname=HOST, loop_workers=1, sync_workers=2,
                             task_events=True):
@@ -158,29 +157,29 @@ def test_task_events_go_as_task_multi_lists_on_kombus_channel(app, url):
 
 
 def test_event_commands_switch_task_events(app):
-    capture = Capture(app, wakeup=False)
-    time.sleep(0.3)
+    capture = Capture(app, wakeup=False)  # subscribed when made
     try:
         with running_worker(app, hostname=HOST, loop_workers=0, sync_workers=1):
             assert app.send_task("evsend.add", (1, 1)).get(timeout=10) == 2
             assert until(lambda: of_type(capture, "worker-heartbeat"), seconds=10)
             assert not of_type(capture, "task-received")  # no -E: worker events only
-            reply = app.control.broadcast("enable_events", reply=True, timeout=2.0)
+            reply = app.control.broadcast("enable_events", reply=True, timeout=10.0, limit=1)
             assert reply == [{HOST: {"ok": "task events enabled"}}]
-            reply = app.control.broadcast("enable_events", reply=True, timeout=2.0)
+            reply = app.control.broadcast("enable_events", reply=True, timeout=10.0, limit=1)
             assert reply == [{HOST: {"ok": "task events already enabled"}}]
             on = app.send_task("evsend.add", (2, 2))
             assert on.get(timeout=10) == 4
             assert until(lambda: of_type(capture, "task-succeeded"), seconds=10)
-            reply = app.control.broadcast("disable_events", reply=True, timeout=2.0)
+            reply = app.control.broadcast("disable_events", reply=True, timeout=10.0, limit=1)
             assert reply == [{HOST: {"ok": "task events disabled"}}]
-            assert app.control.broadcast("disable_events", reply=True, timeout=2.0) == \
+            assert app.control.broadcast("disable_events", reply=True, timeout=10.0, limit=1) == \
                 [{HOST: {"ok": "task events already disabled"}}]
             off = app.send_task("evsend.add", (3, 3))
             assert off.get(timeout=10) == 6
             beats = len(of_type(capture, "worker-heartbeat"))
-            assert app.control.broadcast("heartbeat", reply=True, timeout=2.0) == [{HOST: None}]
-            assert until(lambda: len(of_type(capture, "worker-heartbeat")) > beats, seconds=1.5)
+            assert app.control.broadcast("heartbeat", reply=True, timeout=10.0, limit=1) == \
+                [{HOST: None}]
+            assert until(lambda: len(of_type(capture, "worker-heartbeat")) > beats, seconds=10)
             time.sleep(0.5)
     finally:
         capture.stop()
@@ -189,8 +188,7 @@ def test_event_commands_switch_task_events(app):
 
 
 def test_without_heartbeat_sends_no_worker_events(app):
-    capture = Capture(app, wakeup=False)
-    time.sleep(0.3)
+    capture = Capture(app, wakeup=False)  # subscribed when made
     try:
         with running_worker(app, hostname=HOST, loop_workers=0, sync_workers=1,
                             task_events=True, heartbeat=False, heartbeat_interval=0.2):
@@ -204,8 +202,7 @@ def test_without_heartbeat_sends_no_worker_events(app):
 
 def test_task_sent_events_from_a_client(url):
     app = make_app(url, task_send_sent_event=True)
-    capture = Capture(app, wakeup=False)
-    time.sleep(0.3)
+    capture = Capture(app, wakeup=False)  # subscribed when made
     try:
         sent = app.tasks["evsend.add"].delay(7, 8)
         named = app.send_task("evsend.add", (1, 2), queue="other")
@@ -236,8 +233,7 @@ def test_worker_cli_flags_and_banner(url, tmp_path):
             return x + y
     """))
     client = make_app(url)
-    capture = Capture(client, wakeup=False)
-    time.sleep(0.3)
+    capture = Capture(client, wakeup=False)  # subscribed when made
     proc = CommandProcess(
         [sys.executable, "-m", "celery", "-A", "evcli", "worker", "-E", "-n", "cli-ev@test",
          "--heartbeat-interval", "0.5", "--without-gossip", "--without-mingle",
@@ -262,8 +258,7 @@ def test_a_killed_worker_stops_being_alive_in_state_after_two_missed_heartbeats(
     app_file = tmp_path / "evkill.py"
     app_file.write_text(f"from celery import Celery\napp = Celery('evkill', broker='{url}')\n")
     client = make_app(url)
-    capture = Capture(client, wakeup=False)
-    time.sleep(0.3)
+    capture = Capture(client, wakeup=False)  # subscribed when made
     proc = CommandProcess(
         [sys.executable, "-m", "celery", "-A", "evkill", "worker", "-n", "kill-ev@test",
          "--heartbeat-interval", "0.5", "--loop-workers", "0", "--sync-workers", "1"],

@@ -471,21 +471,20 @@ def test_task_events_switch_on_and_off_while_metrics_keep_counting(app):
     count throughout."""
     from tests.integration.test_events_receive import Capture
 
-    capture = Capture(app, wakeup=False)
-    time.sleep(0.3)
+    capture = Capture(app, wakeup=False)  # subscribed when made
     try:
         with running_worker(app, hostname=HOST, metrics_port=0, loop_workers=0,
                             sync_workers=1) as worker:
             port = port_of(worker)
             before = app.send_task("metrics.add", (1, 1))
             assert before.get(timeout=10) == 2
-            reply = app.control.broadcast("enable_events", reply=True, timeout=2.0)
+            reply = app.control.broadcast("enable_events", reply=True, timeout=10.0, limit=1)
             assert reply == [{HOST: {"ok": "task events enabled"}}]
             on = app.send_task("metrics.add", (2, 2))
             assert on.get(timeout=10) == 4
             assert until(lambda: any(e.get("uuid") == on.id and e["type"] == "task-succeeded"
                                      for e in list(capture.events)), seconds=10)
-            reply = app.control.broadcast("disable_events", reply=True, timeout=2.0)
+            reply = app.control.broadcast("disable_events", reply=True, timeout=10.0, limit=1)
             assert reply == [{HOST: {"ok": "task events disabled"}}]
             after = app.send_task("metrics.add", (3, 3))
             assert after.get(timeout=10) == 6

@@ -308,9 +308,9 @@ async def test_await_ready_wakes_when_stored_from_another_thread(backend):
 async def test_await_ready_returns_at_once_when_already_stored(backend):
     task_id = new_id()
     await backend.astore_result(task_id, 1, states.SUCCESS)
-    started = time.monotonic()
-    assert (await backend.await_ready(task_id, timeout=5))["result"] == 1
-    assert time.monotonic() - started < 1.0
+    # Nothing is published after the subscription: only the read of the stored value can
+    # answer (a waiter that missed it would time out), so no clock is needed here.
+    assert (await backend.await_ready(task_id, timeout=30))["result"] == 1
 
 
 async def test_await_ready_raises_timeout(backend, raw):
@@ -329,10 +329,14 @@ async def test_failure_wakes_the_waiter_with_the_exception(backend):
     assert type(meta["result"]) is KeyError
 
 
-async def test_many_concurrent_waiters_on_distinct_ids(backend):
+async def test_many_concurrent_waiters_on_distinct_ids(backend, raw):
     ids = [new_id() for _ in range(200)]
-    waiters = [asyncio.create_task(backend.await_ready(tid, timeout=10)) for tid in ids]
-    await asyncio.sleep(0.2)
+    waiters = [asyncio.create_task(backend.await_ready(tid, timeout=30)) for tid in ids]
+    keys = [backend.get_key_for_task(tid) for tid in ids]
+    deadline = time.monotonic() + 30
+    while any(n != 1 for _, n in raw.pubsub_numsub(*keys)):  # every waiter subscribed
+        assert time.monotonic() < deadline, "the waiters did not subscribe within 30 s"
+        await asyncio.sleep(0.01)
     other = RedisBackend(Conf(), backend.url)
     await other.astore_many([(tid, other.prepare_meta(tid, states.SUCCESS, i))
                              for i, tid in enumerate(ids)])
@@ -387,8 +391,8 @@ async def test_new_waiter_right_after_a_cancelled_one_still_wakes(backend, raw):
     assert await wait_numsub(raw, backend, task_id, 1) == 1
     first.cancel()
     second = asyncio.create_task(backend.await_ready(task_id, timeout=5))
-    await asyncio.sleep(0.05)
-    assert numsub(raw, backend, task_id) == 1
+    await asyncio.sleep(0.05)  # room for the first one's unsubscribe to land
+    assert await wait_numsub(raw, backend, task_id, 1) == 1
     await backend.astore_result(task_id, "again", states.SUCCESS)
     assert (await second)["result"] == "again"
 
@@ -399,8 +403,8 @@ async def test_cancelling_one_of_two_waiters_keeps_the_other(backend, raw):
     second = asyncio.create_task(backend.await_ready(task_id, timeout=5))
     assert await wait_numsub(raw, backend, task_id, 1) == 1
     first.cancel()
-    await asyncio.sleep(0.05)
-    assert numsub(raw, backend, task_id) == 1
+    await asyncio.sleep(0.05)  # room for a wrong unsubscribe to land
+    assert await wait_numsub(raw, backend, task_id, 1) == 1
     await backend.astore_result(task_id, 9, states.SUCCESS)
     assert (await second)["result"] == 9
 
@@ -450,22 +454,22 @@ async def test_idle_pubsub_connection_is_pinged_not_dropped(make_backend, raw):
     await backend.aclose()
 
 
-async def test_waiter_wakes_quickly(backend):
+async def test_waiter_wakes_on_a_store_by_another_client(backend, raw):
+    """Woken by the PUBLISH (how fast is bench/'s question, not a test's)."""
     task_id = new_id()
-    waiter = asyncio.create_task(backend.await_ready(task_id, timeout=5))
-    await asyncio.sleep(0.1)
+    waiter = asyncio.create_task(backend.await_ready(task_id, timeout=30))
+    assert await wait_numsub(raw, backend, task_id, 1) == 1
     other = RedisBackend(Conf(), backend.url)
-    started = time.perf_counter()
     await other.astore_result(task_id, 1, states.SUCCESS)
-    await waiter
-    assert time.perf_counter() - started < 1.0  # generous: see bench for real numbers
+    assert (await waiter)["result"] == 1
     await other.aclose()
 
 
-async def test_closed_backend_fails_waiters(make_backend):
+async def test_closed_backend_fails_waiters(make_backend, raw):
     backend = make_backend()
-    waiter = asyncio.create_task(backend.await_ready(new_id(), timeout=5))
-    await asyncio.sleep(0.1)
+    task_id = new_id()
+    waiter = asyncio.create_task(backend.await_ready(task_id, timeout=30))
+    assert await wait_numsub(raw, backend, task_id, 1) == 1
     await backend.aclose()
     with pytest.raises(ConnectionLost):
         await waiter
@@ -569,13 +573,23 @@ def test_store_now_reconnects_once_when_its_idle_connection_was_closed(make_back
     assert script_connections(raw, name) not in ([], killed)
 
 
-def test_store_now_on_an_unreachable_server_fails_without_retrying(redis_url):
-    """A connection that never worked is not retried: the caller falls back at once."""
+def test_store_now_on_an_unreachable_server_fails_without_retrying(redis_url, monkeypatch):
+    """A connection that never worked is not retried: the caller falls back at once. The
+    connection attempts are counted (the client's default policy would make 3), not timed."""
+    import valkey.connection
+
+    attempts: list[int] = []
+    real = valkey.connection.Connection._connect
+
+    def counted(self):
+        attempts.append(1)
+        return real(self)
+
+    monkeypatch.setattr(valkey.connection.Connection, "_connect", counted)
     backend = RedisBackend(Conf(), "redis://127.0.0.1:1/0")
-    started = time.monotonic()
     with pytest.raises(ConnectionLost):
         backend.store_now(new_id(), b'{"status": "SUCCESS"}', states.SUCCESS)
-    assert time.monotonic() - started < 1
+    assert len(attempts) == 1
     backend.close()
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import random
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 import valkey
@@ -18,6 +20,7 @@ from celery.exceptions import OperationalError
 from celery.messaging.protocol import build_task_message
 
 from ..conftest import kill_clients_named
+from ..faults.procs import wait_until
 from .worker_harness import running_worker
 
 REDIS_DB = 4
@@ -260,7 +263,43 @@ def test_acks_late_keeps_message_unacked_until_done(app, rclient):
         assert rclient.hlen("unacked") == 0
 
 
-def test_an_idle_worker_starts_a_task_before_recording_its_message(app, rclient, monkeypatch):
+def fetching_app(redis_url: str) -> tuple[Celery, str]:
+    """An app whose broker connections carry a name of their own (see ``wait_fetching``)."""
+    name = f"wtest-{uuid.uuid4().hex[:8]}"
+    return make_app(redis_url, broker_transport_options={"client_name": name}), name
+
+
+def wait_fetching(rclient, name: str) -> None:
+    """Until the worker of the app ``fetching_app`` named ``name`` waits for a message: each
+    of its blocking fetch connections (BLMOVE, one per priority key) blocked in Redis."""
+
+    def blocked() -> bool:
+        fetches = [c for c in rclient.client_list()
+                   if c.get("name") == name and c.get("cmd") == "blmove"]
+        return bool(fetches) and all("b" in c.get("flags", "") for c in fetches)
+
+    wait_until(blocked, 30, "the worker to wait in BLMOVE")
+
+
+def held_task(app: Celery) -> tuple[Any, queue.SimpleQueue[str], threading.Event]:
+    """A task that says it started and runs until the test releases it: the worker's thread
+    puts its id in ``started`` (a SimpleQueue, read by the test's thread) and waits on
+    ``release`` (an Event the test sets), so no step depends on the machine's speed."""
+    release = threading.Event()
+    started: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    @app.task(bind=True, name="tests.integration.test_worker.held")
+    def held(self):
+        started.put(self.request.id)
+        if not release.wait(30):
+            raise TimeoutError("never released")
+        return "done"
+
+    return held, started, release
+
+
+def test_an_idle_worker_starts_a_task_before_recording_its_message(redis_url, rclient,
+                                                                   monkeypatch):
     """An idle worker hands the message BRPOP popped to its task at once. Acked early, it is
     never recorded in ``unacked`` and needs no ack; an acks_late one is recorded, and acked
     when done."""
@@ -274,50 +313,63 @@ def test_an_idle_worker_starts_a_task_before_recording_its_message(app, rclient,
         await real_ack(self, deliveries)
 
     monkeypatch.setattr(RedisTransport, "ack", ack)
+    app, name = fetching_app(redis_url)
     sleeper = app.tasks["tests.integration.test_worker.sync_sleeper"]
     late = app.tasks["tests.integration.test_worker.late"]
-    with running_worker(app):
-        time.sleep(0.3)  # the worker now waits in BRPOP
-        early = sleeper.delay(0.3)
-        recorded = 0
-        while not early.ready():
-            recorded = max(recorded, rclient.hlen("unacked"))
-            time.sleep(0.01)
-        assert early.get(timeout=10) == 0.3 and recorded == 0
-        time.sleep(0.3)
-        kept = late.delay(0.3)
-        while rclient.hlen("unacked") == 0 and not kept.ready():
-            time.sleep(0.01)
-        assert rclient.hlen("unacked") == 1  # running, and recorded
-        assert kept.get(timeout=10) == "late"
-    assert early.id not in acked and kept.id in acked
-    assert rclient.exists("unacked", "unacked_index") == 0
+    try:
+        with running_worker(app):
+            wait_fetching(rclient, name)
+            early = sleeper.delay(0.3)
+            recorded = 0
+            while not early.ready():
+                recorded = max(recorded, rclient.hlen("unacked"))
+                time.sleep(0.01)
+            assert early.get(timeout=10) == 0.3 and recorded == 0
+            wait_fetching(rclient, name)
+            kept = late.delay(0.3)
+            wait_until(lambda: rclient.hlen("unacked") or kept.ready(), 30,
+                       "the acks_late message to be recorded")
+            assert rclient.hlen("unacked") == 1  # running, and recorded
+            assert kept.get(timeout=10) == "late"
+        assert early.id not in acked and kept.id in acked
+        assert rclient.exists("unacked", "unacked_index") == 0
+    finally:
+        app.close()
 
 
-def test_after_a_hand_off_the_next_fetch_waits_for_an_outcome_or_the_pause(app, monkeypatch):
+@pytest.mark.parametrize("pause", [20.0, 0.5], ids=["outcome-ends-it", "it-runs-out"])
+def test_after_a_hand_off_the_next_fetch_waits_for_an_outcome_or_the_pause(
+        redis_url, rclient, monkeypatch, pause):
     """After an early hand-off, the next fetch waits until an outcome comes back, or at
-    most HANDOFF_PAUSE (lengthened here so that both ends can be seen). The pause is for a
-    GIL: a free-threaded build with the GIL off runs this as if the GIL were on."""
+    most HANDOFF_PAUSE (set here so that each end can be seen on its own: 20 s, far longer
+    than the test waits, can only end by the outcome; a task held until the test releases
+    it gives no outcome, so its 0.5 s pause can only run out). The pause is for a GIL: a
+    free-threaded build with the GIL off runs this as if the GIL were on."""
     from celery.worker import handoff
 
-    monkeypatch.setattr(handoff, "HANDOFF_PAUSE", 0.8)
+    monkeypatch.setattr(handoff, "HANDOFF_PAUSE", pause)
     monkeypatch.setattr(handoff.gil, "enabled", lambda: True)
-    sleeper = app.tasks["tests.integration.test_worker.sync_sleeper"]
+    app, name = fetching_app(redis_url)
+    held, started, release = held_task(app)
     add = app.tasks["tests.integration.test_worker.add"]
-    with running_worker(app):
-        time.sleep(0.3)  # the worker now waits in BRPOP
-        short = sleeper.delay(0.3)
-        time.sleep(0.1)
-        second = add.delay(1, 2)
-        assert second.get(timeout=10) == 3
-        assert short.ready()  # fetched once the short task's outcome ended the pause
-        time.sleep(0.3)
-        long = sleeper.delay(3)
-        time.sleep(0.1)
-        quick = add.delay(2, 3)
-        assert quick.get(timeout=10) == 5
-        assert not long.ready()  # fetched once the pause ran out, the long task still running
-        assert long.get(timeout=10) == 3
+    try:
+        with running_worker(app):
+            wait_fetching(rclient, name)
+            first = held.delay()
+            assert started.get(timeout=30) == first.id  # handed off, running
+            second = add.delay(1, 2)
+            if pause > 10:
+                release.set()  # its outcome ends the pause: the second comes well before
+                assert second.get(timeout=10) == 3
+                assert first.get(timeout=10) == "done"
+            else:  # no outcome: fetched once the pause ran out, the first still running
+                assert second.get(timeout=10) == 3
+                assert not first.ready()
+                release.set()
+                assert first.get(timeout=10) == "done"
+    finally:
+        release.set()
+        app.close()
 
 
 def test_ignore_result_stores_nothing(app, rclient):
@@ -329,23 +381,30 @@ def test_ignore_result_stores_nothing(app, rclient):
 
 
 def test_warm_stop_requeues_unstarted_prefetched_messages_at_once(redis_url, rclient):
+    """A warm stop gives the prefetched messages that did not start back to the queue while
+    the running task still runs (not after the visibility timeout), then lets that one end.
+    The task is held on an event, so no step of this depends on how fast the machine is."""
     app = make_app(redis_url, worker_prefetch_multiplier=4)
-    sleeper = app.tasks["tests.integration.test_worker.sync_sleeper"]
+    held, started, release = held_task(app)
     try:
-        results = [sleeper.delay(0.5) for _ in range(6)]
-        with running_worker(app, loop_workers=0, sync_workers=1):
-            deadline = time.monotonic() + 5
-            while rclient.llen("celery") > 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert rclient.llen("celery") == 2  # window of 4 prefetched, 1 running
-            started = time.monotonic()
-        # leaving the block stops the worker: the running task finished, 3 came back at once
-        assert time.monotonic() - started < 3
-        finished = [r for r in results if r.state == "SUCCESS"]
-        assert 1 <= len(finished) <= 2
-        assert rclient.llen("celery") == 6 - len(finished)
+        results = [held.delay() for _ in range(6)]
+        with running_worker(app, loop_workers=0, sync_workers=1) as worker:
+            # a window of 4: 1 running (held), 3 prefetched, 2 left in the queue
+            wait_until(lambda: started.qsize() == 1 and rclient.llen("celery") == 2, 30,
+                       "one task running and 4 messages prefetched")
+            running = next(r for r in results if r.id == started.get_nowait())
+            worker.stop()
+            wait_until(lambda: rclient.llen("celery") == 5, 30,
+                       "the 3 unstarted messages back in the queue")
+            assert not running.ready()  # ... while the running task still ran
+            release.set()
+        assert started.empty()  # no other task started
+        assert running.get(timeout=10) == "done"
+        assert [r.state for r in results if r is not running] == ["PENDING"] * 5
+        assert rclient.llen("celery") == 5
         assert rclient.hlen("unacked") == 0
     finally:
+        release.set()
         app.close()
 
 

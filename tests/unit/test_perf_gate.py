@@ -18,6 +18,7 @@ SUITE = Path(__file__).resolve().parents[2] / "bench" / "suite"
 sys.path.insert(0, str(SUITE))
 import common  # noqa: E402
 import gate  # noqa: E402
+import passes  # noqa: E402
 import timing  # noqa: E402
 import units  # noqa: E402
 
@@ -138,6 +139,160 @@ def test_only_a_failure_that_shows_again_fails_the_gate() -> None:
     assert asked == [["micro.x"], ["micro.x"]]  # only the failed ones are measured again
 
 
+# -- the record of passes, and a gate that cannot measure ------------------------------------
+
+KEY = "0123abcd/gil"
+
+
+def record(path: Path, *lines: tuple[str, str]) -> Path:
+    """A record of passes: (key, commit) per line (TEST DATA)."""
+    path.write_text(passes.HEADER + "".join(
+        passes.Pass(key, sha, "2026-12-06T08:00:00Z", "3.11.7").line() for key, sha in lines))
+    return path
+
+
+def test_the_base_is_the_nearest_ancestor_that_passed_on_this_machine(tmp_path: Path,
+                                                                      repo: Path) -> None:
+    older = commit(repo, "a")
+    newer = commit(repo, "b")
+    mine_elsewhere = commit(repo, "c")  # passed on another machine only
+    commit(repo, "d")
+    git(repo, "checkout", "-q", "-b", "side", older)
+    on_a_branch = commit(repo, "a branch HEAD is not on")
+    git(repo, "checkout", "-q", "main")
+    path = record(tmp_path / "passes.txt", (KEY, newer), (KEY, older), (KEY, on_a_branch),
+                  ("ffffffff/gil", mine_elsewhere), (KEY.replace("gil", "ft"), mine_elsewhere),
+                  (KEY, "f" * 40))  # a commit this clone does not have
+    sha, why = gate.choose_base(repo, None, path, KEY)
+    assert sha == newer
+    assert why == f"the last commit that passed the gate on {KEY} (passes.txt)"
+    # a given base still wins over the record
+    assert gate.choose_base(repo, older, path, KEY)[0] == older
+
+
+def test_without_a_pass_of_this_machine_the_base_is_the_parent_saying_so(tmp_path: Path,
+                                                                         repo: Path) -> None:
+    first = commit(repo, "a")
+    commit(repo, "b")
+    path = record(tmp_path / "passes.txt", ("ffffffff/gil", first))
+    assert gate.choose_base(repo, None, path, KEY) == (
+        first, f"HEAD~1; no pass recorded for {KEY} in passes.txt below HEAD")
+    assert gate.choose_base(repo, None, tmp_path / "none.txt", KEY)[0] == first
+
+
+def test_a_malformed_record_is_refused_naming_its_line(tmp_path: Path, repo: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    commit(repo, "a")
+    commit(repo, "b")
+    path = tmp_path / "passes.txt"
+    path.write_text(passes.HEADER + "3354490b/gil not-a-commit\n")
+    monkeypatch.delenv("PERF_GATE_BASE", raising=False)
+    assert gate.main(["--repo", str(repo), "--record", str(path)]) == 2
+    assert "passes.txt:3: not a gate pass line" in capsys.readouterr().err
+
+
+def code_change(repo: Path) -> None:
+    """A committed code file, then a change to it in the working tree."""
+    (repo / "src").mkdir()
+    (repo / "src" / "m.py").write_text("x = 1\n")
+    git(repo, "add", "src")
+    commit(repo, "code")
+    commit(repo, "more")
+    (repo / "src" / "m.py").write_text("x = 2\n")
+
+
+def test_a_base_that_cannot_be_built_fails_the_gate(
+        tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code_change(repo)
+
+    def broken(*args: object, **kwargs: object) -> Path:
+        raise subprocess.CalledProcessError(1, ["pip", "install"])
+
+    monkeypatch.setattr(gate, "build_base", broken)
+    monkeypatch.setattr(gate, "run_rounds", lambda *a, **k: pytest.fail("measured anyway"))
+    monkeypatch.delenv("PERF_GATE_BASE", raising=False)
+    assert gate.main(["--repo", str(repo), "--record", str(tmp_path / "p.txt"),
+                      "--only", "micro"]) == gate.CANNOT_MEASURE
+    err = capsys.readouterr().err
+    assert "perf gate: FAILED: could not build the base commit" in err
+    assert "pip" in err and not (tmp_path / "p.txt").exists()
+
+
+def test_redis_down_fails_the_gate_instead_of_dropping_the_end_to_end_units(
+        tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code_change(repo)
+    monkeypatch.setattr(gate, "build_base", lambda *a, **k: pytest.fail("built anyway"))
+    monkeypatch.delenv("PERF_GATE_BASE", raising=False)
+    assert gate.main(["--repo", str(repo), "--record", str(tmp_path / "p.txt"),
+                      "--only", "micro,e2e.latency", "--url", "redis://127.0.0.1:1/9"]
+                     ) == gate.CANNOT_MEASURE
+    err = capsys.readouterr().err
+    assert "FAILED: Redis does not answer at redis://127.0.0.1:1/9: e2e.latency cannot run" \
+        in err
+
+
+def test_an_expected_benchmark_that_no_run_measured_fails() -> None:
+    rows = gate.decide({}, {}, LIMITS, expected=["e2e.latency.latency_p99"])
+    assert [(r.name, r.status, r.fails) for r in rows] == [
+        ("e2e.latency.latency_p99", "MISSING", True)]
+
+
+def fake_rounds(slowdown: float):
+    """``run_rounds`` answering six runs per tree of the benchmarks asked for (TEST DATA):
+    the working tree ``slowdown`` times the base."""
+
+    def run_rounds(trees, units, profile, only, url, rounds):
+        out = {}
+        for tree in trees:
+            collector = common.Collector(tree)
+            factor = slowdown if tree.label == "current" else 1.0
+            for values in runs_around(10e-6 * factor):
+                collector.add(common.Measured({n: {"values": values, "loops": 1}
+                                               for n in gate.expected(units, only)}))
+            out[tree.label] = collector
+        return out
+
+    return run_rounds
+
+
+def gate_on(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slowdown: float,
+            *args: str) -> int:
+    """The gate's decision on ``repo`` with the base build and the measurement stubbed."""
+    monkeypatch.setattr(gate, "build_base", lambda *a, **k: Path(sys.executable))
+    monkeypatch.setattr(gate, "run_rounds", fake_rounds(slowdown))
+    monkeypatch.setattr(passes, "machine_key", lambda free_threaded: KEY)
+    monkeypatch.delenv("PERF_GATE_BASE", raising=False)
+    return gate.main(["--repo", str(repo), "--record", str(tmp_path / "passes.txt"),
+                      "--only", "micro.message_build", "--out", str(tmp_path / "out"), *args])
+
+
+def test_a_pass_of_a_committed_tree_is_recorded_and_becomes_the_next_base(
+        tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code_change(repo)
+    assert gate_on(repo, tmp_path, monkeypatch, 1.0) == 0
+    assert "not recorded: src, bench/suite, pyproject.toml differ from HEAD" in \
+        capsys.readouterr().out
+    assert not (tmp_path / "passes.txt").exists()
+    git(repo, "commit", "-q", "-a", "-m", "x = 2")
+    passed = git(repo, "rev-parse", "HEAD")
+    assert gate_on(repo, tmp_path, monkeypatch, 1.0) == 0
+    assert f"recorded {passed[:12]} as passed for {KEY}" in capsys.readouterr().out
+    assert [(p.key, p.sha) for p in passes.read(tmp_path / "passes.txt")] == [(KEY, passed)]
+    commit(repo, "c")
+    commit(repo, "d")
+    (repo / "src" / "m.py").write_text("x = 3\n")
+    git(repo, "commit", "-q", "-a", "-m", "x = 3")
+    # a regression fails and is not recorded; the base stays the last commit that passed
+    assert gate_on(repo, tmp_path, monkeypatch, 2.0, "--no-confirm") == 1
+    out, err = capsys.readouterr()
+    assert "FAILED: micro.message_build" in out and "last commit that passed" in out
+    assert len(passes.read(tmp_path / "passes.txt")) == 1
+
+
 # -- verdicts ---------------------------------------------------------------------------------
 
 
@@ -237,8 +392,20 @@ def test_a_benchmark_the_working_tree_lost_fails_one_it_gained_passes() -> None:
     assert rows["micro.new"].status == "new" and not rows["micro.new"].fails
 
 
+def test_latency_p99_fails_only_past_its_wide_limit() -> None:
+    name = "e2e.latency.latency_p99"
+
+    def p99(base_ms: float, current_ms: float) -> gate.Row:
+        [row] = gate.decide({name: bench(name, *runs_around(base_ms / 1e3))},
+                            {name: bench(name, *runs_around(current_ms / 1e3))})
+        return row
+
+    assert p99(2.0, 4.0).status == "slower"  # +100 %: within the A/A noise seen
+    assert p99(2.0, 6.0).status == "REGRESSION"  # +200 %
+
+
 def test_thresholds_take_the_first_matching_glob() -> None:
-    assert gate.threshold_for("e2e.latency.latency_p99") is None
+    assert gate.threshold_for("e2e.latency.latency_p99") == 1.50  # gated, not only reported
     assert gate.threshold_for("micro.json_dumps_args") == dict(gate.THRESHOLDS)["micro.*"]
     assert gate.threshold_for("e2e.noop_sync.time_per_task") == 0.40
     assert gate.threshold_for("e2e.latency.latency_p50") == dict(gate.THRESHOLDS)["e2e.*"]
