@@ -149,8 +149,16 @@ def test_revoke_before_the_run_discards_queued_and_eta_held_tasks(app, worker, t
     inspect = app.control.inspect(timeout=1.0)
     wait_for(lambda: any((inspect.scheduled() or {}).values()), 10, "the ETA task to be held")
     not_sent_yet = str(uuid.uuid4())
-    replies = app.control.revoke([held.id, not_sent_yet], reply=True, timeout=1.0)
+    seen: list = []
+    started = time.monotonic()
+    # limit and callback as Celery's: the call returns at the one worker's reply, well
+    # before its 30 s timeout (a generous liveness bound, not a timing check), and the
+    # callback saw that reply
+    replies = app.control.revoke([held.id, not_sent_yet], reply=True, timeout=30.0, limit=1,
+                                 callback=seen.append)
+    assert time.monotonic() - started < 20
     assert len(replies) == 1 and "flagged as revoked" in next(iter(replies[0].values()))["ok"]
+    assert seen == replies
     # the revoke reached the held task at once; the other id is discarded when it arrives
     assert held.get(propagate=False, timeout=5) is not None and held.state == states.REVOKED
     late = app.tasks["ctl.tick"].apply_async(("late",), task_id=not_sent_yet)
@@ -225,6 +233,11 @@ def test_rate_limit_and_time_limit_change_at_run_time(url, tmp_path, app, worker
     assert "Invalid rate limit" in bad[0][name]["error"]
     unknown = app.control.rate_limit("no.such.task", "1/s", reply=True, timeout=1.0)
     assert unknown == [{name: {"error": "unknown task"}}]
+    # broadcast's other keyword arguments join the command's arguments, as in Celery
+    again = app.control.broadcast("rate_limit", {"task_name": "ctl.tick"},
+                                  rate_limit="3/s", reply=True, timeout=1.0, limit=1)
+    assert again == [{name: {"ok": "new rate limit set successfully"}}]
+    assert app.control.inspect().registered("rate_limit")[name].count("ctl.tick [rate_limit=3/s]") == 1
     limited = app.control.time_limit("ctl.sleep", soft=0.2, hard=0.5, reply=True, timeout=1.0)
     assert limited == [{name: {"ok": "time limits set successfully"}}]
     result = app.tasks["ctl.sleep"].delay("limited", 5)

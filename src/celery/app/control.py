@@ -75,14 +75,17 @@ class Control:
                          timeout: float = 1.0, limit: int | None = None,
                          callback: Callable[[Reply], Any] | None = None,
                          pattern: str | None = None, matcher: str | None = None,
-                         **_ignored: Any) -> list[Reply] | None:
+                         connection: Any = None, channel: Any = None,
+                         **extra: Any) -> list[Reply] | None:
         """Send ``command`` to the workers; with ``reply`` their replies, as Celery returns
-        them: a list of ``{node name: reply}``."""
+        them: a list of ``{node name: reply}``. Other keyword arguments join ``arguments``,
+        as in Celery; ``connection`` and ``channel`` (kombu's) are accepted for Celery's
+        signature: the app's own broker connection is used."""
         if destination is not None and not isinstance(destination, list | tuple):
             raise ValueError(f"destination must be a list/tuple not {type(destination)}")
         transport = self._mailbox()
         exchange, reply_exchange = pidbox.exchanges(self.app.conf.control_exchange)
-        body: dict[str, Any] = {"method": command, "arguments": dict(arguments or {}),
+        body: dict[str, Any] = {"method": command, "arguments": dict(arguments or {}, **extra),
                                 "destination": list(destination) if destination else None,
                                 "pattern": pattern, "matcher": matcher}
         headers = {"clock": self._tick(), "expires": time.time() + timeout if timeout else 0}
@@ -151,7 +154,8 @@ class Control:
         ``self.checkpoint()``)."""
         reply, timeout = kwargs.get("reply", False), kwargs.get("timeout", 1.0)
         return await self.abroadcast("revoke", self._revoke_args(task_id, terminate, signal, kwargs),
-                                     destination, reply=reply, timeout=timeout)
+                                     destination, reply=reply, timeout=timeout,
+                                     limit=kwargs.get("limit"), callback=kwargs.get("callback"))
 
     def revoke(self, task_id: str | Sequence[str], destination: Sequence[str] | None = None,
                terminate: bool = False, signal: str | None = "SIGTERM", **kwargs: Any) -> list[Reply] | None:
@@ -237,7 +241,12 @@ class Control:
     def inspect(self, destination: Sequence[str] | None = None, timeout: float = 1.0,
                 callback: Callable[[Reply], Any] | None = None, limit: int | None = None,
                 pattern: str | None = None, matcher: str | None = None,
-                **_ignored: Any) -> Inspect:
+                connection: Any = None, app: Any = None) -> Inspect:
+        """Celery's signature; a kombu ``connection`` is accepted and not used (this app's
+        own broker connection is); ``app`` other than this one is refused."""
+        if app is not None and app is not self.app:
+            raise ValueError("inspect(app=...) must be this control's app; use that app's "
+                             "app.control.inspect() instead")
         return Inspect(self, destination, timeout, callback, limit, pattern, matcher)
 
 
