@@ -3,12 +3,14 @@ app, and the checks that a run left nothing behind."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from celery import Celery
+from tests.integration.cli_helpers import app_env, processes_mentioning
+
+__all__ = ["app_env", "cli_env", "processes_mentioning", "queue_length", "run_cli"]
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.capacityapp"
@@ -17,17 +19,7 @@ STRICT = "tests.apps.capacityapp.strict"
 
 
 def cli_env(broker: str | None = None, backend: str | None = None) -> dict[str, str]:
-    """The repo importable, the app's URLs from CAPACITYAPP_*, none of the variables the CLI
-    reads as option defaults."""
-    env = {k: v for k, v in os.environ.items() if k not in (
-        "APP", "BROKER_URL", "RESULT_BACKEND", "CONFIG_MODULE", "CELERY_BROKER_URL",
-        "CELERY_RESULT_BACKEND", "CAPACITYAPP_BROKER", "CAPACITYAPP_BACKEND")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    if broker:
-        env["CAPACITYAPP_BROKER"] = broker
-    if backend:
-        env["CAPACITYAPP_BACKEND"] = backend
-    return env
+    return app_env("CAPACITYAPP", broker, backend)
 
 
 def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None,
@@ -36,19 +28,6 @@ def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None,
     return subprocess.run([sys.executable, "-m", "celery", "-A", APP, *global_args, *args],
                           cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
                           timeout=timeout)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of live processes whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 def queue_length(broker: str, queue: str) -> int:

@@ -4,7 +4,6 @@ and in-process on memory://; JSON and human output, clean-up, one-line errors.""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -18,6 +17,7 @@ import pytest
 
 from celery import Celery
 from tests.conftest import flushed_redis_url
+from tests.integration.cli_helpers import app_env, processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.benchapp_cli"
@@ -25,17 +25,7 @@ REDIS_DB = 5
 
 
 def bench_env(broker: str | None = None, backend: str | None = None) -> dict[str, str]:
-    """Environment for the CLI: the repo importable, the app's URLs from BENCHAPP_*, and none
-    of the variables the CLI reads as option defaults."""
-    env = {k: v for k, v in os.environ.items() if k not in (
-        "APP", "BROKER_URL", "RESULT_BACKEND", "CONFIG_MODULE", "CELERY_BROKER_URL",
-        "CELERY_RESULT_BACKEND", "BENCHAPP_BROKER", "BENCHAPP_BACKEND")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    if broker:
-        env["BENCHAPP_BROKER"] = broker
-    if backend:
-        env["BENCHAPP_BACKEND"] = backend
-    return env
+    return app_env("BENCHAPP", broker, backend)
 
 
 def run_bench(cwd: Path, *args: str, env: dict[str, str] | None = None,
@@ -45,19 +35,6 @@ def run_bench(cwd: Path, *args: str, env: dict[str, str] | None = None,
          *args],
         cwd=cwd, env=env or bench_env(), capture_output=True, text=True, timeout=60,
     )
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of live processes whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 def assert_sane_report(report: dict[str, Any], tasks: int) -> None:
