@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "bench" / "canvas_driver.py"
 sys.path.insert(0, str(ROOT / "bench"))
-from compare import upstream_python  # noqa: E402
+import peers  # noqa: E402  (bench/peers.py: the pinned upstream venv)
 
 OURS_WORKER = ["--loop-workers", "1", "--sync-workers", "4"]
 #: label -> (implementation, worker options). "base" is ours from another install (--base).
@@ -326,7 +326,8 @@ def main() -> None:
                         help=f"configurations, in run order, of: {', '.join(CONFIGS)}")
     parser.add_argument("--prefork", action="store_true", help="add upstream-prefork")
     parser.add_argument("--base", type=Path, help="python of another install of ours (A/B)")
-    parser.add_argument("--upstream-venv", type=Path, default=ROOT / ".cache" / "upstream-celery")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "peers",
+                        help="where bench/peers.py keeps its venvs (upstream Celery's is 'celery')")
     parser.add_argument("--url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--delay-ms", type=float, default=5.0,
                         help="reply delay of the counting proxy")
@@ -339,7 +340,7 @@ def main() -> None:
         labels.append("upstream-prefork")
     pythons = {"ours": Path(sys.executable)}
     if any(CONFIGS[label][0] == "upstream" for label in labels):
-        pythons["upstream"] = upstream_python(args.upstream_venv)
+        pythons["upstream"] = peers.peer_python(args.cache, "celery")
     if "base" in labels:
         if args.base is None:
             raise SystemExit("--only base needs --base PYTHON")
