@@ -5,7 +5,7 @@
     .venv/bin/python bench/suite/gate.py --aa # the working tree against itself (noise)
 
 The base is the nearest ancestor of HEAD that passed the gate on this machine and build
-(perf/gate-passes.txt, bench/suite/passes.py), so slowdowns just under a threshold cannot
+(perf/gate-passes.txt and the machine's copy of it, bench/suite/passes.py), so slowdowns just under a threshold cannot
 pile up commit after commit; with no such record, the merge base with origin/main or HEAD~1,
 saying so. A pass of a clean HEAD is added to the record.
 
@@ -262,22 +262,24 @@ class Skip(Exception):
         self.code = code
 
 
-def choose_base(repo: Path, override: str | None, record: Path, key: str
-                ) -> tuple[str | None, str]:
+def choose_base(repo: Path, override: str | None, record: Path, key: str,
+                machine: Path | None = None) -> tuple[str | None, str]:
     """The commit to compare with, and why that one: ``override`` when given; else the
-    nearest ancestor of HEAD recorded in ``record`` as passed for ``key``; else
-    ``select_base``'s fallback, saying that no pass is recorded.
+    nearest ancestor of HEAD recorded in ``record`` or in the machine's copy ``machine`` as
+    passed for ``key``; else ``select_base``'s fallback, saying that no pass is recorded.
 
     Raises:
-        ValueError: ``override`` names no commit, or ``record`` has a malformed line.
+        ValueError: ``override`` names no commit, or a record has a malformed line.
     """
     if override:
         return select_base(repo, override)
-    recorded = passes.last_pass(repo, passes.read(record), key)
+    records = [record] + ([machine] if machine is not None else [])
+    recorded = passes.last_pass(repo, [p for path in records for p in passes.read(path)], key)
+    names = " or ".join(str(path) if path is machine else path.name for path in records)
     if recorded:
-        return recorded, f"the last commit that passed the gate on {key} ({record.name})"
+        return recorded, f"the last commit that passed the gate on {key} ({names})"
     sha, why = select_base(repo)
-    return sha, f"{why}; no pass recorded for {key} in {record.name} below HEAD"
+    return sha, f"{why}; no pass recorded for {key} in {names} below HEAD"
 
 
 def base_commit(args: argparse.Namespace) -> tuple[str, str]:
@@ -290,7 +292,8 @@ def base_commit(args: argparse.Namespace) -> tuple[str, str]:
     if args.aa:
         return "", "the working tree (A/A run)"
     try:
-        sha, why = choose_base(args.repo, args.base, args.record, args.key)
+        sha, why = choose_base(args.repo, args.base, args.record, args.key,
+                               args.machine_record)
     except ValueError as exc:
         raise Skip(2, f"perf gate: {exc}") from None
     if sha is None:
@@ -354,7 +357,14 @@ def record_pass(args: argparse.Namespace) -> str:
         return (f"not recorded: {', '.join(CODE_PATHS)} differ from HEAD (commit, then run "
                 f"the gate again to record a pass)")
     entry = passes.append(args.record, args.key, head)
-    return f"recorded {head[:12]} as passed for {entry.key} in {args.record}"
+    where = str(args.record)
+    if args.machine_record is not None:
+        try:
+            passes.append(args.machine_record, args.key, head)
+            where += f" and {args.machine_record}"
+        except OSError as exc:  # a cache folder we may not write: the committed record holds
+            where += f" (not in {args.machine_record}: {exc})"
+    return f"recorded {head[:12]} as passed for {entry.key} in {where}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -377,6 +387,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder for base.json and current.json [%(default)s]")
     parser.add_argument("--record", type=Path, default=passes.RECORD,
                         help="the record of passes the base is taken from [%(default)s]")
+    parser.add_argument("--machine-record", type=lambda v: Path(v) if v else None,
+                        default=passes.MACHINE_RECORD,
+                        help="this machine's copy of the record, read and added to as well "
+                        "(empty: none) [$PERF_GATE_MACHINE_RECORD, else %(default)s]")
     parser.add_argument("--no-record", dest="record_passes", action="store_false",
                         help="do not add this pass to the record")
     args = parser.parse_args(argv)

@@ -10,12 +10,18 @@ so two branches that each add one merge without a conflict (``.gitattributes`` m
 file with git's ``union`` driver). The gate compares the working tree with the nearest
 ancestor of HEAD recorded for its key: a slowdown just under a threshold in one commit and
 another in the next are then measured together, against the last commit that passed.
+
+Each pass also goes to the machine's own copy (``MACHINE_RECORD``, outside the checkout,
+beside ci/ft-python.sh's cached interpreter), which the gate reads too: a fresh clone on the
+same machine (CI's) finds the passes of the checkout it was cloned from before they are
+committed, and the passes a CI run records stay for the next run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import os
 import platform
 import re
 import subprocess
@@ -27,6 +33,19 @@ from common import ROOT
 
 #: Where the gate keeps its record (committed with the code, like perf/history/).
 RECORD = ROOT / "perf" / "gate-passes.txt"
+
+def _machine_record() -> Path | None:
+    """``$PERF_GATE_MACHINE_RECORD`` (empty: none), else the machine's cache folder: root's
+    /var/cache/celery-asyncio, anyone else's ~/.cache/celery-asyncio (as ci/ft-python.sh)."""
+    given = os.environ.get("PERF_GATE_MACHINE_RECORD")
+    if given is not None:
+        return Path(given) if given else None
+    folder = (Path("/var/cache") if os.geteuid() == 0 else Path.home() / ".cache")
+    return folder / "celery-asyncio" / "perf-gate-passes.txt"
+
+
+#: This machine's own copy of the record (see the module docstring); None: not kept.
+MACHINE_RECORD = _machine_record()
 HEADER = ("# Commits that passed bench/suite/gate.py, one line each: machine/build, commit, "
           "UTC time, Python.\n# Appended by the gate; bench/suite/passes.py and "
           "docs/performance.md explain it.\n")

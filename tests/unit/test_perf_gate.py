@@ -36,6 +36,14 @@ def commit(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
+@pytest.fixture(autouse=True)
+def machine_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The machine's copy of the record, in the test's folder (never the real one)."""
+    path = tmp_path / "machine" / "perf-gate-passes.txt"
+    monkeypatch.setattr(passes, "MACHINE_RECORD", path)
+    return path
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     path = tmp_path / "repo"
@@ -291,6 +299,25 @@ def test_a_pass_of_a_committed_tree_is_recorded_and_becomes_the_next_base(
     out, err = capsys.readouterr()
     assert "FAILED: micro.message_build" in out and "last commit that passed" in out
     assert len(passes.read(tmp_path / "passes.txt")) == 1
+
+
+def test_a_fresh_clone_takes_its_base_from_the_machines_copy_of_the_record(
+        tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch, machine_record: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code_change(repo)
+    git(repo, "commit", "-q", "-a", "-m", "x = 2")
+    passed = git(repo, "rev-parse", "HEAD")
+    assert gate_on(repo, tmp_path, monkeypatch, 1.0) == 0
+    assert f"and {machine_record}" in capsys.readouterr().out
+    assert [p.sha for p in passes.read(machine_record)] == [passed]
+    # CI's clone: the committed record has no line for this machine, its copy has
+    (tmp_path / "passes.txt").unlink()
+    commit(repo, "c")
+    (repo / "src" / "m.py").write_text("x = 3\n")
+    git(repo, "commit", "-q", "-a", "-m", "x = 3")
+    assert gate.choose_base(repo, None, tmp_path / "passes.txt", KEY, machine_record) == (
+        passed, f"the last commit that passed the gate on {KEY} (passes.txt or {machine_record})")
+    assert gate.choose_base(repo, None, tmp_path / "passes.txt", KEY)[0] != passed
 
 
 # -- verdicts ---------------------------------------------------------------------------------
