@@ -204,10 +204,13 @@ async def test_reject_without_requeue_dead_letters_it(transport, raw, caplog):
 
 
 async def test_restore_visible_restores_only_expired_reservations(redis_url, raw):
-    transport = RedisTransport(redis_url, transport_options={"visibility_timeout": 0.5})
+    transport = RedisTransport(redis_url, transport_options={"visibility_timeout": 60})
     await transport.apublish_many([task("t", i) for i in range(3)])
     old = await transport.fetch(["celery"], 2, 1)
-    await asyncio.sleep(0.7)
+    # Reserved 61 s earlier, in their order (no sleep: a loaded machine would let the young
+    # one expire too).
+    for d in old:
+        raw.zincrby("unacked_index", -61, d.delivery_tag)
     young = await transport.fetch(["celery"], 1, 1)
     assert await transport.restore_visible() == 2
     assert unacked_tags(raw) == {young[0].delivery_tag}
@@ -467,10 +470,23 @@ def bodies(deliveries) -> list:
     return [json.loads(d.message.body)[0] for d in deliveries]
 
 
+def until_a_wait_blocks(raw, timeout: float = 10) -> None:
+    """Return once a client of this database is blocked in a blocking move (a fetch's wait
+    armed on the server): pushing earlier, the fetch's script would find the message itself
+    (a fixed 0.3 s was not always enough on a loaded machine)."""
+    db = raw.connection_pool.connection_kwargs.get("db", 0)
+    deadline = time.monotonic() + timeout
+    while not any(c.get("cmd") in ("blmove", "brpoplpush") and "b" in c.get("flags", "")
+                  and int(c.get("db", -1)) == db for c in raw.client_list()):
+        assert time.monotonic() < deadline, "no fetch wait blocked in Redis"
+        time.sleep(0.005)
+
+
 async def fetch_while_pushing(transport, raw, payloads, early, max_count=10):
     """Fetch with ``early`` while the queue is empty, so the wait blocks; push ``payloads``
-    in one LPUSH: the wait wakes with the first of them."""
-    thread = threading.Thread(target=lambda: (time.sleep(0.3), raw.lpush("celery", *payloads)))
+    in one LPUSH once it does: the wait wakes with the first of them."""
+    thread = threading.Thread(target=lambda: (until_a_wait_blocks(raw),
+                                              raw.lpush("celery", *payloads)))
     thread.start()
     try:
         return await transport.fetch(["celery"], max_count, 5, early=early)
@@ -581,7 +597,7 @@ async def wait_cancelled_then_push(transport, raw, n: int) -> None:
     """Cancel a fetch while its waits block, then push message ``n``: a wait left armed
     takes it into this consumer's reserved list."""
     fetching = asyncio.create_task(transport.fetch(["celery"], 10, 3, early=refuse_hand_over))
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(until_a_wait_blocks, raw)
     fetching.cancel()
     with pytest.raises(asyncio.CancelledError):
         await fetching

@@ -564,9 +564,11 @@ def test_routes_send_tasks_to_queues_that_only_their_workers_read():
                         sync_workers=1):
         routed = when.delay("routed")
         explicit = app.tasks["sem.retry_twice"].apply_async(("explicit",), queue="timing")
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10  # (delay() may return before Redis has it)
+        while app.portal.call(app.transport.queue_length("timing")) != 2:
+            assert time.monotonic() < deadline, "the routed tasks never reached their queue"
+            time.sleep(0.01)
         assert not attempts(app, "routed") and not attempts(app, "explicit")
-        assert app.portal.call(app.transport.queue_length("timing")) == 2
     with running_worker(app, queues=["timing"], loop_workers=1, loop_concurrency=5,
                         sync_workers=1):
         assert isinstance(routed.get(timeout=10), float)
