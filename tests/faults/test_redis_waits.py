@@ -65,11 +65,25 @@ async def until(check, what: str, timeout: float = 5.0) -> None:
 
 
 async def blocked_in_wait(raw: valkey.Valkey, transport: RedisTransport) -> None:
-    """Until the transport's blocking waits (one per priority step) block in Redis."""
+    """Until the transport's blocking waits (one per priority step) block in Redis, and
+    still do 0.1 s later: a wait of an earlier short fetch (0.01 s) may be seen blocked
+    for a moment, and its reply still be on its way while the test cuts the connection."""
     name = transport._kwargs["client_name"]
     steps = len(transport.priority_steps)
-    await until(lambda: sum(c.get("name") == name and c.get("cmd") == "blmove"
-                            for c in raw.client_list()) == steps, "blocking waits")
+
+    def blocked() -> set[str]:
+        return {c["id"] for c in raw.client_list() if c.get("name") == name
+                and c.get("cmd") == "blmove" and "b" in c.get("flags", "")}
+
+    deadline = time.monotonic() + 5
+    while True:
+        first = blocked()
+        if len(first) == steps:
+            await asyncio.sleep(0.1)
+            if blocked() == first:
+                return
+        assert time.monotonic() < deadline, "no blocking waits within 5 s"
+        await asyncio.sleep(0.01)
 
 
 async def close(transport: RedisTransport) -> None:

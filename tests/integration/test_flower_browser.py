@@ -195,15 +195,20 @@ def page_text(driver: Any, url: str, *expected: str, seconds: float = 30.0,
     return body
 
 
-def toast(driver: Any, seconds: float = 15.0) -> str:
-    """The text of Flower's latest alert toast."""
+def toast(driver: Any, expect: str, seconds: float = 15.0) -> str:
+    """The text of Flower's latest alert toast once it says ``expect`` (the toast of an
+    earlier click may still be the latest for a moment); the last one seen if none does."""
     from selenium.webdriver.common.by import By
 
-    def latest() -> str:
-        toasts = driver.find_elements(By.CSS_SELECTOR, ".toast")
-        return toasts[-1].text if toasts else ""
+    seen = [""]
 
-    return until(latest, seconds) or ""
+    def latest() -> bool:
+        toasts = driver.find_elements(By.CSS_SELECTOR, ".toast")
+        seen[0] = toasts[-1].text if toasts else ""
+        return expect in seen[0]
+
+    until(latest, seconds)
+    return seen[0]
 
 
 # -- pages ---------------------------------------------------------------------------------
@@ -258,7 +263,7 @@ def test_revoke_button_revokes_the_task_on_the_worker(browser, flower, client, w
     held = client.tasks["flowerapp.add"].apply_async((1, 1), countdown=60, task_id=task_id)
     page_text(browser, f"{flower}/task/{task_id}", "flowerapp.add", "RECEIVED")
     browser.find_element(By.ID, "task-revoke").click()
-    assert f"Revoked '{task_id}'" in toast(browser)
+    assert f"Revoked '{task_id}'" in toast(browser, f"Revoked '{task_id}'")
     revoked = until(lambda: task_id in ((client.control.inspect(timeout=2).revoked() or {})
                                         .get(WORKER) or []), 20)
     assert revoked, f"{task_id} not in the worker's revoked list:\n{worker.output[-3000:]}"
@@ -279,7 +284,7 @@ def test_rate_limit_button_sets_the_rate_limit_on_the_worker(browser, flower, cl
     until(lambda: row.is_displayed(), 5)
     row.find_element(By.CSS_SELECTOR, "input[placeholder='Rate']").send_keys("7")
     row.find_element(By.ID, "task-rate-limit-flowerapp.add").click()
-    assert "new rate limit set successfully" in toast(browser)
+    assert "new rate limit set successfully" in toast(browser, "new rate limit set")
     browser.save_screenshot(str(ARTIFACTS / "worker-rate-limit.png"))
     worker.wait_for_line("New rate limit for tasks of type flowerapp.add: 7", timeout=10)
     registered = client.control.inspect(timeout=2).registered("rate_limit") or {}
@@ -298,11 +303,11 @@ def test_pool_buttons_resize_our_worker(browser, flower, worker, client):
     assert threads() == 2
     page_text(browser, f"{flower}/worker/{WORKER}", "Pool size")
     browser.find_element(By.ID, "worker-pool-grow").click()
-    assert f"Growing '{WORKER}' worker's pool by 1" in toast(browser)
+    assert f"Growing '{WORKER}' worker's pool by 1" in toast(browser, "Growing")
     worker.wait_for_line("Sync threads: 2 -> 3", timeout=10)
     assert threads() == 3
     browser.find_element(By.ID, "worker-pool-shrink").click()
-    assert f"Shrinking '{WORKER}' worker's pool by 1" in toast(browser)
+    assert f"Shrinking '{WORKER}' worker's pool by 1" in toast(browser, "Shrinking")
     assert threads() == 2
 
 

@@ -144,6 +144,36 @@ def test_retry_backoff_is_capped_by_retry_backoff_max_and_jittered_within_it(app
     assert all(min(abs(c), abs(c - 1)) < 0.25 for c in jittered_by), jittered_by
 
 
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_a_retry_due_at_once_finds_its_retry_state_stored_and_ends_failed(app: Celery, kind):
+    """The RETRY state is stored before the retry is sent: the retry (countdown 0) sees it
+    when it starts, and its FAILURE is the last state, never overwritten by the RETRY of the
+    run before (as when the RETRY went with the outcome, after the send: a get() then
+    waited for ever, seen with ``retry_jitter`` picking 0 under load)."""
+    seen: list[str] = []
+
+    def note(task) -> None:
+        seen.append(AsyncResult(task.request.id, app=app).state)
+
+    if kind == "def":
+        @app.task(name="paths.at_once", bind=True, max_retries=2)
+        def at_once(self):
+            note(self)
+            raise self.retry(exc=Flaky("again"), countdown=0)
+    else:
+        @app.task(name="paths.at_once", bind=True, max_retries=2)
+        async def at_once(self):
+            await asyncio.to_thread(note, self)
+            raise self.retry(exc=Flaky("again"), countdown=0)
+
+    with running_worker(app, loop_workers=1, sync_workers=2):
+        result = app.tasks["paths.at_once"].delay()
+        with pytest.raises(Flaky):
+            result.get(timeout=15)
+    assert seen[1:] == [states.RETRY, states.RETRY], seen
+    assert AsyncResult(result.id, app=app).state == states.FAILURE
+
+
 # -- retry(throw=False) ----------------------------------------------------------------------
 
 

@@ -5,9 +5,14 @@ The states a run can end in, as in Celery:
 * SUCCESS: the return value is stored.
 * FAILURE: the exception and its traceback are stored (also when results are ignored, if the
   task has ``store_errors_even_if_ignored``).
-* RETRY: the task called ``self.retry()``. The retry message (same task id, ``retries + 1``,
-  its ETA) is published first, then the RETRY state with the reason is stored, and the
-  message is acked. If publishing fails, the task is marked FAILURE with that error.
+* RETRY: the task called ``self.retry()``. The RETRY state with the reason is stored first,
+  on the task's thread or loop, then the retry message (same task id, ``retries + 1``, its
+  ETA) is published, and the message is acked. Stored the other way round (as Celery does),
+  a retry due at once could run and store its FAILURE or SUCCESS before this run's RETRY,
+  which then overwrote it (seen with ``retry_jitter`` picking a countdown of 0): the caller
+  waited for a result that was never coming. If that store fails, the RETRY state goes with
+  the outcome, as any result; if publishing fails, the task is marked FAILURE with that
+  error.
 * IGNORED (``raise Ignore()``): nothing is stored; the message is acked.
 * REJECTED (``raise Reject(reason, requeue=...)``): nothing is stored; the message is rejected
   (dropped) or requeued.
@@ -169,15 +174,17 @@ class Tracer:
             except Retry as exc:
                 if not req.halt.claim("thread"):  # a cold shutdown requeued its message
                     return self._dropped(req, start)
-                error = None
+                error, stored = None, False
                 self._retry_event(req, exc)
                 if exc.message_to_send is not None and self.transport is not None:
+                    stored = self._store_retry(req, exc, ctx)
                     try:
                         self.transport.publish(exc.message_to_send)
                         self._confirm_own()
                     except Exception as publish_error:
                         error = publish_error
-                return self._end(req, body, drive(self._retry(req, exc, error, start, ctx), app))
+                return self._end(req, body, drive(
+                    self._retry(req, exc, error, start, ctx, stored), app))
             except Exception as exc:
                 if req.halt.is_set():  # terminated: settled as REVOKED already; quietly done
                     logger.info("Task %s[%s] stopped after it was terminated (%r)", req.name,
@@ -219,14 +226,15 @@ class Tracer:
             soft.disarm()
             return self._end(req, body, await adrive(self._failure(req, exc, start, ctx), app))
         except Retry as exc:
-            error = None
+            error, stored = None, False
             self._retry_event(req, exc)
             if exc.message_to_send is not None and self.transport is not None:
+                stored = await self._astore_retry(req, exc, ctx)
                 try:
                     await self.transport.apublish(exc.message_to_send)
                 except Exception as publish_error:
                     error = publish_error
-            outcome = await adrive(self._retry(req, exc, error, start, ctx), app)
+            outcome = await adrive(self._retry(req, exc, error, start, ctx, stored), app)
             return self._end(req, body, outcome)
         except Exception as exc:
             return self._end(req, body, await adrive(self._error(req, exc, start, ctx), app))
@@ -291,8 +299,8 @@ class Tracer:
         return (yield from self._ended(req, ctx, outcome, exc))
 
     def _retry(self, req: Request, exc: Retry, publish_error: Exception | None, start: float,
-               ctx: Context) -> Duty[Outcome]:
-        outcome = self._retried(req, exc, publish_error, start, ctx)
+               ctx: Context, stored: bool = False) -> Duty[Outcome]:
+        outcome = self._retried(req, exc, publish_error, start, ctx, stored)
         if outcome.state == states.FAILURE:  # the retry could not be sent
             return (yield from self._ended(req, ctx, outcome, publish_error))
         handlers = overridden_handlers(type(req.task))
@@ -362,20 +370,54 @@ class Tracer:
             return Outcome(req, states.REJECTED, None, runtime, settle=settle)
         return self._failed(req, exc, start, ctx)
 
+    def _retry_payload(self, req: Request, exc: Retry, ctx: Any) -> bytes | None:
+        """The RETRY meta to store, encoded; None when this task stores none."""
+        if not (req.store_result or req.task.store_errors_even_if_ignored):
+            return None
+        reason = exc.exc if exc.exc is not None else exc
+        return self._encode_error(req, states.RETRY, reason, ExceptionInfo.of(exc).traceback, ctx)
+
+    def _store_retry(self, req: Request, exc: Retry, ctx: Any) -> bool:
+        """Store the RETRY state now, blocking this task's thread, before its retry is sent
+        (see the module docstring); False if there is none or the write failed (it goes
+        with the outcome then)."""
+        payload = self._retry_payload(req, exc, ctx)
+        if payload is None:
+            return False
+        try:
+            if not self.backend.store_now(req.id, payload, states.RETRY):
+                self.backend._call(self.backend._aset_many([(req.id, payload, states.RETRY)]))
+        except Exception as error:  # the outcome carries it to the flusher, which retries
+            logger.warning("Task %s[%s]: could not store RETRY before sending the retry (%r)",
+                           req.name, req.id, error)
+            return False
+        return True
+
+    async def _astore_retry(self, req: Request, exc: Retry, ctx: Any) -> bool:
+        """``_store_retry`` on an async task's loop."""
+        payload = self._retry_payload(req, exc, ctx)
+        if payload is None:
+            return False
+        try:
+            await self.backend._aset_many([(req.id, payload, states.RETRY)])
+        except Exception as error:
+            logger.warning("Task %s[%s]: could not store RETRY before sending the retry (%r)",
+                           req.name, req.id, error)
+            return False
+        return True
+
     def _retried(self, req: Request, exc: Retry, publish_error: Exception | None, start: float,
-                 ctx: Any) -> Outcome:
-        """RETRY once the retry message is out; FAILURE if it could not be sent."""
+                 ctx: Any, stored: bool = False) -> Outcome:
+        """RETRY once the retry message is out (its state stored already if ``stored``);
+        FAILURE if it could not be sent."""
         if publish_error is not None:
             logger.error("Task %s[%s]: could not send its retry (%r); marking it failed",
                          req.name, req.id, publish_error)
             return self._failed(req, publish_error, start, ctx)
         runtime = time.monotonic() - start
-        reason = exc.exc if exc.exc is not None else exc
         einfo = ExceptionInfo.of(exc)
         logger.info("Task %s[%s] retry: %s", req.name, req.id, exc)
-        payload = None
-        if req.store_result or req.task.store_errors_even_if_ignored:
-            payload = self._encode_error(req, states.RETRY, reason, einfo.traceback, ctx)
+        payload = None if stored else self._retry_payload(req, exc, ctx)
         if signals.task_retry.receivers:
             signals.task_retry.send(sender=req.task, request=ctx, reason=exc,
                                     einfo=einfo.for_signal())
