@@ -111,7 +111,7 @@ def test_the_worker_unit_runs_reloads_and_stops(tmp_path):
         if "proj" in sys.modules:
             sys.modules.pop("proj").app.close()
     assert proc.returncode == 0, output
-    assert "SIGHUP: restarting" in output  # (the supervisor's, or a lone process's on FT)
+    assert "SIGHUP: restarting" in output, output  # (the supervisor's, or a lone process's on FT)
 
 
 def test_the_beat_unit_runs_and_stops(tmp_path):
