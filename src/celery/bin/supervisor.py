@@ -275,9 +275,18 @@ class Supervisor:
                 self._send(proc, sig)
 
     def _send(self, proc: asyncio.subprocess.Process, sig: int) -> None:
+        """Signal a child not yet known to have exited. Not ``proc.send_signal``: that is
+        ``Popen.send_signal``, which first polls (``waitpid`` with WNOHANG) and so can reap a
+        child that has just exited before asyncio's child watcher does; the watcher then
+        logs "Unknown child process pid" and reports status 255 for it, which we took for a
+        failed worker (seen when a stop came as a restarted child started). Once the watcher
+        has reaped the child, its exit reaches ``returncode`` on this loop a moment later:
+        in that moment ``os.kill`` may find no process (ignored)."""
+        if proc.returncode is not None:
+            return
         try:
-            proc.send_signal(sig)
-        except ProcessLookupError:  # it exited and is not reaped yet: its wait() reports it
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:  # it exited: its wait() reports it
             pass
 
     def _give_up(self, name: str, code: int) -> None:
