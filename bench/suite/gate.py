@@ -5,9 +5,9 @@
     .venv/bin/python bench/suite/gate.py --aa # the working tree against itself (noise)
 
 The base is the nearest ancestor of HEAD that passed the gate on this machine and build
-(perf/gate-passes.txt and the machine's copy of it, bench/suite/passes.py), so slowdowns just under a threshold cannot
-pile up commit after commit; with no such record, the merge base with origin/main or HEAD~1,
-saying so. A pass of a clean HEAD is added to the record.
+(perf/gate-passes.txt and the machine's copy of it, bench/suite/passes.py), so slowdowns
+just under a threshold cannot pile up commit after commit; with no such record, the merge
+base with origin/main or HEAD~1, saying so. A pass of a clean HEAD is added to the record.
 
 Builds the base commit (basevenv.py: ``git archive`` into a temporary folder, ``pip
 install`` into the throwaway venv ``.cache/perf-gate/venv``, or ``.cache/perf-gate-ft/venv``

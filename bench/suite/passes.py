@@ -34,6 +34,7 @@ from common import ROOT
 #: Where the gate keeps its record (committed with the code, like perf/history/).
 RECORD = ROOT / "perf" / "gate-passes.txt"
 
+
 def _machine_record() -> Path | None:
     """``$PERF_GATE_MACHINE_RECORD`` (empty: none), else the machine's cache folder: root's
     /var/cache/celery-asyncio, anyone else's ~/.cache/celery-asyncio (as ci/ft-python.sh)."""
