@@ -55,6 +55,9 @@ CPU_TASK = "celery.bench.cpu"
 RECORD = struct.Struct("<qd")
 #: Seconds a worker gets to finish after SIGTERM before it is killed.
 STOP_GRACE = 10.0
+#: Seconds the sends and result waits get to end once cancelled (Ctrl-C, SIGTERM, a failed
+#: check) before the clean-up goes ahead without them.
+CANCEL_GRACE = 10.0
 
 # -- the bench tasks (they run in the worker) -----------------------------------------------
 
@@ -351,6 +354,21 @@ class _ChildWorker(_Workers):
         if self.proc is not None and self.alive():
             self.proc.kill()
             self.proc.wait()
+
+
+def _stuck_tasks() -> str:
+    """This loop's other tasks, each with the line it waits at (a one-line diagnosis)."""
+    here, parts = asyncio.current_task(), []
+    for task in asyncio.all_tasks():
+        if task is here:
+            continue
+        frames: list[str] = []
+        coro: Any = task.get_coro()
+        while coro is not None and getattr(coro, "cr_frame", None) is not None:
+            frames.append(f"{coro.cr_code.co_name}:{coro.cr_frame.f_lineno}")
+            coro = coro.cr_await  # down to the innermost await
+        parts.append(f"{task.get_name()} in {' > '.join(frames) or '?'}")
+    return "; ".join(parts) or "(no task)"
 
 
 def _children(pid: int) -> list[int]:
@@ -699,8 +717,12 @@ class _Run:
         finally:
             if not job.done():
                 job.cancel()
-                await asyncio.wait({job})
-            if not job.cancelled():
+                if not (await asyncio.wait({job}, timeout=CANCEL_GRACE))[0]:
+                    # The clean-up (stop the worker, purge) must run whatever hangs here.
+                    print(f"celery bench: the sends did not end within {CANCEL_GRACE:g} s of "
+                          f"being cancelled; cleaning up without them. Still waiting: "
+                          f"{_stuck_tasks()}", file=sys.stderr)
+            if job.done() and not job.cancelled():
                 job.exception()  # retrieved: the error that ends the run is already raised
 
     def _stalled(self, running: bool) -> click.ClickException:
