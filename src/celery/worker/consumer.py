@@ -520,7 +520,9 @@ class Consumer:
     def _finish(self, outcome: Outcome) -> None:
         req = outcome.request
         if outcome.interim:  # a state to store while the task goes on (STARTED)
-            self._store_then(req, outcome.payload, outcome.state, None)
+            if outcome.payload is not None:
+                self.flusher.store(req.id, outcome.payload, outcome.state,
+                                   written=outcome.written)
             return
         lane = self.lanes[req.task.is_async]
         if lane.running.pop(req, False) is False:

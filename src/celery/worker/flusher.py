@@ -25,6 +25,8 @@ Everything here runs on the consumer's event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -56,7 +58,7 @@ _NAMED = 20
 #: A result to write: (task id, encoded meta, state, the settle to queue once it is written
 #: or None, the chord report to make once it is written or None). A plain tuple: one is made
 #: per task.
-_Store: TypeAlias = "tuple[str, bytes, str, tuple[str, Delivery] | None, Any]"
+_Store: TypeAlias = "tuple[str, bytes, str, tuple[str, Delivery] | None, Any, Any]"
 #: A chord report to make, and the settle that waits for it (or None).
 _Report: TypeAlias = "tuple[Any, tuple[str, Delivery] | None]"
 
@@ -128,11 +130,13 @@ class Flusher:
     # -- queueing (consumer loop) ----------------------------------------------------------
 
     def store(self, task_id: str, payload: bytes, state: str,
-              then: tuple[str, Delivery] | None = None, report: Any = None) -> None:
+              then: tuple[str, Delivery] | None = None, report: Any = None,
+              written: concurrent.futures.Future[None] | None = None) -> None:
         """Queue a result; ``then`` (``("acks" | "rejects", delivery)``): the settle that
         waits for it; ``report``: a chord report to make once it is written (the settle then
-        waits for that too). Counted by the ResultGate until written."""
-        self.stores.append((task_id, payload, state, then, report))
+        waits for that too); ``written``: a future to resolve once it is written (another
+        thread may wait on it). Counted by the ResultGate until written."""
+        self.stores.append((task_id, payload, state, then, report, written))
         self._store_bytes += len(payload)
         self._results.add(1)
 
@@ -218,7 +222,10 @@ class Flusher:
         self._backend_side.worked()
         self._store_bytes -= sum(len(s[1]) for s in batch)
         self._results.done(len(batch))
-        for *_, then, report in batch:
+        for *_, then, report, written in batch:
+            if written is not None:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    written.set_result(None)  # (a waiter that gave up may have cancelled it)
             if report is not None:
                 self.reports.append((report, then))
             elif then is not None:

@@ -92,6 +92,10 @@ class Request:
     halt: Halt = field(default_factory=Halt)
     #: ``header_time``'s answers, by header name (consumer loop only).
     _times: dict[str, float | None] | None = None
+    #: With a STARTED state on its way to the backend: a ``concurrent.futures.Future`` the
+    #: flusher resolves once it is written (a RETRY stored before the retry is sent waits
+    #: for it, worker/tracer.py). Thread-safe itself; set before the task runs.
+    started_written: Any = None
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -229,6 +233,9 @@ class Outcome:
     #: With task events on (worker/events.py), what the task's event says of how it ended,
     #: made on the thread that ran it: ``result`` (a repr), or ``exception``/``traceback``.
     event_fields: dict[str, Any] | None = None
+    #: An interim state's ``concurrent.futures.Future``, resolved by the flusher once the
+    #: state is written (``Request.started_written``).
+    written: Any = None
 
 
 def _seconds(value: Any) -> float | None:

@@ -10,9 +10,11 @@ The states a run can end in, as in Celery:
   ETA) is published, and the message is acked. Stored the other way round (as Celery does),
   a retry due at once could run and store its FAILURE or SUCCESS before this run's RETRY,
   which then overwrote it (seen with ``retry_jitter`` picking a countdown of 0): the caller
-  waited for a result that was never coming. If that store fails, the RETRY state goes with
-  the outcome, as any result; if publishing fails, the task is marked FAILURE with that
-  error.
+  waited for a result that was never coming. With ``track_started``, that store first waits
+  (up to ``STARTED_WAIT`` seconds) until the consumer has written this run's STARTED, which
+  would otherwise land after the RETRY (and reach an ``rpc://`` caller after it). If that
+  store fails, the RETRY state goes with the outcome, as any result; if publishing fails,
+  the task is marked FAILURE with that error.
 * IGNORED (``raise Ignore()``): nothing is stored; the message is acked.
 * REJECTED (``raise Reject(reason, requeue=...)``): nothing is stored; the message is rejected
   (dropped) or requeued.
@@ -32,6 +34,8 @@ them, as in Celery); if sending one fails, the task fails with that error.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import os
 import time
@@ -60,6 +64,9 @@ __all__ = ["Tracer"]
 
 #: Longest repr of a result in a ``task-succeeded`` event (Celery's ``Task.resultrepr_maxsize``).
 RESULTREPR_MAXSIZE = 1024
+#: Seconds a retrying task waits for its STARTED to be written before storing RETRY (a
+#: backend failing then: the RETRY is stored anyway, and the STARTED may land after it).
+STARTED_WAIT = 5.0
 
 # Celery's name for the task execution log lines (logging configurations, and integrations
 # such as sentry-sdk's, refer to it).
@@ -125,7 +132,9 @@ class Tracer:
         if track and req.store_result and self.interim is not None:
             meta = self.backend.prepare_meta(
                 req.id, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}, None, ctx)
-            self.interim(Outcome(req, states.STARTED, self.backend.encode(meta), 0.0, interim=True))
+            req.started_written = concurrent.futures.Future()
+            self.interim(Outcome(req, states.STARTED, self.backend.encode(meta), 0.0, interim=True,
+                                 written=req.started_written))
 
     def run_sync(self, req: Request) -> Outcome:
         start = time.monotonic()
@@ -384,6 +393,9 @@ class Tracer:
         payload = self._retry_payload(req, exc, ctx)
         if payload is None:
             return False
+        if req.started_written is not None:  # RETRY must not land before this run's STARTED
+            with contextlib.suppress(TimeoutError, concurrent.futures.CancelledError):
+                req.started_written.result(STARTED_WAIT)
         try:
             if not self.backend.store_now(req.id, payload, states.RETRY):
                 self.backend._call(self.backend._aset_many([(req.id, payload, states.RETRY)]))
@@ -398,6 +410,10 @@ class Tracer:
         payload = self._retry_payload(req, exc, ctx)
         if payload is None:
             return False
+        if req.started_written is not None:  # as in _store_retry, without blocking the loop
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(req.started_written)),
+                                       STARTED_WAIT)
         try:
             await self.backend._aset_many([(req.id, payload, states.RETRY)])
         except Exception as error:
