@@ -164,3 +164,24 @@ def test_an_idle_connection_is_made_again_before_its_heartbeat_could_expire(
         assert sorted(queued_args(app, 4)) == [0, 1, 2, 3]
     finally:
         app.close()
+
+
+def test_direct_publish_false_keeps_every_publish_on_the_portal(amqp_url: str) -> None:
+    app = Celery("amqp-portal-only", broker=amqp_url, set_as_current=False)
+    app.conf.broker_transport_options = {"confirm_publish": False, "direct_publish": False}
+    try:
+        for i in range(3):
+            app.send_task("direct.t", (i,))
+        assert app.transport._direct is None
+        assert queued_args(app, 3) == [0, 1, 2]  # one connection: in order
+    finally:
+        app.close()
+
+
+def test_a_direct_publish_option_that_is_not_a_bool_is_refused() -> None:
+    from celery.exceptions import ImproperlyConfigured
+    from celery.transport.amqp import AMQPTransport
+
+    with pytest.raises(ImproperlyConfigured, match="direct_publish: 'no' is not true or false"):
+        AMQPTransport("amqp://guest:guest@127.0.0.1:5672//",
+                      transport_options={"direct_publish": "no"})

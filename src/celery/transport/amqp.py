@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from aio_pika.exceptions import ChannelInvalidStateError
 
-from ..exceptions import ConnectionLost
+from ..exceptions import ConnectionLost, ImproperlyConfigured
 from ..messaging.protocol import Message
 from ..utils.portal import Portal
 from .amqp_connection import Connections, driver_errors, parse_amqp_url
@@ -61,7 +61,7 @@ __all__ = ["AMQPTransport"]
 logger = logging.getLogger(__name__)
 
 #: Transport options this transport reads; others are warned about once.
-KNOWN_OPTIONS = frozenset({"confirm_publish", "reconnect_interval"})
+KNOWN_OPTIONS = frozenset({"confirm_publish", "direct_publish", "reconnect_interval"})
 #: Celery's default ``task_publish_retry_policy``.
 DEFAULT_RETRY_POLICY: Mapping[str, float] = {
     "max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1,
@@ -109,8 +109,13 @@ class AMQPTransport:
         policy.update(publish_retry_policy or {})
         self._retries = int(policy["max_retries"] or 0) if publish_retry else 0
         self._policy = policy
-        #: Sync publishes without confirms go out from the caller's thread (amqp_direct.py).
-        self._direct = None if self.params.confirm_publish else DirectPublisher(
+        #: Sync publishes without confirms go out from the caller's thread (amqp_direct.py),
+        #: unless the transport option ``direct_publish`` is false.
+        direct = options.get("direct_publish", True)
+        if not isinstance(direct, bool):
+            raise ImproperlyConfigured(f"broker_transport_options direct_publish: {direct!r} "
+                                       "is not true or false")
+        self._direct = None if self.params.confirm_publish or not direct else DirectPublisher(
             self.params, retries=self._retries, delays=self._retry_delay)
         self._lock = threading.Lock()
         self._consuming: dict[asyncio.AbstractEventLoop, Consuming] = {}
