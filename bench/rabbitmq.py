@@ -17,7 +17,8 @@ after every run):
    the process's blocking client), tasks/s and worker CPU per task.
 
 Configurations: ours (1 loop + 4 sync workers; with publisher confirms, our default, and
-without them, as the peers publish by default; and in 2 worker processes), upstream
+without them, as the peers publish by default; without them and without the direct
+publisher, ``ours-portal``, which shows what it buys; and in 2 worker processes), upstream
 Celery 5.7 with its threads pool and its prefork pool, both tuned as its optimizing guide
 advises for many short tasks (``--without-gossip --without-mingle --without-heartbeat``,
 ``-O fair``, a high prefetch multiplier), and dramatiq's RabbitmqBroker (pika). Peers run in
