@@ -185,3 +185,12 @@ def test_a_direct_publish_option_that_is_not_a_bool_is_refused() -> None:
     with pytest.raises(ImproperlyConfigured, match="direct_publish: 'no' is not true or false"):
         AMQPTransport("amqp://guest:guest@127.0.0.1:5672//",
                       transport_options={"direct_publish": "no"})
+
+
+def test_tls_connections_publish_through_the_portal() -> None:
+    from celery.transport.amqp import AMQPTransport
+
+    options = {"confirm_publish": False}
+    assert AMQPTransport("amqp://guest:guest@127.0.0.1//", transport_options=options)._direct
+    assert AMQPTransport("amqps://guest:guest@127.0.0.1//",
+                         transport_options=options)._direct is None

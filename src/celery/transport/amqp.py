@@ -115,8 +115,9 @@ class AMQPTransport:
         if not isinstance(direct, bool):
             raise ImproperlyConfigured(f"broker_transport_options direct_publish: {direct!r} "
                                        "is not true or false")
-        self._direct = None if self.params.confirm_publish or not direct else DirectPublisher(
-            self.params, retries=self._retries, delays=self._retry_delay)
+        #: Not over TLS (amqps://) yet: there they go through the portal, as with confirms.
+        self._direct = None if self.params.confirm_publish or not direct or self.params.ssl \
+            else DirectPublisher(self.params, retries=self._retries, delays=self._retry_delay)
         self._lock = threading.Lock()
         self._consuming: dict[asyncio.AbstractEventLoop, Consuming] = {}
         #: (loop, channel) -> names of the queues declared through that channel.

@@ -47,7 +47,6 @@ import contextlib
 import logging
 import os
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -182,7 +181,7 @@ class DirectPublisher:
         if sock is not None and self._pid != os.getpid():
             sock = self._sock = None  # the parent's: never written to, nor closed, here
         if sock is not None and self._heartbeat and now - self._last_write > self._heartbeat / 2:
-            self._drop()  # the server may be about to give up on it: start afresh
+            self._close_politely(sock)  # the server may be about to give up on it: afresh
             sock = None
         elif sock is not None and (now - self._last_write > IDLE_LOOK
                                    or self._since_look >= LOOK_EVERY):
@@ -216,7 +215,7 @@ class DirectPublisher:
             while True:
                 try:
                     data = sock.recv(65536)
-                except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                except (BlockingIOError, InterruptedError):
                     break  # nothing more has arrived
                 if not data:
                     raise _Closed("the server closed the stream")
@@ -290,13 +289,9 @@ class DirectPublisher:
     def _connect(self) -> socket.socket:
         p = self.params
         timeout = p.connect_timeout or 4.0
-        raw = socket.create_connection((p.host, p.port), timeout=timeout)
-        sock: socket.socket = raw
+        sock = socket.create_connection((p.host, p.port), timeout=timeout)
         try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            context = p.ssl_context()
-            if context is not None:
-                sock = context.wrap_socket(raw, server_hostname=p.host)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._buffer = b""
             sock.sendall(ProtocolHeader().marshal())
             self._expect(sock, commands.Connection.Start)
@@ -342,19 +337,24 @@ class DirectPublisher:
                 sock.close()
 
     def close(self) -> None:
-        """Close the connection politely (Connection.Close, a short wait for CloseOk); a
-        later publish connects again. Idempotent; any thread."""
+        """Close the connection politely; a later publish connects again. Idempotent; any
+        thread."""
         with self._lock:
             sock = self._sock
             if sock is None or self._pid != os.getpid():
                 self._sock = None
                 return
-            try:
-                sock.settimeout(1.0)
-                sock.sendall(pamqp.frame.marshal(commands.Connection.Close(
-                    reply_code=200, reply_text="Normal shutdown", class_id=0, method_id=0), 0))
-                self._expect(sock, commands.Connection.CloseOk)
-            except (OSError, _Closed, UnmarshalingException):
-                pass
-            finally:
-                self._drop()
+            self._close_politely(sock)
+
+    def _close_politely(self, sock: socket.socket) -> None:
+        """Under ``_lock``: Connection.Close, a short wait for CloseOk (so the server logs no
+        lost client), then the socket closed."""
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(pamqp.frame.marshal(commands.Connection.Close(
+                reply_code=200, reply_text="Normal shutdown", class_id=0, method_id=0), 0))
+            self._expect(sock, commands.Connection.CloseOk)
+        except (OSError, _Closed, UnmarshalingException):
+            pass
+        finally:
+            self._drop()
