@@ -83,6 +83,16 @@ class BackendSuite:
         await app.AsyncResult(tid).aforget()
         assert (await app.backend.aget_task_meta(tid))["status"] == states.PENDING
 
+    async def test_delete_many(self, app):
+        kept, *gone = [str(uuid.uuid4()) for _ in range(1203)]  # more than one chunk
+        await app.backend.astore_many([(tid, app.backend.prepare_meta(
+            tid, states.SUCCESS, 1, None)) for tid in [kept, *gone]])
+        await app.backend.adelete_many(gone)
+        await app.backend.adelete_many([])
+        metas = await app.backend.aget_many_meta([kept, gone[0], gone[700], gone[-1]])
+        assert [metas[t]["status"] for t in (kept, gone[0], gone[700], gone[-1])] == [
+            states.SUCCESS, states.PENDING, states.PENDING, states.PENDING]
+
     async def test_custom_state_with_meta(self, app):
         tid = str(uuid.uuid4())
         await app.backend.astore_result(tid, {"current": 3, "total": 10}, "PROGRESS")

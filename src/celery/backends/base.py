@@ -268,6 +268,17 @@ class ResultBackend(GroupsAndChords):
     async def adelete(self, task_id: str) -> None:
         raise NotImplementedError
 
+    async def adelete_many(self, task_ids: Sequence[str]) -> None:
+        """Forget several results (backends override this with few round trips; here, at
+        most 64 ``adelete`` at a time)."""
+        gate = asyncio.Semaphore(64)
+
+        async def one(task_id: str) -> None:
+            async with gate:
+                await self.adelete(task_id)
+
+        await asyncio.gather(*(one(task_id) for task_id in task_ids))
+
     async def await_ready(self, task_id: str, timeout: float | None) -> dict[str, Any]:
         """Wait until the task is in a ready state and return its meta.
 

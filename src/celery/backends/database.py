@@ -174,8 +174,13 @@ class DatabaseBackend(ResultBackend):
 
     async def adelete(self, task_id: str) -> None:
         """Forget the task's result (any loop)."""
-        sql = "DELETE FROM celery_taskmeta WHERE task_id = ?"
-        await self.db.awrite("delete", lambda c: c.execute(sql, (task_id,)))
+        await self.adelete_many([task_id])
+
+    async def adelete_many(self, task_ids: Sequence[str]) -> None:
+        """Forget several results, in one transaction per ``_CHUNK`` of them (any loop)."""
+        ids = list(task_ids)
+        for start in range(0, len(ids), _CHUNK):
+            await self.db.awrite("delete", _delete_many, ids[start:start + _CHUNK])
 
     async def await_ready(self, task_id: str, timeout: float | None) -> dict[str, Any]:
         """Wait for a ready state: woken by writes in this process, polling for others.
@@ -258,6 +263,11 @@ class DatabaseBackend(ResultBackend):
         forget_pollers(self)
         self.db.close()
         super().close()
+
+
+def _delete_many(conn: sqlite3.Connection, task_ids: list[str]) -> None:
+    marks = ", ".join("?" * len(task_ids))
+    conn.execute(f"DELETE FROM celery_taskmeta WHERE task_id IN ({marks})", task_ids)
 
 
 def _read_many(conn: sqlite3.Connection, task_ids: list[str]) -> dict[str, bytes | None]:

@@ -300,9 +300,16 @@ class RedisBackend(RedisChords, ResultBackend):
 
     async def adelete(self, task_id: str) -> None:
         """Forget the task's result (any loop)."""
-        self.sent.forget(task_id)
+        await self.adelete_many([task_id])
+
+    async def adelete_many(self, task_ids: Sequence[str]) -> None:
+        """Forget several results: one DEL per 1,000 (any loop)."""
+        for task_id in task_ids:
+            self.sent.forget(task_id)
+        keys = [self.get_key_for_task(t) for t in task_ids]
         with self._driver_errors():
-            await self._clients().client.delete(self.get_key_for_task(task_id))
+            for start in range(0, len(keys), 1000):
+                await self._clients().client.delete(*keys[start:start + 1000])
 
     def on_sent(self, result: Any) -> None:
         """Note a task sent from this process, for read-ahead (any thread)."""
