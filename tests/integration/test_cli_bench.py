@@ -105,10 +105,18 @@ def test_bench_human_output_has_a_progress_bar_and_a_summary(tmp_path: Path) -> 
 
 
 def test_ctrl_c_stops_the_worker_and_purges_the_queue(tmp_path: Path) -> None:
+    # faulthandler: a bench that hangs is made to print every thread's stack (SIGABRT below).
+    # Started as from a terminal, whose Ctrl-C reaches Python's default handler: a suite run
+    # in the background of a shell passes its children SIGINT ignored (POSIX), and Python
+    # then keeps it ignored, so the SIGINT below did nothing and the bench ran on.
+    terminal = ("import runpy, signal, sys; "
+                "signal.signal(signal.SIGINT, signal.default_int_handler); sys.argv[0] = 'celery'; "
+                "runpy.run_module('celery', run_name='__main__', alter_sys=True)")
     bench = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", APP, "bench", "--tasks", "100000",
+        [sys.executable, "-c", terminal, "-A", APP, "bench", "--tasks", "100000",
          "--io-ms", "1", "--sync-workers", "1"],
-        cwd=tmp_path, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env={**bench_env(), "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )
     try:
         assert bench.stdout is not None
@@ -121,7 +129,12 @@ def test_ctrl_c_stops_the_worker_and_purges_the_queue(tmp_path: Path) -> None:
         queue = re.search(r"queue +(celery-bench-\d+)", header).group(1)
         time.sleep(1.5)  # tasks flowing, the queue full of waiting ones
         bench.send_signal(signal.SIGINT)
-        out, err = bench.communicate(timeout=30)
+        try:
+            out, err = bench.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            bench.send_signal(signal.SIGABRT)  # faulthandler prints where each thread is
+            out, err = bench.communicate(timeout=10)
+            pytest.fail(f"the bench did not end within 30 s of SIGINT; its threads:\n{err}")
     finally:
         if bench.poll() is None:
             bench.kill()
