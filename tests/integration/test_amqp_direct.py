@@ -78,7 +78,7 @@ def test_with_confirms_every_sync_publish_goes_through_the_portal(amqp_url: str)
 
 
 def test_a_connection_the_server_closed_is_made_again_before_the_next_publish(
-        app: Celery) -> None:
+        app: Celery, caplog: pytest.LogCaptureFixture) -> None:
     app.send_task("direct.t", (0,))
     app.send_task("direct.t", (1,))  # direct: its connection is made
     direct = app.transport._direct
@@ -86,10 +86,12 @@ def test_a_connection_the_server_closed_is_made_again_before_the_next_publish(
     subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "-p", AMQP_VHOST,
                     "test: closed by the server"], check=True, capture_output=True, timeout=60)
     time.sleep(0.2)  # the server's Connection.Close is in our socket
-    app.send_task("direct.t", (2,))  # finds the connection closed: portal path, then direct
+    with caplog.at_level(logging.WARNING, logger="celery.transport.amqp_direct"):
+        app.send_task("direct.t", (2,))  # finds the connection closed: portal, then direct
     for i in range(3, 10):
         app.send_task("direct.t", (i,))
     assert direct.connects == 2
+    assert "publisher connection to" in caplog.text and "CONNECTION_FORCED" in caplog.text
     assert sorted(queued_args(app, 10)) == list(range(10))
 
 

@@ -188,8 +188,8 @@ class DirectPublisher:
             try:
                 self._look(sock)
             except (OSError, _Closed, UnmarshalingException) as exc:
-                logger.debug("direct publisher: %s: connection gone (%r); reconnecting",
-                             self.params.safe_url, exc)
+                logger.warning("AMQP publisher connection to %s lost (%s: %s); connecting "
+                               "again", self.params.safe_url, type(exc).__name__, exc)
                 self._drop()
                 sock = None
         if sock is None:
