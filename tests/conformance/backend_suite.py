@@ -29,9 +29,11 @@ class AppError(Exception):
 
 
 class BackendSuite:
-    """Subclasses define ``make_url``; may turn ``multiprocess`` off."""
+    """Subclasses define ``make_url``; may turn ``multiprocess`` off, and lower
+    ``delete_many`` (results ``adelete_many`` deletes: more than one chunk of each backend's)."""
 
     multiprocess = True
+    delete_many = 1203
 
     def make_url(self, tmp_path: Path) -> str:
         raise NotImplementedError
@@ -84,13 +86,14 @@ class BackendSuite:
         assert (await app.backend.aget_task_meta(tid))["status"] == states.PENDING
 
     async def test_delete_many(self, app):
-        kept, *gone = [str(uuid.uuid4()) for _ in range(1203)]  # more than one chunk
+        kept, *gone = [str(uuid.uuid4()) for _ in range(self.delete_many)]
         await app.backend.astore_many([(tid, app.backend.prepare_meta(
             tid, states.SUCCESS, 1, None)) for tid in [kept, *gone]])
         await app.backend.adelete_many(gone)
         await app.backend.adelete_many([])
-        metas = await app.backend.aget_many_meta([kept, gone[0], gone[700], gone[-1]])
-        assert [metas[t]["status"] for t in (kept, gone[0], gone[700], gone[-1])] == [
+        middle = gone[len(gone) // 2]
+        metas = await app.backend.aget_many_meta([kept, gone[0], middle, gone[-1]])
+        assert [metas[t]["status"] for t in (kept, gone[0], middle, gone[-1])] == [
             states.SUCCESS, states.PENDING, states.PENDING, states.PENDING]
 
     async def test_custom_state_with_meta(self, app):

@@ -229,6 +229,16 @@ class DjangoBackend(ResultBackend):
     async def adelete(self, task_id: str) -> None:
         await self._orm(lambda: self._task_model.objects.filter(task_id=task_id).delete())
 
+    async def adelete_many(self, task_ids: Sequence[str]) -> None:
+        """Forget several results: one ORM delete per 500."""
+        ids = list(task_ids)
+
+        def delete(chunk: list[str]) -> Callable[[], Any]:
+            return lambda: self._task_model.objects.filter(task_id__in=chunk).delete()
+
+        for start in range(0, len(ids), 500):
+            await self._orm(delete(ids[start:start + 500]))
+
     async def await_ready(self, task_id: str, timeout: float | None) -> dict[str, Any]:
         """Wait for a ready state: woken by writes in this process, polling for others
         (up to every 50 ms).

@@ -396,9 +396,17 @@ class SQLBackend(ResultBackend):
 
     async def adelete(self, task_id: str) -> None:
         """Forget the task's result (any loop)."""
-        table = self.tables.task
-        await self._arun(lambda conn: conn.execute(
-            sa.delete(table).where(table.c.task_id == task_id)))
+        await self.adelete_many([task_id])
+
+    async def adelete_many(self, task_ids: Sequence[str]) -> None:
+        """Forget several results: one DELETE per 500 (any loop)."""
+        table, ids = self.tables.task, list(task_ids)
+
+        def delete(chunk: list[str]) -> Callable[[Any], Any]:
+            return lambda conn: conn.execute(sa.delete(table).where(table.c.task_id.in_(chunk)))
+
+        for start in range(0, len(ids), 500):
+            await self._arun(delete(ids[start:start + 500]))
 
     async def await_ready(self, task_id: str, timeout: float | None) -> dict[str, Any]:
         """Wait for a ready state: woken by writes in this process, polling for others.
