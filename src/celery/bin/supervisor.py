@@ -257,7 +257,8 @@ class Supervisor:
         """SIGHUP: each worker process restarts (it finishes its tasks and exits as recycled;
         ``_slot`` starts it again); the supervisor keeps running."""
         assert self._stop is not None
-        if self._stop.is_set():
+        if self._stop.is_set():  # a SIGTERM came first (both pending: either order)
+            logger.warning("supervisor: SIGHUP ignored: already stopping")
             return
         live = [p for p in self._children.values() if p.returncode is None]
         logger.warning("supervisor: SIGHUP: restarting %d worker %s", len(live),
