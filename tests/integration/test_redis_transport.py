@@ -470,21 +470,33 @@ def bodies(deliveries) -> list:
     return [json.loads(d.message.body)[0] for d in deliveries]
 
 
-def until_a_wait_blocks(raw, timeout: float = 10) -> None:
-    """Return once a client of this database is blocked in a blocking move (a fetch's wait
-    armed on the server): pushing earlier, the fetch's script would find the message itself
-    (a fixed 0.3 s was not always enough on a loaded machine)."""
+def blocked_waits(raw) -> set[int]:
+    """Ids of the clients of this database blocked in a blocking move (fetch waits)."""
     db = raw.connection_pool.connection_kwargs.get("db", 0)
+    return {int(c["id"]) for c in raw.client_list()
+            if c.get("cmd") in ("blmove", "brpoplpush") and "b" in c.get("flags", "")
+            and int(c.get("db", -1)) == db}
+
+
+def until_a_wait_blocks(raw, timeout: float = 10, stale: frozenset[int] = frozenset()) -> None:
+    """Return once a client of this database other than ``stale`` is blocked in a blocking
+    move (a fetch's wait armed on the server): pushing earlier, the fetch's script would find
+    the message itself (a fixed 0.3 s was not always enough on a loaded machine)."""
     deadline = time.monotonic() + timeout
-    while not any(c.get("cmd") in ("blmove", "brpoplpush") and "b" in c.get("flags", "")
-                  and int(c.get("db", -1)) == db for c in raw.client_list()):
+    while not blocked_waits(raw) - stale:
         assert time.monotonic() < deadline, "no fetch wait blocked in Redis"
         time.sleep(0.005)
 
 
 async def fetch_while_pushing(transport, raw, payloads, early, max_count=10):
     """Fetch with ``early`` while the queue is empty, so the wait blocks; push ``payloads``
-    in one LPUSH once it does: the wait wakes with the first of them."""
+    in one LPUSH once it does: the wait wakes with the first of them. A wait still blocked
+    from before (an earlier fetch's, on the free-threaded build once) would take the push
+    first, Redis serving the oldest waiter: its end (the fetch timeout, 5 s) is waited for."""
+    deadline = time.monotonic() + 10
+    while blocked_waits(raw):
+        assert time.monotonic() < deadline, f"waits still blocked: {blocked_waits(raw)}"
+        time.sleep(0.01)
     thread = threading.Thread(target=lambda: (until_a_wait_blocks(raw),
                                               raw.lpush("celery", *payloads)))
     thread.start()
