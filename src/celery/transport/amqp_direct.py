@@ -224,17 +224,19 @@ class DirectPublisher:
             sock.settimeout(WRITE_TIMEOUT)
         self._handle_buffered(sock)
 
+    def _next_frame(self) -> tuple[int, Any] | None:
+        """``(channel, frame)`` taken from the buffer; None until a whole frame is there.
+        Raises UnmarshalingException for a whole frame that cannot be read."""
+        buffer = self._buffer
+        if len(buffer) < 7 or len(buffer) < 8 + int.from_bytes(buffer[3:7], "big"):
+            return None
+        used, channel, frame = pamqp.frame.unmarshal(buffer)
+        self._buffer = buffer[used:]
+        return channel, frame
+
     def _handle_buffered(self, sock: socket.socket) -> None:
-        while self._buffer:
-            try:
-                used, channel, frame = pamqp.frame.unmarshal(self._buffer)
-            except UnmarshalingException:
-                if len(self._buffer) < 7 or len(self._buffer) < 8 + int.from_bytes(
-                        self._buffer[3:7], "big"):
-                    return  # a frame not whole yet
-                raise
-            self._buffer = self._buffer[used:]
-            self._handle(sock, channel, frame)
+        while (taken := self._next_frame()) is not None:
+            self._handle(sock, *taken)
 
     def _handle(self, sock: socket.socket, channel: int, frame: Any) -> None:
         if isinstance(frame, Heartbeat):
@@ -265,20 +267,16 @@ class DirectPublisher:
         # Content bodies (of returned messages), Unblocked, and the rest: nothing to do.
 
     def _expect(self, sock: socket.socket, kind: type) -> Any:
-        """Block (up to the connect timeout) until a frame of ``kind`` comes."""
+        """Block (up to the socket's timeout) until a frame of ``kind`` comes; the others on
+        the way are handled as ``_look`` handles them (a close fails the wait)."""
         while True:
-            while self._buffer:
-                try:
-                    used, channel, frame = pamqp.frame.unmarshal(self._buffer)
-                except UnmarshalingException:
-                    if len(self._buffer) >= 8 + int.from_bytes(self._buffer[3:7], "big"):
-                        raise
-                    break
-                self._buffer = self._buffer[used:]
+            while (taken := self._next_frame()) is not None:
+                channel, frame = taken
                 if isinstance(frame, kind):
                     return frame
                 if isinstance(frame, commands.Connection.Close | commands.Channel.Close):
                     raise _Closed(f"{frame.reply_code} {frame.reply_text}")
+                self._handle(sock, channel, frame)  # a return, heartbeat, Blocked, ...
             data = sock.recv(65536)
             if not data:
                 raise _Closed("the server closed the stream while connecting")
