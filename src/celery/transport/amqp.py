@@ -176,7 +176,6 @@ class AMQPTransport:
                    float(policy["interval_max"] or 0))
 
     async def _with_retries(self, send: Any) -> None:
-        delay = float(self._policy["interval_start"] or 0)
         retryable: tuple[type[BaseException], ...] = (*driver_errors(), ConnectionLost)
         for attempt in range(self._retries + 1):
             try:
@@ -191,10 +190,8 @@ class AMQPTransport:
                         f"Publish to {self.params.safe_url} failed after {attempt + 1} "
                         f"attempt(s): {_one_line(exc)}") from exc
                 logger.debug("publish to %s failed (%r); retrying in %.1fs",
-                             self.params.safe_url, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay + float(self._policy["interval_step"] or 0),
-                        float(self._policy["interval_max"] or 0))
+                             self.params.safe_url, exc, self._retry_delay(attempt))
+            await asyncio.sleep(self._retry_delay(attempt))
 
     async def _publish_channel(self) -> AbstractRobustChannel:
         conn = await self.connections.connection()
