@@ -228,3 +228,8 @@ setup_postgres
 setup_mariadb
 setup_django_results
 setup_flower
+# The AMQP TLS test makes its certificate with the openssl command.
+if ! command -v openssl >/dev/null; then
+    log "installing openssl"
+    apt_install openssl
+fi

@@ -246,3 +246,47 @@ async def test_a_malformed_frame_closes_the_connection_which_comes_back(
     finally:
         await transport.aclose()
     assert "malformed AMQP field table" in caplog.text
+
+
+
+#: A user's program: ``asend_task`` inside its own ``asyncio.run`` (or ``uvloop.run``), on a
+#: loop that no app code closes. Prints whether the connection made on that loop was closed
+#: by the time the runner closed the loop, and the queue's length (read on the portal).
+USER_LOOP = """
+import asyncio, gc, json, sys
+from celery import Celery
+app = Celery("userloop", broker=sys.argv[1], set_as_current=False)
+runner = asyncio.run if sys.argv[2] == "asyncio" else __import__("uvloop").run
+
+async def main():
+    for i in range(3):
+        await app.asend_task("amqp.t", (i,))
+    return [s.connection for s in app.transport.connections._states.values()]
+
+conns = runner(main())
+closed = [c.is_closed for c in conns]
+del conns  # aio-pika's Connection.__del__ fails if it first runs at interpreter exit
+gc.collect()
+print(json.dumps({"closed": closed,
+                  "queued": app.portal.call(app.transport.queue_length("celery"))}))
+app.close()
+"""
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "uvloop"])
+def test_a_connection_on_the_users_own_loop_is_closed_when_that_loop_ends(
+        amqp_url: str, runner: str, tmp_path) -> None:
+    """Left open, the robust connection's close callbacks ran as tasks the closed loop
+    collected unfinished: "Task was destroyed but it is pending!" and an "Event loop is
+    closed" traceback on the user's stderr at exit."""
+    import json
+    import subprocess
+    import sys
+
+    if runner == "uvloop":
+        pytest.importorskip("uvloop")
+    done = subprocess.run([sys.executable, "-c", USER_LOOP, amqp_url, runner], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"closed": [True], "queued": 3}
+    assert done.stderr == ""

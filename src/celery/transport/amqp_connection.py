@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..exceptions import ConnectionLost, ImproperlyConfigured
+from ..utils.loops import LoopShutdown
 from ..utils.text import mask_url
 
 if TYPE_CHECKING:
@@ -221,13 +222,23 @@ def driver_errors() -> tuple[type[BaseException], ...]:
 class _LoopState:
     """One event loop's connection and channels. Used only from that loop."""
 
-    __slots__ = ("channels", "connection", "lock", "loop")
+    __slots__ = ("channels", "connection", "lock", "loop", "shutdown")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.connection: AbstractRobustConnection | None = None
         self.channels: dict[str, AbstractRobustChannel] = {}
         self.lock = asyncio.Lock()
+        #: Closes the connection when a loop we do not run (a user's ``asyncio.run``) ends
+        #: without closing it: left open, its reconnect and close callbacks are tasks that
+        #: the closed loop collects unfinished ("Task was destroyed but it is pending!").
+        self.shutdown = LoopShutdown(self._close_at_shutdown)
+
+    async def _close_at_shutdown(self) -> None:
+        conn, self.connection = self.connection, None
+        self.channels.clear()
+        if conn is not None and not conn.is_closed:
+            await _close_quietly(conn)
 
 
 class Connections:
@@ -290,8 +301,9 @@ class Connections:
             from .amqp_frames import connection_class
 
             try:
-                conn = await aio_pika.connect_robust(connection_class=connection_class(),
-                                                     **self._connect_kwargs())
+                server_hostname = self.params.ssl_options.get("server_hostname")
+                conn = await aio_pika.connect_robust(
+                    connection_class=connection_class(server_hostname), **self._connect_kwargs())
             except asyncio.CancelledError:
                 raise
             except driver_errors() as exc:
@@ -299,6 +311,7 @@ class Connections:
                     f"Cannot connect to {self.params.safe_url}: {_describe(exc)}") from exc
             state.connection = conn
             state.channels.clear()
+            await state.shutdown.arm()
             return conn
 
     async def channel(self, purpose: str, *, confirms: bool = True) -> AbstractRobustChannel:

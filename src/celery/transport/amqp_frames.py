@@ -163,18 +163,31 @@ def install() -> None:
 
 
 class _CeleryRobustConnection(RobustConnection):
-    """aio-pika's robust connection, opening its streams with ``FastTransportFactory``."""
+    """aio-pika's robust connection, opening its streams with ``FastTransportFactory``
+    (where this aiormq takes a transport factory)."""
+
+    #: ``broker_use_ssl``'s ``server_hostname``, set on a subclass by ``connection_class``:
+    #: the name a TLS connection sends (SNI) and checks the certificate against, instead of
+    #: the URL's host. aiormq hands its extra keyword arguments to the transport factory,
+    #: which passes them to asyncio's ``create_connection`` (ours and aiormq's alike).
+    server_hostname: str | None = None
 
     def __init__(self, url: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(url, *args, **kwargs)
         tls = self.url.scheme == "amqps"
-        self.kwargs["transport_factory"] = FastTransportFactory(tls)
+        if SUPPORTED:
+            self.kwargs["transport_factory"] = FastTransportFactory(tls)
+        if tls and self.server_hostname:
+            self.kwargs["server_hostname"] = self.server_hostname
 
 
-def connection_class() -> type[RobustConnection]:
+def connection_class(server_hostname: str | None = None) -> type[RobustConnection]:
     """The robust connection class for ``aio_pika.connect_robust(connection_class=...)``,
-    with ``install`` done (aio-pika's own where this aiormq takes no transport factory)."""
-    if not SUPPORTED:
-        return RobustConnection
-    install()
-    return _CeleryRobustConnection
+    with ``install`` done; with ``server_hostname``, TLS connections send and check that
+    name instead of the URL's host."""
+    if SUPPORTED:
+        install()
+    if server_hostname:
+        return type("_CeleryRobustConnection", (_CeleryRobustConnection,),
+                    {"server_hostname": server_hostname})
+    return _CeleryRobustConnection if SUPPORTED else RobustConnection
