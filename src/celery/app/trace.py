@@ -73,6 +73,9 @@ _own_build_tracer = build_tracer
 _tracers: weakref.WeakKeyDictionary[Any, tuple[Callable[..., Any], TraceFn]] = (
     weakref.WeakKeyDictionary())
 _tracers_lock = threading.Lock()
+# Held while a tracer is built (not while one is read): two executor threads that meet a task
+# at once must not both build it (Sentry's builder patches the task's run method).
+_build_lock = threading.Lock()
 
 
 def hooked_tracer(task: Task[Any, Any], hostname: str | None = None) -> TraceFn | None:
@@ -82,14 +85,23 @@ def hooked_tracer(task: Task[Any, Any], hostname: str | None = None) -> TraceFn 
     builder = globals()["build_tracer"]
     if builder is _own_build_tracer:
         return None
+    traced = _built(task, builder)
+    if traced is not None:
+        return traced
+    with _build_lock:
+        traced = _built(task, builder)  # another thread may have built it meanwhile
+        if traced is None:
+            traced = builder(task.name, task, hostname=hostname, app=task.app)
+            with _tracers_lock:
+                _tracers[task] = (builder, traced)
+    return traced
+
+
+def _built(task: Task[Any, Any], builder: Callable[..., Any]) -> TraceFn | None:
+    """``task``'s tracer already built by ``builder``, if any."""
     with _tracers_lock:
         known = _tracers.get(task)
-        if known is not None and known[0] is builder:
-            return known[1]
-    traced = builder(task.name, task, hostname=hostname, app=task.app)
-    with _tracers_lock:
-        _tracers[task] = (builder, traced)
-    return traced
+    return known[1] if known is not None and known[0] is builder else None
 
 
 def run_traced(tracer: TraceFn, uuid: str, args: Sequence[Any], kwargs: Mapping[str, Any],
