@@ -51,8 +51,14 @@ def test_results_wait_for_the_backend_and_acks_do_not(acks_late: bool, tmp_path:
         echo = app.tasks["fault.echo"]
         try:
             with caplog.at_level(logging.INFO), \
-                    running_worker(app, loop_workers=1, sync_workers=2, prefetch_multiplier=4):
+                    running_worker(app, loop_workers=1, sync_workers=2,
+                                   prefetch_multiplier=4) as worker:
                 assert echo.delay(-1).get(timeout=10) == -1
+                # Killed only once that write is confirmed (see the test below).
+                consumer = worker._consumer
+                assert consumer is not None
+                wait_until(lambda: consumer.processed == 1 and consumer.results.queued == 0,
+                           10, "the first result to be confirmed stored")
                 backend.kill()
                 results = [echo.delay(i) for i in range(30)]
                 if acks_late:  # acked only once stored: all still reserved
@@ -106,8 +112,17 @@ def test_a_shutdown_names_the_results_it_could_not_store(tmp_path: Path, caplog,
         echo, echo_late = app.tasks["fault.echo"], app.tasks["fault.echo_late"]
         try:
             with caplog.at_level(logging.INFO), \
-                    running_worker(app, loop_workers=1, sync_workers=1):
+                    running_worker(app, loop_workers=1, sync_workers=1) as worker:
                 assert echo.delay(0).get(timeout=10) == 0
+                # The client can read the result (the server published it) before the
+                # server's reply to the worker's write went out: killed in between, that
+                # write fails, and the shutdown would name it too. So the backend goes
+                # away only once the write is confirmed: the outcome reached the consumer
+                # (after the thread's write returned) and none waits for the flusher.
+                consumer = worker._consumer
+                assert consumer is not None
+                wait_until(lambda: consumer.processed == 1 and consumer.results.queued == 0,
+                           10, "the first result to be confirmed stored")
                 backend.kill()
                 result, late = echo.delay(1), echo_late.delay(2)
                 wait_until(lambda: caplog.text.count("succeeded in") == 3, 15, "both to run")

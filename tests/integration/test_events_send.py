@@ -159,8 +159,13 @@ def test_task_events_go_as_task_multi_lists_on_kombus_channel(app, url):
 def test_event_commands_switch_task_events(app):
     capture = Capture(app, wakeup=False)  # subscribed when made
     try:
-        with running_worker(app, hostname=HOST, loop_workers=0, sync_workers=1):
+        with running_worker(app, hostname=HOST, loop_workers=0, sync_workers=1) as worker:
             assert app.send_task("evsend.add", (1, 1)).get(timeout=10) == 2
+            # Its outcome reaches the consumer after its result is readable: events are
+            # switched on only once it has (test_metrics says more).
+            consumer = worker._consumer
+            assert consumer is not None
+            assert until(lambda: consumer.processed == 1, seconds=10)
             assert until(lambda: of_type(capture, "worker-heartbeat"), seconds=10)
             assert not of_type(capture, "task-received")  # no -E: worker events only
             reply = app.control.broadcast("enable_events", reply=True, timeout=10.0, limit=1)

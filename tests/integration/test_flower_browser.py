@@ -235,7 +235,8 @@ def test_tasks_page_lists_the_tasks_with_their_states(browser, flower, sent):
     ok, bad = sent["ok"], sent["bad"]
     from selenium.webdriver.common.by import By
 
-    page_text(browser, f"{flower}/tasks", ok.id, bad.id, shot="tasks")
+    # The ids show with task-received; the states come with the worker's later events.
+    page_text(browser, f"{flower}/tasks", ok.id, bad.id, "SUCCESS", "FAILURE", shot="tasks")
     rows = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#tasks-table tbody tr")]
     ok_line = next(row for row in rows if ok.id[:8] in row)
     bad_line = next(row for row in rows if bad.id[:8] in row)

@@ -478,6 +478,12 @@ def test_task_events_switch_on_and_off_while_metrics_keep_counting(app):
             port = port_of(worker)
             before = app.send_task("metrics.add", (1, 1))
             assert before.get(timeout=10) == 2
+            # A lone task's result is written on its executor thread, and its outcome
+            # (with its event, if events are on then) reaches the consumer's loop after:
+            # events switched on in between would send this task's. Switched once it is in.
+            consumer = worker._consumer
+            assert consumer is not None
+            assert until(lambda: consumer.processed == 1, seconds=10)
             reply = app.control.broadcast("enable_events", reply=True, timeout=10.0, limit=1)
             assert reply == [{HOST: {"ok": "task events enabled"}}]
             on = app.send_task("metrics.add", (2, 2))

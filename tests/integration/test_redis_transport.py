@@ -594,6 +594,10 @@ async def test_blocking_waits_keep_a_connection_each_and_replace_a_killed_one(
             # on a loaded machine; what the wait had taken went back to the queue first.
             got = await transport.fetch(["celery"], 10, 5, early=early)
         assert bodies(handed) == [[7]] and got == []
+        # Every key waited on once more: a broken wait is replaced when its key is waited on
+        # again, and the fetch that got the message may have returned before all were (the
+        # ConnectionLost branch above, seen to leave 2 of 4 in the free-threaded CI pass).
+        assert await transport.fetch(["celery"], 10, 0.05, early=refuse_hand_over) == []
         again = waits()
         assert len(again) == keys and not set(again) & set(first)
     finally:
