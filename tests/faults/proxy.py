@@ -6,7 +6,7 @@ Besides the random chaos, a test may take the server away on purpose: ``down()``
 every live connection (or, with ``reset=False``, leaves them) and closes each new one as
 soon as it is accepted, until ``up()``;
 ``mute()`` drops what the server sends (its replies are lost on the way, the commands were
-run), until ``unmute()``.
+run), until ``unmute()``; ``reset()`` resets every live connection and serves new ones.
 
 Threads only (one accept thread, two pump threads per connection, one chaos thread), so it
 runs beside any event loop of the test. Counters say what it did.
@@ -72,8 +72,11 @@ class FaultProxy:
         """Take the server away: every live connection is reset (unless not ``reset``: then
         they go on), and new ones are closed as soon as they are accepted, until ``up``."""
         self._down.set()
-        if not reset:
-            return
+        if reset:
+            self.reset()
+
+    def reset(self) -> None:
+        """Reset every live connection (RST); new ones are served as before."""
         with self._lock:
             links = list(self._links)
         for link in links:

@@ -240,6 +240,115 @@ async def test_a_wait_cut_while_it_blocks_is_armed_again_on_a_new_connection(bro
         await close(transport)
 
 
+def ids(deliveries) -> list[str]:
+    return [d.message.headers["id"] for d in deliveries]
+
+
+async def batch_reply_lost(raw: valkey.Valkey, proxy: FaultProxy, transport: RedisTransport,
+                           away: bool) -> asyncio.Future:
+    """Publish w-0 to w-7, start a fetch of 5 with the server's replies dropped, and once
+    its script reserved w-0 to w-4, reset every connection (``away``: and take the server
+    away until ``up``); the fetch, still running."""
+    assert await transport.fetch(["celery"], 10, 0) == []  # no blocking wait is armed
+    raw.lpush("celery", *(payload(transport, n) for n in range(8)))
+    proxy.mute()
+    fetching = asyncio.ensure_future(transport.fetch(["celery"], 5, 0))
+    await until(lambda: raw.hlen("unacked") == 5, "the script's reservation")
+    proxy.down() if away else proxy.reset()
+    proxy.unmute()
+    return fetching
+
+
+async def test_a_fetch_whose_reply_is_lost_gets_that_batch_on_its_retry(broker, caplog):
+    """The fetch script ran (it reserved a batch in ``unacked``) and its reply was lost on
+    the way: the retry, on a new connection, is handed that batch (the consumer's journal of
+    its last fetch), and reserves nothing more; before, it reserved the next messages and
+    left the batch in ``unacked`` for ``restore_visible`` (an hour by default)."""
+    raw, proxy, _ = broker
+    transport = via(proxy)
+    try:
+        fetching = await batch_reply_lost(raw, proxy, transport, away=False)
+        with caplog.at_level(logging.WARNING, logger="celery.transport.redis"):
+            got = await fetching
+        assert ids(got) == [f"w-{n}" for n in range(5)]
+        assert {t.decode() for t in raw.hkeys("unacked")} == {d.delivery_tag for d in got}
+        assert raw.llen("celery") == 3 and caplog.text == ""
+        rest = await transport.fetch(["celery"], 10, 0)
+        assert ids(rest) == ["w-5", "w-6", "w-7"]
+        await transport.ack(got + rest)
+        assert raw.exists("unacked", "unacked_index") == 0
+        assert await transport.fetch(["celery"], 10, 0) == []  # nothing handed twice
+    finally:
+        proxy.unmute()
+        await close(transport)
+
+
+async def test_a_batch_whose_reply_is_lost_comes_with_the_next_fetch(broker):
+    """As above, but the retry cannot connect either (the broker is away): the fetch fails,
+    and the next one, the broker back, is handed the lost batch first, then what else it has
+    room for, each message once; an entry gone from ``unacked`` meanwhile (acked, or given
+    back by ``restore_visible``) is left out."""
+    raw, proxy, _ = broker
+    transport = via(proxy)
+    try:
+        fetching = await batch_reply_lost(raw, proxy, transport, away=True)
+        with pytest.raises(ConnectionLost):
+            await fetching
+        tags = {json.loads(v)[0]["headers"]["id"]: t for t, v in raw.hgetall("unacked").items()}
+        raw.hdel("unacked", tags["w-2"])
+        raw.zrem("unacked_index", tags["w-2"])
+        proxy.up()
+        got = await transport.fetch(["celery"], 10, 0)
+        assert ids(got) == ["w-0", "w-1", "w-3", "w-4", "w-5", "w-6", "w-7"]
+        assert raw.hlen("unacked") == 7 and raw.llen("celery") == 0
+        await transport.ack(got)
+        assert raw.exists("unacked", "unacked_index") == 0
+        assert await transport.fetch(["celery"], 10, 0) == []
+    finally:
+        proxy.unmute()
+        proxy.up()
+        await close(transport)
+
+
+async def test_the_record_of_a_handed_over_message_whose_reply_is_lost_is_not_redone(
+        broker, caplog):
+    """The CI failure of test_worker_recovers_when_broker_connections_are_dropped: a message
+    a blocking wait took is handed over, its record (with the batch behind it) runs on the
+    server, and the reply is lost when the connection is killed. The record's retry finds the
+    message gone from the reserved list: it was taken for lost ("dead-lettered ... or
+    restored") and the batch stayed in ``unacked``, undelivered. Now the retry is handed
+    the batch, and nothing is logged."""
+    raw, proxy, _ = broker
+    transport = via(proxy)
+    handed = []
+
+    def early(delivery):
+        handed.append(delivery)
+        proxy.mute()  # the record's reply is lost
+        return False
+
+    try:
+        assert await transport.fetch(["celery"], 10, 0.01) == []
+        fetching = asyncio.ensure_future(transport.fetch(["celery"], 10, 5, early=early))
+        await blocked_in_wait(raw, transport)
+        raw.lpush("celery", *(payload(transport, n) for n in range(4)))
+        await until(lambda: raw.hlen("unacked") == 4, "the record of the batch")
+        proxy.reset()
+        proxy.unmute()
+        with caplog.at_level(logging.WARNING, logger="celery.transport.redis"):
+            got = await fetching
+        assert ids(handed) == ["w-0"] and ids(got) == ["w-1", "w-2", "w-3"]
+        assert {t.decode() for t in raw.hkeys("unacked")} == {
+            d.delivery_tag for d in handed + got}
+        assert caplog.text == ""
+        assert reserved_items(raw) == [] and raw.llen("celery") == 0
+        await transport.ack(handed + got)
+        assert raw.exists("unacked", "unacked_index") == 0
+    finally:
+        proxy.unmute()
+        await close(transport)
+
+
 #: Malformed ``unacked`` values, each with what is wrong.
 MALFORMED = {
     "not-json": b"{{not json",

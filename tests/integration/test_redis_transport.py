@@ -304,7 +304,10 @@ async def test_global_keyprefix_prefixes_every_key(redis_url, raw):
     await transport.declare(["celery"])
     transport.publish(task("t", priority=9))
     got = await transport.fetch(["celery"], 1, 1)
-    assert sorted(raw.keys()) == [
+    keys = sorted(raw.keys())
+    # The consumer's fetch journal (redis_scripts.FETCH), deleted when the transport closes.
+    journal = [k for k in keys if k.startswith(b"app:celery-asyncio.fetched.")]
+    assert len(journal) == 1 and [k for k in keys if k not in journal] == [
         b"app:_kombu.binding.celery",
         b"app:_kombu.binding_permanent.celery",
         b"app:unacked",
@@ -312,6 +315,7 @@ async def test_global_keyprefix_prefixes_every_key(redis_url, raw):
     ]
     await transport.ack(got)
     await transport.aclose()
+    assert not raw.exists(*journal)
 
 
 async def test_malformed_elements_are_dead_lettered_and_good_ones_delivered(transport, raw, caplog):
@@ -723,3 +727,21 @@ async def test_a_malformed_popped_message_is_not_handed_over(transport, raw, cap
     assert raw.lrange(DEAD_LETTER_KEY, 0, -1) == [bad.encode()]
     assert "Malformed message in Redis queue 'celery'" in caplog.text
     assert raw.exists("unacked", "unacked_index") == 0
+
+
+@pytest.mark.parametrize("journal", [b"{{not json", b'{"a": 1}', b'["9", 1, "t", "x"]',
+                                     b'["9", 1, "missing-tag", 10]'])
+async def test_a_claim_on_a_journal_that_does_not_hold_it_hands_over_nothing_twice(
+        transport, raw, journal):
+    """The fetch journal (redis_scripts.FETCH) unreadable, of another shape, with a length
+    that is not a number, or naming a tag no longer in ``unacked``: a fetch claiming it
+    reserves as usual, and hands over nothing it did not reserve."""
+    transport.publish(task("t", 1))
+    assert [d.message.headers["task"] for d in await transport.fetch(["celery"], 10, 0)] == ["t"]
+    waiters = transport._waiters_here()
+    raw.set(waiters.journal_key, journal)
+    waiters.settle_claims([], ["9"])  # as if fetch "9" had lost its reply
+    transport.publish(task("u", 2))
+    got = await transport.fetch(["celery"], 10, 0)
+    assert [d.message.headers["task"] for d in got] == ["u"]
+    assert waiters.claims() == []  # resolved by a reply

@@ -17,6 +17,9 @@ Upstream Celery 5.x workers consume what we publish and we consume what they pub
 * Our own addition: the lists ``celery-asyncio.reserved.<consumer>:<queue key>`` and their
   registry, the sorted set ``celery-asyncio.reserved`` (redis_reserved.py): what a blocking
   wait took and the fetch script has not recorded in ``unacked`` yet.
+* Our own addition: the string ``celery-asyncio.fetched.<consumer>``, the consumer's fetch
+  journal (redis_scripts.FETCH): the tags its last fetch reserved, handed over again to the
+  retry of a fetch whose reply was lost.
 * ``declare`` adds ``routing_key + sep + "" + sep + queue`` to ``_kombu.binding.<queue>`` and
   ``_kombu.binding_permanent.<queue>`` (Celery's default exchange is named after its queue).
 * ``global_keyprefix`` prefixes every key.
@@ -573,8 +576,11 @@ class RedisTransport(RedisRestore, RedisMailbox):
             if not recorded.done():
                 recorded.set_result(None)
         full = len(deliveries) >= max_count or len(moved) > 1
-        if deliveries and deliveries[0].delivery_tag == tag:
-            del deliveries[0]  # the script records the moved item first
+        # The script records the moved item first, after what it hands over of a run whose
+        # reply was lost (which may be the moved item's own record).
+        at = next((i for i, d in enumerate(deliveries) if d.delivery_tag == tag), None)
+        if at is not None:
+            del deliveries[at]
         else:
             logger.error("Task message %s from queue %r runs, but Redis dead-lettered it as "
                          "malformed, or another worker restored it meanwhile", tag, queue)
@@ -635,14 +641,36 @@ class RedisTransport(RedisRestore, RedisMailbox):
         reserved.
 
         Returns the deliveries and how many elements were malformed (and dead-lettered).
-        Retrying the script after a broken connection is safe: at worst messages it reserved
-        wait in ``unacked`` for ``restore_visible``.
+
+        A run whose reply is lost (the connection broke) may have run: its retry, and any
+        later fetch on this loop, claim its token, and the script hands over what that run
+        reserved if its journal still holds it (redis_scripts.FETCH). Else (a later run
+        reserved something first, or the journal expired) those messages wait in
+        ``unacked`` for ``restore_visible``.
         """
         moved = moved or []
-        args = (count, repr(time.time()), len(moved), *(x for pair in moved for x in pair),
-                *layout.names)
-        keys = layout.script_keys + self._waiters_here().lists(layout)
-        reply = await self._run("fetch", lambda c: self._eval(c, _scripts.FETCH, keys, args))
+        waiters = self._waiters_here()
+        head = (count, repr(time.time()))
+        tail = (len(moved), *(x for pair in moved for x in pair), *layout.names)
+        keys = (*layout.script_keys[:4], waiters.journal_key, *layout.script_keys[4:],
+                *waiters.lists(layout))
+        ttl = max(int(self.visibility_timeout * 1000), 1000)
+        tokens: list[str] = []  # this call's runs
+        claims: list[str] = []  # what the last run claimed
+
+        def run(client: avalkey.Valkey) -> Any:
+            nonlocal claims
+            claims = waiters.claims() + tokens  # a run before this one may have run
+            tokens.append(waiters.token())
+            args = (*head, tokens[-1], ttl, len(claims), *claims, *tail)
+            return self._eval(client, _scripts.FETCH, keys, args)
+
+        try:
+            reply = await self._run("fetch", run)
+        except ConnectionLost:
+            waiters.settle_claims([], tokens)
+            raise
+        waiters.settle_claims(claims, [])
         deliveries: list[Delivery] = []
         broken: list[tuple[bytes, bytes]] = []
         for i in range(0, len(reply), 3):
@@ -650,7 +678,8 @@ class RedisTransport(RedisRestore, RedisMailbox):
             if number == 0:
                 logger.warning("A message a blocking wait took was no longer in this "
                                "consumer's reserved list (restored by another worker, or "
-                               "recorded by a retried fetch): not delivered here: %r", item[:120])
+                               "recorded by a fetch whose reply was lost): not delivered "
+                               "here: %r", item[:120])
                 continue
             queue = layout.names[abs(number) - 1]
             if number < 0:  # the script already dead-lettered it
@@ -792,4 +821,10 @@ class RedisTransport(RedisRestore, RedisMailbox):
         with self._clients_lock:
             client = self._async_clients.pop(loop, None)
         if client is not None:
+            if waiters is not None and waiters.journaled:
+                try:  # else it expires after the visibility timeout
+                    await client.execute_command("DEL", waiters.journal_key)
+                except _DRIVER_ERRORS as exc:
+                    logger.debug("Could not delete the fetch journal %s (%s)",
+                                 waiters.journal_key, exc)
             await client.aclose(close_connection_pool=True)

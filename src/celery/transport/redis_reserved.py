@@ -59,6 +59,11 @@ logger = logging.getLogger("celery.transport.redis")
 REGISTRY = "celery-asyncio.reserved"
 #: What each reserved list's name starts with (after the global key prefix).
 RESERVED = "celery-asyncio.reserved."
+#: Each consumer's fetch journal (after the global key prefix, before its id): what its last
+#: fetch script reserved, for a retry after that script's reply was lost (redis_scripts.FETCH).
+JOURNAL = "celery-asyncio.fetched."
+#: How many tokens of fetch scripts whose reply was lost a consumer keeps claiming.
+UNSURE_KEPT = 16
 #: Seconds an LREM of a message acked on the spot waits for the next wait to go out with.
 FORGET_WITHIN = 0.005
 _SKIP = pack("CLIENT", "REPLY", "SKIP")
@@ -124,6 +129,34 @@ class Waiters:
         #: Whether a queue key still held messages right after the waits that ``taken``
         #: last returned took theirs.
         self.backlog = False
+        #: The fetch journal (see ``claims``).
+        self.journal_key = f"{prefix}{JOURNAL}{self.consumer_id}"
+        self._tokens = 0
+        self._unsure: list[str] = []
+
+    # -- the fetch journal -----------------------------------------------------------------
+
+    @property
+    def journaled(self) -> bool:
+        """Whether a fetch script ran with this consumer's journal."""
+        return self._tokens > 0
+
+    def token(self) -> str:
+        """A new token for one run of the fetch script (unique for this consumer)."""
+        self._tokens += 1
+        return str(self._tokens)
+
+    def claims(self) -> list[str]:
+        """The tokens of fetch scripts whose reply was lost: each may have run, and what it
+        reserved (in ``unacked``, in the journal if no later run reserved anything) is handed
+        to the next run that claims it. A copy: the caller's."""
+        return self._unsure[:]
+
+    def settle_claims(self, resolved: list[str], lost: list[str]) -> None:
+        """A fetch script's reply came (``resolved``: the tokens it claimed, handed over now
+        or never to be found), or did not (``lost``: its tokens, claimed from now on)."""
+        unsure = [t for t in self._unsure if t not in resolved] + lost
+        self._unsure = unsure[-UNSURE_KEPT:]
 
     def list_key(self, key: str) -> str:
         return f"{self._prefix}{RESERVED}{self.consumer_id}:{key}"

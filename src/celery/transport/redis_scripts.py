@@ -26,22 +26,32 @@ def _script(source: str) -> Script:
     return Script(source, hashlib.sha1(source.encode()).hexdigest())
 
 
-# KEYS: unacked, unacked_index, dead-letter, the reserved-lists registry, the queue keys (n,
-# in reading order), then the consumer's reserved list of each queue key (n, same order).
-# ARGV: max_count, now, m, then m pairs {key number, item} that a blocking wait moved into
-# that key's reserved list, then the n logical queue names.
+# KEYS: unacked, unacked_index, dead-letter, the reserved-lists registry, the consumer's
+# journal, the queue keys (n, in reading order), then the consumer's reserved list of each
+# queue key (n, same order).
+# ARGV: max_count, now, this call's token, the journal's time to live (ms), c, then c
+# claimed tokens, m, then m pairs {key number, item} that a blocking wait moved into that
+# key's reserved list, then the n logical queue names.
 # Returns flat triples {key number, delivery_tag, item}; a negative key number means the item
 # was malformed and went to the dead-letter list instead of unacked; 0 that a moved item was
 # no longer in its reserved list (restored meanwhile: this consumer was taken for dead).
 # Each moved item leaves its list in the same step as it enters unacked; the consumer's
 # lists' heartbeats in the registry are refreshed (if they are registered).
+# The journal (a JSON array: token, then {key number, tag, item length} per message) holds
+# what the last call that reserved anything reserved. A call whose reply was lost may have
+# run: the next call claims its token, and if the journal holds it, what it reserved (still
+# in unacked) is returned first, and counts in max_count; a moved item among it is not
+# reserved again. Nothing is ever returned twice: the claiming call writes the journal anew.
 FETCH = _script("""
-local unacked, index, dead, registry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local nkeys = (#KEYS - 4) / 2
-local want, now, moved = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local names = 3 + 2 * moved
+local unacked, index, dead, registry, journal = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local nkeys = (#KEYS - 5) / 2
+local want, now, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local claims = tonumber(ARGV[5])
+local at = 6 + claims
+local moved = tonumber(ARGV[at])
+local names = at + 2 * moved
 local seq, micros = 0, math.floor(now * 1e6)
-local out = {}
+local out, kept, replayed = {}, {token}, {}
 local function reserve(k, item)
   local ok, env = pcall(cjson.decode, item)
   local props = ok and type(env) == 'table' and env['properties']
@@ -64,27 +74,55 @@ local function reserve(k, item)
   seq = seq + 1
   redis.call('ZADD', index, string.format('%.6f', (micros + seq) / 1e6), tag)
   out[#out + 1] = k; out[#out + 1] = tag; out[#out + 1] = item
+  kept[#kept + 1] = k; kept[#kept + 1] = tag; kept[#kept + 1] = #item
+end
+if claims > 0 then
+  local last = redis.call('GET', journal)
+  local ok, j = pcall(cjson.decode, last or '')
+  local claimed = false
+  if ok and type(j) == 'table' then
+    for c = 6, at - 1 do
+      if ARGV[c] == j[1] then claimed = true end
+    end
+  end
+  for i = 2, claimed and #j - 2 or 0, 3 do
+    local k, tag, len = j[i], j[i + 1], j[i + 2]
+    local entry = type(tag) == 'string' and type(len) == 'number'
+      and redis.call('HGET', unacked, tag)
+    -- The entry as reserve wrote it: '[' item ', ' exchange ', ' routing key ']'.
+    if entry and string.sub(entry, 1, 1) == '[' and string.sub(entry, len + 2, len + 3) == ', ' then
+      local item = string.sub(entry, 2, len + 1)
+      replayed[item] = true
+      out[#out + 1] = k; out[#out + 1] = tag; out[#out + 1] = item
+      kept[#kept + 1] = k; kept[#kept + 1] = tag; kept[#kept + 1] = len
+      want = want - 1
+    end
+  end
 end
 for k = 1, nkeys do
-  redis.call('ZADD', registry, 'XX', ARGV[2], KEYS[4 + nkeys + k])
+  redis.call('ZADD', registry, 'XX', ARGV[2], KEYS[5 + nkeys + k])
 end
 for i = 1, moved do
-  local k, item = tonumber(ARGV[2 + 2 * i]), ARGV[3 + 2 * i]
-  if redis.call('LREM', KEYS[4 + nkeys + k], 1, item) == 1 then
+  local k, item = tonumber(ARGV[at + 2 * i - 1]), ARGV[at + 2 * i]
+  if redis.call('LREM', KEYS[5 + nkeys + k], 1, item) == 1 then
     reserve(k, item)
-  else
+    want = want - 1
+  elseif not replayed[item] then
     out[#out + 1] = 0; out[#out + 1] = ''; out[#out + 1] = item
+    want = want - 1
   end
-  want = want - 1
 end
 for k = 1, nkeys do
   while want > 0 do
-    local item = redis.call('RPOP', KEYS[4 + k])
+    local item = redis.call('RPOP', KEYS[5 + k])
     if not item then break end
     reserve(k, item)
     want = want - 1
   end
   if want <= 0 then break end
+end
+if #kept > 1 then
+  redis.call('SET', journal, cjson.encode(kept), 'PX', ARGV[4])
 end
 return out
 """)
