@@ -245,16 +245,18 @@ def ids(deliveries) -> list[str]:
 
 
 async def batch_reply_lost(raw: valkey.Valkey, proxy: FaultProxy, transport: RedisTransport,
-                           away: bool) -> asyncio.Future:
+                           then: str) -> asyncio.Future:
     """Publish w-0 to w-7, start a fetch of 5 with the server's replies dropped, and once
-    its script reserved w-0 to w-4, reset every connection (``away``: and take the server
-    away until ``up``); the fetch, still running."""
+    its script reserved w-0 to w-4, reset every connection: ``then`` "reset" only, "down"
+    and take the server away until ``up``, "cancel" the fetch first; the fetch."""
     assert await transport.fetch(["celery"], 10, 0) == []  # no blocking wait is armed
     raw.lpush("celery", *(payload(transport, n) for n in range(8)))
     proxy.mute()
     fetching = asyncio.ensure_future(transport.fetch(["celery"], 5, 0))
     await until(lambda: raw.hlen("unacked") == 5, "the script's reservation")
-    proxy.down() if away else proxy.reset()
+    if then == "cancel":
+        fetching.cancel()
+    proxy.down() if then == "down" else proxy.reset()
     proxy.unmute()
     return fetching
 
@@ -267,7 +269,7 @@ async def test_a_fetch_whose_reply_is_lost_gets_that_batch_on_its_retry(broker, 
     raw, proxy, _ = broker
     transport = via(proxy)
     try:
-        fetching = await batch_reply_lost(raw, proxy, transport, away=False)
+        fetching = await batch_reply_lost(raw, proxy, transport, "reset")
         with caplog.at_level(logging.WARNING, logger="celery.transport.redis"):
             got = await fetching
         assert ids(got) == [f"w-{n}" for n in range(5)]
@@ -283,16 +285,18 @@ async def test_a_fetch_whose_reply_is_lost_gets_that_batch_on_its_retry(broker, 
         await close(transport)
 
 
-async def test_a_batch_whose_reply_is_lost_comes_with_the_next_fetch(broker):
-    """As above, but the retry cannot connect either (the broker is away): the fetch fails,
-    and the next one, the broker back, is handed the lost batch first, then what else it has
-    room for, each message once; an entry gone from ``unacked`` meanwhile (acked, or given
-    back by ``restore_visible``) is left out."""
+@pytest.mark.parametrize("then", ["down", "cancel"])
+async def test_a_batch_whose_reply_is_lost_comes_with_the_next_fetch(broker, then):
+    """As above, but the retry cannot connect either (the broker is away), or the fetch was
+    cancelled while it waited for the reply: the fetch fails, and the next one, the broker
+    back, is handed the lost batch first, then what else it has room for, each message once;
+    an entry gone from ``unacked`` meanwhile (acked, or given back by ``restore_visible``)
+    is left out."""
     raw, proxy, _ = broker
     transport = via(proxy)
     try:
-        fetching = await batch_reply_lost(raw, proxy, transport, away=True)
-        with pytest.raises(ConnectionLost):
+        fetching = await batch_reply_lost(raw, proxy, transport, then)
+        with pytest.raises(ConnectionLost if then == "down" else asyncio.CancelledError):
             await fetching
         tags = {json.loads(v)[0]["headers"]["id"]: t for t, v in raw.hgetall("unacked").items()}
         raw.hdel("unacked", tags["w-2"])

@@ -652,8 +652,7 @@ class RedisTransport(RedisRestore, RedisMailbox):
         waiters = self._waiters_here()
         head = (count, repr(time.time()))
         tail = (len(moved), *(x for pair in moved for x in pair), *layout.names)
-        keys = (*layout.script_keys[:4], waiters.journal_key, *layout.script_keys[4:],
-                *waiters.lists(layout))
+        keys = waiters.fetch_keys(layout)
         ttl = max(int(self.visibility_timeout * 1000), 1000)
         tokens: list[str] = []  # this call's runs
         claims: list[str] = []  # what the last run claimed
@@ -667,7 +666,7 @@ class RedisTransport(RedisRestore, RedisMailbox):
 
         try:
             reply = await self._run("fetch", run)
-        except ConnectionLost:
+        except BaseException:  # ConnectionLost, or cancelled: the last run may have run
             waiters.settle_claims([], tokens)
             raise
         waiters.settle_claims(claims, [])

@@ -117,6 +117,7 @@ class Waiters:
         self._reclaim = reclaim  # (list key, queue key) -> messages given back
         self._by_key: dict[str, _Waiter] = {}
         self._lists: dict[tuple[str, ...], tuple[str, ...]] = {}  # queue keys -> lists
+        self._fetch_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # queue keys -> KEYS
         self._by_layout: dict[tuple[str, ...], list[tuple[int, _Waiter]]] = {}
         #: Commands whose reply is not wanted go after ``CLIENT REPLY SKIP`` (no reply to
         #: read: as costly as the rest of a lone task's wait); None until a wait tried it.
@@ -167,6 +168,15 @@ class Waiters:
         if lists is None:
             lists = self._lists[layout.queue_keys] = tuple(map(self.list_key, layout.queue_keys))
         return lists
+
+    def fetch_keys(self, layout: Layout) -> tuple[str, ...]:
+        """The fetch script's KEYS for the layout (redis_scripts.FETCH), made once."""
+        keys = self._fetch_keys.get(layout.queue_keys)
+        if keys is None:
+            keys = self._fetch_keys[layout.queue_keys] = (
+                *layout.script_keys[:4], self.journal_key, *layout.script_keys[4:],
+                *self.lists(layout))
+        return keys
 
     def _pairs(self, layout: Layout) -> list[tuple[int, _Waiter]]:
         """``(key number, its wait)`` of each queue key of the layout, made once."""
