@@ -9,6 +9,7 @@ our worker (including an ``async def`` task).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -33,18 +34,42 @@ VENV = Path(os.environ.get("UPSTREAM_CELERY_VENV", ROOT / ".cache" / "upstream-c
 UPSTREAM_REQUIREMENT = "celery[redis]>=5.5,<6"
 
 
+@functools.cache
+def _free_threaded(python: str) -> bool:
+    done = subprocess.run([python, "-c", "import sysconfig; "
+                           "print(sysconfig.get_config_var('Py_GIL_DISABLED') == 1)"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() == "True"
+
+
+@functools.cache
+def _venv_maker() -> str:
+    """The interpreter the upstream venv is made with: a GIL build, as upstream Celery
+    expects. On a free-threaded one (ci/ft-test.sh's pass), the ``python3`` on PATH if it
+    has the GIL: some of the extras upstream tests add (cryptography's CFFI, psycopg's
+    binary wheel) do not install on a free-threaded 3.13, and a venv made there first would
+    fail the GIL pass's tests later."""
+    if not _free_threaded(sys.executable):
+        return sys.executable
+    other = shutil.which("python3")
+    return other if other and not _free_threaded(other) else sys.executable
+
+
 def _upstream_python() -> Path:
     """The upstream venv's python, made on first use. A marker written after its install
-    succeeded says it is whole: one without it (an install that failed or was cut off) is
+    succeeded says it is whole, and what it was made with: one without it (an install that
+    failed or was cut off), or made by a free-threaded python when a GIL one is at hand, is
     made again from scratch instead of being used half-built."""
     python = VENV / "bin" / "python"
     marker = VENV / ".installed"
-    if python.exists() and marker.exists() and marker.read_text() == UPSTREAM_REQUIREMENT:
+    maker = _venv_maker()
+    want = f"{UPSTREAM_REQUIREMENT}\nfree-threaded: {_free_threaded(maker)}"
+    if python.exists() and marker.exists() and marker.read_text() == want:
         return python
     try:
         if VENV.exists():
             shutil.rmtree(VENV)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
+        subprocess.run([maker, "-m", "venv", str(VENV)], check=True, capture_output=True)
         for attempt in (1, 2):  # once more after a failed download (PyPI, a busy cache)
             done = subprocess.run([str(python), "-m", "pip", "install", "-q",
                                    UPSTREAM_REQUIREMENT], capture_output=True, text=True,
@@ -55,7 +80,7 @@ def _upstream_python() -> Path:
                 raise subprocess.SubprocessError(
                     f"pip install {UPSTREAM_REQUIREMENT} failed twice: "
                     f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
-        marker.write_text(UPSTREAM_REQUIREMENT)
+        marker.write_text(want)
     except (subprocess.SubprocessError, OSError) as exc:
         message = f"could not make the upstream Celery venv at {VENV}: {exc}"
         if IN_CI:
