@@ -745,3 +745,22 @@ async def test_a_claim_on_a_journal_that_does_not_hold_it_hands_over_nothing_twi
     got = await transport.fetch(["celery"], 10, 0)
     assert [d.message.headers["task"] for d in got] == ["u"]
     assert waiters.claims() == []  # resolved by a reply
+
+
+async def test_a_claimed_batch_keeps_its_queue_when_the_next_fetch_reads_other_queues(
+        transport, raw):
+    """The claimed run read queue "a"; the next fetch reads "b" then "a" (a queue was added
+    meanwhile), and gets a's message first, under "a"; one that reads "b" only leaves it in
+    ``unacked`` (for the restore) and hands over nothing it did not reserve."""
+    waiters = transport._waiters_here()
+    for queues in (["b", "a"], ["b"]):
+        transport.publish(task("in-a", queue="a"))
+        transport.publish(task("in-b", queue="b"))
+        [lost] = await transport.fetch(["a"], 10, 0)
+        waiters.settle_claims([], [str(waiters._tokens)])  # as if its reply had been lost
+        got = await transport.fetch(queues, 10, 0)
+        expected = [("a", "in-a"), ("b", "in-b")] if "a" in queues else [("b", "in-b")]
+        assert [(d.queue, d.message.headers["task"]) for d in got] == expected
+        assert waiters.claims() == []
+        await transport.ack([lost, *got])
+    assert raw.exists("unacked", "unacked_index") == 0

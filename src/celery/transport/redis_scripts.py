@@ -37,7 +37,7 @@ def _script(source: str) -> Script:
 # no longer in its reserved list (restored meanwhile: this consumer was taken for dead).
 # Each moved item leaves its list in the same step as it enters unacked; the consumer's
 # lists' heartbeats in the registry are refreshed (if they are registered).
-# The journal (a JSON array: token, then {key number, tag, item length} per message) holds
+# The journal (a JSON array: token, then {queue name, tag, item length} per message) holds
 # what the last call that reserved anything reserved. A call whose reply was lost may have
 # run: the next call claims its token, and if the journal holds it, what it reserved (still
 # in unacked) is returned first, and counts in max_count; a moved item among it is not
@@ -74,7 +74,7 @@ local function reserve(k, item)
   seq = seq + 1
   redis.call('ZADD', index, string.format('%.6f', (micros + seq) / 1e6), tag)
   out[#out + 1] = k; out[#out + 1] = tag; out[#out + 1] = item
-  kept[#kept + 1] = k; kept[#kept + 1] = tag; kept[#kept + 1] = #item
+  kept[#kept + 1] = ARGV[names + k]; kept[#kept + 1] = tag; kept[#kept + 1] = #item
 end
 if claims > 0 then
   local last = redis.call('GET', journal)
@@ -85,16 +85,21 @@ if claims > 0 then
       if ARGV[c] == j[1] then claimed = true end
     end
   end
+  -- Each queue name's first key number in this call (the claimed run may have read
+  -- other queues: a message of a queue not read now stays for the restore).
+  local number = {}
+  for k = nkeys, 1, -1 do number[ARGV[names + k]] = k end
   for i = 2, claimed and #j - 2 or 0, 3 do
-    local k, tag, len = j[i], j[i + 1], j[i + 2]
-    local entry = type(tag) == 'string' and type(len) == 'number'
+    local name, tag, len = j[i], j[i + 1], j[i + 2]
+    local k = number[name]
+    local entry = k and type(tag) == 'string' and type(len) == 'number'
       and redis.call('HGET', unacked, tag)
     -- The entry as reserve wrote it: '[' item ', ' exchange ', ' routing key ']'.
     if entry and string.sub(entry, 1, 1) == '[' and string.sub(entry, len + 2, len + 3) == ', ' then
       local item = string.sub(entry, 2, len + 1)
       replayed[item] = true
       out[#out + 1] = k; out[#out + 1] = tag; out[#out + 1] = item
-      kept[#kept + 1] = k; kept[#kept + 1] = tag; kept[#kept + 1] = len
+      kept[#kept + 1] = name; kept[#kept + 1] = tag; kept[#kept + 1] = len
       want = want - 1
     end
   end
